@@ -1,0 +1,68 @@
+"""Numbers fixed by the released Qwen2.5-VL checkpoints; imported everywhere, typed once."""
+
+from typing import Final
+
+# Vision preprocessing (preprocessor_config.json of the released checkpoints).
+PATCH_SIZE: Final = 14
+MERGE_SIZE: Final = 2
+TEMPORAL_PATCH_SIZE: Final = 2
+PATCH_DIM: Final = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176 values per patch
+IMAGE_MIN_PIXELS: Final = 56 * 56  # 3136
+IMAGE_MAX_PIXELS: Final = 28 * 28 * 1280  # 1003520
+VIDEO_MIN_PIXELS: Final = 128 * 28 * 28  # 100352
+VIDEO_MAX_PIXELS: Final = 768 * 28 * 28  # 602112
+VIDEO_FPS: Final = 2.0
+MAX_ASPECT_RATIO: Final = 200  # smart_resize refuses anything more extreme, as the reference does
+OPENAI_CLIP_MEAN: Final = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: Final = (0.26862954, 0.26130258, 0.27577711)
+RESCALE_FACTOR: Final = 1 / 255
+
+# MRoPE: temporal position ids advance this many steps per second of video.
+TOKENS_PER_SECOND: Final = 2
+
+# Special tokens of Qwen2.5-VL, in id order from 151643 (the end of Qwen2's base vocabulary).
+BASE_VOCAB_SIZE: Final = 151643
+SPECIAL_TOKENS: Final[dict[str, int]] = {
+    token: BASE_VOCAB_SIZE + offset
+    for offset, token in enumerate(
+        (
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|object_ref_start|>",
+            "<|object_ref_end|>",
+            "<|box_start|>",
+            "<|box_end|>",
+            "<|quad_start|>",
+            "<|quad_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|vision_pad|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<tool_call>",
+            "</tool_call>",
+            "<|fim_prefix|>",
+            "<|fim_middle|>",
+            "<|fim_suffix|>",
+            "<|fim_pad|>",
+            "<|repo_name|>",
+            "<|file_sep|>",
+        )
+    )
+}
+# Tokens from <tool_call> on are matched as whole tokens but are not "special" (kept by
+# decode(skip_special_tokens=True)), as in the released tokenizer.json.
+NON_SPECIAL_ADDED_TOKENS: Final = frozenset(t for t, i in SPECIAL_TOKENS.items() if i >= 151657)
+VOCAB_SIZE: Final = 151936  # embedding rows of the released checkpoints (padded past the 151665 tokens)
+
+ENDOFTEXT_ID: Final = SPECIAL_TOKENS["<|endoftext|>"]
+IM_START_ID: Final = SPECIAL_TOKENS["<|im_start|>"]
+IM_END_ID: Final = SPECIAL_TOKENS["<|im_end|>"]
+VISION_START_ID: Final = SPECIAL_TOKENS["<|vision_start|>"]
+VISION_END_ID: Final = SPECIAL_TOKENS["<|vision_end|>"]
+IMAGE_PAD_ID: Final = SPECIAL_TOKENS["<|image_pad|>"]
+VIDEO_PAD_ID: Final = SPECIAL_TOKENS["<|video_pad|>"]
+PAD_ID: Final = ENDOFTEXT_ID  # never an image/video pad id, so padding cannot take vision features
+IGNORE_INDEX: Final = -100
+DEFAULT_SYSTEM_PROMPT: Final = "You are a helpful assistant."

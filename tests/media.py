@@ -1,0 +1,81 @@
+"""Generated test media: photo-like PIL images in every mode and size, and video clips.
+
+Real pixels (gradients, shapes, noise, text) so that resize and normalisation are exercised the way a
+photo exercises them; deterministic by seed.
+"""
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ALL_MODES = ("RGB", "RGBA", "LA", "L", "P", "PA", "CMYK", "I;16", "I", "F", "1")
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """An RGB image with smooth gradients, hard-edged shapes, text and sensor-like noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    fx, fy = rng.uniform(0.5, 3.0, size=2)
+    base = np.stack(
+        [
+            127 + 120 * np.sin(fx * 6.283 * x / max(width, 1) + rng.uniform(0, 6)),
+            127 + 120 * np.cos(fy * 6.283 * y / max(height, 1) + rng.uniform(0, 6)),
+            255 * (x + y) / max(width + height - 2, 1),
+        ],
+        axis=-1,
+    )
+    base += rng.normal(0, 12, size=base.shape)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 6))):
+        x0, x1 = sorted(rng.integers(0, max(width, 2), size=2))
+        y0, y1 = sorted(rng.integers(0, max(height, 2), size=2))
+        color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        if rng.random() < 0.5:
+            draw.rectangle([x0, y0, x1, y1], fill=color)
+        else:
+            draw.ellipse([x0, y0, x1, y1], outline=color, width=2)
+    draw.text((width // 8, height // 3), "Qwen2.5-VL 42", fill=(255, 255, 255))
+    return img
+
+
+def image_in_mode(mode: str, width: int, height: int, seed: int = 0) -> Image.Image:
+    """``photo`` converted to ``mode`` (PIL's own conversion; 16/32-bit modes get real wide values)."""
+    rgb = photo(width, height, seed)
+    if mode in ("RGB",):
+        return rgb
+    if mode in ("RGBA", "LA", "PA"):
+        alpha = Image.linear_gradient("L").resize((width, height))
+        out = rgb.convert("RGBA")
+        out.putalpha(alpha)
+        if mode == "RGBA":
+            return out
+        if mode == "LA":
+            return out.convert("LA")
+        pal = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=200)
+        pa = pal.convert("PA")
+        pa.putalpha(alpha)
+        return pa
+    if mode == "P":
+        return rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    if mode == "I;16":
+        gray = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+        return Image.frombytes("I;16", (width, height), gray.astype("<u2").tobytes())
+    if mode == "I":
+        gray = np.asarray(rgb.convert("L"), dtype=np.int32) * 1000 - 50000
+        return Image.fromarray(gray)
+    if mode == "F":
+        gray = np.asarray(rgb.convert("L"), dtype=np.float32) / 255.0 * 300.0 - 20.0
+        return Image.fromarray(gray)
+    return rgb.convert(mode)
+
+
+def palette_with_transparency(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A "P" image whose palette index 0 is transparent (``info["transparency"]``), as GIFs often are."""
+    img = photo(width, height, seed).convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    img.info["transparency"] = 0
+    return img
+
+
+def video_frames(num_frames: int, width: int, height: int, seed: int = 0) -> list[Image.Image]:
+    """RGB frames of a moving scene: each frame is a different photo-like image."""
+    return [photo(width, height, seed + t) for t in range(num_frames)]
