@@ -1,0 +1,37 @@
+"""Errors for bad samples, each with a ``cause`` so that ``on_error="skip"`` can count skips by cause."""
+
+
+class SampleError(ValueError):
+    """A sample that cannot be turned into a training example. ``cause`` names the kind of problem."""
+
+    cause = "invalid_sample"
+
+
+class ImageLoadError(SampleError):
+    """An image or video frame that is missing, empty, corrupt, truncated or a decompression bomb."""
+
+    cause = "bad_image"
+
+
+class PlaceholderMismatchError(SampleError):
+    """The number of ``<image>``/``<video>`` placeholders or image parts disagrees with the media given."""
+
+    cause = "placeholder_mismatch"
+
+
+class InvalidConversationError(SampleError):
+    """An empty conversation, an unknown role, or a message without content."""
+
+    cause = "bad_conversation"
+
+
+class SampleTooLongError(SampleError):
+    """A sample longer than ``max_seq_len`` that cannot be shortened without cutting a vision span."""
+
+    cause = "too_long"
+
+
+class UnsafePathError(SampleError):
+    """A media path that resolves outside the configured ``image_dir``."""
+
+    cause = "unsafe_path"
