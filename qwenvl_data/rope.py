@@ -1,0 +1,208 @@
+"""MRoPE position ids for Qwen2.5-VL batches, computed with whole-batch tensor ops.
+
+The rule is the one the released checkpoints were trained with (Qwen's training code, vLLM,
+transformers 4.x): text positions count up by one; a vision span starting at position ``s``
+gets temporal ids ``s + floor(t * second_per_grid_ts * tokens_per_second)`` (images: ``s``),
+height ids ``s + row`` and width ids ``s + col`` on the merged grid; the text after a span
+starts at (largest id used so far) + 1. transformers 5.x restarts the text at
+``s + max(rows, cols)`` instead, which differs for videos whose temporal ids outgrow their
+spatial ones.
+
+Instead of walking the tokens, every valid token gets an "advance": 1 for text, 0 for vision
+tokens except the first token of each vision item, which carries the item's whole extent
+(largest offset + 1). The exclusive cumulative sum of the advances is then the start position
+of every text token and every vision span at once.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from qwenvl_data._constants import IMAGE_PAD_ID, MERGE_SIZE, TOKENS_PER_SECOND, VIDEO_PAD_ID
+
+__all__ = ["mrope_position_ids"]
+
+
+@dataclass
+class _VisionItems:
+    """Where the tokens of one modality's images (or videos) sit in the flattened batch."""
+
+    token_index: torch.Tensor  # int64 [n_tokens]: flat index (row * L + col) of each vision token
+    item_of_token: torch.Tensor  # int64 [n_tokens]: which grid each token belongs to
+    offsets: torch.Tensor  # int64 [3, n_tokens]: (temporal, row, col) offset from the span start
+    first_index: torch.Tensor  # int64 [n_items]: flat index of each item's first token
+    extent: torch.Tensor  # int64 [n_items]: largest offset + 1, the positions the span uses up
+
+
+def _locate_items(
+    is_pad: torch.Tensor,
+    grid_thw: torch.Tensor | None,
+    time_interval: torch.Tensor,
+    seq_len: int,
+    spatial_merge_size: int,
+    what: str,
+) -> _VisionItems:
+    """Assign the pad tokens of one modality, in batch order, to the grids in ``grid_thw``.
+
+    Tokens are assigned by count, not by runs of equal tokens, so two spans that touch are
+    still told apart; a span that is not one contiguous run inside one row is an error.
+
+    Args:
+        is_pad: bool [B * L], True on this modality's (non-padding) pad tokens.
+        grid_thw: int [n_items, 3] (t, h, w) in patches before merging, or None.
+        time_interval: float [n_items], temporal-id step per temporal patch (0 for images).
+        seq_len: L, to tell rows apart in flat indices.
+        spatial_merge_size: patches merged per side into one token.
+        what: "image" or "video", for error messages.
+    """
+    device = is_pad.device
+    token_index = is_pad.nonzero().squeeze(1)
+    if grid_thw is None:
+        grid_thw = torch.zeros(0, 3, dtype=torch.long, device=device)
+    grid = grid_thw.to(device=device, dtype=torch.long).reshape(-1, 3)
+    t, h, w = grid.unbind(1)
+    bad = (grid < 1).any(1) | (h % spatial_merge_size != 0) | (w % spatial_merge_size != 0)
+    if bad.any():
+        k = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{what}_grid_thw[{k}] = {grid[k].tolist()}: t, h, w must be >= 1 and h, w multiples "
+            f"of spatial_merge_size={spatial_merge_size}"
+        )
+    rows, cols = h // spatial_merge_size, w // spatial_merge_size
+    counts = t * rows * cols
+    total = int(counts.sum())
+    if token_index.numel() != total:
+        raise ValueError(
+            f"the batch has {token_index.numel()} {what} pad tokens but {what}_grid_thw "
+            f"{grid.tolist()} needs {total} (t*h*w/{spatial_merge_size**2} each)"
+        )
+    ends = counts.cumsum(0)
+    starts = ends - counts
+    first_index = token_index[starts]
+    last_index = token_index[ends - 1]
+    broken = (last_index - first_index != counts - 1) | (first_index // seq_len != last_index // seq_len)
+    if broken.any():
+        k = int(broken.nonzero()[0])
+        raise ValueError(f"{what} {k}: its {int(counts[k])} pad tokens are not one contiguous run in one row")
+
+    item_of_token = torch.repeat_interleave(torch.arange(grid.shape[0], device=device), counts, output_size=total)
+    offset = torch.arange(total, device=device) - starts[item_of_token]
+    plane = (rows * cols)[item_of_token]
+    cols_of_token = cols[item_of_token]
+    frame = offset // plane
+    # float multiply then truncation, in the interval's dtype, exactly as the reference does.
+    temporal = (frame.to(time_interval.dtype) * time_interval[item_of_token]).long()
+    offsets = torch.stack([temporal, (offset % plane) // cols_of_token, offset % cols_of_token])
+
+    last_temporal = ((t - 1).to(time_interval.dtype) * time_interval).long()
+    extent = torch.maximum(last_temporal, torch.maximum(rows, cols) - 1) + 1
+    return _VisionItems(token_index, item_of_token, offsets, first_index, extent)
+
+
+def mrope_position_ids(
+    input_ids: torch.Tensor,
+    image_grid_thw: torch.Tensor | None = None,
+    video_grid_thw: torch.Tensor | None = None,
+    second_per_grid_ts: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    document_ids: torch.Tensor | None = None,
+    spatial_merge_size: int = MERGE_SIZE,
+    tokens_per_second: int = TOKENS_PER_SECOND,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D (temporal, height, width) rotary position ids for a padded or packed batch.
+
+    Images are matched to ``<|image_pad|>`` runs and videos to ``<|video_pad|>`` runs in
+    batch order (row 0 left to right, then row 1, ...), which is the order the collator
+    concatenates them in.
+
+    Args:
+        input_ids: int64 [B, L] token ids.
+        image_grid_thw: int64 [num_images, 3] (t, h, w) patch grids before merging, or None.
+        video_grid_thw: int64 [num_videos, 3], or None.
+        second_per_grid_ts: float [num_videos], seconds per temporal patch (``2 / fps``);
+            None means 1.0 for every video, as in the reference.
+        attention_mask: bool/int [B, L], True/1 on real tokens; None means no padding.
+            Either padding side works: positions only count real tokens.
+        document_ids: int64 [B, L], for packed rows: index of the sample inside its row
+            (-1 on padding). Positions restart at 0 at the start of every sample.
+        spatial_merge_size: patches merged per side into one LLM token (2 for Qwen2.5-VL).
+        tokens_per_second: temporal ids per second of video (2 for Qwen2.5-VL).
+
+    Returns:
+        position_ids: int64 [3, B, L]; 0 on padding (transformers 5.x's convention).
+        rope_deltas: int64 [B, 1], (largest position + 1) - number of real tokens per row:
+            what generation adds to the text positions after the prompt.
+
+    Example:
+        >>> from qwenvl_data._constants import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
+        >>> ids = torch.tensor([[VISION_START_ID] + [IMAGE_PAD_ID] * 4 + [VISION_END_ID, 9]])
+        >>> pos, deltas = mrope_position_ids(ids, image_grid_thw=torch.tensor([[1, 4, 4]]))
+        >>> pos[:, 0].tolist()
+        [[0, 1, 1, 1, 1, 3, 4], [0, 1, 1, 2, 2, 3, 4], [0, 1, 2, 1, 2, 3, 4]]
+        >>> deltas.tolist()
+        [[-2]]
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+    batch_size, seq_len = input_ids.shape
+    device = input_ids.device
+    valid = (
+        torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    )
+    if document_ids is not None:
+        valid = valid & (document_ids >= 0)
+    flat_ids = input_ids.reshape(-1)
+    flat_valid = valid.reshape(-1)
+
+    num_images = 0 if image_grid_thw is None else image_grid_thw.reshape(-1, 3).shape[0]
+    num_videos = 0 if video_grid_thw is None else video_grid_thw.reshape(-1, 3).shape[0]
+    if second_per_grid_ts is None:
+        video_seconds = torch.ones(num_videos, dtype=torch.float32, device=device)
+    else:
+        video_seconds = second_per_grid_ts.to(device).reshape(-1)
+        if not video_seconds.is_floating_point():
+            video_seconds = video_seconds.float()
+        if video_seconds.numel() != num_videos:
+            raise ValueError(f"second_per_grid_ts has {video_seconds.numel()} entries for {num_videos} videos")
+    items = [
+        _locate_items(
+            (flat_ids == IMAGE_PAD_ID) & flat_valid,
+            image_grid_thw,
+            torch.zeros(num_images, dtype=torch.float32, device=device),  # images: temporal id = s
+            seq_len,
+            spatial_merge_size,
+            "image",
+        ),
+        _locate_items(
+            (flat_ids == VIDEO_PAD_ID) & flat_valid,
+            video_grid_thw,
+            video_seconds * tokens_per_second,
+            seq_len,
+            spatial_merge_size,
+            "video",
+        ),
+    ]
+
+    advance = flat_valid.long()
+    for vision in items:
+        advance[vision.token_index] = 0
+        advance[vision.first_index] = vision.extent
+    advance = advance.view(batch_size, seq_len)
+    start = advance.cumsum(1) - advance  # position of text tokens and span starts
+    if document_ids is not None:
+        previous_doc = torch.cat([torch.full_like(document_ids[:, :1], -2), document_ids[:, :-1]], dim=1)
+        doc_begins = valid & (document_ids != previous_doc)
+        # ``start`` never decreases along a row, so a running max carries each document's base.
+        start = start - torch.where(doc_begins, start, 0).cummax(1).values
+
+    position_ids = torch.where(valid, start, 0).unsqueeze(0).repeat(3, 1, 1)
+    flat_start = start.reshape(-1)
+    flat_positions = position_ids.view(3, -1)
+    for vision in items:
+        span_start = flat_start[vision.first_index][vision.item_of_token]
+        flat_positions[:, vision.token_index] = span_start + vision.offsets
+
+    num_real = valid.sum(1)
+    rope_deltas = torch.where(num_real > 0, position_ids.amax(dim=(0, 2)) + 1 - num_real, 0)
+    return position_ids, rope_deltas.unsqueeze(1)
