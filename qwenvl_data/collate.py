@@ -1,0 +1,270 @@
+"""Batching for Qwen2.5-VL: pad tokens and labels, concatenate vision inputs, add MRoPE positions.
+
+Samples are the text transform's output: ``tokens`` and ``labels`` (lists or 1-D tensors) and,
+when the sample has images/videos, their pixel tensors and grids. Every sample is checked before
+anything is stacked, so a bad sample is reported by its index in the batch instead of surfacing
+later as a shape error inside the model.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, VIDEO_PAD_ID
+from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError
+from qwenvl_data.rope import mrope_position_ids
+
+__all__ = ["Qwen2_5_VLCollator", "padded_collate_qwen2_5_vl"]
+
+
+@dataclass(frozen=True)
+class _Modality:
+    """The sample keys that describe one kind of vision input, and its pad token."""
+
+    name: str
+    pad_id: int
+    keys: tuple[str, ...]  # (pixels, grid, extras...): a sample has all of them or none
+
+    @property
+    def pixel_key(self) -> str:
+        return self.keys[0]
+
+    @property
+    def grid_key(self) -> str:
+        return self.keys[1]
+
+
+MODALITIES = (
+    _Modality("image", IMAGE_PAD_ID, ("pixel_values", "image_grid_thw")),
+    _Modality("video", VIDEO_PAD_ID, ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")),
+)
+
+
+@dataclass
+class CheckedSample:
+    """A sample that passed ``check_samples``, with its token ids as tensors."""
+
+    name: str  # "sample 3 (id)", 3 being its index in the incoming batch, None entries counted
+    tokens: torch.Tensor  # int64 [n]
+    labels: torch.Tensor | None  # int64 [n]; None when the batch carries no labels (generation)
+    media: dict[str, torch.Tensor]  # the vision keys it has, unchanged
+
+
+def _sample_name(index: int, sample: dict) -> str:
+    return f"sample {index} ({sample['id']})" if "id" in sample else f"sample {index}"
+
+
+def _as_ids(value: Any, key: str, name: str) -> torch.Tensor:
+    ids = torch.as_tensor(value, dtype=torch.long)
+    if ids.dim() != 1:
+        raise SampleError(f"{name}: {key} must be a flat list or 1-D tensor, got shape {tuple(ids.shape)}")
+    return ids
+
+
+def _check_media(sample: dict, tokens: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """The sample's vision tensors, after checking they agree with each other and with its pad tokens."""
+    media = {}
+    for modality in MODALITIES:
+        present = [key for key in modality.keys if key in sample]
+        if present and len(present) < len(modality.keys):
+            missing = [key for key in modality.keys if key not in sample]
+            raise SampleError(f"{name}: has {', '.join(present)} but no {', '.join(missing)}")
+        num_pad_tokens = int((tokens == modality.pad_id).sum())
+        if not present:
+            if num_pad_tokens:
+                raise PlaceholderMismatchError(
+                    f"{name}: {num_pad_tokens} {modality.name} pad tokens but no {modality.grid_key}"
+                )
+            continue
+        grid = torch.as_tensor(sample[modality.grid_key])
+        pixels = sample[modality.pixel_key]
+        if grid.dim() != 2 or grid.shape[1] != 3:
+            raise SampleError(f"{name}: {modality.grid_key} must be [num_{modality.name}s, 3], got {tuple(grid.shape)}")
+        num_patches = int(grid.prod(1).sum())
+        if num_pad_tokens != num_patches // MERGE_SIZE**2:
+            raise PlaceholderMismatchError(
+                f"{name}: {num_pad_tokens} {modality.name} pad tokens but {modality.grid_key} "
+                f"{grid.tolist()} needs {num_patches // MERGE_SIZE**2}"
+            )
+        if pixels.dim() != 2 or pixels.shape[0] != num_patches:
+            raise SampleError(
+                f"{name}: {modality.pixel_key} has shape {tuple(pixels.shape)} but {modality.grid_key} "
+                f"{grid.tolist()} needs {num_patches} patch rows"
+            )
+        for extra in modality.keys[2:]:
+            if torch.as_tensor(sample[extra]).numel() != grid.shape[0]:
+                raise SampleError(f"{name}: {extra} needs one entry per {modality.name} ({grid.shape[0]})")
+        media.update({key: torch.as_tensor(sample[key]) for key in modality.keys})
+    return media
+
+
+def check_samples(batch: list[dict | None]) -> list[CheckedSample]:
+    """Drop ``None`` entries (samples the dataset skipped) and check the rest.
+
+    Raises:
+        ValueError: the batch has no samples left.
+        SampleError: a sample without tokens, labels of another length, labels missing while
+            other samples have them, vision keys without their partners, or a pad-token count
+            that disagrees with its grids. The message names the sample's index in ``batch``.
+    """
+    indexed = [(index, sample) for index, sample in enumerate(batch) if sample is not None]
+    if not indexed:
+        raise ValueError(f"empty batch: all {len(batch)} samples are None (skipped by the dataset)")
+    with_labels = ["labels" in sample for _, sample in indexed]
+    checked = []
+    for (index, sample), has_labels in zip(indexed, with_labels):
+        name = _sample_name(index, sample)
+        if "tokens" not in sample:
+            raise SampleError(f"{name}: no 'tokens'")
+        tokens = _as_ids(sample["tokens"], "tokens", name)
+        if tokens.numel() == 0:
+            raise SampleError(f"{name}: no tokens")
+        if has_labels != any(with_labels):
+            raise SampleError(f"{name}: no 'labels' while other samples in the batch have them")
+        labels = _as_ids(sample["labels"], "labels", name) if has_labels else None
+        if labels is not None and labels.shape != tokens.shape:
+            raise SampleError(f"{name}: {labels.numel()} labels for {tokens.numel()} tokens")
+        checked.append(CheckedSample(name, tokens, labels, _check_media(sample, tokens, name)))
+    return checked
+
+
+def concat_media(samples: list[CheckedSample]) -> dict[str, torch.Tensor]:
+    """Vision inputs of all samples, concatenated in sample order; keys of absent modalities omitted.
+
+    Returns:
+        pixel_values: float [sum N_i, 1176]; image_grid_thw: int64 [num_images, 3];
+        pixel_values_videos: float [sum N_i, 1176]; video_grid_thw: int64 [num_videos, 3];
+        second_per_grid_ts: float32 [num_videos].
+    """
+    batch = {}
+    for modality in MODALITIES:
+        with_modality = [s.media for s in samples if modality.pixel_key in s.media]
+        if with_modality:
+            batch.update({key: torch.cat([media[key] for media in with_modality]) for key in modality.keys})
+            batch[modality.grid_key] = batch[modality.grid_key].long()
+    if "second_per_grid_ts" in batch:
+        batch["second_per_grid_ts"] = batch["second_per_grid_ts"].float()
+    return batch
+
+
+def pad_rows(rows: list[torch.Tensor], length: int, value: int, padding_side: str = "right") -> torch.Tensor:
+    """Stack 1-D int64 rows into [len(rows), length], filling the rest with ``value``."""
+    out = torch.full((len(rows), length), value, dtype=torch.long)
+    for r, row in enumerate(rows):
+        if padding_side == "right":
+            out[r, : row.numel()] = row
+        else:
+            out[r, length - row.numel() :] = row
+    return out
+
+
+def _check_options(padding_side: str, pad_to_multiple_of: int | None, max_seq_len: int | None) -> None:
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+    if max_seq_len is not None and pad_to_multiple_of is not None and max_seq_len % pad_to_multiple_of:
+        raise ValueError(f"max_seq_len={max_seq_len} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}")
+
+
+def check_fits(samples: list[CheckedSample], max_seq_len: int) -> None:
+    """Raise SampleTooLongError naming the first sample longer than ``max_seq_len`` (never truncate)."""
+    for sample in samples:
+        if sample.tokens.numel() > max_seq_len:
+            raise SampleTooLongError(f"{sample.name}: {sample.tokens.numel()} tokens > max_seq_len={max_seq_len}")
+
+
+def padded_collate_qwen2_5_vl(
+    batch: list[dict | None],
+    padding_side: str = "right",
+    pad_to_multiple_of: int | None = None,
+    max_seq_len: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Pad a list of tokenized samples into one batch with MRoPE position ids.
+
+    Args:
+        batch: samples from the text transform (``tokens``, ``labels``, optional vision keys);
+            ``None`` entries (skipped by the dataset) are dropped.
+        padding_side: "right" for training, "left" for generation.
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+        max_seq_len: pad every batch to exactly this length (fixed shapes); a longer sample
+            raises SampleTooLongError, nothing is truncated.
+
+    Returns:
+        A dict with
+        - ``tokens``: int64 [B, L], padded with ``<|endoftext|>`` (PAD_ID).
+        - ``labels``: int64 [B, L], -100 on padding (omitted when no sample has labels).
+        - ``attention_mask``: bool [B, L], True on real tokens.
+        - ``position_ids``: int64 [3, B, L], MRoPE (temporal, height, width); 0 on padding.
+        - ``rope_deltas``: int64 [B, 1], largest position + 1 - real length (for generation).
+        - ``pixel_values`` float [sum N_i, 1176] and ``image_grid_thw`` int64 [num_images, 3],
+          in sample order, only when some sample has images.
+        - ``pixel_values_videos``, ``video_grid_thw`` int64 [num_videos, 3] and
+          ``second_per_grid_ts`` float32 [num_videos], only when some sample has video.
+
+    Raises:
+        ValueError: bad options, or every sample is None.
+        SampleError: a malformed sample (see ``check_samples``), or one longer than ``max_seq_len``.
+
+    Example:
+        >>> batch = padded_collate_qwen2_5_vl([{"tokens": [1, 2, 3], "labels": [-100, 2, 3]},
+        ...                                    {"tokens": [4], "labels": [4]}])
+        >>> batch["tokens"].tolist(), batch["attention_mask"].tolist()
+        ([[1, 2, 3], [4, 151643, 151643]], [[True, True, True], [True, False, False]])
+    """
+    _check_options(padding_side, pad_to_multiple_of, max_seq_len)
+    samples = check_samples(batch)
+    lengths = torch.tensor([s.tokens.numel() for s in samples])
+    if max_seq_len is not None:
+        check_fits(samples, max_seq_len)
+        length = max_seq_len
+    else:
+        length = int(lengths.max())
+        if pad_to_multiple_of is not None:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+
+    tokens = pad_rows([s.tokens for s in samples], length, PAD_ID, padding_side)
+    columns = torch.arange(length)
+    if padding_side == "right":
+        attention_mask = columns < lengths[:, None]
+    else:
+        attention_mask = columns >= length - lengths[:, None]
+    out = {"tokens": tokens}
+    if samples[0].labels is not None:
+        out["labels"] = pad_rows([s.labels for s in samples], length, IGNORE_INDEX, padding_side)
+    media = concat_media(samples)
+    out["attention_mask"] = attention_mask
+    out["position_ids"], out["rope_deltas"] = mrope_position_ids(
+        tokens,
+        media.get("image_grid_thw"),
+        media.get("video_grid_thw"),
+        media.get("second_per_grid_ts"),
+        attention_mask,
+    )
+    out.update(media)
+    return out
+
+
+class Qwen2_5_VLCollator:
+    """``padded_collate_qwen2_5_vl`` with its options bound: a picklable ``collate_fn`` for DataLoader.
+
+    YAML: ``collate_fn: {_component_: qwenvl_data.collate.Qwen2_5_VLCollator, padding_side: right}``.
+
+    Args:
+        padding_side: "right" (training) or "left" (generation).
+        pad_to_multiple_of: round the padded length up to a multiple of this.
+        max_seq_len: pad every batch to exactly this length; longer samples are an error.
+    """
+
+    def __init__(
+        self, padding_side: str = "right", pad_to_multiple_of: int | None = None, max_seq_len: int | None = None
+    ) -> None:
+        _check_options(padding_side, pad_to_multiple_of, max_seq_len)
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_seq_len = max_seq_len
+
+    def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
+        """See ``padded_collate_qwen2_5_vl``."""
+        return padded_collate_qwen2_5_vl(batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len)
