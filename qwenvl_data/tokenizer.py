@@ -1,0 +1,223 @@
+"""Qwen2.5-VL tokenizer: Qwen's byte-level BPE in the Rust ``tokenizers`` library, torchtune's interface.
+
+The Rust tokenizer gives the same ids as the released checkpoints' tokenizer (it is the same pipeline:
+NFC, Qwen2's split regex, byte-level BPE) at native speed, and its character offsets let the chat
+renderer's trained spans become a per-token loss mask without tokenizing turns separately (which would
+change ids where a turn's text starts with whitespace).
+"""
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+from torchtune.data import Message, PromptTemplate
+from torchtune.modules.transforms import Transform
+from torchtune.modules.transforms.tokenizers import ModelTokenizer
+
+from qwenvl_data._chat_template import RenderedChat, render_chat
+from qwenvl_data._constants import (
+    ENDOFTEXT_ID,
+    IM_END_ID,
+    IM_START_ID,
+    IMAGE_PAD_ID,
+    NON_SPECIAL_ADDED_TOKENS,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    VIDEO_PAD_ID,
+)
+from qwenvl_data._messages import normalise_conversation, sample_name
+from qwenvl_data._truncation import check_truncation_policy, fit_max_seq_len
+
+# Qwen2's pre-tokenizer split: contractions, letter runs with one leading non-letter, single digits,
+# punctuation runs, newline runs and whitespace runs (a space before a word stays with the word).
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Ids the chat renderer and the model rely on; a tokenizer.json that moves them is the wrong tokenizer.
+_REQUIRED_IDS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>")
+_VISION_PAD_IDS = frozenset((IMAGE_PAD_ID, VIDEO_PAD_ID))
+
+
+def _added_tokens_from_json(tokenizer_json: str) -> list[tuple[str, int, bool]]:
+    """``(content, id, special)`` of a ``tokenizer.json``'s added tokens."""
+    with open(tokenizer_json, encoding="utf-8") as f:
+        added = json.load(f)["added_tokens"]
+    return [(t["content"], t["id"], bool(t.get("special", True))) for t in added]
+
+
+def _bpe_tokenizer(vocab_json: str, merges_txt: str, added_tokens: list[tuple[str, int, bool]]) -> Tokenizer:
+    """Qwen2's byte-level BPE from ``vocab.json`` + ``merges.txt`` with ``added_tokens`` at their ids."""
+    tokenizer = Tokenizer(BPE.from_file(vocab_json, merges_txt))
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    # Added tokens take the next free id, so adding them in id order reproduces the released ids.
+    for content, token_id, special in sorted(added_tokens, key=lambda t: t[1]):
+        token = AddedToken(content, special=special, normalized=False)
+        (tokenizer.add_special_tokens if special else tokenizer.add_tokens)([token])
+        if tokenizer.token_to_id(content) != token_id:
+            raise ValueError(
+                f"{content!r} got id {tokenizer.token_to_id(content)}, expected {token_id}: {vocab_json} does "
+                f"not hold the {token_id}-token base vocabulary these special tokens follow"
+            )
+    return tokenizer
+
+
+class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's name)
+    """Qwen2.5-VL's tokenizer with the official chat template, as a torchtune ``ModelTokenizer``.
+
+    Args:
+        path (str): ``vocab.json`` of the Qwen2/2.5 vocabulary, or a ``tokenizer.json`` when
+            ``merges_file`` is None (its own added tokens are then used).
+        merges_file (str | None): ``merges.txt``. Default None (``path`` is a tokenizer.json).
+        special_tokens_path (str | None): a ``tokenizer.json`` whose ``added_tokens`` replace the built-in
+            22 Qwen2.5-VL special tokens (ids 151643-151664). Default None.
+        max_seq_len (int | None): longest sequence ``tokenize_messages`` returns. Default None.
+        prompt_template (PromptTemplate | None): torchtune template applied to the messages before the
+            chat template renders them. Default None.
+        truncation (str): "raise" (default) raises SampleTooLongError for a sequence over ``max_seq_len``;
+            "truncate_text" cuts trailing text when no image/video span is touched (raises otherwise).
+
+    Example:
+        >>> from qwenvl_data.vocab import qwen_vocab_files
+        >>> tokenizer = Qwen2_5_VLTokenizer(*qwen_vocab_files())
+        >>> tokenizer.decode(tokenizer.encode("Hello world!", add_eos=False))
+        'Hello world!'
+    """
+
+    def __init__(
+        self,
+        path: str,
+        merges_file: str | None = None,
+        special_tokens_path: str | None = None,
+        max_seq_len: int | None = None,
+        prompt_template: PromptTemplate | None = None,
+        *,
+        truncation: str = "raise",
+    ) -> None:
+        check_truncation_policy(truncation)
+        if merges_file is None:
+            self.tokenizer = Tokenizer.from_file(path)
+        else:
+            added = (
+                _added_tokens_from_json(special_tokens_path)
+                if special_tokens_path is not None
+                else [(t, i, t not in NON_SPECIAL_ADDED_TOKENS) for t, i in SPECIAL_TOKENS.items()]
+            )
+            self.tokenizer = _bpe_tokenizer(path, merges_file, added)
+        self.special_tokens: dict[str, int] = {
+            token.content: token_id for token_id, token in self.tokenizer.get_added_tokens_decoder().items()
+        }
+        for token in _REQUIRED_IDS:
+            if self.special_tokens.get(token) != SPECIAL_TOKENS[token]:
+                raise ValueError(
+                    f"{path}: {token} has id {self.special_tokens.get(token)}, Qwen2.5-VL needs {SPECIAL_TOKENS[token]}"
+                )
+        self.max_seq_len = max_seq_len
+        self.prompt_template = prompt_template
+        self.truncation = truncation
+        self.bos_id = None  # Qwen never prepends a BOS token
+        self.eos_id = IM_END_ID  # the end of every turn, where chat generation stops
+        self.pad_id = PAD_ID
+        self.im_start_id = IM_START_ID
+        self.im_end_id = IM_END_ID
+        self.stop_tokens = [IM_END_ID, ENDOFTEXT_ID]
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the tokenizer can produce (base vocabulary + added tokens)."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """Token ids of ``text``; special-token strings in it become their ids, as in the reference.
+
+        Args:
+            text: any string.
+            add_bos: kept for torchtune's interface; Qwen has no BOS token, so nothing is added.
+            add_eos: append ``eos_id`` (``<|im_end|>``), as torchtune's text-completion datasets expect.
+
+        Returns:
+            list[int] of token ids.
+        """
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ids + [self.eos_id] if add_eos else ids
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``token_ids``; ``skip_special_tokens`` drops the 14 special tokens (not ``<tool_call>`` etc.)."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def tokenize_rendered(self, chat: RenderedChat) -> tuple[list[int], list[bool]]:
+        """Tokenize a rendered conversation in one call and mask every token outside its trained spans.
+
+        A token is trained when its first character lies in a trained span; image/video pad tokens are
+        never trained (they stand for pixels, the model cannot predict them).
+
+        Returns:
+            (tokens, mask): list[int] and list[bool] of equal length, mask True = not trained.
+        """
+        encoding = self.tokenizer.encode(chat.text, add_special_tokens=False)
+        spans = chat.trained_spans
+        mask, span = [], 0
+        for token_id, (start, _) in zip(encoding.ids, encoding.offsets):
+            while span < len(spans) and spans[span][1] <= start:
+                span += 1
+            trained = span < len(spans) and spans[span][0] <= start and token_id not in _VISION_PAD_IDS
+            mask.append(not trained)
+        return encoding.ids, mask
+
+    def render(self, messages: list[Message], **render_options: bool) -> RenderedChat:
+        """Apply the prompt template (if any) and render with the official chat template (see ``render_chat``)."""
+        if self.prompt_template is not None:
+            messages = self.prompt_template(messages)
+        return render_chat(messages, **render_options)
+
+    def tokenize_messages(
+        self, messages: list[Message | Mapping[str, Any]], *, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[bool]]:
+        """Tokens and loss mask of a conversation rendered with the official Qwen2.5-VL chat template.
+
+        Text only: images and videos need their grids to expand their tokens, use ``Qwen2_5_VLTransform``.
+
+        Args:
+            messages: torchtune Messages or OpenAI/HF-style dicts.
+            add_generation_prompt: end with ``<|im_start|>assistant\\n`` for generation.
+
+        Returns:
+            (tokens, mask): list[int], list[bool] (True = not trained), at most ``max_seq_len`` long.
+
+        Raises:
+            SampleTooLongError: over ``max_seq_len`` and the truncation policy cannot shorten it.
+        """
+        return self._tokenize_sample({"messages": messages}, add_generation_prompt)
+
+    def __call__(self, sample: Mapping[str, Any], inference: bool = False) -> dict[str, Any]:
+        """Text-only model transform: replace ``messages`` by ``tokens`` and ``mask`` (torchtune's convention).
+
+        Args:
+            sample: ``{"messages": [...], optional "id"}``.
+            inference: render an open assistant turn for generation.
+
+        Returns:
+            the sample without ``messages``, with ``tokens`` list[int] and ``mask`` list[bool].
+        """
+        out = {k: v for k, v in sample.items() if k != "messages"}
+        out["tokens"], out["mask"] = self._tokenize_sample(sample, inference)
+        return out
+
+    def _tokenize_sample(self, sample: Mapping[str, Any], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
+        messages = normalise_conversation(sample)
+        if any(part["type"] != "text" for m in messages for part in m.content):
+            raise ValueError(
+                f"{sample_name(sample)}: has images or videos; use Qwen2_5_VLTransform, which expands their tokens"
+            )
+        tokens, mask = self.tokenize_rendered(self.render(messages, add_generation_prompt=add_generation_prompt))
+        return fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, sample_name(sample))
