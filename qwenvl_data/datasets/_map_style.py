@@ -1,0 +1,156 @@
+"""Map-style dataset: a record source plus a transform, applied lazily in ``__getitem__``."""
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from qwenvl_data.datasets._processing import RecordProcessor
+from qwenvl_data.datasets._sources import RecordSource, open_source, source_root
+
+logger = logging.getLogger(__name__)
+
+
+class ChatDataset(Dataset):
+    """Raw conversation records -> model-ready samples, one at a time, on demand.
+
+    Nothing is pre-loaded or pre-tokenised: memory is the source's index (byte offsets for JSON Lines,
+    a memory-mapped Arrow table otherwise) plus, with ``filter_fn``, one int64 per kept record.
+
+    Args:
+        source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts).
+        model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples untransformed.
+        image_dir: directory media paths resolve under; paths escaping it raise ``UnsafePathError``.
+        format: ``"llava"`` | ``"sharegpt"`` | ``"openai"`` or None to detect per record.
+        on_error: ``"raise"`` or ``"skip"`` (``__getitem__`` returns None; the collator drops it).
+        max_tokens: token budget per sample; longer ones are ``SampleTooLongError`` (cause ``too_long``).
+        filter_fn: predicate on the parsed raw record; evaluated once over the source at construction,
+            keeping only the indices of accepted records.
+        keep_fields: record fields copied into each sample.
+        video_fps: frame rate assumed for videos given as frames.
+    """
+
+    def __init__(
+        self,
+        source: RecordSource,
+        model_transform: Callable[[dict], dict] | None,
+        *,
+        image_dir: str | os.PathLike,
+        format: str | None = None,
+        on_error: str = "raise",
+        max_tokens: int | None = None,
+        filter_fn: Callable[[dict], bool] | None = None,
+        keep_fields: Sequence[str] = (),
+        video_fps: float | None = None,
+    ) -> None:
+        self.source = source
+        self.processor = RecordProcessor(
+            model_transform,
+            format=format,
+            image_dir=os.fspath(image_dir),
+            on_error=on_error,
+            max_tokens=max_tokens,
+            keep_fields=keep_fields,
+            video_fps=video_fps,
+        )
+        self.indices: np.ndarray | None = None
+        self.num_filtered = 0
+        if filter_fn is not None:
+            self.indices = self._accepted(filter_fn)
+            self.num_filtered = len(source) - len(self.indices)
+            logger.info("filter_fn kept %d of %d records", len(self.indices), len(source))
+
+    def _accepted(self, filter_fn: Callable[[dict], bool]) -> np.ndarray:
+        keep = np.zeros(len(self.source), dtype=bool)
+        for i in range(len(self.source)):
+            record = self.source[i]
+            try:
+                record = json.loads(record) if isinstance(record, (bytes, str)) else record
+            except ValueError:
+                keep[i] = True  # malformed records stay, so __getitem__ reports them under on_error
+                continue
+            keep[i] = bool(filter_fn(record))
+        return np.flatnonzero(keep)
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, index: int) -> dict | None:
+        """Sample ``index``, transformed; None when skipped under ``on_error="skip"``."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        index = index % len(self)
+        record_index = index if self.indices is None else int(self.indices[index])
+        return self.processor(record_index, self.source[record_index])
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Skipped samples by cause so far (all DataLoader workers included), plus ``filtered``."""
+        return {**self.processor.stats.as_dict(), "filtered": self.num_filtered}
+
+    def log_stats(self, epoch: int | None = None) -> str:
+        """Log (INFO) and return the skip summary; recipes call it at the end of each epoch."""
+        line = ("" if epoch is None else f"epoch {epoch}: ") + self.processor.stats.summary()
+        logger.info(line)
+        return line
+
+    def reset_stats(self) -> None:
+        """Zero the skip counters (to count the next epoch on its own)."""
+        self.processor.stats.reset()
+
+
+def multimodal_chat_dataset(
+    model_transform: Callable[[dict], dict] | None,
+    *,
+    source: Any,
+    data_files: Any = None,
+    split: str = "train",
+    image_dir: str | os.PathLike | None = None,
+    format: str | None = None,
+    on_error: str = "raise",
+    max_tokens: int | None = None,
+    filter_fn: Callable[[dict], bool] | None = None,
+    video_fps: float | None = None,
+    **load_dataset_kwargs: Any,
+) -> ChatDataset:
+    """Builder (YAML ``_component_``) of a lazy map-style multimodal chat dataset.
+
+    Args:
+        model_transform: e.g. ``Qwen2_5_VLTransform(...)``; None yields internal-form samples.
+        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"csv"`` / ``"arrow"`` with ``data_files``,
+            a local HF dataset directory, or a ``datasets.Dataset`` / ``DatasetDict``.
+            JSON Lines files are indexed by byte offset; the rest go through Arrow (memory-mapped).
+        data_files: file path(s) for a builder-name source.
+        split: split to use from a dataset dict.
+        image_dir: where media paths resolve; default the first data file's directory
+            (or the dataset directory, or the working directory for a ``Dataset`` object).
+        format: ``"llava"`` | ``"sharegpt"`` | ``"openai"`` or None to detect.
+        on_error: ``"raise"`` | ``"skip"``.
+        max_tokens: token budget per sample (``SampleTooLongError`` beyond it).
+        filter_fn: predicate on raw records, applied once when the dataset is built.
+        video_fps: frame rate assumed for videos given as frames (default 2.0).
+        **load_dataset_kwargs: passed to ``datasets.load_dataset``.
+
+    Returns:
+        a ``ChatDataset``; ``dataset[i]`` is the transformed sample (or None if skipped).
+
+    Example:
+        >>> ds = multimodal_chat_dataset(None, source="jsonl", data_files="llava.jsonl", image_dir="images")
+        >>> ds[0]["messages"][0]["content"][0]["type"]
+        'image'
+    """
+    records = open_source(source, data_files, split, **load_dataset_kwargs)
+    return ChatDataset(
+        records,
+        model_transform,
+        image_dir=source_root(source, data_files) if image_dir is None else image_dir,
+        format=format,
+        on_error=on_error,
+        max_tokens=max_tokens,
+        filter_fn=filter_fn,
+        video_fps=video_fps,
+    )

@@ -1,0 +1,147 @@
+"""Random-access sources of raw records whose memory does not grow with the data.
+
+- ``JsonlSource``: one int64 byte offset per line (8 bytes a record); a record is read as its raw JSON
+  line and parsed by the sample processor, so a malformed line is a counted, named bad sample.
+- ``HFSource``: a Hugging Face ``datasets.Dataset``, Arrow-backed and memory-mapped from disk
+  (JSON, parquet, CSV, a saved dataset directory, or a ``Dataset`` object).
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import datasets
+import numpy as np
+
+
+class RecordSource(Protocol):
+    """What the map-style dataset reads: a length and raw records (dicts or JSON text) by index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+def _as_paths(data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    if isinstance(data_files, (str, os.PathLike)):
+        return [os.fspath(data_files)]
+    return [os.fspath(p) for p in data_files]
+
+
+class JsonlSource:
+    """Records of JSON Lines files, indexed by byte offset; ``source[i]`` is the raw line (bytes).
+
+    Args:
+        data_files: one path or a list of paths; records are numbered across files in order.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+    """
+
+    def __init__(self, data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+        self.paths = _as_paths(data_files)
+        offsets, files = [], []
+        for file_index, path in enumerate(self.paths):
+            with open(path, "rb") as f:
+                position = 0
+                for line in f:
+                    if line.strip():  # blank lines (e.g. a trailing one) are not records
+                        offsets.append(position)
+                        files.append(file_index)
+                    position += len(line)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.file_index = np.asarray(files, dtype=np.int32)
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_handles"] = {}  # open files do not cross process boundaries
+        return state
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read_at(self, file_index: int, offset: int) -> bytes:
+        """The raw JSON line at byte ``offset`` of file ``file_index``."""
+        if self._pid != os.getpid():  # a forked worker must not share our file positions
+            self._handles, self._pid = {}, os.getpid()
+        handle = self._handles.get(file_index)
+        if handle is None:
+            handle = self._handles[file_index] = open(self.paths[file_index], "rb")
+        handle.seek(offset)
+        return handle.readline()
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.read_at(int(self.file_index[index]), int(self.offsets[index]))
+
+
+class HFSource:
+    """A Hugging Face ``datasets.Dataset`` as a record source (rows as dicts, memory-mapped)."""
+
+    def __init__(self, dataset: datasets.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[int(index)]
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, n)) for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def load_hf_dataset(
+    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
+    data_files: Any = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> datasets.Dataset:
+    """Open ``source`` as an Arrow-backed ``datasets.Dataset`` without downloading anything.
+
+    Args:
+        source: a ``Dataset`` / ``DatasetDict``, a builder name (``"json"``, ``"parquet"``, ``"csv"``,
+            ``"arrow"``) used with ``data_files``, a directory written by ``save_to_disk``, or a local
+            dataset directory of data files.
+        data_files: files for a builder name (str, list or split dict).
+        split: the split to take from a dataset dict.
+        **load_dataset_kwargs: passed to ``datasets.load_dataset``.
+
+    Returns:
+        the split as a ``datasets.Dataset``.
+    """
+    if isinstance(source, datasets.DatasetDict):
+        return source[split]
+    if isinstance(source, datasets.Dataset):
+        return source
+    path = os.fspath(source)
+    if os.path.isdir(path) and _is_saved_dataset(path):
+        loaded = datasets.load_from_disk(path)
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if data_files is None and not os.path.isdir(path):
+        raise ValueError(f"source {path!r} needs data_files (or pass a dataset directory / Dataset object)")
+    return datasets.load_dataset(path, data_files=data_files, split=split, **load_dataset_kwargs)
+
+
+def open_source(
+    source: Any, data_files: Any = None, split: str = "train", **load_dataset_kwargs: Any
+) -> JsonlSource | HFSource:
+    """Pick the cheapest random-access source: byte offsets for JSON Lines, Arrow for everything else."""
+    if isinstance(source, str) and source in ("json", "jsonl") and data_files is not None:
+        paths = _as_paths(data_files) if not isinstance(data_files, dict) else None
+        if paths and (source == "jsonl" or all(p.endswith(".jsonl") for p in paths)):
+            return JsonlSource(paths)
+        if source == "jsonl":
+            raise ValueError("source='jsonl' takes data_files as a path or a list of paths")
+    return HFSource(load_hf_dataset(source, data_files, split, **load_dataset_kwargs))
+
+
+def source_root(source: Any, data_files: Any) -> str:
+    """The directory relative media paths default to: the first data file's, else the source directory's."""
+    if data_files is not None and not isinstance(data_files, dict):
+        return os.path.dirname(os.path.abspath(_as_paths(data_files)[0]))
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        return os.path.abspath(source)
+    return os.getcwd()

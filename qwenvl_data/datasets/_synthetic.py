@@ -1,0 +1,238 @@
+"""Shapes VQA generated on the fly: no files, deterministic by ``(seed, index)``, learnable by a tiny model.
+
+Each sample draws one question type, then its answer uniformly from that type's choices, then images that
+make the answer true (shapes on a 3x3 grid so they never overlap). Question types and answers:
+
+- ``color``: "What color is the triangle?" -> one of ``COLORS`` (the asked shape appears once).
+- ``shape``: "Which shape is red?" -> one of ``SHAPES`` (the asked color appears once).
+- ``count``: "How many circles are there?" -> "1".."4".
+- ``position``: "Is the square on the left or the right?" -> "left" | "right".
+- ``which_image`` (2..``max_images`` images): "Which image has the square?" -> "first" | "second" | ...
+
+Every sample carries ``answer`` (ground truth), ``question_type``, ``choices`` (the possible answers for this
+question) and ``chance`` (= 1 / len(choices), the accuracy of guessing), next to the transformed keys.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from qwenvl_data.datasets._map_style import ChatDataset
+
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (40, 70, 220),
+    "yellow": (240, 210, 30),
+    "purple": (140, 50, 170),
+    "orange": (245, 130, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+ORDINALS = ("first", "second", "third", "fourth")
+COUNTS = ("1", "2", "3", "4")
+QUESTION_TYPES = ("color", "shape", "count", "position", "which_image")
+GRID = 3
+BACKGROUND = (235, 235, 235)
+
+
+def answer_choices(question_type: str, num_images: int = 2) -> tuple[str, ...]:
+    """The possible answers of a question type (``which_image`` depends on the number of images)."""
+    choices = {
+        "color": tuple(COLORS),
+        "shape": SHAPES,
+        "count": COUNTS,
+        "position": ("left", "right"),
+        "which_image": ORDINALS[:num_images],
+    }
+    return choices[question_type]
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, cell: tuple[int, int], cell_size: float) -> None:
+    row, col = cell
+    margin = cell_size * 0.12
+    x0, y0 = col * cell_size + margin, row * cell_size + margin
+    x1, y1 = (col + 1) * cell_size - margin, (row + 1) * cell_size - margin
+    fill = COLORS[color]
+    if shape == "circle":
+        draw.ellipse([x0, y0, x1, y1], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x0, y0, x1, y1], fill=fill)
+    else:
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+
+
+def _scene(size: int, items: list[tuple[str, str, tuple[int, int]]]) -> Image.Image:
+    image = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for shape, color, cell in items:
+        _draw(draw, shape, color, cell, size / GRID)
+    return image
+
+
+def _cells(rng: np.random.Generator, count: int, allowed: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    pool = allowed if allowed is not None else [(r, c) for r in range(GRID) for c in range(GRID)]
+    return [pool[i] for i in rng.choice(len(pool), size=count, replace=False)]
+
+
+def _other(rng: np.random.Generator, options: Sequence[str], excluded: str) -> str:
+    return str(rng.choice([o for o in options if o != excluded]))
+
+
+def _distractors(rng: np.random.Generator, cells: list, avoid_shape: str | None = None, avoid_color: str | None = None) -> list:
+    """Shapes in ``cells`` that never repeat the asked shape (or color), so the answer stays unique."""
+    items = []
+    for cell in cells:
+        shape = _other(rng, SHAPES, avoid_shape) if avoid_shape else str(rng.choice(SHAPES))
+        color = _other(rng, tuple(COLORS), avoid_color) if avoid_color else str(rng.choice(tuple(COLORS)))
+        items.append((shape, color, cell))
+    return items
+
+
+def _color_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+    shape, answer = str(rng.choice(SHAPES)), str(rng.choice(tuple(COLORS)))
+    cells = _cells(rng, 1 + int(rng.integers(0, 3)))
+    items = [(shape, answer, cells[0])] + _distractors(rng, cells[1:], avoid_shape=shape)
+    return [_scene(size, items)], f"What color is the {shape}?", answer
+
+
+def _shape_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+    color, answer = str(rng.choice(tuple(COLORS))), str(rng.choice(SHAPES))
+    cells = _cells(rng, 1 + int(rng.integers(0, 3)))
+    items = [(answer, color, cells[0])] + _distractors(rng, cells[1:], avoid_color=color)
+    return [_scene(size, items)], f"Which shape is {color}?", answer
+
+
+def _count_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+    shape, answer = str(rng.choice(SHAPES)), str(rng.choice(COUNTS))
+    cells = _cells(rng, int(answer) + int(rng.integers(0, 3)))
+    items = [(shape, str(rng.choice(tuple(COLORS))), cell) for cell in cells[: int(answer)]]
+    items += _distractors(rng, cells[int(answer) :], avoid_shape=shape)
+    return [_scene(size, items)], f"How many {shape}s are there?", answer
+
+
+def _position_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+    shape, answer = str(rng.choice(SHAPES)), str(rng.choice(("left", "right")))
+    column = 0 if answer == "left" else GRID - 1
+    target = _cells(rng, 1, [(r, column) for r in range(GRID)])[0]
+    middle = [(r, 1) for r in range(GRID)]  # distractors stay in the middle column: only the target is to a side
+    items = [(shape, str(rng.choice(tuple(COLORS))), target)]
+    items += _distractors(rng, _cells(rng, int(rng.integers(0, 3)), middle), avoid_shape=shape)
+    return [_scene(size, items)], f"Is the {shape} on the left or the right?", answer
+
+
+def _which_image_question(rng: np.random.Generator, size: int, num_images: int) -> tuple[list[Image.Image], str, str]:
+    shape = str(rng.choice(SHAPES))
+    position = int(rng.integers(num_images))
+    images = []
+    for i in range(num_images):
+        cells = _cells(rng, 1 + int(rng.integers(0, 2)))
+        items = _distractors(rng, cells, avoid_shape=shape)
+        if i == position:
+            items[0] = (shape, items[0][1], items[0][2])
+        images.append(_scene(size, items))
+    return images, f"Which image has the {shape}?", ORDINALS[position]
+
+
+class SyntheticVQASource:
+    """Generated shapes-VQA records in the internal conversation form, by index.
+
+    Args:
+        num_samples: dataset length.
+        seed: samples are a pure function of ``(seed, index)``.
+        image_size: side in pixels, or ``(min, max)`` drawn per sample (square images).
+        question_types: subset of ``QUESTION_TYPES`` to draw from (uniformly).
+        max_images: most images in a ``which_image`` sample (2..4).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        image_size: int | tuple[int, int] = (56, 112),
+        question_types: Sequence[str] = QUESTION_TYPES,
+        max_images: int = 2,
+    ) -> None:
+        unknown = set(question_types) - set(QUESTION_TYPES)
+        if unknown or not question_types:
+            raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {question_types}")
+        if not 2 <= max_images <= len(ORDINALS):
+            raise ValueError(f"max_images must be in 2..{len(ORDINALS)}, got {max_images}")
+        low, high = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if not 0 < low <= high:
+            raise ValueError(f"image_size must be a positive side or a (min, max) pair, got {image_size}")
+        self.num_samples, self.seed, self.size_range = num_samples, seed, (low, high)
+        self.question_types, self.max_images = tuple(question_types), max_images
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} synthetic samples")
+        rng = np.random.default_rng([self.seed, index])
+        question_type = str(rng.choice(self.question_types))
+        size = int(rng.integers(self.size_range[0], self.size_range[1] + 1))
+        num_images = 1
+        if question_type == "which_image":
+            num_images = int(rng.integers(2, self.max_images + 1))
+            images, question, answer = _which_image_question(rng, size, num_images)
+        else:
+            generate = {
+                "color": _color_question,
+                "shape": _shape_question,
+                "count": _count_question,
+                "position": _position_question,
+            }[question_type]
+            images, question, answer = generate(rng, size)
+        choices = answer_choices(question_type, num_images)
+        content = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
+        return {
+            "id": f"synthetic-{self.seed}-{index}",
+            "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": answer}],
+            "answer": answer,
+            "question_type": question_type,
+            "choices": list(choices),
+            "chance": 1.0 / len(choices),
+        }
+
+
+def synthetic_vqa_dataset(
+    model_transform: Callable[[dict], dict] | None,
+    *,
+    num_samples: int = 1000,
+    seed: int = 0,
+    image_size: int | tuple[int, int] = (56, 112),
+    question_types: Sequence[str] = QUESTION_TYPES,
+    max_images: int = 2,
+    max_tokens: int | None = None,
+    on_error: str = "raise",
+) -> ChatDataset:
+    """Builder (YAML ``_component_``) of the generated shapes-VQA dataset; the embedded default.
+
+    Args:
+        model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples (PIL images).
+        num_samples, seed, image_size, question_types, max_images: as ``SyntheticVQASource``.
+        max_tokens, on_error: as ``ChatDataset``.
+
+    Returns:
+        a ``ChatDataset``; each sample also has ``answer``, ``question_type``, ``choices`` and ``chance``.
+
+    Example:
+        >>> ds = synthetic_vqa_dataset(None, num_samples=10, seed=0)
+        >>> sample = ds[0]
+        >>> sample["answer"] in sample["choices"]
+        True
+    """
+    source = SyntheticVQASource(num_samples, seed, image_size, question_types, max_images)
+    return ChatDataset(
+        source,
+        model_transform,
+        image_dir=os.getcwd(),  # samples hold PIL images, never paths
+        format="openai",
+        on_error=on_error,
+        max_tokens=max_tokens,
+        keep_fields=("answer", "question_type", "choices", "chance"),
+    )
