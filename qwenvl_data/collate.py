@@ -230,10 +230,31 @@ def padded_collate_qwen2_5_vl(
         attention_mask = columns < lengths[:, None]
     else:
         attention_mask = columns >= length - lengths[:, None]
-    out = {"tokens": tokens}
+    labels = None
     if samples[0].labels is not None:
-        out["labels"] = pad_rows([s.labels for s in samples], length, IGNORE_INDEX, padding_side)
+        labels = pad_rows([s.labels for s in samples], length, IGNORE_INDEX, padding_side)
+    return assemble_batch(samples, tokens, labels, attention_mask)
+
+
+def assemble_batch(
+    samples: list[CheckedSample],
+    tokens: torch.Tensor,
+    labels: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    document_ids: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The batch dict from padded rows: adds MRoPE positions and the samples' vision inputs.
+
+    Args:
+        samples: the samples in the order their tokens appear in ``tokens`` (row by row).
+        tokens, labels: int64 [B, L]; labels may be None.
+        attention_mask: bool [B, L].
+        document_ids: int64 [B, L] for packed rows (positions restart per sample), else None.
+    """
     media = concat_media(samples)
+    out = {"tokens": tokens}
+    if labels is not None:
+        out["labels"] = labels
     out["attention_mask"] = attention_mask
     out["position_ids"], out["rope_deltas"] = mrope_position_ids(
         tokens,
@@ -241,6 +262,7 @@ def padded_collate_qwen2_5_vl(
         media.get("video_grid_thw"),
         media.get("second_per_grid_ts"),
         attention_mask,
+        document_ids=document_ids,
     )
     out.update(media)
     return out
