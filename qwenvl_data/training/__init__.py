@@ -1,0 +1,22 @@
+"""Recipe machinery: the shared fine-tuning loop, checkpoints, loss, evaluation, FSDP2 and reporting.
+
+The recipes in recipes/ import from here (never from `recipes.*`, which torchtune's own wheel
+occupies), so they run the same under `tune run`, `torchrun` and plain `python`.
+"""
+
+from qwenvl_data.training._checkpoint import TrainingCheckpointer
+from qwenvl_data.training._components import packaged_vocab_transform
+from qwenvl_data.training._eval import answer_accuracy, greedy_answer, split_prompt_and_answer
+from qwenvl_data.training._loss import NextTokenCrossEntropy
+from qwenvl_data.training._recipe import FinetuneRecipe, run_recipe
+
+__all__ = [
+    "FinetuneRecipe",
+    "NextTokenCrossEntropy",
+    "TrainingCheckpointer",
+    "answer_accuracy",
+    "packaged_vocab_transform",
+    "greedy_answer",
+    "run_recipe",
+    "split_prompt_and_answer",
+]

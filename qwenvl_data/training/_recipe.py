@@ -1,0 +1,362 @@
+"""The fine-tuning loop behind all four recipes (full or LoRA, one device or FSDP2 over N ranks).
+
+A recipe file picks the variant with two class attributes; everything else (what to build,
+how long to train, where to save) comes from the YAML config through config.instantiate.
+"""
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torchtune import training, utils
+
+from qwenvl_data.training._checkpoint import TrainingCheckpointer
+from qwenvl_data.training._config import build, check_config_keys
+from qwenvl_data.training._data import build_dataloader, move_to_device
+from qwenvl_data.training._distributed import (
+    all_reduce_sum,
+    apply_activation_checkpointing,
+    compile_blocks,
+    destroy_distributed,
+    init_distributed,
+    rank_and_world,
+    shard_model,
+)
+from qwenvl_data.training._eval import answer_accuracy
+from qwenvl_data.training._lora import merge_adapters, save_adapter, train_adapters_only
+from qwenvl_data.training._plot import plot_loss, write_metrics
+from qwenvl_data.training._progress import TrainingProgress
+
+REQUIRED_KEYS = (
+    "output_dir", "model", "tokenizer", "dataset", "collate_fn", "optimizer", "loss", "checkpointer",
+    "batch_size", "epochs",
+)  # fmt: skip
+OPTIONAL_KEYS = (
+    "seed", "shuffle", "max_steps_per_epoch", "gradient_accumulation_steps", "resume_from_checkpoint",
+    "device", "dtype", "lr_scheduler", "metric_logger", "eval_dataset", "eval_batch_size", "eval_max_samples",
+    "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
+    "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward",
+)  # fmt: skip
+LORA_KEYS = ("save_merged_weights",)
+VISION_TOWER_PREFIX = "visual."
+MERGER_PREFIX = "visual.merger."
+
+
+class FinetuneRecipe:
+    """Fine-tunes a Qwen2.5-VL model on a chat dataset; subclasses set `distributed` and `lora`.
+
+    Args:
+        cfg: the merged YAML + command-line config (see configs/ for every key).
+    """
+
+    distributed: bool = False
+    lora: bool = False
+
+    def __init__(self, cfg: DictConfig) -> None:
+        name = type(self).__name__
+        check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()))
+        if self.lora and not str(cfg.model._component_).split(".")[-1].startswith("lora_"):
+            raise ValueError(f"{name}: `model._component_` must be a LoRA builder (lora_qwen2_5_vl_*), "
+                             f"got {cfg.model._component_}")  # fmt: skip
+        self.device = utils.get_device(cfg.get("device", "cpu"))
+        if self.distributed:
+            init_distributed(self.device)
+        self.rank, self.world_size = rank_and_world()
+        self.is_main = self.rank == 0
+        self.dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self.device)
+        self.seed = int(cfg.get("seed", 0))
+        self.epochs = int(cfg.epochs)
+        self.batch_size = int(cfg.batch_size)
+        self.grad_accum = int(cfg.get("gradient_accumulation_steps", 1))
+        self.max_steps_per_epoch = cfg.get("max_steps_per_epoch")
+        self.stop_after_step = cfg.get("stop_after_step")
+        self.clip_grad_norm = cfg.get("clip_grad_norm")
+        self.log_every = int(cfg.get("log_every_n_steps", 1))
+        for key, value in (("batch_size", self.batch_size), ("epochs", self.epochs),
+                           ("gradient_accumulation_steps", self.grad_accum)):  # fmt: skip
+            if value < 1:
+                raise ValueError(f"{name}: `{key}` must be >= 1, got {value}")
+        self.output_dir = Path(cfg.output_dir)
+
+    # ---- setup --------------------------------------------------------------------------------
+    def setup(self, cfg: DictConfig) -> None:
+        """Build data, model, optimizer, schedule and logging; restore a saved state if asked."""
+        self.cfg = cfg
+        _seed_everything(self.seed)
+        self.transform = build(cfg, "tokenizer")
+        self.collate_fn = build(cfg, "collate_fn")
+        self.dataset = build(cfg, "dataset", self.transform)
+        self.eval_dataset = build(cfg, "eval_dataset", self.transform) if cfg.get("eval_dataset") else None
+        self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
+        self.model = self._build_model(cfg)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("no trainable parameters: check freeze_vision_tower / freeze_merger / the LoRA settings")
+        self.optimizer = build(cfg, "optimizer", trainable)
+        self.loss_fn = build(cfg, "loss")
+        self.dataloader = build_dataloader(
+            self.dataset, self.collate_fn, self.batch_size, shuffle=bool(cfg.get("shuffle", True)), seed=self.seed,
+            num_workers=int(cfg.get("num_workers", 0)),
+        )  # fmt: skip
+        batches = len(self.dataloader) // self.grad_accum
+        if batches == 0:
+            raise ValueError(
+                f"dataset has {len(self.dataset)} samples: fewer than one step of "
+                f"{self.batch_size} x {self.grad_accum} x {self.world_size} ranks"
+            )
+        self.steps_per_epoch = min(batches, self.max_steps_per_epoch or batches)
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.lr_scheduler = (
+            build(cfg, "lr_scheduler", self.optimizer, num_training_steps=self.total_steps)
+            if cfg.get("lr_scheduler") else None
+        )  # fmt: skip
+        self.metric_logger = build(cfg, "metric_logger") if cfg.get("metric_logger") and self.is_main else None
+        self.epoch = self.steps_in_epoch = self.global_step = 0
+        self.history: dict[str, Any] = {"steps": [], "loss": [], "tokens_per_s": [], "samples_per_s": []}
+        self.train_seconds = 0.0
+        self._resume_dataloader_state = None
+        resume = cfg.get("resume_from_checkpoint", False)
+        if resume:
+            self._resume(resume)
+        else:
+            self.history["eval_before"] = self._evaluate("before training")
+
+    def _build_model(self, cfg: DictConfig) -> torch.nn.Module:
+        pretrained = self.checkpointer.checkpoint_dir is not None
+        if self.distributed and pretrained:
+            return self._build_sharded_pretrained(cfg)
+        with training.set_default_dtype(self.dtype), self.device:
+            model = build(cfg, "model")
+        self.checkpointer.load_pretrained(model, self.dtype, trainable_only_missing=self.lora)
+        self._prepare(model, cfg)
+        if self.distributed:
+            shard_model(model, reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)))
+        return model
+
+    def _build_sharded_pretrained(self, cfg: DictConfig) -> torch.nn.Module:
+        """Build on the meta device, shard, then stream rank 0's checkpoint weights to every rank.
+
+        Only rank 0 ever holds the full weights (on CPU), so a 72B model fits on a node.
+        """
+        with training.set_default_dtype(self.dtype), torch.device("meta"):
+            model = build(cfg, "model")
+        self._prepare(model, cfg)
+        shard_model(model, reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)))
+        model.to_empty(device=self.device)
+        for module in model.modules():  # what to_empty left uninitialized and no checkpoint holds
+            if hasattr(module, "rope_init"):
+                module.rope_init()
+            if self.lora and hasattr(module, "initialize_parameters"):
+                module.initialize_parameters()
+        full = self.checkpointer.pretrained_state_dict(self.dtype) if self.is_main else {}
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not self.lora)
+        set_model_state_dict(model, full, options=options)
+        return model
+
+    def _prepare(self, model: torch.nn.Module, cfg: DictConfig) -> None:
+        """Trainable set, activation checkpointing and compilation (before sharding, names unchanged)."""
+        if self.lora:
+            train_adapters_only(model)
+        frozen = [p for flag, p in (("freeze_vision_tower", VISION_TOWER_PREFIX), ("freeze_merger", MERGER_PREFIX))
+                  if cfg.get(flag, False)]  # fmt: skip
+        for name, param in model.named_parameters():
+            in_merger = name.startswith(MERGER_PREFIX)
+            if (VISION_TOWER_PREFIX in frozen and name.startswith(VISION_TOWER_PREFIX) and not in_merger) or (
+                MERGER_PREFIX in frozen and in_merger
+            ):
+                param.requires_grad_(False)
+        if cfg.get("enable_activation_checkpointing", False):
+            apply_activation_checkpointing(model)
+        if cfg.get("compile", False):
+            compile_blocks(model)
+
+    def _resume(self, resume: bool | str) -> None:
+        path = self.checkpointer.latest_state() if resume is True else Path(str(resume))
+        if path is None:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint=true but {self.checkpointer.state_root} holds no complete training state"
+            )
+        state = self.checkpointer.load_state(path, self.model, self.optimizer)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.epoch, self.steps_in_epoch, self.global_step = state["epoch"], state["steps_in_epoch"], state["global_step"]
+        self.history, self.train_seconds = state["history"], state["train_seconds"]
+        if self.steps_in_epoch >= self.steps_per_epoch:
+            self.epoch, self.steps_in_epoch = self.epoch + 1, 0
+        else:
+            self._resume_dataloader_state = state["dataloader"]
+        if self.is_main:
+            print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
+
+    def _evaluate(self, when: str) -> dict[str, float] | None:
+        if self.eval_dataset is None:
+            return None
+        result = answer_accuracy(
+            self.model, self.eval_dataset, self.collate_fn, batch_size=int(self.cfg.get("eval_batch_size", 8)),
+            device=self.device, dtype=self.dtype, max_samples=self.cfg.get("eval_max_samples"),
+        )  # fmt: skip
+        if self.is_main:
+            print(f"held-out answer accuracy {when}: {result['accuracy']:.1%} "
+                  f"({result['correct']}/{result['total']})", flush=True)  # fmt: skip
+        return result
+
+    # ---- training -----------------------------------------------------------------------------
+    def train(self) -> None:
+        """Run the remaining optimizer steps, saving resumable states as configured."""
+        progress = TrainingProgress(self.total_steps, self.global_step, enabled=self.is_main)
+        self.model.train()
+        stopped_early = False
+        while self.epoch < self.epochs and not stopped_early:
+            self.dataloader.sampler.set_epoch(self.epoch)
+            if self._resume_dataloader_state is not None:
+                self.dataloader.load_state_dict(self._resume_dataloader_state)
+                self._resume_dataloader_state = None
+            batches = iter(self.dataloader)
+            while self.steps_in_epoch < self.steps_per_epoch:
+                started = time.perf_counter()
+                loss, tokens, samples = self._optimizer_step(batches)
+                self.train_seconds += time.perf_counter() - started
+                self.global_step += 1
+                self.steps_in_epoch += 1
+                self._record(progress, loss, tokens, samples)
+                stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
+                end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
+                if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
+                    self.save_checkpoint()
+                if stopped_early:
+                    break
+            if not stopped_early:
+                self.epoch, self.steps_in_epoch = self.epoch + 1, 0
+        progress.close()
+        self.stopped_early = stopped_early
+
+    def _optimizer_step(self, batches: Any) -> tuple[float, int, int]:
+        """Accumulate gradients over micro-batches, normalise by the global token count, step.
+
+        Returns:
+            (mean loss per trained token over the global batch, trained tokens, samples) over all ranks.
+        """
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = torch.zeros((), dtype=torch.int64, device=self.device)
+        samples = 0
+        for _ in range(self.grad_accum):
+            batch = move_to_device(next(batches), self.device, self.dtype)
+            logits = self.model(**batch)
+            micro_loss = self.loss_fn(logits, batch["labels"])
+            micro_loss.backward()
+            loss_sum += micro_loss.detach()
+            tokens += self.loss_fn.num_trained_tokens(batch["labels"])
+            samples += batch["tokens"].shape[0]
+            del logits, micro_loss
+        global_tokens = all_reduce_sum(tokens)
+        # FSDP2 averages gradients over ranks; scaling by world/tokens turns that into sum/tokens.
+        scale = self.world_size / max(int(global_tokens), 1)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(scale)
+        if self.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.clip_grad_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        global_loss = float(all_reduce_sum(loss_sum)) / max(int(global_tokens), 1)
+        global_samples = int(all_reduce_sum(torch.tensor(samples, device=self.device)))
+        return global_loss, int(global_tokens), global_samples
+
+    def _record(self, progress: TrainingProgress, loss: float, tokens: int, samples: int) -> None:
+        figures = progress.step(loss, tokens, samples)
+        self.history["steps"].append(self.global_step)
+        self.history["loss"].append(loss)
+        self.history["tokens_per_s"].append(figures["tokens_per_s"])
+        self.history["samples_per_s"].append(figures["samples_per_s"])
+        if self.metric_logger is not None and self.global_step % self.log_every == 0:
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.metric_logger.log_dict({"loss": loss, "lr": lr, **figures}, step=self.global_step)
+
+    # ---- saving -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Atomically save everything needed to continue this run bit-identically."""
+        trainer_state = {
+            "epoch": self.epoch, "steps_in_epoch": self.steps_in_epoch, "global_step": self.global_step,
+            "dataloader": self.dataloader.state_dict(), "history": self.history, "train_seconds": self.train_seconds,
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+        }  # fmt: skip
+        return self.checkpointer.save_state(self.global_step, self.model, self.optimizer, trainer_state)
+
+    def finish(self) -> Path | None:
+        """After training: evaluate, write the HF weights, metrics and loss plot; print where they are."""
+        if self.stopped_early:
+            if self.is_main:
+                print(f"stopped after step {self.global_step} (stop_after_step); resume with "
+                      f"resume_from_checkpoint=true output_dir={self.output_dir}", flush=True)  # fmt: skip
+            return None
+        self.history["eval_after"] = self._evaluate("after training")
+        final_dir = self._save_final_weights()
+        if self.is_main:
+            self._write_report(final_dir)
+        return final_dir
+
+    def _save_final_weights(self) -> Path | None:
+        if not self.lora:
+            return self.checkpointer.save_hf(self.model, lambda: build(self.cfg, "model"))
+        full = self.checkpointer.full_state_dict(self.model)
+        rank_alpha = {"lora_rank": int(self.cfg.model.lora_rank), "lora_alpha": float(self.cfg.model.lora_alpha)}
+        adapter_dir = None
+        if self.is_main:
+            base = str(self.checkpointer.checkpoint_dir) if self.checkpointer.checkpoint_dir else None
+            adapter_dir = save_adapter(full, self.output_dir / "adapter", base_model=base, **rank_alpha)
+            print(f"LoRA adapter: {adapter_dir}", flush=True)
+        if not self.cfg.get("save_merged_weights", True):
+            return adapter_dir
+        merged = merge_adapters(full, **rank_alpha) if self.is_main else {}
+        plain = {"lora_attn_modules": [], "apply_lora_to_mlp": False, "apply_lora_to_output": False}
+        return self.checkpointer.save_hf(self.model, lambda: build(self.cfg, "model", **plain), state_dict=merged)
+
+    def _write_report(self, final_dir: Path | None) -> None:
+        before, after = self.history.get("eval_before"), self.history.get("eval_after")
+        metrics = {
+            "steps": self.global_step, "world_size": self.world_size, "train_seconds": self.train_seconds,
+            "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
+            "accuracy_before": before["accuracy"] if before else None,
+            "accuracy_after": after["accuracy"] if after else None,
+            "history": self.history, "hf_checkpoint": str(final_dir) if final_dir else None,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }  # fmt: skip
+        metrics_path = write_metrics(self.output_dir / "metrics.json", metrics)
+        title = f"{type(self).__name__}: {self.global_step} steps"
+        if before and after:
+            title += f", held-out accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}"
+        plot_path = plot_loss(self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title)
+        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; "
+              f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
+        print(f"HF checkpoint: {final_dir}", flush=True)
+
+    def cleanup(self) -> None:
+        if self.metric_logger is not None:
+            self.metric_logger.close()
+        destroy_distributed()
+
+
+def _seed_everything(seed: int) -> None:
+    """Same seed on every rank: identical model init, so sharding a random init is consistent."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
+    """setup -> train -> finish -> cleanup, the sequence every fine-tuning recipe_main runs."""
+    recipe = recipe_class(cfg)
+    try:
+        recipe.setup(cfg)
+        recipe.train()
+        recipe.finish()
+    finally:
+        recipe.cleanup()
+
