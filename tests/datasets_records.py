@@ -1,0 +1,33 @@
+"""Helpers for the dataset tests: write records as JSON Lines and real image files next to them."""
+
+import json
+from pathlib import Path
+
+from media import photo
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    """One JSON object per line (entries that are ``str`` are written verbatim, e.g. malformed lines)."""
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_photos(directory: Path, names: list[str], size: tuple[int, int] = (64, 48)) -> list[Path]:
+    """Real PNG/JPEG photos (``media.photo``) under ``directory``; the suffix picks the format."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, name in enumerate(names):
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo(*size, seed=seed).save(path)
+        paths.append(path)
+    return paths
+
+
+def text_record(i: int) -> dict:
+    """A text-only OpenAI-style record with id ``r{i}``."""
+    return {
+        "id": f"r{i}",
+        "messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}],
+    }
