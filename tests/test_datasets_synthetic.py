@@ -1,0 +1,99 @@
+"""Synthetic shapes VQA: deterministic by seed, and every answer true of its image(s), checked by decoding
+the pixels (cell by cell: color by nearest palette entry, shape by how much of its box it fills)."""
+
+import re
+
+import numpy as np
+import pytest
+
+from qwenvl_data.datasets import QUESTION_TYPES, answer_choices, synthetic_vqa_dataset
+from qwenvl_data.datasets._synthetic import COLORS
+
+ORDINALS = ["first", "second", "third", "fourth"]
+
+
+def decode_scene(image) -> list[tuple[str, str, int]]:
+    """(shape, color, column) of every shape drawn on the 3x3 grid, read from the pixels only."""
+    pixels = np.asarray(image, dtype=np.int32)
+    size = pixels.shape[0]
+    palette = {name: np.array(rgb) for name, rgb in COLORS.items()}
+    found = []
+    for row in range(3):
+        for col in range(3):
+            cell = pixels[row * size // 3 : (row + 1) * size // 3, col * size // 3 : (col + 1) * size // 3]
+            distance = {name: np.abs(cell - rgb).sum(-1) for name, rgb in palette.items()}
+            color = max(distance, key=lambda name: (distance[name] < 40).sum())
+            inside = distance[color] < 40
+            if inside.sum() < 10:
+                continue
+            ys, xs = np.nonzero(inside)
+            fill = inside.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+            shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+            found.append((shape, color, col))
+    return found
+
+
+def true_answer(question: str, scenes: list[list[tuple[str, str, int]]]) -> str:
+    if m := re.fullmatch(r"What color is the (\w+)\?", question):
+        return next(c for s, c, _ in scenes[0] if s == m[1])
+    if m := re.fullmatch(r"Which shape is (\w+)\?", question):
+        return next(s for s, c, _ in scenes[0] if c == m[1])
+    if m := re.fullmatch(r"How many (\w+)s are there\?", question):
+        return str(sum(s == m[1] for s, _, _ in scenes[0]))
+    if m := re.fullmatch(r"Is the (\w+) on the left or the right\?", question):
+        column = next(col for s, _, col in scenes[0] if s == m[1])
+        return {0: "left", 2: "right"}[column]
+    m = re.fullmatch(r"Which image has the (\w+)\?", question)
+    (index,) = [i for i, scene in enumerate(scenes) if any(s == m[1] for s, _, _ in scene)]
+    return ORDINALS[index]
+
+
+def test_answers_are_true_of_the_pixels_and_the_asked_thing_is_unique():
+    ds = synthetic_vqa_dataset(None, num_samples=120, seed=3, image_size=96, max_images=3)
+    for i in range(len(ds)):
+        sample = ds[i]
+        *image_parts, question = sample["messages"][0]["content"]
+        scenes = [decode_scene(part["image"]) for part in image_parts]
+        assert true_answer(question["text"], scenes) == sample["answer"], (i, question["text"], scenes)
+        assert sample["messages"][1] == {"role": "assistant", "content": sample["answer"]}
+
+
+def test_same_seed_same_samples_other_seed_other_samples():
+    a, b, c = (synthetic_vqa_dataset(None, num_samples=8, seed=s) for s in (0, 0, 1))
+    for i in range(8):
+        first, second = a[i], b[i]
+        assert first["answer"] == second["answer"] and first["id"] == second["id"] == f"synthetic-0-{i}"
+        images = [p["image"].tobytes() for p in first["messages"][0]["content"][:-1]]
+        assert images == [p["image"].tobytes() for p in second["messages"][0]["content"][:-1]]
+    assert [a[i]["messages"][0]["content"][-1]["text"] for i in range(8)] != [
+        c[i]["messages"][0]["content"][-1]["text"] for i in range(8)
+    ]
+
+
+def test_every_question_type_every_answer_and_chance_levels_appear():
+    ds = synthetic_vqa_dataset(None, num_samples=400, seed=0, image_size=(56, 112), max_images=3)
+    answers = {t: set() for t in QUESTION_TYPES}
+    sizes, image_counts = set(), set()
+    for i in range(len(ds)):
+        sample = ds[i]
+        images = [p["image"] for p in sample["messages"][0]["content"][:-1]]
+        answers[sample["question_type"]].add(sample["answer"])
+        assert sample["choices"] == list(answer_choices(sample["question_type"], len(images)))
+        assert sample["chance"] == pytest.approx(1 / len(sample["choices"]))
+        sizes |= {im.size for im in images}
+        image_counts.add(len(images))
+    assert answers == {
+        "color": set(COLORS), "shape": {"circle", "square", "triangle"}, "count": {"1", "2", "3", "4"},
+        "position": {"left", "right"}, "which_image": {"first", "second", "third"},
+    }
+    assert image_counts == {1, 2, 3}
+    assert all(w == h and 56 <= w <= 112 for w, h in sizes)
+
+
+def test_question_types_can_be_restricted_and_bad_options_are_refused():
+    ds = synthetic_vqa_dataset(None, num_samples=20, question_types=["color"])
+    assert {ds[i]["question_type"] for i in range(20)} == {"color"}
+    with pytest.raises(ValueError, match="question_types"):
+        synthetic_vqa_dataset(None, question_types=["weather"])
+    with pytest.raises(ValueError, match="max_images"):
+        synthetic_vqa_dataset(None, max_images=9)
