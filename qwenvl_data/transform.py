@@ -1,0 +1,209 @@
+"""Qwen2.5-VL model transform: a conversation with images/videos -> tokens, labels and pixel patches.
+
+It composes the tokenizer (official chat template, one ``<|image_pad|>`` per image) with the image
+transform (patches and grid per image), then gives each image ``t*h*w / merge_size**2`` pad tokens,
+the number of merged patches the vision encoder hands the language model for it.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torchtune.data import Message, PromptTemplate
+from torchtune.modules.transforms import Transform
+from torchtune.modules.transforms.tokenizers import ModelTokenizer
+
+from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID
+from qwenvl_data._messages import normalise_conversation, sample_name
+from qwenvl_data._truncation import fit_max_seq_len
+from qwenvl_data.errors import PlaceholderMismatchError, SampleError
+from qwenvl_data.image import Qwen2_5_VLImageTransform
+from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
+
+# Per media kind: its pad token and the image transform's output keys (patches, grid, then extras).
+_MEDIA = {
+    "image": (IMAGE_PAD_ID, ("pixel_values", "image_grid_thw")),
+    "video": (VIDEO_PAD_ID, ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")),
+}
+
+
+class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's name)
+    """Turn ``{"messages": [...]}`` into Qwen2.5-VL's ``tokens``, ``mask``, ``labels`` and pixel inputs.
+
+    Token ids equal transformers' Qwen2.5-VL processor output (official chat template, expanded pads).
+    Labels train the assistant's content and its closing ``<|im_end|>``; the rest is ``IGNORE_INDEX``
+    (-100). Image/video pad tokens are never trained.
+
+    Args:
+        path (str): ``vocab.json`` (or a ``tokenizer.json`` when ``merges_file`` is None).
+        merges_file (str | None): ``merges.txt``.
+        max_seq_len (int | None): longest sequence, counted after pad expansion. Default None.
+        special_tokens_path (str | None): see ``Qwen2_5_VLTokenizer``.
+        prompt_template (PromptTemplate | None): torchtune template applied before the chat template.
+        train_on_input (bool): train on every token (system, user, headers), not only the answers.
+        add_vision_id (bool): prefix media with ``Picture {n}: `` / ``Video {n}: `` as the template's option.
+        truncation (str): "raise" (default): SampleTooLongError for samples over ``max_seq_len``
+            (datasets with ``on_error="skip"`` drop them); "truncate_text": cut trailing text when no
+            image/video span is touched, raise otherwise.
+        **image_kwargs: passed to ``Qwen2_5_VLImageTransform`` (``min_pixels``, ``max_pixels``, ...).
+
+    Example:
+        >>> from PIL import Image
+        >>> from qwenvl_data.vocab import qwen_vocab_files
+        >>> transform = Qwen2_5_VLTransform(*qwen_vocab_files())
+        >>> out = transform({"messages": [
+        ...     {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (56, 56))},
+        ...                                  {"type": "text", "text": "What is this?"}]},
+        ...     {"role": "assistant", "content": "A black square."}]})
+        >>> out["pixel_values"].shape, out["image_grid_thw"].tolist(), out["tokens"].count(151655)
+        (torch.Size([16, 1176]), [[1, 4, 4]], 4)
+    """
+
+    def __init__(
+        self,
+        path: str,
+        merges_file: str | None = None,
+        max_seq_len: int | None = None,
+        *,
+        special_tokens_path: str | None = None,
+        prompt_template: PromptTemplate | None = None,
+        train_on_input: bool = False,
+        add_vision_id: bool = False,
+        truncation: str = "raise",
+        **image_kwargs: Any,
+    ) -> None:
+        self.tokenizer = Qwen2_5_VLTokenizer(
+            path, merges_file, special_tokens_path, max_seq_len, prompt_template, truncation=truncation
+        )
+        self.image_transform = Qwen2_5_VLImageTransform(**image_kwargs)
+        self.merge_factor = self.image_transform.merge_size**2
+        self.train_on_input = train_on_input
+        self.add_vision_id = add_vision_id
+        self.truncation = truncation
+        self.special_tokens = self.tokenizer.special_tokens
+        self.max_seq_len = max_seq_len
+        self.pad_id = self.tokenizer.pad_id
+        self.eos_id = self.tokenizer.eos_id
+        self.stop_tokens = self.tokenizer.stop_tokens
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the tokenizer can produce."""
+        return self.tokenizer.vocab_size
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """See ``Qwen2_5_VLTokenizer.encode``."""
+        return self.tokenizer.encode(text, add_bos=add_bos, add_eos=add_eos)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        """See ``Qwen2_5_VLTokenizer.decode``."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def tokenize_messages(
+        self, messages: list[Message | Mapping[str, Any]], *, add_generation_prompt: bool = False
+    ) -> tuple[list[int], list[bool]]:
+        """Tokens and mask of a conversation with images/videos expanded (``ModelTokenizer`` interface)."""
+        out = self({"messages": messages}, inference=add_generation_prompt)
+        return out["tokens"], out["mask"]
+
+    def __call__(self, sample: Mapping[str, Any], inference: bool = False) -> dict[str, Any]:
+        """Tokenize and label the conversation and preprocess its media.
+
+        Args:
+            sample: ``{"messages": [...], optional "id", optional "images"/"videos"}`` (see
+                ``normalise_conversation`` for the accepted message forms).
+            inference: end with an open assistant turn (``add_generation_prompt``) for generation.
+
+        Returns:
+            the sample without ``messages``/``images``/``videos``, plus ``tokens`` list[int], ``mask``
+            list[bool] (True = not trained), ``labels`` list[int] (-100 where not trained); with images
+            ``pixel_values`` float [sum N, 1176] and ``image_grid_thw`` int64 [num_images, 3]; with videos
+            ``pixel_values_videos`` float [sum N, 1176], ``video_grid_thw`` int64 [num_videos, 3] and
+            ``second_per_grid_ts`` float32 [num_videos]. Text-only samples get no pixel keys.
+
+        Raises:
+            InvalidConversationError, PlaceholderMismatchError, ImageLoadError, SampleTooLongError:
+                the message names the sample by its ``id``.
+        """
+        name = sample_name(sample)
+        messages = normalise_conversation(sample)
+        media = {kind: self._preprocess(messages, kind, name) for kind in _MEDIA}
+        chat = self.tokenizer.render(
+            messages,
+            add_vision_id=self.add_vision_id,
+            add_generation_prompt=inference,
+            train_on_input=self.train_on_input,
+        )
+        tokens, mask = self.tokenizer.tokenize_rendered(chat)
+        for kind, outputs in media.items():
+            tokens, mask = self._expand_pads(tokens, mask, kind, outputs, name)
+        tokens, mask = fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, name)
+
+        out = {k: v for k, v in sample.items() if k not in ("messages", "images", "videos")}
+        out["tokens"], out["mask"] = tokens, mask
+        out["labels"] = [IGNORE_INDEX if masked else token for token, masked in zip(tokens, mask)]
+        for kind, outputs in media.items():
+            if outputs:
+                out.update({key: torch.cat([o[key] for o in outputs]) for key in _MEDIA[kind][1]})
+        self._check_pad_counts(out, name)
+        return out
+
+    def _preprocess(self, messages: list[Message], kind: str, name: str) -> list[dict[str, Any]]:
+        """Run the image transform on every ``kind`` part, in conversation order."""
+        outputs = []
+        for part in (p for m in messages for p in m.content if p["type"] == kind):
+            source = part["content"]
+            try:
+                if kind == "image":
+                    outputs.append(self.image_transform({"image": source}))
+                else:
+                    outputs.append(self.image_transform({"video": source, "fps": part["fps"]}))
+            except SampleError as err:
+                raise type(err)(f"{name}: {err}") from err
+        return outputs
+
+    def _expand_pads(
+        self, tokens: list[int], mask: list[bool], kind: str, outputs: list[dict[str, Any]], name: str
+    ) -> tuple[list[int], list[bool]]:
+        """Give the i-th ``kind`` pad token as many copies as the i-th image/video has merged patches."""
+        pad_id, (_, grid_key, *_) = _MEDIA[kind]
+        found = tokens.count(pad_id)
+        if found != len(outputs):
+            # Only pad-token strings typed into the text itself can cause this.
+            raise PlaceholderMismatchError(
+                f"{name}: {found} <|{kind}_pad|> tokens in the rendered text but {len(outputs)} {kind}s; "
+                f"the text must not contain the literal string <|{kind}_pad|>"
+            )
+        counts = [int(output[grid_key].prod()) // self.merge_factor for output in outputs]
+        return expand_pads(tokens, mask, pad_id, counts)
+
+    def _check_pad_counts(self, out: dict[str, Any], name: str) -> None:
+        """Guarantee pad tokens and patch rows agree, whatever happened above (truncation included)."""
+        for pad_id, (pixel_key, *_) in _MEDIA.values():
+            rows = out[pixel_key].shape[0] if pixel_key in out else 0
+            pads = out["tokens"].count(pad_id)
+            if pads * self.merge_factor != rows:
+                raise PlaceholderMismatchError(
+                    f"{name}: {pads} pad tokens (id {pad_id}) but {rows} patch rows in {pixel_key} "
+                    f"(expected {self.merge_factor} rows per token)"
+                )
+
+
+
+def expand_pads(tokens: list[int], mask: list[bool], pad_id: int, counts: list[int]) -> tuple[list[int], list[bool]]:
+    """Replace the i-th ``pad_id`` in ``tokens`` by ``counts[i]`` copies, masked (pads are never trained).
+
+    Args:
+        tokens: ids with one pad per image/video; mask: same length, True = not trained.
+        pad_id: ``IMAGE_PAD_ID`` or ``VIDEO_PAD_ID``; counts: tokens per image/video, one per pad, in order.
+
+    Returns:
+        (tokens, mask) with every pad expanded.
+    """
+    positions = [i for i, token in enumerate(tokens) if token == pad_id]
+    new_tokens, new_mask, previous = [], [], 0
+    for position, count in zip(positions, counts, strict=True):
+        new_tokens += tokens[previous:position] + [pad_id] * count
+        new_mask += mask[previous:position] + [True] * count
+        previous = position + 1
+    return new_tokens + tokens[previous:], new_mask + mask[previous:]
