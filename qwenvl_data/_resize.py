@@ -1,0 +1,67 @@
+"""Target size of an image for the vision encoder, and the resize to it.
+
+The size rule must give the same grid as the released checkpoints' processor for every input size, so it is
+computed with the same floating-point steps (Python ``round`` ties to even, ``sqrt`` of the pixel ratio).
+"""
+
+import math
+
+from PIL import Image
+
+from qwenvl_data._constants import IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS, MAX_ASPECT_RATIO, MERGE_SIZE, PATCH_SIZE
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = PATCH_SIZE * MERGE_SIZE,
+    min_pixels: int = IMAGE_MIN_PIXELS,
+    max_pixels: int = IMAGE_MAX_PIXELS,
+) -> tuple[int, int]:
+    """The (height, width) an image is resized to: multiples of ``factor``, about the same aspect ratio,
+    and (unless one side is already at ``factor``) between ``min_pixels`` and ``max_pixels`` pixels.
+
+    Args:
+        height (int): input height in pixels, >= 1.
+        width (int): input width in pixels, >= 1.
+        factor (int): both output sides are multiples of this (patch size x merge size = 28).
+        min_pixels (int): smallest pixel count to scale up to.
+        max_pixels (int): largest pixel count to scale down to.
+
+    Returns:
+        tuple[int, int]: (resized_height, resized_width).
+
+    Raises:
+        ValueError: an empty image, or one more elongated than ``MAX_ASPECT_RATIO`` (200:1), which the model
+            cannot represent with whole patches.
+
+    Example:
+        >>> smart_resize(480, 640)
+        (476, 644)
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image of {width}x{height} pixels is empty")
+    aspect_ratio = max(height, width) / min(height, width)
+    if aspect_ratio > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"image of {width}x{height} pixels has aspect ratio {aspect_ratio:.1f}, "
+            f"more than the {MAX_ASPECT_RATIO} the model supports"
+        )
+    resized_height = round(height / factor) * factor
+    resized_width = round(width / factor) * factor
+    if resized_height * resized_width > max_pixels:
+        shrink = math.sqrt(height * width / max_pixels)
+        resized_height = max(factor, math.floor(height / shrink / factor) * factor)
+        resized_width = max(factor, math.floor(width / shrink / factor) * factor)
+    elif resized_height * resized_width < min_pixels:
+        grow = math.sqrt(min_pixels / (height * width))
+        resized_height = math.ceil(height * grow / factor) * factor
+        resized_width = math.ceil(width * grow / factor) * factor
+    return resized_height, resized_width
+
+
+def resize_rgb(image: Image.Image, height: int, width: int) -> Image.Image:
+    """``image`` (mode RGB) resized with PIL's bicubic filter, the filter the released checkpoints saw."""
+    if image.size == (width, height):
+        return image  # PIL would return an identical copy; the pixels are only read afterwards
+    return image.resize((width, height), Image.Resampling.BICUBIC)
