@@ -175,3 +175,33 @@ def test_stateful_dataloader_with_workers_resumes_the_map_style_dataset(tmp_path
     resumed = loader()
     resumed.load_state_dict(state)
     assert head + list(resumed) == full
+
+
+def test_builders_instantiate_from_yaml_like_torchtunes(llava_dir, tmp_path):
+    from omegaconf import OmegaConf
+    from torchtune import config
+
+    cfg = OmegaConf.create(
+        f"""
+        parquet:
+          _component_: qwenvl_data.datasets.multimodal_chat_dataset
+          source: parquet
+          data_files: [{llava_dir / "train.parquet"}]
+          cache_dir: {tmp_path / "hf_cache"}
+          on_error: skip
+        streaming:
+          _component_: qwenvl_data.datasets.streaming_chat_dataset
+          data_files: [{llava_dir / "train.jsonl"}]
+          shuffle_buffer_size: 4
+        synthetic:
+          _component_: qwenvl_data.datasets.synthetic_vqa_dataset
+          num_samples: 5
+          image_size: [56, 70]
+          question_types: [color, count]
+        """
+    )
+    parquet = config.instantiate(cfg.parquet, byte_tokens)
+    assert parquet[3]["id"] == "l3" and parquet[3]["tokens"][0] == 256
+    assert sorted(s["id"] for s in config.instantiate(cfg.streaming, byte_tokens)) == sorted(f"l{i}" for i in range(12))
+    synthetic = config.instantiate(cfg.synthetic, None)
+    assert len(synthetic) == 5 and {synthetic[i]["question_type"] for i in range(5)} <= {"color", "count"}

@@ -7,7 +7,7 @@
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import datasets
@@ -26,6 +26,15 @@ def _as_paths(data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     if isinstance(data_files, (str, os.PathLike)):
         return [os.fspath(data_files)]
     return [os.fspath(p) for p in data_files]
+
+
+def _plain_data_files(data_files: Any) -> str | list[str] | dict[str, list[str]] | None:
+    """YAML configs hand over OmegaConf containers; ``datasets`` wants plain str / list / dict."""
+    if data_files is None or isinstance(data_files, (str, os.PathLike)):
+        return None if data_files is None else os.fspath(data_files)
+    if isinstance(data_files, Mapping):
+        return {str(split): _as_paths(files) for split, files in data_files.items()}
+    return _as_paths(data_files)
 
 
 class JsonlSource:
@@ -129,6 +138,7 @@ def open_source(
     source: Any, data_files: Any = None, split: str = "train", **load_dataset_kwargs: Any
 ) -> JsonlSource | HFSource:
     """Pick the cheapest random-access source: byte offsets for JSON Lines, Arrow for everything else."""
+    data_files = _plain_data_files(data_files)
     if isinstance(source, str) and source in ("json", "jsonl") and data_files is not None:
         paths = _as_paths(data_files) if not isinstance(data_files, dict) else None
         if paths and (source == "jsonl" or all(p.endswith(".jsonl") for p in paths)):
@@ -140,7 +150,7 @@ def open_source(
 
 def source_root(source: Any, data_files: Any) -> str:
     """The directory relative media paths default to: the first data file's, else the source directory's."""
-    if data_files is not None and not isinstance(data_files, dict):
+    if data_files is not None and not isinstance(data_files, Mapping):
         return os.path.dirname(os.path.abspath(_as_paths(data_files)[0]))
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         return os.path.abspath(source)
