@@ -21,11 +21,9 @@ from qwenvl_data._constants import (
     ENDOFTEXT_ID,
     IM_END_ID,
     IM_START_ID,
-    IMAGE_PAD_ID,
     NON_SPECIAL_ADDED_TOKENS,
     PAD_ID,
     SPECIAL_TOKENS,
-    VIDEO_PAD_ID,
 )
 from qwenvl_data._messages import normalise_conversation, sample_name
 from qwenvl_data._truncation import check_truncation_policy, fit_max_seq_len
@@ -39,7 +37,6 @@ QWEN2_SPLIT_REGEX = (
 # Ids the chat renderer and the model rely on; a tokenizer.json that moves them is the wrong tokenizer.
 _REQUIRED_IDS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>")
-_VISION_PAD_IDS = frozenset((IMAGE_PAD_ID, VIDEO_PAD_ID))
 
 
 def _added_tokens_from_json(tokenizer_json: str) -> list[tuple[str, int, bool]]:
@@ -106,6 +103,8 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
     ) -> None:
         check_truncation_policy(truncation)
         if merges_file is None:
+            if special_tokens_path is not None:
+                raise ValueError("special_tokens_path goes with vocab.json + merges.txt; a tokenizer.json has its own")
             self.tokenizer = Tokenizer.from_file(path)
         else:
             added = (
@@ -158,20 +157,20 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
     def tokenize_rendered(self, chat: RenderedChat) -> tuple[list[int], list[bool]]:
         """Tokenize a rendered conversation in one call and mask every token outside its trained spans.
 
-        A token is trained when its first character lies in a trained span; image/video pad tokens are
-        never trained (they stand for pixels, the model cannot predict them).
+        A token is trained when its first character lies in a trained span: a token that starts in the
+        role header and runs into the answer (``"\\n"`` + an answer starting with newlines) stays context.
 
         Returns:
             (tokens, mask): list[int] and list[bool] of equal length, mask True = not trained.
         """
         encoding = self.tokenizer.encode(chat.text, add_special_tokens=False)
-        spans = chat.trained_spans
-        mask, span = [], 0
-        for token_id, (start, _) in zip(encoding.ids, encoding.offsets):
-            while span < len(spans) and spans[span][1] <= start:
-                span += 1
-            trained = span < len(spans) and spans[span][0] <= start and token_id not in _VISION_PAD_IDS
-            mask.append(not trained)
+        mask = [True] * len(encoding.ids)
+        for start, end in chat.trained_spans:
+            first = encoding.char_to_token(start)
+            if encoding.token_to_chars(first)[0] < start:
+                first += 1
+            last = encoding.char_to_token(end - 1)
+            mask[first : last + 1] = [False] * max(0, last + 1 - first)
         return encoding.ids, mask
 
     def render(self, messages: list[Message], **render_options: bool) -> RenderedChat:

@@ -1,6 +1,7 @@
 """Qwen2_5_VLTokenizer against transformers' tokenizer built from the same real Qwen vocabulary."""
 
 import json
+import pickle
 import unicodedata
 from pathlib import Path
 
@@ -99,6 +100,19 @@ def test_special_tokens_path_replaces_the_builtin_added_tokens(vocab_files, qwen
     # Beyond the extra tokens, the tokenizer is the same as the built-in one.
     text = TEXTS["special_strings"] + TEXTS["code"]
     assert ours.encode(text, add_eos=False) == reference.encode(text, add_special_tokens=False)
+
+
+def test_special_tokens_path_beside_a_tokenizer_json_is_refused(qwen3_tokenizer_json):
+    with pytest.raises(ValueError, match="special_tokens_path"):
+        Qwen2_5_VLTokenizer(qwen3_tokenizer_json, special_tokens_path=qwen3_tokenizer_json)
+
+
+def test_pickled_tokenizer_gives_the_same_ids(tokenizer):
+    """DataLoader workers started with spawn receive the tokenizer pickled."""
+    clone = pickle.loads(pickle.dumps(tokenizer))
+    assert clone.tokenize_messages(CONVERSATIONS["system_and_multi_turn"]) == tokenizer.tokenize_messages(
+        CONVERSATIONS["system_and_multi_turn"]
+    )
 
 
 def test_tokenizer_json_with_moved_special_ids_is_refused(tmp_path, qwen3_tokenizer_json):
