@@ -219,3 +219,51 @@ def test_collator_is_a_picklable_dataloader_collate_fn(image_batch):
     (batch,) = list(loader)
     expected = padded_collate_qwen2_5_vl(image_batch, pad_to_multiple_of=8)
     assert all(torch.equal(batch[key], expected[key]) for key in expected)
+
+
+def test_real_transform_output_collates_and_matches_transformers(vocab_files):
+    """End to end: Qwen2_5_VLTransform on generated photos and a clip, then the collator."""
+    from media import photo, video_frames
+
+    from qwenvl_data.transform import Qwen2_5_VLTransform
+
+    transform = Qwen2_5_VLTransform(*vocab_files)
+    conversations = [
+        [
+            {"role": "user", "content": [
+                {"type": "image", "image": photo(320, 240, seed=1)},
+                {"type": "image", "image": photo(100, 500, seed=2)},
+                {"type": "text", "text": "What differs between the two pictures?"},
+            ]},
+            {"role": "assistant", "content": "The second one is tall and narrow."},
+        ],
+        [
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": "Hello!"},
+        ],
+        [
+            {"role": "user", "content": [
+                {"type": "video", "video": video_frames(4, 224, 224, seed=3), "fps": 2.0},
+                {"type": "text", "text": "What happens in this clip?"},
+            ]},
+            {"role": "assistant", "content": "Shapes move around."},
+        ],
+    ]
+    samples = [transform({"messages": messages, "id": f"conv{i}"}) for i, messages in enumerate(conversations)]
+    batch = padded_collate_qwen2_5_vl(samples, padding_side="left")
+    for row, sample in enumerate(samples):
+        assert batch["tokens"][row, -len(sample["tokens"]):].tolist() == sample["tokens"]
+        assert batch["labels"][row, -len(sample["labels"]):].tolist() == sample["labels"]
+    assert torch.equal(batch["pixel_values"], samples[0]["pixel_values"])
+    assert torch.equal(batch["image_grid_thw"], samples[0]["image_grid_thw"])
+    assert torch.equal(batch["pixel_values_videos"], samples[2]["pixel_values_videos"])
+    assert torch.equal(batch["second_per_grid_ts"], samples[2]["second_per_grid_ts"])
+    reference = hf_rope_index(
+        batch["tokens"],
+        batch["image_grid_thw"],
+        batch["video_grid_thw"],
+        batch["second_per_grid_ts"],
+        batch["attention_mask"],
+    )
+    assert torch.equal(batch["position_ids"], reference[0])
+    assert torch.equal(batch["rope_deltas"], reference[1])
