@@ -1,0 +1,57 @@
+"""Qwen2.5-VL in torchtune modules: builders, HF checkpoint conversion and I/O."""
+
+from qwenvl_data.models._component_builders import (
+    lora_qwen2_5_vl,
+    qwen2_5_vl,
+    qwen2_5_vl_text_decoder,
+    qwen2_5_vl_vision_encoder,
+)
+from qwenvl_data.models._convert_weights import builder_args_from_hf_config, hf_config_from_model, hf_to_tune, tune_to_hf
+from qwenvl_data.models._hf_io import load_hf_model, load_hf_state_dict, merged_state_dict, save_hf_model
+from qwenvl_data.models._model import Qwen2_5_VLModel
+from qwenvl_data.models._model_builders import (
+    lora_qwen2_5_vl_3b,
+    lora_qwen2_5_vl_7b,
+    lora_qwen2_5_vl_32b,
+    lora_qwen2_5_vl_72b,
+    lora_qwen2_5_vl_tiny,
+    qwen2_5_vl_3b,
+    qwen2_5_vl_7b,
+    qwen2_5_vl_32b,
+    qwen2_5_vl_72b,
+    qwen2_5_vl_from_hf_config,
+    qwen2_5_vl_tiny,
+)
+from qwenvl_data.models._mrope import MultimodalRotaryEmbeddings, next_position_ids
+from qwenvl_data.models._vision import Qwen2_5_VisionTransformer, VisionBlock
+
+__all__ = [
+    "MultimodalRotaryEmbeddings",
+    "Qwen2_5_VLModel",
+    "Qwen2_5_VisionTransformer",
+    "VisionBlock",
+    "builder_args_from_hf_config",
+    "hf_config_from_model",
+    "hf_to_tune",
+    "load_hf_model",
+    "load_hf_state_dict",
+    "lora_qwen2_5_vl",
+    "lora_qwen2_5_vl_3b",
+    "lora_qwen2_5_vl_7b",
+    "lora_qwen2_5_vl_32b",
+    "lora_qwen2_5_vl_72b",
+    "lora_qwen2_5_vl_tiny",
+    "merged_state_dict",
+    "next_position_ids",
+    "qwen2_5_vl",
+    "qwen2_5_vl_3b",
+    "qwen2_5_vl_7b",
+    "qwen2_5_vl_32b",
+    "qwen2_5_vl_72b",
+    "qwen2_5_vl_from_hf_config",
+    "qwen2_5_vl_text_decoder",
+    "qwen2_5_vl_tiny",
+    "qwen2_5_vl_vision_encoder",
+    "save_hf_model",
+    "tune_to_hf",
+]

@@ -1,0 +1,233 @@
+"""HF Qwen2.5-VL <-> our module layout: state-dict keys, the patch-embedding shape, and config.json.
+
+HF names follow the released checkpoints (``model.*``, ``visual.*``, ``lm_head.weight``), which
+transformers 4.x, 5.x and vLLM all read. transformers 5.x's in-memory names
+(``model.language_model.*``, ``model.visual.*``) are accepted on input too.
+"""
+
+import re
+
+import torch
+from torch import nn
+from torchtune.modules import TiedLinear
+
+from qwenvl_data._constants import (
+    ENDOFTEXT_ID,
+    IM_END_ID,
+    IMAGE_PAD_ID,
+    SPECIAL_TOKENS,
+    VIDEO_PAD_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+)
+
+# HF key -> our key; "{}" stands for a layer number.
+_FROM_HF = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.layers.{}.self_attn.q_proj.weight": "decoder.layers.{}.attn.q_proj.weight",
+    "model.layers.{}.self_attn.q_proj.bias": "decoder.layers.{}.attn.q_proj.bias",
+    "model.layers.{}.self_attn.k_proj.weight": "decoder.layers.{}.attn.k_proj.weight",
+    "model.layers.{}.self_attn.k_proj.bias": "decoder.layers.{}.attn.k_proj.bias",
+    "model.layers.{}.self_attn.v_proj.weight": "decoder.layers.{}.attn.v_proj.weight",
+    "model.layers.{}.self_attn.v_proj.bias": "decoder.layers.{}.attn.v_proj.bias",
+    "model.layers.{}.self_attn.o_proj.weight": "decoder.layers.{}.attn.output_proj.weight",
+    "model.layers.{}.mlp.gate_proj.weight": "decoder.layers.{}.mlp.w1.weight",
+    "model.layers.{}.mlp.down_proj.weight": "decoder.layers.{}.mlp.w2.weight",
+    "model.layers.{}.mlp.up_proj.weight": "decoder.layers.{}.mlp.w3.weight",
+    "model.layers.{}.input_layernorm.weight": "decoder.layers.{}.sa_norm.scale",
+    "model.layers.{}.post_attention_layernorm.weight": "decoder.layers.{}.mlp_norm.scale",
+    "model.norm.weight": "decoder.norm.scale",
+    "lm_head.weight": "decoder.output.weight",
+    "visual.patch_embed.proj.weight": "visual.patch_embed.weight",
+    "visual.blocks.{}.norm1.weight": "visual.layers.{}.sa_norm.scale",
+    "visual.blocks.{}.norm2.weight": "visual.layers.{}.mlp_norm.scale",
+    "visual.blocks.{}.attn.qkv.weight": "visual.layers.{}.attn.qkv_proj.weight",
+    "visual.blocks.{}.attn.qkv.bias": "visual.layers.{}.attn.qkv_proj.bias",
+    "visual.blocks.{}.attn.proj.weight": "visual.layers.{}.attn.output_proj.weight",
+    "visual.blocks.{}.attn.proj.bias": "visual.layers.{}.attn.output_proj.bias",
+    "visual.blocks.{}.mlp.gate_proj.weight": "visual.layers.{}.mlp.w1.weight",
+    "visual.blocks.{}.mlp.gate_proj.bias": "visual.layers.{}.mlp.w1.bias",
+    "visual.blocks.{}.mlp.down_proj.weight": "visual.layers.{}.mlp.w2.weight",
+    "visual.blocks.{}.mlp.down_proj.bias": "visual.layers.{}.mlp.w2.bias",
+    "visual.blocks.{}.mlp.up_proj.weight": "visual.layers.{}.mlp.w3.weight",
+    "visual.blocks.{}.mlp.up_proj.bias": "visual.layers.{}.mlp.w3.bias",
+    "visual.merger.ln_q.weight": "visual.merger.norm.scale",
+    "visual.merger.mlp.0.weight": "visual.merger.fc1.weight",
+    "visual.merger.mlp.0.bias": "visual.merger.fc1.bias",
+    "visual.merger.mlp.2.weight": "visual.merger.fc2.weight",
+    "visual.merger.mlp.2.bias": "visual.merger.fc2.bias",
+}
+_TO_HF = {ours: hf for hf, ours in _FROM_HF.items()}
+_HF_PATCH_EMBED = "visual.patch_embed.proj.weight"
+_LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
+# transformers 5.x module names -> the released checkpoint names.
+_HF5_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+
+
+def _map_key(key: str, mapping: dict[str, str]) -> str:
+    if key in mapping:
+        return mapping[key]
+    match = _LAYER_NUMBER.search(key)
+    if match is not None:
+        abstract = key[: match.start()] + "{}" + key[match.end() :]
+        if abstract in mapping:
+            return mapping[abstract].format(match.group(1))
+    raise KeyError(f"no Qwen2.5-VL mapping for state dict key {key!r}")
+
+
+def hf_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
+    """Convert an HF Qwen2.5-VL state dict (all shards merged) to ours.
+
+    Args:
+        state_dict: HF names -> tensors (released or transformers 5.x names).
+        tie_word_embeddings: drop ``lm_head.weight`` (some tied checkpoints store a copy).
+
+    Returns:
+        our names -> tensors; the Conv3d patch embedding [D, 3, 2, 14, 14] becomes [D, 1176].
+
+    Raises:
+        KeyError: for a key that is not part of Qwen2.5-VL.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        for new_prefix, old_prefix in _HF5_PREFIXES:
+            if key.startswith(new_prefix):
+                key = old_prefix + key[len(new_prefix) :]
+                break
+        if key == "lm_head.weight" and tie_word_embeddings:
+            continue
+        if key == _HF_PATCH_EMBED:
+            value = value.reshape(value.shape[0], -1)
+        converted[_map_key(key, _FROM_HF)] = value
+    return converted
+
+
+def tune_to_hf(
+    state_dict: dict[str, torch.Tensor], *, in_channels: int, temporal_patch_size: int, patch_size: int
+) -> dict[str, torch.Tensor]:
+    """Convert our state dict to the released HF layout (the inverse of ``hf_to_tune``).
+
+    Args:
+        state_dict: our names -> tensors, LoRA already merged.
+        in_channels, temporal_patch_size, patch_size: the Conv3d kernel shape to restore.
+
+    Returns:
+        HF names -> tensors.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        hf_key = _map_key(key, _TO_HF)
+        if hf_key == _HF_PATCH_EMBED:
+            value = value.reshape(value.shape[0], in_channels, temporal_patch_size, patch_size, patch_size)
+        converted[hf_key] = value
+    return converted
+
+
+def builder_args_from_hf_config(config: dict) -> dict:
+    """Arguments of ``qwen2_5_vl`` for an HF ``config.json``.
+
+    Reads the released flat layout (text fields at the top, ``rope_scaling``) and transformers
+    5.x's nested one (``text_config`` with ``rope_parameters``).
+
+    Raises:
+        ValueError: for settings this implementation does not have (another activation,
+            sliding-window attention, RoPE scaling other than MRoPE).
+    """
+    text = {**config, **config.get("text_config", {})}
+    vision = config["vision_config"]
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "mrope"):
+        raise ValueError(f"config.json: RoPE type {rope_type!r} is not supported (only MRoPE)")
+    for name, section in (("text", text), ("vision", vision)):
+        if section.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"config.json: {name} hidden_act {section['hidden_act']!r} is not supported (silu)")
+    if text.get("use_sliding_window"):
+        raise ValueError("config.json: use_sliding_window=true is not supported")
+    num_heads = text["num_attention_heads"]
+    tie = bool(config.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
+    return dict(
+        vocab_size=text["vocab_size"],
+        num_layers=text["num_hidden_layers"],
+        num_heads=num_heads,
+        num_kv_heads=text.get("num_key_value_heads") or num_heads,
+        embed_dim=text["hidden_size"],
+        intermediate_dim=text["intermediate_size"],
+        max_seq_len=text.get("max_position_embeddings", 128_000),
+        mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
+        rope_base=float(rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))),
+        norm_eps=text.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=tie,
+        vision_depth=vision["depth"],
+        vision_embed_dim=vision["hidden_size"],
+        vision_num_heads=vision["num_heads"],
+        vision_intermediate_dim=vision["intermediate_size"],
+        vision_full_attention_layers=tuple(vision["fullatt_block_indexes"]),
+        vision_window_size=vision.get("window_size", 112),
+        tokens_per_second=vision.get("tokens_per_second", 2),
+    )
+
+
+def hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
+    """The released-layout ``config.json`` describing ``model`` (read off its modules).
+
+    Args:
+        model: a ``Qwen2_5_VLModel``.
+        dtype: the dtype the weights are saved in.
+
+    Returns:
+        dict ready for ``json.dump``.
+    """
+    decoder, visual = model.decoder, model.visual
+    attn = decoder.layers[0].attn
+    rope = attn.pos_embeddings
+    vision_block = visual.layers[0]
+    num_layers = len(decoder.layers)
+    in_channels = visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2)
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "attention_dropout": attn.attn_dropout,
+        "bos_token_id": ENDOFTEXT_ID,
+        "eos_token_id": IM_END_ID,
+        "vision_start_token_id": VISION_START_ID,
+        "vision_end_token_id": VISION_END_ID,
+        "vision_token_id": SPECIAL_TOKENS["<|vision_pad|>"],
+        "image_token_id": IMAGE_PAD_ID,
+        "video_token_id": VIDEO_PAD_ID,
+        "hidden_act": "silu",
+        "hidden_size": attn.embed_dim,
+        "initializer_range": 0.02,
+        "intermediate_size": decoder.layers[0].mlp.w1.weight.shape[0],
+        "max_position_embeddings": decoder.max_seq_len,
+        "max_window_layers": num_layers,
+        "num_attention_heads": attn.num_heads,
+        "num_hidden_layers": num_layers,
+        "num_key_value_heads": attn.num_kv_heads,
+        "rms_norm_eps": decoder.norm.eps,
+        "rope_theta": rope.base,
+        "rope_scaling": {"type": "mrope", "mrope_section": list(rope.mrope_section)},
+        "sliding_window": decoder.max_seq_len,
+        "use_sliding_window": False,
+        "tie_word_embeddings": isinstance(decoder.output, TiedLinear),
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+        "vocab_size": model.tok_embeddings.num_embeddings,
+        "vision_config": {
+            "depth": len(visual.layers),
+            "hidden_act": "silu",
+            "hidden_size": visual.patch_embed.weight.shape[0],
+            "intermediate_size": vision_block.mlp.w1.weight.shape[0],
+            "num_heads": vision_block.attn.num_heads,
+            "in_chans": in_channels,
+            "in_channels": in_channels,
+            "out_hidden_size": visual.merger.fc2.weight.shape[0],
+            "patch_size": visual.patch_size,
+            "spatial_merge_size": visual.merge_size,
+            "spatial_patch_size": visual.patch_size,
+            "temporal_patch_size": visual.temporal_patch_size,
+            "window_size": visual.window_size,
+            "fullatt_block_indexes": visual.full_attention_layers,
+            "tokens_per_second": model.tokens_per_second,
+        },
+    }

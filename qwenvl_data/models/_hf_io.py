@@ -1,0 +1,170 @@
+"""Read and write local HF Qwen2.5-VL directories (``config.json`` + safetensors, single or sharded)."""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchtune.modules import TiedLinear
+from torchtune.modules.peft import DoRALinear, LoRALinear, get_merged_lora_ckpt
+from torchtune.training import set_default_dtype
+
+from qwenvl_data.models._convert_weights import hf_config_from_model, hf_to_tune, tune_to_hf
+from qwenvl_data.models._model import Qwen2_5_VLModel
+from qwenvl_data.models._model_builders import qwen2_5_vl_from_hf_config
+
+_SINGLE_FILE = "model.safetensors"
+_INDEX_FILE = "model.safetensors.index.json"
+_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".magnitude")
+
+
+def load_hf_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of an HF checkpoint directory, under their HF names.
+
+    Args:
+        model_dir: directory with ``model.safetensors`` or ``model.safetensors.index.json`` + shards.
+
+    Returns:
+        HF name -> tensor (dtype as stored).
+
+    Raises:
+        FileNotFoundError: if the directory has neither file, or a shard named by the index is missing.
+    """
+    model_dir = Path(model_dir)
+    if (model_dir / _INDEX_FILE).is_file():
+        weight_map = json.loads((model_dir / _INDEX_FILE).read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (model_dir / _SINGLE_FILE).is_file():
+        files = [_SINGLE_FILE]
+    else:
+        raise FileNotFoundError(f"{model_dir}: no {_SINGLE_FILE} or {_INDEX_FILE}")
+    state_dict = {}
+    for name in files:
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"{model_dir}: shard {name} listed in {_INDEX_FILE} is missing")
+        state_dict.update(load_file(model_dir / name))
+    return state_dict
+
+
+def load_hf_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, **lora_args: object) -> Qwen2_5_VLModel:
+    """Build the model a local HF directory describes and load its weights.
+
+    The model is created on the meta device and materialized once, so a large checkpoint is not
+    first randomly initialized.
+
+    Args:
+        model_dir: HF directory (``config.json`` + safetensors).
+        dtype: parameter dtype of the returned model.
+        **lora_args: arguments of ``lora_qwen2_5_vl`` (``lora_attn_modules``, ``lora_rank``, ...)
+            to get the LoRA variant, with freshly initialized adapters on the loaded base.
+
+    Returns:
+        Qwen2_5_VLModel on CPU.
+
+    Raises:
+        ValueError: if the checkpoint misses weights of the model or holds weights it does not have.
+
+    Example:
+        >>> model = load_hf_model("Qwen2.5-VL-3B-Instruct", dtype=torch.bfloat16)
+    """
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    with set_default_dtype(dtype), torch.device("meta"):
+        model = qwen2_5_vl_from_hf_config(config, **lora_args)
+    model.to_empty(device="cpu")
+    tied = isinstance(model.decoder.output, TiedLinear)
+    state_dict = hf_to_tune(load_hf_state_dict(model_dir), tie_word_embeddings=tied)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [key for key in missing if not key.endswith(_ADAPTER_SUFFIXES)]
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: checkpoint lacks {missing[:5]} / has unknown {unexpected[:5]}")
+    for module in model.modules():
+        if isinstance(module, (LoRALinear, DoRALinear)):
+            module.initialize_parameters()
+        if isinstance(module, DoRALinear):
+            module.initialize_dora_magnitude()
+        if hasattr(module, "rope_init"):
+            module.rope_init()
+    return model
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with LoRA/DoRA adapters folded into their base weights.
+
+    The model itself is left untouched (adapted weights are copied before merging).
+
+    Returns:
+        our names -> tensors, without ``lora_a``/``lora_b``/``magnitude`` entries.
+    """
+    state_dict = dict(model.state_dict())
+    adapters = [m for m in model.modules() if isinstance(m, (LoRALinear, DoRALinear))]
+    if not adapters:
+        return state_dict
+    ranks = {(m.rank, m.alpha) for m in adapters}
+    if len(ranks) != 1:
+        raise ValueError(f"adapters with different (rank, alpha) {sorted(ranks)} cannot be merged together")
+    rank, alpha = ranks.pop()
+    for key in [k for k in state_dict if k.endswith(".lora_a.weight")]:
+        base = key.removesuffix(".lora_a.weight") + ".weight"
+        state_dict[base] = state_dict[base].clone()
+    return get_merged_lora_ckpt(state_dict, rank=rank, alpha=alpha)
+
+
+def save_hf_model(
+    model: Qwen2_5_VLModel,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> Path:
+    """Write ``model`` as an HF directory that ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` loads.
+
+    LoRA/DoRA adapters are merged into the saved weights.
+
+    Args:
+        model: a ``Qwen2_5_VLModel`` (LoRA or not).
+        out_dir: directory to create or overwrite files in.
+        dtype: dtype to save in; None keeps the parameters' dtype.
+        max_shard_bytes: above this, weights are split into shards with an index file.
+
+    Returns:
+        Path of ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    visual = model.visual
+    weights = tune_to_hf(
+        merged_state_dict(model),
+        in_channels=visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2),
+        temporal_patch_size=visual.temporal_patch_size,
+        patch_size=visual.patch_size,
+    )
+    save_dtype = dtype or model.tok_embeddings.weight.dtype
+    weights = {k: v.detach().to(device="cpu", dtype=save_dtype).contiguous() for k, v in weights.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    shard_bytes = 0
+    for key, value in weights.items():
+        size = value.numel() * value.element_size()
+        if shards[-1] and shard_bytes + size > max_shard_bytes:
+            shards.append({})
+            shard_bytes = 0
+        shards[-1][key] = value
+        shard_bytes += size
+    for stale in (_SINGLE_FILE, _INDEX_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], out_dir / _SINGLE_FILE, metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, out_dir / name, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(v.numel() * v.element_size() for v in weights.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out_dir / _INDEX_FILE).write_text(json.dumps(index, indent=2))
+    config = hf_config_from_model(model, save_dtype)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return out_dir

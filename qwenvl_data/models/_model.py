@@ -1,0 +1,216 @@
+"""Qwen2.5-VL: vision features placed into the token embeddings of a torchtune ``TransformerDecoder``."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchtune.modules import TransformerDecoder
+
+from qwenvl_data._constants import IMAGE_PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
+from qwenvl_data.errors import PlaceholderMismatchError
+from qwenvl_data.models._vision import Qwen2_5_VisionTransformer
+from qwenvl_data.rope import mrope_position_ids
+
+
+class Qwen2_5_VLModel(nn.Module):
+    """Qwen2.5-VL on torchtune modules; takes a batch straight from ``Qwen2_5_VLCollator``.
+
+    The token embedding lives here rather than in the decoder (whose ``tok_embeddings`` is an
+    identity), because vision features must replace the ``<|image_pad|>``/``<|video_pad|>``
+    embeddings before the first decoder layer. With tied embeddings the decoder's output
+    projection still reads this embedding's weight.
+
+    Args:
+        tok_embeddings: token embedding [vocab, dim].
+        decoder: ``TransformerDecoder`` whose attention uses ``MultimodalRotaryEmbeddings``.
+        visual: the vision tower.
+        tokens_per_second: temporal MRoPE ids per second of video, used when ``position_ids``
+            must be computed here.
+        trainable_modules: submodule names (e.g. ``"visual.merger"``) whose parameters LoRA
+            fine-tuning trains in full. They are reported through torchtune's ``adapter_params``
+            protocol, so ``get_adapter_params`` + ``set_trainable_params`` pick them up.
+    """
+
+    def __init__(
+        self,
+        *,
+        tok_embeddings: nn.Embedding,
+        decoder: TransformerDecoder,
+        visual: Qwen2_5_VisionTransformer,
+        tokens_per_second: int = TOKENS_PER_SECOND,
+        trainable_modules: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.tok_embeddings = tok_embeddings
+        decoder.tok_embeddings = nn.Identity()
+        self.decoder = decoder
+        self.visual = visual
+        self.tokens_per_second = tokens_per_second
+        self.trainable_modules = tuple(trainable_modules)
+
+    def adapter_params(self) -> list[str]:
+        """Names of the parameters trained in full next to LoRA adapters (torchtune's protocol)."""
+        return [
+            f"{prefix}.{name}"
+            for prefix in self.trainable_modules
+            for name, _ in self.get_submodule(prefix).named_parameters()
+        ]
+
+    # torchtune's recipe hooks, delegated to the decoder.
+    def set_num_output_chunks(self, num_output_chunks: int) -> None:
+        """See ``TransformerDecoder.set_num_output_chunks``."""
+        self.decoder.set_num_output_chunks(num_output_chunks)
+
+    def setup_caches(self, batch_size: int, dtype: torch.dtype, *, decoder_max_seq_len: int | None = None) -> None:
+        """Allocate KV caches for generation (see ``TransformerDecoder.setup_caches``)."""
+        self.decoder.setup_caches(batch_size, dtype, decoder_max_seq_len=decoder_max_seq_len)
+
+    def caches_are_enabled(self) -> bool:
+        """Whether forward passes read and extend the KV caches."""
+        return self.decoder.caches_are_enabled()
+
+    def reset_caches(self) -> None:
+        """Empty the KV caches."""
+        self.decoder.reset_caches()
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        **batch_extras: object,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """
+        Args:
+            tokens: int64 [B, L].
+            pixel_values: float [N_img, 1176] patches of all images, in batch order.
+            image_grid_thw: int64 [num_images, 3].
+            pixel_values_videos: float [N_vid, 1176].
+            video_grid_thw: int64 [num_videos, 3].
+            position_ids: int64 [3, B, L] MRoPE ids; computed with ``mrope_position_ids`` when None.
+            attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L],
+                covering every token seen so far).
+            document_ids: int64 [B, L] for packed rows: sample index inside its row, -1 on padding;
+                tokens attend only within their own sample.
+            second_per_grid_ts: float32 [num_videos], only used to compute missing ``position_ids``.
+            mask: bool [B, L, L] (or [B, L, cache size]) attention mask, True = attend; overrides
+                the one built from ``attention_mask``/``document_ids`` (torchtune's convention).
+            **batch_extras: other collator keys (``labels``, ``rope_deltas``, ``seq_lens``, ...),
+                ignored so that ``model(**batch)`` works.
+
+        Returns:
+            float32 [B, L, vocab] logits (a list of chunks after ``set_num_output_chunks``).
+
+        Raises:
+            PlaceholderMismatchError: if the number of ``<|image_pad|>``/``<|video_pad|>`` tokens
+                differs from the number of merged features the grids give.
+        """
+        embeds = self.tok_embeddings(tokens)
+        embeds = self._place_vision_features(
+            embeds, tokens, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+        )
+        if position_ids is None:
+            if self.caches_are_enabled():
+                raise ValueError("position_ids are required when decoding with KV caches (see next_position_ids)")
+            position_ids, _ = mrope_position_ids(
+                tokens,
+                image_grid_thw,
+                video_grid_thw,
+                second_per_grid_ts,
+                attention_mask,
+                document_ids=document_ids,
+                spatial_merge_size=self.visual.merge_size,
+                tokens_per_second=self.tokens_per_second,
+            )
+        if mask is None:
+            mask = self._attention_mask(tokens, attention_mask, document_ids)
+        return self.decoder(embeds, mask=mask, input_pos=position_ids)
+
+    def _place_vision_features(
+        self,
+        embeds: torch.Tensor,
+        tokens: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        pixel_values_videos: torch.Tensor | None,
+        video_grid_thw: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Run images and videos through the tower in one pass and write them over their pad tokens."""
+        media = [
+            ("image", IMAGE_PAD_ID, "<|image_pad|>", pixel_values, image_grid_thw),
+            ("video", VIDEO_PAD_ID, "<|video_pad|>", pixel_values_videos, video_grid_thw),
+        ]
+        patches, grids, slots = [], [], []
+        for kind, pad_id, pad_name, values, grid in media:
+            is_pad = tokens == pad_id
+            num_pads = int(is_pad.sum())
+            if values is None:
+                if num_pads:
+                    raise PlaceholderMismatchError(
+                        f"batch: {num_pads} {pad_name} tokens (per row {is_pad.sum(1).tolist()}) "
+                        f"but no {kind} pixel values"
+                    )
+                continue
+            if grid is None:
+                raise ValueError(f"batch: {kind} pixel values given without their grid_thw")
+            grid = grid.reshape(-1, 3)
+            num_features = int(grid.prod(-1).sum()) // self.visual.merge_size**2
+            if num_pads != num_features:
+                raise PlaceholderMismatchError(
+                    f"batch: {num_pads} {pad_name} tokens (per row {is_pad.sum(1).tolist()}) but "
+                    f"{grid.shape[0]} {kind}(s) with grids {grid.tolist()} give {num_features} features"
+                )
+            patches.append(values)
+            grids.append(grid)
+            slots.append(is_pad)
+        if not patches:
+            return embeds
+        features = self.visual(torch.cat(patches), torch.cat(grids)).to(embeds.dtype)
+        # Images first, then videos: the order they were concatenated in above.
+        positions = torch.cat([slot.reshape(-1).nonzero().squeeze(1) for slot in slots])
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, positions, features)
+        return flat.view_as(embeds)
+
+    def _attention_mask(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, document_ids: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Causal mask combined with padding and packing, or None when plain causal suffices.
+
+        Every token may attend to itself, so padding rows get finite (ignored) values instead of
+        the NaNs an all-masked softmax gives, which would leak into gradients.
+        """
+        batch_size, seq_len = tokens.shape
+        past = self._cached_length()
+        if attention_mask is None and document_ids is None and past is None:
+            return None
+        if attention_mask is not None and document_ids is None and past is None and bool(attention_mask.all()):
+            return None
+        device = tokens.device
+        total = seq_len if past is None else self.decoder.decoder_max_cache_seq_len
+        query_pos = torch.arange(seq_len, device=device) + (past or 0)
+        key_pos = torch.arange(total, device=device)
+        allowed = (key_pos[None, :] <= query_pos[:, None]).expand(batch_size, seq_len, total)
+        if attention_mask is not None:
+            key_valid = attention_mask.to(device=device, dtype=torch.bool)
+            if key_valid.shape[1] < total:  # cache slots not filled yet
+                key_valid = torch.nn.functional.pad(key_valid, (0, total - key_valid.shape[1]), value=False)
+            allowed = allowed & key_valid[:, None, :]
+        if document_ids is not None:
+            if past is not None:
+                raise ValueError("packed batches (document_ids) cannot be decoded with KV caches")
+            allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
+        return allowed | (key_pos[None, :] == query_pos[:, None])
+
+    def _cached_length(self) -> int | None:
+        """Tokens already in the KV caches, or None when caches are off."""
+        if not self.caches_are_enabled():
+            return None
+        return int(self.decoder.layers[0].attn.kv_cache.size)

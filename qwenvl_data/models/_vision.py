@@ -1,0 +1,299 @@
+"""The Qwen2.5-VL vision tower: patch embedding, window/full attention blocks, 2x2 patch merger.
+
+Images of one batch arrive as one flat sequence of patches (``pixel_values`` [N, 1176]) plus their
+grids. Attention never spans two frames, and most layers only attend inside 112-pixel windows,
+so attention runs on those blocks alone: blocks of equal length are stacked and go through one
+SDPA call. Memory grows with the number of patches, not with its square.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchtune.modules import FeedForward, RMSNorm
+
+from qwenvl_data.models._mrope import apply_rotary
+
+# The released vision towers use RoPE theta 10000 for their 2-D rotary embedding.
+VISION_ROPE_BASE = 10_000.0
+
+
+class AttentionBlocks:
+    """Which patches attend to each other: a partition of the sequence into blocks.
+
+    Blocks are grouped by length so each group is one batched SDPA call.
+
+    Args:
+        order: int64 [N], patch indices sorted so that each block is contiguous.
+        lengths: int64 [num_blocks], block sizes in that order.
+    """
+
+    def __init__(self, order: torch.Tensor, lengths: torch.Tensor) -> None:
+        starts = lengths.cumsum(0) - lengths
+        self.groups: list[torch.Tensor] = []  # each int64 [blocks_of_this_length, length]
+        for length in lengths.unique().tolist():
+            group_starts = starts[lengths == length]
+            self.groups.append(order[group_starts[:, None] + torch.arange(length, device=order.device)])
+        # Puts the outputs, computed group by group, back into sequence order.
+        self.inverse = torch.argsort(torch.cat([group.reshape(-1) for group in self.groups]))
+
+
+def _frame_blocks(grid_thw: torch.Tensor) -> AttentionBlocks:
+    """Full attention: every frame (every image, every temporal patch of a video) is one block."""
+    lengths = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
+    return AttentionBlocks(torch.arange(int(lengths.sum()), device=grid_thw.device), lengths)
+
+
+def _window_blocks(grid_thw: torch.Tensor, merge_size: int, window_units: int) -> AttentionBlocks:
+    """Window attention: squares of ``window_units`` x ``window_units`` merged tokens per frame.
+
+    Patches come in merge-block-major order (the 4 patches of a merged token are consecutive),
+    so patch p of a frame belongs to merged token p // merge_size**2.
+    """
+    keys = []
+    first_key = 0
+    for t, h, w in grid_thw.tolist():
+        units_w = w // merge_size
+        windows_h = -(-(h // merge_size) // window_units)
+        windows_w = -(-units_w // window_units)
+        unit = torch.arange(h * w, device=grid_thw.device) // (merge_size * merge_size)
+        window = (unit // units_w // window_units) * windows_w + (unit % units_w) // window_units
+        frame = torch.arange(t, device=grid_thw.device).repeat_interleave(h * w)
+        keys.append(first_key + frame * (windows_h * windows_w) + window.repeat(t))
+        first_key += t * windows_h * windows_w
+    keys = torch.cat(keys)
+    lengths = torch.bincount(keys)
+    return AttentionBlocks(torch.argsort(keys, stable=True), lengths[lengths > 0])
+
+
+class VisionRotaryEmbeddings(nn.Module):
+    """2-D RoPE: the first half of each head's frequencies follow the patch row, the second the column.
+
+    Args:
+        head_dim: vision attention head dimension (80 released).
+        merge_size: patches merged per side (2), which fixes the patch order inside an image.
+        base: RoPE theta.
+    """
+
+    def __init__(self, head_dim: int, merge_size: int, base: float = VISION_ROPE_BASE) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.merge_size = merge_size
+        self.base = base
+        self.rope_init()
+
+    def rope_init(self) -> None:
+        """(Re)build the frequency buffer; torchtune recipes call this after meta-device init."""
+        half = self.head_dim // 2
+        inv_freq = 1.0 / (self.base ** (torch.arange(0, half, 2, dtype=torch.float32) / half))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, grid_thw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            grid_thw: int64 [num_items, 3] patch grids.
+
+        Returns:
+            (cos, sin): float32 [N, head_dim] each, one row per patch in sequence order.
+        """
+        m = self.merge_size
+        rows, cols = [], []
+        for t, h, w in grid_thw.tolist():
+            patch = torch.arange(h * w, device=grid_thw.device)
+            unit, inside = patch // (m * m), patch % (m * m)
+            units_w = w // m
+            rows.append(((unit // units_w) * m + inside // m).repeat(t))
+            cols.append(((unit % units_w) * m + inside % m).repeat(t))
+        inv_freq = self.inv_freq.to(grid_thw.device)
+        angles = torch.cat(
+            (torch.cat(rows)[:, None].float() * inv_freq, torch.cat(cols)[:, None].float() * inv_freq), dim=-1
+        )
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+
+class VisionAttention(nn.Module):
+    """Bidirectional multi-head attention restricted to blocks (frames or windows), with 2-D RoPE.
+
+    Args:
+        dim: vision hidden size.
+        num_heads: attention heads.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"vision hidden size {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv_proj = nn.Linear(dim, 3 * dim, bias=True)
+        self.output_proj = nn.Linear(dim, dim, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, blocks: AttentionBlocks
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: float [N, dim].
+            cos, sin: float32 [N, head_dim].
+            blocks: which patches attend to each other.
+
+        Returns:
+            float [N, dim].
+        """
+        n = x.shape[0]
+        q, k, v = self.qkv_proj(x).view(n, 3, self.num_heads, self.head_dim).unbind(1)
+        q = apply_rotary(q.float(), cos[:, None], sin[:, None]).to(x.dtype)
+        k = apply_rotary(k.float(), cos[:, None], sin[:, None]).to(x.dtype)
+        outputs = []
+        for index in blocks.groups:
+            # [blocks, length, heads, head_dim] -> [blocks, heads, length, head_dim]
+            q_b, k_b, v_b = (t[index].transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q_b, k_b, v_b)
+            outputs.append(out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim))
+        return self.output_proj(torch.cat(outputs)[blocks.inverse])
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm transformer block of the vision tower (RMSNorm, attention, gated SiLU MLP).
+
+    Args:
+        dim: hidden size.
+        num_heads: attention heads.
+        intermediate_dim: MLP hidden size.
+        full_attention: attend across the whole frame instead of within windows.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, intermediate_dim: int, full_attention: bool, norm_eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.full_attention = full_attention
+        self.sa_norm = RMSNorm(dim, eps=norm_eps)
+        self.attn = VisionAttention(dim, num_heads)
+        self.mlp_norm = RMSNorm(dim, eps=norm_eps)
+        self.mlp = FeedForward(
+            gate_proj=nn.Linear(dim, intermediate_dim, bias=True),
+            down_proj=nn.Linear(intermediate_dim, dim, bias=True),
+            up_proj=nn.Linear(dim, intermediate_dim, bias=True),
+        )
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frames: AttentionBlocks, windows: AttentionBlocks
+    ) -> torch.Tensor:
+        """
+        Args:
+            x: float [N, dim].
+            cos, sin: float32 [N, head_dim].
+            frames: per-frame blocks (used by full-attention blocks).
+            windows: per-window blocks (used by the others).
+
+        Returns:
+            float [N, dim].
+        """
+        h = x + self.attn(self.sa_norm(x), cos, sin, frames if self.full_attention else windows)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class PatchMerger(nn.Module):
+    """Concatenates each 2x2 block of patches and projects it to the language model's width.
+
+    Args:
+        dim: vision hidden size.
+        out_dim: language model hidden size.
+        merge_size: patches merged per side.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    def __init__(self, dim: int, out_dim: int, merge_size: int = 2, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        merged_dim = dim * merge_size * merge_size
+        self.merged_dim = merged_dim
+        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.fc1 = nn.Linear(merged_dim, merged_dim, bias=True)
+        self.fc2 = nn.Linear(merged_dim, out_dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: float [N, dim], patches in merge-block-major order.
+
+        Returns:
+            float [N / merge_size**2, out_dim].
+        """
+        return self.fc2(F.gelu(self.fc1(self.norm(x).view(-1, self.merged_dim))))
+
+
+class Qwen2_5_VisionTransformer(nn.Module):
+    """Vision tower: ``pixel_values`` [N, 1176] + grids -> one LM-width feature per 2x2 patches.
+
+    Args:
+        patch_embed: linear map of a flattened (3, 2, 14, 14) patch to the hidden size (the
+            released Conv3d, whose kernel equals its stride, is exactly this).
+        layers: ``VisionBlock`` s.
+        merger: ``PatchMerger``.
+        rope: ``VisionRotaryEmbeddings``.
+        patch_size: spatial patch size in pixels (14).
+        temporal_patch_size: frames per patch (2).
+        merge_size: patches merged per side (2).
+        window_size: attention window side in pixels (112).
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_embed: nn.Linear,
+        layers: nn.ModuleList,
+        merger: PatchMerger,
+        rope: VisionRotaryEmbeddings,
+        patch_size: int,
+        temporal_patch_size: int,
+        merge_size: int,
+        window_size: int,
+    ) -> None:
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.layers = layers
+        self.merger = merger
+        self.rope = rope
+        self.patch_size = patch_size
+        self.temporal_patch_size = temporal_patch_size
+        self.merge_size = merge_size
+        self.window_size = window_size
+
+    @property
+    def full_attention_layers(self) -> list[int]:
+        """Indexes of the blocks attending across whole frames (``fullatt_block_indexes``)."""
+        return [i for i, layer in enumerate(self.layers) if layer.full_attention]
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            pixel_values: float [N, 3 * temporal_patch_size * patch_size**2] patches of all items,
+                in the order of ``grid_thw``.
+            grid_thw: int64 [num_items, 3] (t, h, w) patch grid of each image or video.
+
+        Returns:
+            float [N / merge_size**2, out_dim] merged features, in patch order.
+
+        Raises:
+            ValueError: if the grids do not account for exactly N patches, or a grid side is not
+                a multiple of ``merge_size``.
+        """
+        grid_thw = grid_thw.reshape(-1, 3).to(pixel_values.device)
+        expected = int(grid_thw.prod(-1).sum())
+        if expected != pixel_values.shape[0]:
+            raise ValueError(
+                f"grid_thw {grid_thw.tolist()} describes {expected} patches but pixel_values has "
+                f"{pixel_values.shape[0]} rows"
+            )
+        if bool((grid_thw[:, 1:] % self.merge_size != 0).any()):
+            raise ValueError(f"grid_thw {grid_thw.tolist()}: h and w must be multiples of {self.merge_size}")
+        window_units = self.window_size // self.merge_size // self.patch_size
+        frames = _frame_blocks(grid_thw)
+        windows = _window_blocks(grid_thw, self.merge_size, window_units)
+        cos, sin = self.rope(grid_thw)
+        h = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        for layer in self.layers:
+            h = layer(h, cos, sin, frames, windows)
+        return self.merger(h)
