@@ -192,7 +192,9 @@ def mrope_position_ids(
     is_video = (flat_ids == VIDEO_PAD_ID) & flat_valid
     found = [
         _locate_items(is_image, image_grid_thw, None, seq_len, spatial_merge_size, "image"),
-        _locate_items(is_video, video_grid_thw, video_seconds * tokens_per_second, seq_len, spatial_merge_size, "video"),
+        _locate_items(
+            is_video, video_grid_thw, video_seconds * tokens_per_second, seq_len, spatial_merge_size, "video"
+        ),
     ]
     items = [vision for vision in found if vision is not None]
 

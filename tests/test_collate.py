@@ -71,7 +71,8 @@ def test_left_padding_puts_the_padding_first_for_generation(image_batch):
         assert (left["tokens"][row, :-n] == PAD_ID).all()
         assert not left["attention_mask"][row, :-n].any() and left["attention_mask"][row, -n:].all()
     # the same real tokens get the same positions whichever side the padding is on
-    assert torch.equal(left["position_ids"][:, left["attention_mask"]], right["position_ids"][:, right["attention_mask"]])
+    left_real = left["position_ids"][:, left["attention_mask"]]
+    assert torch.equal(left_real, right["position_ids"][:, right["attention_mask"]])
     assert torch.equal(left["rope_deltas"], right["rope_deltas"])
 
 
@@ -99,7 +100,8 @@ def test_max_seq_len_pads_every_batch_to_the_same_length(image_batch):
 
 
 def test_a_sample_longer_than_max_seq_len_is_an_error_not_truncated(image_batch):
-    with pytest.raises(SampleTooLongError, match=rf"sample 0 \(a\): {len(image_batch[0]['tokens'])} tokens > max_seq_len=100"):
+    too_long = rf"sample 0 \(a\): {len(image_batch[0]['tokens'])} tokens > max_seq_len=100"
+    with pytest.raises(SampleTooLongError, match=too_long):
         padded_collate_qwen2_5_vl(image_batch, max_seq_len=100)
 
 
