@@ -1,4 +1,5 @@
-"""Helpers for the dataset tests: write records as JSON Lines and real image files next to them."""
+"""Helpers for the dataset tests: JSON Lines and image files on disk, and a small real transform (module-level,
+so spawned DataLoader workers can unpickle it without importing the test modules)."""
 
 import json
 from pathlib import Path
@@ -31,3 +32,13 @@ def text_record(i: int) -> dict:
         "id": f"r{i}",
         "messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}],
     }
+
+
+def byte_tokens(sample: dict) -> dict:
+    """A small real transform: UTF-8 bytes of every text, one token 256 per image."""
+    tokens = []
+    for message in sample["messages"]:
+        parts = message["content"] if isinstance(message["content"], list) else [{"type": "text", "text": message["content"]}]
+        for part in parts:
+            tokens += list(part["text"].encode()) if part["type"] == "text" else [256]
+    return {**sample, "tokens": tokens}

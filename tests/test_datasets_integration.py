@@ -13,7 +13,7 @@ from text_reference import hf_tokenizer, image_tokens
 from torch.utils.data import DataLoader
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data._constants import IGNORE_INDEX, VIDEO_PAD_ID
 from qwenvl_data.collate import Qwen2_5_VLCollator
 from qwenvl_data.datasets import multimodal_chat_dataset, streaming_chat_dataset, synthetic_vqa_dataset
 from qwenvl_data.errors import ImageLoadError
@@ -132,3 +132,19 @@ def test_streaming_gives_the_map_style_samples(tmp_path, transform):
     for i in range(6):
         assert by_id[f"s{i}"]["tokens"] == mapped[i]["tokens"]
         assert torch.equal(by_id[f"s{i}"]["pixel_values"], mapped[i]["pixel_values"])
+
+
+def test_sharegpt_video_as_frame_directory_gets_video_tokens(tmp_path, transform):
+    from media import video_frames
+
+    (tmp_path / "clip").mkdir()
+    for t, frame in enumerate(video_frames(4, 96, 64)):
+        frame.save(tmp_path / "clip" / f"frame_{t}.png")
+    record = {"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "Motion."}],
+              "videos": ["clip"]}
+    sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(write_jsonl(tmp_path / "v.jsonl", [record])))[0]
+    t, h, w = sample["video_grid_thw"][0].tolist()
+    assert t == 2  # 4 frames, two per temporal patch
+    assert sample["pixel_values_videos"].shape == (t * h * w, 1176)
+    assert sample["tokens"].count(VIDEO_PAD_ID) == t * h * w // 4
+    assert sample["second_per_grid_ts"].tolist() == [1.0]  # 2 frames per patch at the default 2 fps

@@ -7,22 +7,12 @@ import os
 import datasets
 import pytest
 import torch
-from datasets_records import text_record, write_jsonl, write_photos
+from datasets_records import byte_tokens, text_record, write_jsonl, write_photos
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import ChatDataset, JsonlSource, multimodal_chat_dataset
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError, SampleTooLongError, UnsafePathError
-
-
-def byte_tokens(sample: dict) -> dict:
-    """A small real transform: UTF-8 bytes of every text, one token 256 per image."""
-    tokens = []
-    for message in sample["messages"]:
-        parts = message["content"] if isinstance(message["content"], list) else [{"type": "text", "text": message["content"]}]
-        for part in parts:
-            tokens += list(part["text"].encode()) if part["type"] == "text" else [256]
-    return {**sample, "tokens": tokens}
 
 
 def llava_record(i: int) -> dict:

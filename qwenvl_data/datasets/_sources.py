@@ -8,10 +8,12 @@
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import datasets
 import numpy as np
+
+if TYPE_CHECKING:  # imported lazily: JSON Lines datasets (and their DataLoader workers) never need it
+    import datasets
 
 
 class RecordSource(Protocol):
@@ -88,7 +90,7 @@ class JsonlSource:
 class HFSource:
     """A Hugging Face ``datasets.Dataset`` as a record source (rows as dicts, memory-mapped)."""
 
-    def __init__(self, dataset: datasets.Dataset) -> None:
+    def __init__(self, dataset: "datasets.Dataset") -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -103,11 +105,11 @@ def _is_saved_dataset(path: str) -> bool:
 
 
 def load_hf_dataset(
-    source: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
+    source: "str | os.PathLike | datasets.Dataset | datasets.DatasetDict",
     data_files: Any = None,
     split: str = "train",
     **load_dataset_kwargs: Any,
-) -> datasets.Dataset:
+) -> "datasets.Dataset":
     """Open ``source`` as an Arrow-backed ``datasets.Dataset`` without downloading anything.
 
     Args:
@@ -121,6 +123,8 @@ def load_hf_dataset(
     Returns:
         the split as a ``datasets.Dataset``.
     """
+    import datasets
+
     if isinstance(source, datasets.DatasetDict):
         return source[split]
     if isinstance(source, datasets.Dataset):
