@@ -1,0 +1,60 @@
+"""Tiny random transformers Qwen2.5-VL models (the reference) shared by the model tests and bench/model.py."""
+
+from pathlib import Path
+
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from qwenvl_data._constants import IMAGE_PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID, VOCAB_SIZE
+
+
+def tiny_hf_config(*, tie_word_embeddings: bool = True, vision_depth: int = 2) -> Qwen2_5_VLConfig:
+    """Same shapes as ``qwen2_5_vl_tiny``: head_dim 32 (MRoPE 4/6/6), vision head_dim 16, window 112."""
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=4,
+            out_hidden_size=128,
+            fullatt_block_indexes=[vision_depth - 1],
+            window_size=112,
+            tokens_per_second=TOKENS_PER_SECOND,
+        ),
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
+def save_random_hf_model(out_dir: Path, *, seed: int = 0, **config_args: object) -> Qwen2_5_VLForConditionalGeneration:
+    """A random tiny HF model, saved with ``save_pretrained`` into ``out_dir`` and returned in eval mode."""
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_hf_config(**config_args)).eval()
+    model.save_pretrained(out_dir)
+    return model
+
+
+def hf_forward(model: Qwen2_5_VLForConditionalGeneration, batch: dict, **extra: object):
+    """Run the HF model on a batch from our collator (same position ids, int attention mask)."""
+    keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    return model(
+        input_ids=batch["tokens"],
+        attention_mask=batch["attention_mask"].long(),
+        position_ids=batch["position_ids"],
+        **{k: batch[k] for k in keys if k in batch},
+        **extra,
+    )
+
+
+def mm_token_type_ids(tokens: torch.Tensor) -> torch.Tensor:
+    """transformers' modality ids: 1 on image pads, 2 on video pads, 0 elsewhere."""
+    return (tokens == IMAGE_PAD_ID).int() + 2 * (tokens == VIDEO_PAD_ID).int()
