@@ -136,3 +136,20 @@ def test_flex_attention_with_the_block_mask_equals_sdpa_with_the_dense_mask(samp
     flex = flex_attention(q, k, v, block_mask=packed_block_mask(document_ids))
     dense = F.scaled_dot_product_attention(q, k, v, attn_mask=packed_attention_mask(document_ids))
     torch.testing.assert_close(flex, dense)
+
+
+def test_both_collators_are_yaml_components(samples):
+    """``collate_fn`` in a config names either collator; torchtune's instantiate builds it."""
+    from omegaconf import OmegaConf
+    from torchtune import config
+
+    cfg = OmegaConf.create(
+        """
+        padded: {_component_: qwenvl_data.collate.Qwen2_5_VLCollator, pad_to_multiple_of: 64}
+        packed: {_component_: qwenvl_data.packing.Qwen2_5_VLPackedCollator, max_seq_len: 512}
+        """
+    )
+    padded = config.instantiate(cfg.padded)(samples)
+    packed = config.instantiate(cfg.packed)(samples)
+    assert padded["tokens"].shape[1] % 64 == 0 and "document_ids" not in padded
+    assert packed["tokens"].shape[1] == 512 and packed["document_ids"].shape == packed["tokens"].shape
