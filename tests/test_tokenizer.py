@@ -143,6 +143,11 @@ CONVERSATIONS = {
         {"role": "user", "content": "\n\n  indented\n"},
         {"role": "assistant", "content": "\n\n```python\nprint('x')\n```\n\n"},
     ],
+    "system_after_the_first_turn": [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "Switch to French."},
+        {"role": "assistant", "content": "Bonjour"},
+    ],
     "empty_contents": [
         {"role": "user", "content": ""},
         {"role": "assistant", "content": []},

@@ -1,10 +1,13 @@
 """Qwen2_5_VLTransform: token ids, labels and pixels against transformers' Qwen2.5-VL processing."""
 
 import base64
+import copy
+
+import numpy as np
 
 import pytest
 import torch
-from media import photo, video_frames
+from media import image_in_mode, photo, video_frames
 from text_reference import hf_tokenizer, image_tokens, reference_ids, video_tokens
 from torchtune.data import Message
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -82,7 +85,7 @@ def test_tokens_match_transformers(transform, reference, chat_template, name):
     assert out["tokens"] == reference_ids(reference, chat_template, messages)
 
 
-@pytest.mark.parametrize("name", ["images_before_between_after_text", "video_and_image"])
+@pytest.mark.parametrize("name", ["images_before_between_after_text", "images_across_turns", "video_and_image"])
 def test_add_vision_id_matches_transformers(vocab_files, reference, chat_template, name):
     transform = Qwen2_5_VLTransform(*vocab_files, add_vision_id=True)
     messages = CONVERSATIONS[name]
@@ -292,3 +295,40 @@ def test_image_kwargs_reach_the_image_transform(vocab_files):
     out = small({"messages": [{"role": "user", "content": [image(IMG_B)]}]})
     assert out["image_grid_thw"].prod() <= 16 and out["tokens"].count(IMAGE_PAD_ID) <= 4
 
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "I;16"])
+def test_image_modes_give_transformers_token_counts(transform, reference, chat_template, mode):
+    messages = [{"role": "user", "content": [image(image_in_mode(mode, 150, 70, 5)), text("mode?")]}]
+    assert transform({"messages": messages})["tokens"] == reference_ids(reference, chat_template, messages)
+
+
+def test_videos_keep_their_order_and_fps(transform):
+    slow, fast = video_frames(4, 64, 64, 7), video_frames(2, 80, 48, 9)
+    messages = [{"role": "user", "content": [{"type": "video", "video": slow, "fps": 2.0}, text("then"),
+                                             {"type": "video", "video": fast, "fps": 4.0}]}]
+    out = transform({"messages": messages})
+    assert out["second_per_grid_ts"].tolist() == [1.0, 0.5]
+    assert out["video_grid_thw"][:, 0].tolist() == [2, 1]
+    starts = [i for i, t in enumerate(out["tokens"]) if t == VISION_START_ID]
+    ends = [i for i, t in enumerate(out["tokens"]) if t == VISION_END_ID]
+    assert [e - s - 1 for s, e in zip(starts, ends)] == [video_tokens(slow), video_tokens(fast)]
+
+
+def test_video_as_uint8_tensor_equals_its_frames(transform):
+    frames = video_frames(2, 64, 48, 11)
+    tensor = torch.stack([torch.from_numpy(np.array(f)).permute(2, 0, 1) for f in frames])
+    as_frames = transform({"messages": [{"role": "user", "content": [{"type": "video", "video": frames}]}]})
+    as_tensor = transform({"messages": [{"role": "user", "content": [{"type": "video", "video": tensor}]}]})
+    assert as_tensor["tokens"] == as_frames["tokens"]
+    assert torch.equal(as_tensor["pixel_values_videos"], as_frames["pixel_values_videos"])
+
+
+def test_the_input_sample_is_left_untouched(transform):
+    """Map-style datasets may hand the same record to the transform every epoch."""
+    messages = [{"role": "user", "content": [{"type": "image"}, text("?")]}, {"role": "assistant", "content": "x"}]
+    sample = {"messages": messages, "images": [IMG_A], "id": 5}
+    snapshot = copy.deepcopy(sample)
+    first = transform(sample)
+    assert sample.keys() == snapshot.keys() and sample["messages"] == snapshot["messages"]
+    assert sample["images"] == [IMG_A] and transform(sample)["tokens"] == first["tokens"]
