@@ -3,7 +3,8 @@
 Samples are the text transform's output: ``tokens`` and ``labels`` (lists or 1-D tensors) and,
 when the sample has images/videos, their pixel tensors and grids. Every sample is checked before
 anything is stacked, so a bad sample is reported by its index in the batch instead of surfacing
-later as a shape error inside the model.
+later as a shape error inside the model. Other sample keys (``mask``, ``id``, ...) are not carried
+into the batch: ``labels`` already says what is trained.
 """
 
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ def _check_media(sample: dict, tokens: torch.Tensor, name: str) -> dict[str, tor
                 )
             continue
         grid = torch.as_tensor(sample[modality.grid_key])
-        pixels = sample[modality.pixel_key]
+        pixels = torch.as_tensor(sample[modality.pixel_key])
         if grid.dim() != 2 or grid.shape[1] != 3:
             raise SampleError(f"{name}: {modality.grid_key} must be [num_{modality.name}s, 3], got {tuple(grid.shape)}")
         num_patches = int(grid.prod(1).sum())
