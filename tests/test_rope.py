@@ -151,3 +151,12 @@ def test_grid_sides_must_be_multiples_of_the_merge_size():
     ids = torch.tensor([[IMAGE_PAD_ID] * 3])
     with pytest.raises(ValueError, match=r"image_grid_thw\[0\] = \[1, 3, 4\]"):
         mrope_position_ids(ids, image_grid_thw=torch.tensor([[1, 3, 4]]))
+
+
+def test_two_images_whose_spans_touch_are_still_two_spans():
+    """Pad tokens are assigned to grids by count, so no separator is needed between two images."""
+    tokens = [5] + [IMAGE_PAD_ID] * (4 + 1) + [6]
+    grids = [[1, 4, 4], [1, 2, 2]]
+    position_ids, _ = mrope_position_ids(torch.tensor([tokens]), image_grid_thw=torch.tensor(grids))
+    assert position_ids[:, 0].tolist() == rule_position_ids(tokens, grids, [0.0, 0.0])
+    assert position_ids[:, 0, 5].tolist() == [3, 3, 3]  # the second image starts after the first's 2x2 grid
