@@ -6,13 +6,14 @@ renderer's trained spans become a per-token loss mask without tokenizing turns s
 change ids where a turn's text starts with whitespace).
 """
 
+import importlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
-from torchtune.data import Message, PromptTemplate
+from torchtune.data import Message, PromptTemplate, PromptTemplateInterface
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
@@ -44,6 +45,16 @@ def _added_tokens_from_json(tokenizer_json: str) -> list[tuple[str, int, bool]]:
     with open(tokenizer_json, encoding="utf-8") as f:
         added = json.load(f)["added_tokens"]
     return [(t["content"], t["id"], bool(t.get("special", True))) for t in added]
+
+
+def _as_prompt_template(template: PromptTemplateInterface | str | Mapping | None) -> PromptTemplateInterface | None:
+    """A template object from what a YAML config can hold: a class dotpath or a ``{role: [prepend, append]}`` map."""
+    if isinstance(template, str):
+        module, _, name = template.rpartition(".")
+        return getattr(importlib.import_module(module), name)()
+    if isinstance(template, Mapping):
+        return PromptTemplate({role: tuple(tags) for role, tags in template.items()})
+    return template
 
 
 def _bpe_tokenizer(vocab_json: str, merges_txt: str, added_tokens: list[tuple[str, int, bool]]) -> Tokenizer:
@@ -79,8 +90,9 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
         special_tokens_path (str | None): a ``tokenizer.json`` whose ``added_tokens`` replace the built-in
             22 Qwen2.5-VL special tokens (ids 151643-151664). Default None.
         max_seq_len (int | None): longest sequence ``tokenize_messages`` returns. Default None.
-        prompt_template (PromptTemplate | None): torchtune template applied to the messages before the
-            chat template renders them. Default None.
+        prompt_template (PromptTemplateInterface | str | dict | None): torchtune template applied to the
+            messages before the chat template renders them: an object, the dotpath of a template class
+            (``"torchtune.data.QuestionAnswerTemplate"``) or ``{role: [prepend, append]}``. Default None.
         truncation (str): "raise" (default) raises SampleTooLongError for a sequence over ``max_seq_len``;
             "truncate_text" cuts trailing text when no image/video span is touched (raises otherwise).
 
@@ -97,7 +109,7 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
         merges_file: str | None = None,
         special_tokens_path: str | None = None,
         max_seq_len: int | None = None,
-        prompt_template: PromptTemplate | None = None,
+        prompt_template: PromptTemplateInterface | str | Mapping | None = None,
         *,
         truncation: str = "raise",
     ) -> None:
@@ -122,7 +134,7 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
                     f"{path}: {token} has id {self.special_tokens.get(token)}, Qwen2.5-VL needs {SPECIAL_TOKENS[token]}"
                 )
         self.max_seq_len = max_seq_len
-        self.prompt_template = prompt_template
+        self.prompt_template = _as_prompt_template(prompt_template)
         self.truncation = truncation
         self.bos_id = None  # Qwen never prepends a BOS token
         self.eos_id = IM_END_ID  # the end of every turn, where chat generation stops

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torchtune.data import Message, PromptTemplate
+from torchtune.data import Message, PromptTemplateInterface
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
@@ -39,7 +39,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         merges_file (str | None): ``merges.txt``.
         max_seq_len (int | None): longest sequence, counted after pad expansion. Default None.
         special_tokens_path (str | None): see ``Qwen2_5_VLTokenizer``.
-        prompt_template (PromptTemplate | None): torchtune template applied before the chat template.
+        prompt_template (PromptTemplateInterface | str | dict | None): see ``Qwen2_5_VLTokenizer``.
         train_on_input (bool): train on every token (system, user, headers), not only the answers.
         add_vision_id (bool): prefix media with ``Picture {n}: `` / ``Video {n}: `` as the template's option.
         truncation (str): "raise" (default): SampleTooLongError for samples over ``max_seq_len``
@@ -66,7 +66,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         max_seq_len: int | None = None,
         *,
         special_tokens_path: str | None = None,
-        prompt_template: PromptTemplate | None = None,
+        prompt_template: PromptTemplateInterface | str | Mapping | None = None,
         train_on_input: bool = False,
         add_vision_id: bool = False,
         truncation: str = "raise",
@@ -187,7 +187,6 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
                     f"{name}: {pads} pad tokens (id {pad_id}) but {rows} patch rows in {pixel_key} "
                     f"(expected {self.merge_factor} rows per token)"
                 )
-
 
 
 def expand_pads(tokens: list[int], mask: list[bool], pad_id: int, counts: list[int]) -> tuple[list[int], list[bool]]:

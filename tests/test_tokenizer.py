@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tokenizers import AddedToken
-from torchtune.data import Message, PromptTemplate
+from torchtune.data import Message, PromptTemplate, QuestionAnswerTemplate
 from transformers import PreTrainedTokenizerFast
 from text_reference import hf_tokenizer, reference_ids
 
@@ -200,6 +200,18 @@ def test_prompt_template_wraps_contents_before_the_chat_template(vocab_files, re
         {"role": "user", "content": "Question: Why is the sky blue?\nAnswer briefly."},
         {"role": "assistant", "content": "Rayleigh."},
     ]
+    assert tokenizer.tokenize_messages(messages)[0] == reference_ids(reference, chat_template, wrapped)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [QuestionAnswerTemplate(), "torchtune.data.QuestionAnswerTemplate", {"user": ["Question: ", "\n\nAnswer: "]}],
+    ids=["object", "dotpath", "mapping"],
+)
+def test_prompt_template_accepts_what_a_yaml_config_holds(vocab_files, reference, chat_template, template):
+    tokenizer = Qwen2_5_VLTokenizer(*vocab_files, prompt_template=template)
+    messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    wrapped = [{"role": "user", "content": "Question: 2+2?\n\nAnswer: "}, messages[1]]
     assert tokenizer.tokenize_messages(messages)[0] == reference_ids(reference, chat_template, wrapped)
 
 
