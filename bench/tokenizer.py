@@ -92,7 +92,8 @@ def main() -> None:
     tokens_per_image = {key: int(grid.prod()) // MERGE_SIZE**2 for key, grid in grids.items()}
 
     def image_list(chat):
-        return [p["image"] for m in chat if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image"]
+        parts = [p for m in chat if isinstance(m["content"], list) for p in m["content"]]
+        return [p["image"] for p in parts if p["type"] == "image"]
 
     def ref_text_ids(chat):
         text = ref.apply_chat_template(chat, chat_template=template, tokenize=False)
