@@ -26,6 +26,11 @@ def write_photos(directory: Path, names: list[str], size: tuple[int, int] = (64,
     return paths
 
 
+def llava_turns(question: str, answer: str) -> list[dict]:
+    """LLaVA ``conversations``: one human question, one gpt answer."""
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
 def text_record(i: int) -> dict:
     """A text-only OpenAI-style record with id ``r{i}``."""
     return {
@@ -38,7 +43,8 @@ def byte_tokens(sample: dict) -> dict:
     """A small real transform: UTF-8 bytes of every text, one token 256 per image."""
     tokens = []
     for message in sample["messages"]:
-        parts = message["content"] if isinstance(message["content"], list) else [{"type": "text", "text": message["content"]}]
+        content = message["content"]
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
         for part in parts:
             tokens += list(part["text"].encode()) if part["type"] == "text" else [256]
     return {**sample, "tokens": tokens}

@@ -5,7 +5,7 @@ import io
 import os
 
 import pytest
-from datasets_records import write_photos
+from datasets_records import llava_turns, write_photos
 from PIL import Image
 
 from qwenvl_data.datasets import detect_format, resolve_media_path, to_conversation
@@ -50,7 +50,7 @@ def test_llava_record_puts_each_image_where_its_placeholder_is(image_dir):
 def test_llava_multi_image_keeps_order_and_text_between_placeholders(image_dir):
     record = {
         "image": ["b.png", "sub/c.png"],
-        "conversations": [{"from": "human", "value": "Left <image> right <image> same?"}, {"from": "gpt", "value": "no"}],
+        "conversations": llava_turns("Left <image> right <image> same?", "no"),
     }
     content = to_conversation(record, "llava", image_dir)[0]["content"]
     assert [p["type"] for p in content] == ["text", "image", "text", "image", "text"]
@@ -117,8 +117,8 @@ def test_hf_layout_parts_without_payload_take_the_images_column_in_order(image_d
 @pytest.mark.parametrize(
     "record",
     [
-        {"image": ["a.jpg", "b.png"], "conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]},
-        {"conversations": [{"from": "human", "value": "<image> hi"}, {"from": "gpt", "value": "x"}]},
+        {"image": ["a.jpg", "b.png"], "conversations": llava_turns("<image> hi", "x")},
+        {"conversations": llava_turns("<image> hi", "x")},
         {"messages": [{"role": "user", "content": "<video> hi"}], "images": ["a.jpg"]},
         {"messages": [{"role": "user", "content": [{"type": "image"}]}], "images": []},
     ],
@@ -173,7 +173,7 @@ def test_paths_escaping_image_dir_are_refused(tmp_path, image_dir):
 
 
 def test_unsafe_path_in_a_record_is_refused_before_any_read(image_dir):
-    record = {"image": "../../etc/passwd", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}
+    record = {"image": "../../etc/passwd", "conversations": llava_turns("<image>", "x")}
     with pytest.raises(UnsafePathError, match="outside image_dir"):
         to_conversation(record, None, image_dir)
 

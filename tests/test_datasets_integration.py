@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import torch
-from datasets_records import write_jsonl, write_photos
+from datasets_records import llava_turns, write_jsonl, write_photos
 from PIL import Image
 from text_reference import hf_tokenizer, image_tokens
 from torch.utils.data import DataLoader
@@ -28,15 +28,17 @@ def transform(vocab_files):
 
 
 def llava(i: int, images: list[str], question: str) -> dict:
-    return {"id": f"s{i}", "image": images, "conversations": [
-        {"from": "human", "value": question}, {"from": "gpt", "value": f"Answer {i}."}]}
+    return {"id": f"s{i}", "image": images, "conversations": llava_turns(question, f"Answer {i}.")}
 
 
 def qwen_recipe_ids(tokenizer, chat_template: str, record: dict, images: list[Image.Image]) -> list[int]:
     """Qwen's LLaVA recipe in transformers: each <image> becomes the vision span in place, the template
     renders the strings, each <|image_pad|> is expanded to the image processor's token count."""
     roles = {"human": "user", "gpt": "assistant"}
-    messages = [{"role": roles[t["from"]], "content": t["value"].replace("<image>", VISION)} for t in record["conversations"]]
+    messages = [
+        {"role": roles[turn["from"]], "content": turn["value"].replace("<image>", VISION)}
+        for turn in record["conversations"]
+    ]
     text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False)
     pieces = text.split("<|image_pad|>")
     text = pieces[0] + "".join("<|image_pad|>" * image_tokens(im) + p for im, p in zip(images, pieces[1:]))
@@ -140,9 +142,9 @@ def test_sharegpt_video_as_frame_directory_gets_video_tokens(tmp_path, transform
     (tmp_path / "clip").mkdir()
     for t, frame in enumerate(video_frames(4, 96, 64)):
         frame.save(tmp_path / "clip" / f"frame_{t}.png")
-    record = {"messages": [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "Motion."}],
-              "videos": ["clip"]}
-    sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(write_jsonl(tmp_path / "v.jsonl", [record])))[0]
+    messages = [{"role": "user", "content": "<video>What happens?"}, {"role": "assistant", "content": "Motion."}]
+    path = write_jsonl(tmp_path / "v.jsonl", [{"messages": messages, "videos": ["clip"]}])
+    sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(path))[0]
     t, h, w = sample["video_grid_thw"][0].tolist()
     assert t == 2  # 4 frames, two per temporal patch
     assert sample["pixel_values_videos"].shape == (t * h * w, 1176)

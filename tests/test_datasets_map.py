@@ -7,7 +7,7 @@ import os
 import datasets
 import pytest
 import torch
-from datasets_records import byte_tokens, text_record, write_jsonl, write_photos
+from datasets_records import byte_tokens, llava_turns, text_record, write_jsonl, write_photos
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -19,7 +19,7 @@ def llava_record(i: int) -> dict:
     return {
         "id": f"l{i}",
         "image": f"img{i % 3}.png",
-        "conversations": [{"from": "human", "value": f"<image>\nWhat is in photo {i}?"}, {"from": "gpt", "value": "colors"}],
+        "conversations": llava_turns(f"<image>\nWhat is in photo {i}?", "colors"),
     }
 
 
@@ -48,7 +48,9 @@ def test_jsonl_index_is_byte_offsets_and_the_transform_runs_only_on_access(tmp_p
         ds[50]
 
 
-@pytest.mark.parametrize("source,files", [("jsonl", "train.jsonl"), ("json", "train.json"), ("parquet", "train.parquet")])
+@pytest.mark.parametrize(
+    "source,files", [("jsonl", "train.jsonl"), ("json", "train.json"), ("parquet", "train.parquet")]
+)
 def test_every_file_source_gives_the_same_samples(llava_dir, tmp_path, source, files):
     ds = multimodal_chat_dataset(
         byte_tokens, source=source, data_files=str(llava_dir / files), cache_dir=str(tmp_path / "hf_cache")
@@ -61,6 +63,7 @@ def test_every_file_source_gives_the_same_samples(llava_dir, tmp_path, source, f
 
 
 def test_hf_dataset_object_and_saved_directory(llava_dir, tmp_path):
+    string = datasets.Value("string")
     photos = [datasets.Image().encode_example(str(p)) for p in sorted(llava_dir.glob("img*.png"))]
     table = datasets.Dataset.from_dict(
         {
@@ -76,7 +79,7 @@ def test_hf_dataset_object_and_saved_directory(llava_dir, tmp_path):
         features=datasets.Features(
             {
                 "images": datasets.Sequence(datasets.Image()),
-                "messages": [{"role": datasets.Value("string"), "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
+                "messages": [{"role": string, "content": [{"type": string, "text": string}]}],
             }
         ),
     )
@@ -90,12 +93,18 @@ def test_hf_dataset_object_and_saved_directory(llava_dir, tmp_path):
 
 
 BAD_RECORDS = {  # record -> expected cause
-    "unsafe": ({"id": "u", "image": "../../x.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}]}, "unsafe_path"),
-    "mismatch": ({"id": "m", "image": ["img0.png", "img1.png"], "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}]}, "placeholder_mismatch"),
+    "unsafe": ({"id": "u", "image": "../../x.png", "conversations": llava_turns("<image>", "a")}, "unsafe_path"),
+    "mismatch": (
+        {"id": "m", "image": ["img0.png", "img1.png"], "conversations": llava_turns("<image>", "a")},
+        "placeholder_mismatch",
+    ),
     "role": ({"id": "r", "conversations": [{"from": "robot", "value": "hi"}]}, "bad_conversation"),
     "empty": ({"id": "e", "messages": []}, "bad_conversation"),
     "json": ('{"id": "j", ', "bad_conversation"),
-    "long": ({"id": "t", "messages": [{"role": "user", "content": "x" * 500}, {"role": "assistant", "content": "y"}]}, "too_long"),
+    "long": (
+        {"id": "t", "messages": [{"role": "user", "content": "x" * 500}, {"role": "assistant", "content": "y"}]},
+        "too_long",
+    ),
 }
 
 

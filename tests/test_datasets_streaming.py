@@ -21,11 +21,11 @@ def corpus(tmp_path_factory):
     return write_jsonl(path, [text_record(i) for i in range(NUM_RECORDS)])
 
 
-def make_loader(corpus, rank, **kwargs):
+def make_loader(corpus, rank):
     dataset = streaming_chat_dataset(
-        None, data_files=str(corpus), seed=7, shuffle_buffer_size=8, rank=rank, world_size=2, epochs=kwargs.pop("epochs", 1)
+        None, data_files=str(corpus), seed=7, shuffle_buffer_size=8, rank=rank, world_size=2
     )
-    return StatefulDataLoader(dataset, batch_size=3, num_workers=2, collate_fn=ids_of, **kwargs)
+    return StatefulDataLoader(dataset, batch_size=3, num_workers=2, collate_fn=ids_of)
 
 
 def test_two_ranks_with_workers_read_every_record_exactly_once_shuffled(corpus):
@@ -82,16 +82,21 @@ def test_resume_with_other_sharding_is_refused(corpus):
 
 def test_skipped_records_are_not_yielded_and_are_counted(tmp_path):
     records = [text_record(0), '{"id": "broken"', {"id": "r-empty", "messages": []}, text_record(3)]
-    ds = streaming_chat_dataset(None, data_files=str(write_jsonl(tmp_path / "d.jsonl", records)), on_error="skip", shuffle_buffer_size=1)
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    ds = streaming_chat_dataset(None, data_files=str(path), on_error="skip", shuffle_buffer_size=1)
     assert [s["id"] for s in ds] == ["r0", "r3"]
     assert ds.stats["bad_conversation"] == 2
+    node = streaming_chat_nodes(None, data_files=str(path), on_error="skip", shuffle_buffer_size=1, num_workers=2)
+    assert [s["id"] for s in Loader(node)] == ["r0", "r3"]
+    assert node.stats.as_dict()["bad_conversation"] == 2
 
 
 @pytest.mark.parametrize("num_workers", [0, 2], ids=["inline", "threads"])
 def test_nodes_pipeline_shards_and_resumes_exactly(corpus, num_workers):
     def loader(rank):
         node = streaming_chat_nodes(
-            None, data_files=str(corpus), seed=5, shuffle_buffer_size=8, rank=rank, world_size=2, num_workers=num_workers
+            None, data_files=str(corpus), seed=5, shuffle_buffer_size=8, rank=rank, world_size=2,
+            num_workers=num_workers,
         )
         return Loader(Batcher(node, batch_size=4, drop_last=False))
 

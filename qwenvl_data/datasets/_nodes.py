@@ -122,7 +122,9 @@ def streaming_chat_nodes(
         the root node yielding transformed samples; ``state_dict()`` / ``reset(state)`` resume exactly.
     """
     source = JsonlSource(data_files)
-    records = JsonlRecordNode(source, seed=seed, shuffle_buffer_size=shuffle_buffer_size, rank=rank, world_size=world_size)
+    records = JsonlRecordNode(
+        source, seed=seed, shuffle_buffer_size=shuffle_buffer_size, rank=rank, world_size=world_size
+    )
     processor = RecordProcessor(
         model_transform,
         format=format,
@@ -132,5 +134,8 @@ def streaming_chat_nodes(
         video_fps=video_fps,
     )
     process = functools.partial(_process_item, processor)
-    mapped = ParallelMapper(records, process, num_workers, method=method) if num_workers > 0 else Mapper(records, process)
+    if num_workers > 0:
+        mapped = ParallelMapper(records, process, num_workers, method=method)
+    else:
+        mapped = Mapper(records, process)
     return DropSkipped(mapped, processor.stats)

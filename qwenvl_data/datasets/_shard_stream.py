@@ -26,7 +26,9 @@ class ShardStream:
         epoch: the epoch to start (each epoch shuffles differently).
     """
 
-    def __init__(self, source: JsonlSource, shard: int, num_shards: int, seed: int, buffer_size: int, epoch: int) -> None:
+    def __init__(
+        self, source: JsonlSource, shard: int, num_shards: int, seed: int, buffer_size: int, epoch: int
+    ) -> None:
         if not 0 <= shard < num_shards:
             raise ValueError(f"shard {shard} out of range for {num_shards} shards")
         if buffer_size < 1:

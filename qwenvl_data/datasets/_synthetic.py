@@ -81,7 +81,9 @@ def _other(rng: np.random.Generator, options: Sequence[str], excluded: str) -> s
     return str(rng.choice([o for o in options if o != excluded]))
 
 
-def _distractors(rng: np.random.Generator, cells: list, avoid_shape: str | None = None, avoid_color: str | None = None) -> list:
+def _distractors(
+    rng: np.random.Generator, cells: list, avoid_shape: str | None = None, avoid_color: str | None = None
+) -> list:
     """Shapes in ``cells`` that never repeat the asked shape (or color), so the answer stays unique."""
     items = []
     for cell in cells:
