@@ -71,7 +71,7 @@ def main() -> None:
         Qwen2_5_VLTransform(*vocab), num_samples=args.samples, seed=0, image_size=tuple(args.image_size)
     )
     print(f"{args.samples} synthetic samples, images {args.image_size[0]}..{args.image_size[1]} px, "
-          f"batch {args.batch_size}, {os.cpu_count()} CPUs")
+          f"batch {args.batch_size}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     ref = reference(dataset, hf_tokenizer(*vocab), CHAT_TEMPLATE_PATH.read_text())
     print(f"transformers per-sample reference (1 process): {ref:7.1f} samples/s")
     base = None
