@@ -111,6 +111,9 @@ def normalise_conversation(sample: Mapping[str, Any]) -> list[Message]:
     Args:
         sample: ``{"messages": [Message | dict, ...], optional "id", optional "images"/"videos"}``;
             the lists supply media for parts given as bare ``{"type": "image"}`` placeholders, in order.
+            A dict message is ``{"role", "content": str | [parts], optional "masked": bool}``; a part is
+            ``{"type": "text", "text"}``, ``{"type": "image", "image"}``, ``{"type": "image_url", "image_url"}``
+            or ``{"type": "video", "video", optional "fps"}`` (torchtune's ``"content"`` key works too).
 
     Returns:
         list[Message] whose content parts are ``{"type": "text"|"image"|"video", "content": ...}``

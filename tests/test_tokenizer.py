@@ -190,6 +190,8 @@ def test_torchtune_messages_give_the_same_tokens_as_dicts_and_keep_their_masked_
     _, mask = tokenizer.tokenize_messages(messages)
     _, mask_dicts = tokenizer.tokenize_messages(dicts)
     assert sum(not m for m in mask) == sum(not m for m in mask_dicts) - 2  # "7" and its <|im_end|>
+    dicts_masked = [dict(m, masked=True) if i == 2 else m for i, m in enumerate(dicts)]
+    assert tokenizer.tokenize_messages(dicts_masked)[1] == mask
 
 
 def test_prompt_template_wraps_contents_before_the_chat_template(vocab_files, reference, chat_template):
