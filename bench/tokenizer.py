@@ -12,23 +12,21 @@ Run: python bench/tokenizer.py [--conversations 300] [--repeats 3]
 """
 
 import argparse
-import json
 import random
 import sys
 import time
 from pathlib import Path
 
-from tokenizers import AddedToken
-from transformers import Qwen2Tokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from qwenvl_data._constants import IMAGE_PAD_ID, MERGE_SIZE, NON_SPECIAL_ADDED_TOKENS, SPECIAL_TOKENS
+from qwenvl_data._constants import IMAGE_PAD_ID
 from qwenvl_data._messages import normalise_conversation
 from qwenvl_data.transform import Qwen2_5_VLTransform, expand_pads
 from qwenvl_data.vocab import qwen_vocab_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media import photo  # noqa: E402
+from text_reference import hf_tokenizer, image_tokens  # noqa: E402
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "tests" / "data" / "qwen2_5_vl_chat_template.jinja"
 SNIPPETS = [
@@ -39,17 +37,6 @@ SNIPPETS = [
     "   lots   of   spaces\n\n\n\tand tabs\t\t",
     "The quick brown fox jumps over the lazy dog. " * 8,
 ]
-
-
-def reference_tokenizer(vocab: str, merges: str) -> Qwen2Tokenizer:
-    with open(vocab, encoding="utf-8") as f:
-        vocab_dict = json.load(f)
-    with open(merges, encoding="utf-8") as f:
-        merge_list = [tuple(line.split(" ")) for line in f.read().split("\n")[1:] if line]
-    tokenizer = Qwen2Tokenizer(vocab=vocab_dict, merges=merge_list)
-    tokenizer.add_tokens([AddedToken(t, special=t not in NON_SPECIAL_ADDED_TOKENS, normalized=False)
-                          for t in SPECIAL_TOKENS if t != "<|endoftext|>"])
-    return tokenizer
 
 
 def conversations(n: int, images: list, rng: random.Random) -> list[list[dict]]:
@@ -85,11 +72,10 @@ def main() -> None:
     vocab, merges = qwen_vocab_files()
     template = TEMPLATE.read_text()
     ours = Qwen2_5_VLTransform(vocab, merges)
-    ref = reference_tokenizer(vocab, merges)
+    ref = hf_tokenizer(vocab, merges)
     processor = Qwen2VLImageProcessorPil()
     images = [photo(w, h, seed) for seed, (w, h) in enumerate([(224, 224), (448, 336), (160, 640), (96, 96)])]
-    grids = {id(img): processor(images=[img], return_tensors="pt")["image_grid_thw"][0] for img in images}
-    tokens_per_image = {key: int(grid.prod()) // MERGE_SIZE**2 for key, grid in grids.items()}
+    tokens_per_image = {id(img): image_tokens(img) for img in images}
 
     def image_list(chat):
         parts = [p for m in chat if isinstance(m["content"], list) for p in m["content"]]
