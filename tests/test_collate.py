@@ -269,3 +269,9 @@ def test_real_transform_output_collates_and_matches_transformers(vocab_files):
     )
     assert torch.equal(batch["position_ids"], reference[0])
     assert torch.equal(batch["rope_deltas"], reference[1])
+
+
+def test_nested_token_lists_name_the_sample(image_batch):
+    image_batch[1]["tokens"] = [image_batch[1]["tokens"]]
+    with pytest.raises(SampleError, match=r"sample 1 \(b\): tokens must be a flat list of ints"):
+        padded_collate_qwen2_5_vl(image_batch)
