@@ -41,11 +41,22 @@ def test_jsonl_index_is_byte_offsets_and_the_transform_runs_only_on_access(tmp_p
         return byte_tokens(sample)
 
     ds = ChatDataset(JsonlSource(path), counting, image_dir=tmp_path)
-    assert len(ds) == 51 and ds.source.offsets.dtype == "int64" and ds.source.offsets.nbytes == 51 * 8
+    index_bytes = ds.source.offsets.nbytes + ds.source.lengths.nbytes + ds.source.file_index.nbytes
+    assert len(ds) == 51 and index_bytes == 51 * 16
     assert calls == []  # nothing parsed or transformed up front; the malformed last line is not touched yet
     assert ds[7]["tokens"] == list(b"question 7answer 7") and calls == ["r7"]
     with pytest.raises(InvalidConversationError, match=r"sample 50 \(id unknown\): invalid JSON"):
         ds[50]
+
+
+def test_jsonl_records_read_concurrently_from_threads_are_intact(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [write_jsonl(tmp_path / f"{part}.jsonl", [text_record(100 * part + i) for i in range(40)]) for part in (0, 1)]
+    source = JsonlSource(paths)
+    with ThreadPoolExecutor(4) as pool:
+        lines = list(pool.map(source.__getitem__, list(range(80)) * 5))
+    assert [json.loads(line)["id"] for line in lines] == [f"r{100 * (i // 40) + i % 40}" for i in range(80)] * 5
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""Random-access sources of raw records whose memory does not grow with the data.
+"""Random-access sources of raw records that hold an index, never the records themselves.
 
-- ``JsonlSource``: one int64 byte offset per line (8 bytes a record); a record is read as its raw JSON
-  line and parsed by the sample processor, so a malformed line is a counted, named bad sample.
+- ``JsonlSource``: an int64 offset, int32 length and int32 file number per line (16 bytes a record); a record
+  is read as its raw JSON line and parsed by the sample processor, so a malformed line is a counted, named
+  bad sample.
 - ``HFSource``: a Hugging Face ``datasets.Dataset``, Arrow-backed and memory-mapped from disk
   (JSON, parquet, CSV, a saved dataset directory, or a ``Dataset`` object).
 """
@@ -42,6 +43,9 @@ def _plain_data_files(data_files: Any) -> str | list[str] | dict[str, list[str]]
 class JsonlSource:
     """Records of JSON Lines files, indexed by byte offset; ``source[i]`` is the raw line (bytes).
 
+    Reads use ``os.pread`` at the record's offset (no shared file position), so threads and forked
+    DataLoader workers can read concurrently.
+
     Args:
         data_files: one path or a list of paths; records are numbered across files in order.
 
@@ -51,40 +55,46 @@ class JsonlSource:
 
     def __init__(self, data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
         self.paths = _as_paths(data_files)
-        offsets, files = [], []
+        offsets, ends, files = [], [], []
         for file_index, path in enumerate(self.paths):
             with open(path, "rb") as f:
                 position = 0
                 for line in f:
                     if line.strip():  # blank lines (e.g. a trailing one) are not records
                         offsets.append(position)
+                        ends.append(position + len(line))
                         files.append(file_index)
                     position += len(line)
         self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.lengths = (np.asarray(ends, dtype=np.int64) - self.offsets).astype(np.int32)
         self.file_index = np.asarray(files, dtype=np.int32)
-        self._handles: dict[int, Any] = {}
+        self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_handles"] = {}  # open files do not cross process boundaries
+        state["_fds"] = {}  # descriptors do not cross process boundaries
         return state
+
+    def __del__(self) -> None:
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self._fds.values():
+                os.close(fd)
 
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def read_at(self, file_index: int, offset: int) -> bytes:
-        """The raw JSON line at byte ``offset`` of file ``file_index``."""
-        if self._pid != os.getpid():  # a forked worker must not share our file positions
-            self._handles, self._pid = {}, os.getpid()
-        handle = self._handles.get(file_index)
-        if handle is None:
-            handle = self._handles[file_index] = open(self.paths[file_index], "rb")
-        handle.seek(offset)
-        return handle.readline()
+    def _fd(self, file_index: int) -> int:
+        if self._pid != os.getpid():  # a forked worker opens its own descriptors
+            self._fds, self._pid = {}, os.getpid()
+        fd = self._fds.get(file_index)
+        if fd is None:
+            fd = self._fds[file_index] = os.open(self.paths[file_index], os.O_RDONLY)
+        return fd
 
     def __getitem__(self, index: int) -> bytes:
-        return self.read_at(int(self.file_index[index]), int(self.offsets[index]))
+        file_index = int(self.file_index[index])
+        return os.pread(self._fd(file_index), int(self.lengths[index]), int(self.offsets[index]))
 
 
 class HFSource:
