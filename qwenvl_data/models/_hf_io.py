@@ -102,14 +102,15 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     adapters = [m for m in model.modules() if isinstance(m, (LoRALinear, DoRALinear))]
     if not adapters:
         return state_dict
-    ranks = {(m.rank, m.alpha) for m in adapters}
-    if len(ranks) != 1:
-        raise ValueError(f"adapters with different (rank, alpha) {sorted(ranks)} cannot be merged together")
-    rank, alpha = ranks.pop()
+    # LoRALinear keeps rank and alpha, DoRALinear only alpha / rank; the merge needs both.
+    settings = {(m.lora_a.out_features, m.alpha / m.rank if hasattr(m, "alpha") else m.scaling) for m in adapters}
+    if len(settings) != 1:
+        raise ValueError(f"adapters with different (rank, alpha / rank) {sorted(settings)} cannot be merged together")
+    rank, scale = settings.pop()
     for key in [k for k in state_dict if k.endswith(".lora_a.weight")]:
         base = key.removesuffix(".lora_a.weight") + ".weight"
         state_dict[base] = state_dict[base].clone()
-    return get_merged_lora_ckpt(state_dict, rank=rank, alpha=alpha)
+    return get_merged_lora_ckpt(state_dict, rank=rank, alpha=scale * rank)
 
 
 def save_hf_model(
