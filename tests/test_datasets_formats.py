@@ -8,7 +8,8 @@ import pytest
 from datasets_records import llava_turns, write_photos
 from PIL import Image
 
-from qwenvl_data.datasets import detect_format, resolve_media_path, to_conversation
+from qwenvl_data.datasets._formats import detect_format, to_conversation
+from qwenvl_data.datasets._paths import resolve_media_path
 from qwenvl_data.errors import (
     ImageLoadError,
     InvalidConversationError,

@@ -1,10 +1,8 @@
 """Datasets: raw conversation files (LLaVA, ShareGPT, OpenAI/HF chat, HF ``datasets``) or generated shapes VQA
 -> model-ready samples, lazily (map-style) or streamed (sharded, resumable, also as ``torchdata.nodes``)."""
 
-from qwenvl_data.datasets._formats import FORMATS, detect_format, to_conversation
 from qwenvl_data.datasets._map_style import ChatDataset, multimodal_chat_dataset
 from qwenvl_data.datasets._nodes import DropSkipped, JsonlRecordNode, streaming_chat_nodes
-from qwenvl_data.datasets._paths import resolve_media_path
 from qwenvl_data.datasets._sources import HFSource, JsonlSource
 from qwenvl_data.datasets._streaming import StreamingChatDataset, streaming_chat_dataset
 from qwenvl_data.datasets._synthetic import (
@@ -15,7 +13,6 @@ from qwenvl_data.datasets._synthetic import (
 )
 
 __all__ = [
-    "FORMATS",
     "QUESTION_TYPES",
     "ChatDataset",
     "DropSkipped",
@@ -25,11 +22,8 @@ __all__ = [
     "StreamingChatDataset",
     "SyntheticVQASource",
     "answer_choices",
-    "detect_format",
     "multimodal_chat_dataset",
-    "resolve_media_path",
     "streaming_chat_dataset",
     "streaming_chat_nodes",
     "synthetic_vqa_dataset",
-    "to_conversation",
 ]

@@ -116,9 +116,8 @@ def _placeholder_messages(
         if text is not None and not isinstance(text, str):
             raise InvalidConversationError(f"message text must be a string, got {type(text).__name__}")
         texts.append((_role(raw_role), text or ""))
-    joined = "".join(text for _, text in texts)
     media = _Media(images, videos, image_dir, fps)
-    media.check_counts({"image": joined.count("<image>"), "video": joined.count("<video>")})
+    media.check_counts({kind: sum(text.count(f"<{kind}>") for _, text in texts) for kind in ("image", "video")})
     return _checked([{"role": role, "content": _text_with_placeholders(text, media)} for role, text in texts])
 
 
