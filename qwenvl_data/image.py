@@ -148,7 +148,11 @@ class Qwen2_5_VLImageTransform:
             )
         except ValueError as error:
             raise ImageLoadError(f"{name}: {error}") from error
-        resized = {id(frame): resize_rgb(frame, resized_height, resized_width) for frame in frames}
+        # A frame that fills several slots (an image, a padded last frame) is one object: resize it once.
+        resized = {}
+        for frame in frames:
+            if id(frame) not in resized:
+                resized[id(frame)] = resize_rgb(frame, resized_height, resized_width)
         pixel_values = patchify(
             [resized[id(frame)] for frame in frames],
             patch_size=self.patch_size,

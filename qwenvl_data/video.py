@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from qwenvl_data._image_io import ImageSource, load_image, to_rgb
+from qwenvl_data.errors import ImageLoadError
 
 VideoSource = Sequence[ImageSource] | torch.Tensor
 
@@ -21,8 +22,8 @@ def video_frames(video: VideoSource) -> list[Image.Image]:
         list[PIL.Image.Image]: T frames in mode "RGB".
 
     Raises:
-        ValueError: no frames, or frames of different sizes.
-        ImageLoadError: a frame file cannot be loaded.
+        ImageLoadError: no frames, frames of different sizes, or a frame file that cannot be loaded.
+        ValueError: a tensor that is not uint8 [T, C, H, W].
     """
     if isinstance(video, torch.Tensor):
         if video.dim() != 4:
@@ -31,10 +32,10 @@ def video_frames(video: VideoSource) -> list[Image.Image]:
     else:
         frames = [to_rgb(load_image(frame)) for frame in video]
     if not frames:
-        raise ValueError("a video needs at least one frame")
+        raise ImageLoadError("a video needs at least one frame, got none")
     sizes = {frame.size for frame in frames}
     if len(sizes) > 1:
-        raise ValueError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
+        raise ImageLoadError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
     return frames
 
 

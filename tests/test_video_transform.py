@@ -94,12 +94,12 @@ def test_bfloat16_video_is_the_float32_result_rounded():
 
 
 def test_frames_of_different_sizes_are_refused():
-    with pytest.raises(ValueError, match="one size"):
+    with pytest.raises(ImageLoadError, match="one size"):
         Qwen2_5_VLImageTransform()({"video": [photo(64, 64), photo(64, 65)]})
 
 
 def test_empty_clip_and_bad_fps_are_refused():
-    with pytest.raises(ValueError, match="at least one frame"):
+    with pytest.raises(ImageLoadError, match="at least one frame"):
         Qwen2_5_VLImageTransform()({"video": []})
     with pytest.raises(ValueError, match="fps"):
         Qwen2_5_VLImageTransform()({"video": [photo(64, 64)], "fps": 0})
