@@ -1,14 +1,15 @@
 """Collate + MRoPE positions vs transformers' get_rope_index on the same batches; prints ratios.
 
 Batches: 8 samples of ~4k tokens, each with several images of different sizes (and one with a
-video), right padded. Four comparisons; each times ours and the reference alternately and keeps
+video), right padded. Five comparisons; each times ours and the reference alternately and keeps
 the best of ``--repeats`` runs of each (the machine is shared, best-of is the least noisy), with
 ``--threads`` torch threads (default 1, as in a DataLoader worker):
 
 1. positions only: ``mrope_position_ids`` vs ``Qwen2_5_VLModel.get_rope_index`` on the padded batch.
 2. our whole collate (samples with list ids -> padded tensors, validation, positions), pixel copy
    left out (zero-width patch views), vs get_rope_index alone on ready tensors. Ours pays for
-   turning ~64k Python ints into tensors here, which get_rope_index does not.
+   turning ~64k Python ints into tensors here, which get_rope_index does not; 2b. gives the
+   samples' ids as tensors instead.
 3. the same collate vs transformers-style batching of the same samples (torch.tensor + pad_sequence
    for tokens and labels) + get_rope_index: the same inputs and outputs on both sides.
 4. full collate including the ~210 MB pixel-patch concatenation, vs 3. plus the same concatenation.
@@ -123,6 +124,11 @@ def main() -> None:
     report(
         "2. collate w/o pixel copy vs get_rope_index",
         best_seconds(lambda: padded_collate_qwen2_5_vl(text_side), rope_index, args.repeats),
+    )
+    tensor_ids = [{**s, "tokens": torch.tensor(s["tokens"]), "labels": torch.tensor(s["labels"])} for s in text_side]
+    report(
+        "2b. as 2., samples' ids given as tensors",
+        best_seconds(lambda: padded_collate_qwen2_5_vl(tensor_ids), rope_index, args.repeats),
     )
     report(
         "3. collate w/o pixel copy vs pad + get_rope_index",

@@ -62,7 +62,7 @@ def packed_collate_qwen2_5_vl(batch: list[dict | None], max_seq_len: int) -> dic
         - ``document_ids``: int64 [B, L], index of the sample inside its row, -1 on padding.
         - ``seq_lens``: int64 [B, max samples per row], each sample's length, 0 past a row's last.
         Vision keys hold the samples' inputs in packed order (row 0's samples, then row 1's, ...).
-        ``rope_deltas`` is computed per row and only meaningful for unpacked rows.
+        ``rope_deltas`` [B, 1] is the sum of each row's samples' own deltas (generation uses unpacked rows).
     """
     samples = check_samples(batch)
     check_fits(samples, max_seq_len)

@@ -156,7 +156,8 @@ def mrope_position_ids(
     Returns:
         position_ids: int64 [3, B, L]; 0 on padding (transformers 5.x's convention).
         rope_deltas: int64 [B, 1], (largest position + 1) - number of real tokens per row:
-            what generation adds to the text positions after the prompt.
+            what generation adds to the text positions after the prompt. For packed rows, the
+            sum of the samples' own deltas.
 
     Example:
         >>> from qwenvl_data._constants import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
@@ -198,11 +199,12 @@ def mrope_position_ids(
     ]
     items = [vision for vision in found if vision is not None]
 
-    advance = (flat_valid & ~is_image & ~is_video).long()
+    advance = (flat_valid & ~(is_image | is_video)).long()
     for vision in items:
         advance[vision.first_index] = vision.extent
     advance = advance.view(batch_size, seq_len)
-    start = advance.cumsum(1) - advance  # position of text tokens and span starts
+    used = advance.cumsum(1)
+    start = used - advance  # position of text tokens and span starts
     if document_ids is not None:
         previous_doc = torch.cat([torch.full_like(document_ids[:, :1], -2), document_ids[:, :-1]], dim=1)
         doc_begins = valid & (document_ids != previous_doc)
@@ -215,6 +217,6 @@ def mrope_position_ids(
     for vision in items:
         flat_positions[:, vision.token_index] = vision.positions(flat_start[vision.first_index])
 
-    num_real = valid.sum(1)
-    rope_deltas = torch.where(num_real > 0, position_ids.amax(dim=(0, 2)) + 1 - num_real, 0)
-    return position_ids, rope_deltas.unsqueeze(1)
+    # Positions used by a row (largest id + 1 when unpacked) minus its real tokens.
+    rope_deltas = used[:, -1:] - valid.sum(1, keepdim=True)
+    return position_ids, rope_deltas

@@ -79,6 +79,7 @@ def test_each_packed_sample_keeps_its_tokens_labels_and_positions(samples):
             if index != 1:  # sample b's long clip is where transformers 5.x leaves the training rule
                 assert torch.equal(packed["position_ids"][:, row, cols], reference_positions[:, index, :n])
             assert packed["position_ids"][:, row, cols][:, 0].tolist() == [0, 0, 0]  # restart per sample
+        assert packed["rope_deltas"][row, 0] == sum(unpacked["rope_deltas"][i, 0] for i in members)
 
 
 def test_vision_inputs_follow_the_packed_order(samples):
