@@ -22,7 +22,7 @@ def load_image(source: ImageSource) -> Image.Image:
 
     A file or bytes are opened with PIL, fully decoded, and turned upright by their EXIF ``Orientation`` tag
     (as photo viewers show them; the transformers processor, which takes already opened images, does not do
-    this). A PIL image is returned as it is. Files with more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels
+    this). A PIL image is returned as it is (decoded, if it was opened lazily). Files with more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels
     (89.5 M by default) are refused as decompression bombs.
 
     Args:
@@ -40,6 +40,11 @@ def load_image(source: ImageSource) -> Image.Image:
         (4, 3)
     """
     if isinstance(source, Image.Image):
+        try:
+            source.load()  # a lazily opened file decodes here, so its faults surface as ImageLoadError too
+        except (OSError, SyntaxError, ValueError) as error:
+            name = getattr(source, "filename", "") or "(PIL image)"
+            raise ImageLoadError(f"image {name} is corrupt or truncated: {error}") from error
         return source
     if isinstance(source, bytes):
         name, stream = f"<{len(source)} bytes>", io.BytesIO(source)
@@ -56,6 +61,8 @@ def load_image(source: ImageSource) -> Image.Image:
                 return ImageOps.exif_transpose(opened)
     except FileNotFoundError as error:
         raise ImageLoadError(f"image file {name} does not exist") from error
+    except (IsADirectoryError, PermissionError) as error:
+        raise ImageLoadError(f"image file {name} cannot be read: {error.strerror}") from error
     except Image.DecompressionBombError as error:
         raise ImageLoadError(f"image {name} is a decompression bomb: {error}") from error
     except Image.UnidentifiedImageError as error:

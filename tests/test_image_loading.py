@@ -120,6 +120,18 @@ def test_missing_file_raises_image_load_error_naming_it(tmp_path):
         load_image(missing)
 
 
+def test_lazily_opened_truncated_pil_image_raises_image_load_error_naming_it(tmp_path):
+    path = _broken_file(tmp_path, "truncated")
+    with Image.open(path) as opened:  # opening reads only the header; the damage shows when decoding
+        with pytest.raises(ImageLoadError, match="truncated.png"):
+            Qwen2_5_VLImageTransform()({"image": opened})
+
+
+def test_directory_instead_of_a_file_raises_image_load_error(tmp_path):
+    with pytest.raises(ImageLoadError, match="cannot be read"):
+        load_image(tmp_path)
+
+
 def test_broken_bytes_raise_image_load_error():
     with pytest.raises(ImageLoadError, match="<5 bytes>"):
         load_image(b"\x89PNG\r")
