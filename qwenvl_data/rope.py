@@ -25,14 +25,14 @@ __all__ = ["mrope_position_ids"]
 
 @dataclass
 class _VisionItems:
-    """Where the tokens of one modality's images (or videos) sit in the flattened batch."""
+    """Where the tokens of every image and video sit in the flattened batch (images first, then videos)."""
 
     token_index: torch.Tensor  # int64 [n_tokens]: flat index (row * L + col) of each vision token
-    item_of_token: torch.Tensor  # int64 [n_tokens]: which grid each token belongs to
+    item_of_token: torch.Tensor  # int64 [n_tokens]: which item each token belongs to
     first_index: torch.Tensor  # int64 [n_items]: flat index of each item's first token
     extent: torch.Tensor  # int64 [n_items]: largest offset + 1, the positions the span uses up
     layout: torch.Tensor  # int64 [n_items, 3]: first token's rank among the tokens, rows*cols, cols
-    time_interval: torch.Tensor | None  # float [n_items]: temporal-id step per frame; None for images
+    time_interval: torch.Tensor  # float [n_items]: temporal-id step per frame (0 for images)
 
     def positions(self, span_start: torch.Tensor) -> torch.Tensor:
         """int64 [3, n_tokens] (temporal, height, width) ids, given each item's start position [n_items]."""
@@ -43,63 +43,78 @@ class _VisionItems:
         in_frame = local - frame * plane
         row = in_frame // cols
         col = in_frame - row * cols
-        if self.time_interval is None:
-            temporal = start
-        else:
-            # float multiply then truncation, in the interval's dtype, exactly as the reference does.
-            interval = self.time_interval.index_select(0, self.item_of_token)
-            temporal = start + (frame.to(interval.dtype) * interval).long()
+        # float multiply then truncation, in the interval's dtype, exactly as the reference does.
+        interval = self.time_interval.index_select(0, self.item_of_token)
+        temporal = start + (frame.to(interval.dtype) * interval).long()
         return torch.stack([temporal, start + row, start + col])
 
 
+def _as_grid(grid_thw: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    if grid_thw is None:
+        return torch.zeros(0, 3, dtype=torch.long, device=device)
+    return grid_thw.to(device=device, dtype=torch.long).reshape(-1, 3)
+
+
 def _locate_items(
-    is_pad: torch.Tensor,
-    grid_thw: torch.Tensor | None,
-    time_interval: torch.Tensor | None,
+    is_image: torch.Tensor,
+    is_video: torch.Tensor,
+    image_grid_thw: torch.Tensor | None,
+    video_grid_thw: torch.Tensor | None,
+    video_interval: torch.Tensor,
     seq_len: int,
     spatial_merge_size: int,
-    what: str,
 ) -> _VisionItems | None:
-    """Assign the pad tokens of one modality, in batch order, to the grids in ``grid_thw``.
+    """Assign image (video) pad tokens, in batch order, to the grids of ``image_grid_thw`` (``video_grid_thw``).
 
     Tokens are assigned by count, not by runs of equal tokens, so two spans that touch are
     still told apart; a span that is not one contiguous run inside one row is an error.
 
     Args:
-        is_pad: bool [B * L], True on this modality's (non-padding) pad tokens.
-        grid_thw: int [n_items, 3] (t, h, w) in patches before merging, or None.
-        time_interval: float [n_items], temporal-id step per temporal patch; None for images.
+        is_image, is_video: bool [B * L], True on (non-padding) image / video pad tokens.
+        image_grid_thw, video_grid_thw: int [n, 3] (t, h, w) in patches before merging, or None.
+        video_interval: float [num_videos], temporal-id step per temporal patch.
         seq_len: L, to tell rows apart in flat indices.
         spatial_merge_size: patches merged per side into one token.
-        what: "image" or "video", for error messages.
 
     Returns:
         The items, or None when there are neither grids nor pad tokens.
     """
-    device = is_pad.device
-    token_index = is_pad.nonzero().squeeze(1)
-    num_items = 0 if grid_thw is None else grid_thw.numel() // 3
-    if num_items == 0 and token_index.numel() == 0:
-        return None
-    grid = torch.zeros(0, 3, dtype=torch.long) if grid_thw is None else grid_thw.reshape(-1, 3)
-    grid = grid.to(device=device, dtype=torch.long)
+    device = is_image.device
+    image_grid, video_grid = _as_grid(image_grid_thw, device), _as_grid(video_grid_thw, device)
+    grid = torch.cat([image_grid, video_grid])
+    num_images = image_grid.shape[0]
+
+    def item_key(k: int) -> tuple[str, int]:
+        """("image" | "video", index within that modality) of item ``k``, for error messages."""
+        return ("image", k) if k < num_images else ("video", k - num_images)
+
     t, h, w = grid.unbind(1)
     bad = (grid < 1).any(1) | (h % spatial_merge_size != 0) | (w % spatial_merge_size != 0)
     if bad.any():
         k = int(bad.nonzero()[0])
+        what, index = item_key(k)
         raise ValueError(
-            f"{what}_grid_thw[{k}] = {grid[k].tolist()}: t, h, w must be >= 1 and h, w multiples "
+            f"{what}_grid_thw[{index}] = {grid[k].tolist()}: t, h, w must be >= 1 and h, w multiples "
             f"of spatial_merge_size={spatial_merge_size}"
         )
     rows, cols = h // spatial_merge_size, w // spatial_merge_size
     plane = rows * cols
     counts = t * plane
-    total = int(counts.sum())
-    if token_index.numel() != total:
-        raise ValueError(
-            f"the batch has {token_index.numel()} {what} pad tokens but {what}_grid_thw "
-            f"{grid.tolist()} needs {total} (t*h*w/{spatial_merge_size**2} each)"
-        )
+    index_parts = []
+    for what, is_pad, item_counts, own_grid in (
+        ("image", is_image, counts[:num_images], image_grid),
+        ("video", is_video, counts[num_images:], video_grid),
+    ):
+        index_parts.append(is_pad.nonzero().squeeze(1))
+        needed = int(item_counts.sum())
+        if index_parts[-1].numel() != needed:
+            raise ValueError(
+                f"the batch has {index_parts[-1].numel()} {what} pad tokens but {what}_grid_thw "
+                f"{own_grid.tolist()} needs {needed} (t*h*w/{spatial_merge_size**2} each)"
+            )
+    if grid.shape[0] == 0:
+        return None
+    token_index = torch.cat(index_parts)
     ends = counts.cumsum(0)
     starts = ends - counts
     first_index = token_index[starts]
@@ -107,18 +122,16 @@ def _locate_items(
     broken = (last_index - first_index != counts - 1) | (first_index // seq_len != last_index // seq_len)
     if broken.any():
         k = int(broken.nonzero()[0])
-        raise ValueError(f"{what} {k}: its {int(counts[k])} pad tokens are not one contiguous run in one row")
+        what, index = item_key(k)
+        raise ValueError(f"{what} {index}: its {int(counts[k])} pad tokens are not one contiguous run in one row")
 
     # Item of each token: a 1 where every item after the first begins, summed up.
-    item_of_token = torch.zeros(total, dtype=torch.long, device=device)
+    item_of_token = torch.zeros(token_index.numel(), dtype=torch.long, device=device)
     item_of_token[starts[1:]] = 1
     item_of_token = item_of_token.cumsum(0)
-    spatial_extent = torch.maximum(rows, cols)
-    if time_interval is None:
-        extent = spatial_extent
-    else:
-        last_temporal = ((t - 1).to(time_interval.dtype) * time_interval).long()
-        extent = torch.maximum(last_temporal + 1, spatial_extent)
+    time_interval = torch.cat([torch.zeros(num_images, dtype=video_interval.dtype, device=device), video_interval])
+    last_temporal = ((t - 1).to(time_interval.dtype) * time_interval).long()  # 0 for images: their ids stay at s
+    extent = torch.maximum(last_temporal + 1, torch.maximum(rows, cols))
     layout = torch.stack([starts, plane, cols], 1)
     return _VisionItems(token_index, item_of_token, first_index, extent, layout, time_interval)
 
@@ -191,16 +204,13 @@ def mrope_position_ids(
             raise ValueError(f"second_per_grid_ts has {video_seconds.numel()} entries for {num_videos} videos")
     is_image = (flat_ids == IMAGE_PAD_ID) & flat_valid
     is_video = (flat_ids == VIDEO_PAD_ID) & flat_valid
-    found = [
-        _locate_items(is_image, image_grid_thw, None, seq_len, spatial_merge_size, "image"),
-        _locate_items(
-            is_video, video_grid_thw, video_seconds * tokens_per_second, seq_len, spatial_merge_size, "video"
-        ),
-    ]
-    items = [vision for vision in found if vision is not None]
+    video_interval = video_seconds * tokens_per_second
+    vision = _locate_items(
+        is_image, is_video, image_grid_thw, video_grid_thw, video_interval, seq_len, spatial_merge_size
+    )
 
     advance = (flat_valid & ~(is_image | is_video)).long()
-    for vision in items:
+    if vision is not None:
         advance[vision.first_index] = vision.extent
     advance = advance.view(batch_size, seq_len)
     used = advance.cumsum(1)
@@ -214,7 +224,7 @@ def mrope_position_ids(
     position_ids = torch.where(valid, start, 0).unsqueeze(0).repeat(3, 1, 1)
     flat_start = start.reshape(-1)
     flat_positions = position_ids.view(3, -1)
-    for vision in items:
+    if vision is not None:
         flat_positions[:, vision.token_index] = vision.positions(flat_start[vision.first_index])
 
     # Positions used by a row (largest id + 1 when unpacked) minus its real tokens.

@@ -160,3 +160,12 @@ def test_two_images_whose_spans_touch_are_still_two_spans():
     position_ids, _ = mrope_position_ids(torch.tensor([tokens]), image_grid_thw=torch.tensor(grids))
     assert position_ids[:, 0].tolist() == rule_position_ids(tokens, grids, [0.0, 0.0])
     assert position_ids[:, 0, 5].tolist() == [3, 3, 3]  # the second image starts after the first's 2x2 grid
+
+
+def test_errors_name_the_video_by_its_index_among_videos():
+    ids = torch.tensor([[IMAGE_PAD_ID] * 4 + [7] + [VIDEO_PAD_ID] * 4 + [7] + [VIDEO_PAD_ID] * 2 + [7, VIDEO_PAD_ID] * 2])
+    grids = {"image_grid_thw": torch.tensor([[1, 4, 4]]), "video_grid_thw": torch.tensor([[1, 4, 4], [1, 4, 4]])}
+    with pytest.raises(ValueError, match="video 1: its 4 pad tokens are not one contiguous run"):
+        mrope_position_ids(ids, **grids)
+    with pytest.raises(ValueError, match=r"video_grid_thw\[1\] = \[2, 4, 0\]"):
+        mrope_position_ids(ids, grids["image_grid_thw"], torch.tensor([[1, 4, 4], [2, 4, 0]]))
