@@ -50,7 +50,7 @@ class CheckedSample:
     name: str  # "sample 3 (id)", 3 being its index in the incoming batch, None entries counted
     tokens: torch.Tensor  # int64 [n]
     labels: torch.Tensor | None  # int64 [n]; None when the batch carries no labels (generation)
-    media: dict[str, torch.Tensor]  # the vision keys it has, unchanged
+    media: dict[str, torch.Tensor]  # the vision keys it has, as tensors
 
 
 def _sample_name(index: int, sample: dict) -> str:
@@ -72,15 +72,22 @@ def _as_ids(value: Any, key: str, name: str) -> torch.Tensor:
     return ids
 
 
-def _check_media(sample: dict, tokens: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+def _pad_token_counts(tokens: list[torch.Tensor]) -> list[list[int]]:
+    """Per sample, its number of pad tokens of each modality (in MODALITIES order), in one batched pass."""
+    last = torch.tensor([ids.numel() for ids in tokens]).cumsum(0) - 1
+    flat = torch.cat(tokens)
+    running = torch.stack([flat == modality.pad_id for modality in MODALITIES]).cumsum(1)[:, last]
+    return torch.diff(running, dim=1, prepend=torch.zeros_like(running[:, :1])).t().tolist()
+
+
+def _check_media(sample: dict, pad_counts: list[int], name: str) -> dict[str, torch.Tensor]:
     """The sample's vision tensors, after checking they agree with each other and with its pad tokens."""
     media = {}
-    for modality in MODALITIES:
+    for modality, num_pad_tokens in zip(MODALITIES, pad_counts):
         present = [key for key in modality.keys if key in sample]
         if present and len(present) < len(modality.keys):
             missing = [key for key in modality.keys if key not in sample]
             raise SampleError(f"{name}: has {', '.join(present)} but no {', '.join(missing)}")
-        num_pad_tokens = int((tokens == modality.pad_id).sum())
         if not present:
             if num_pad_tokens:
                 raise PlaceholderMismatchError(
@@ -91,7 +98,7 @@ def _check_media(sample: dict, tokens: torch.Tensor, name: str) -> dict[str, tor
         pixels = torch.as_tensor(sample[modality.pixel_key])
         if grid.dim() != 2 or grid.shape[1] != 3:
             raise SampleError(f"{name}: {modality.grid_key} must be [num_{modality.name}s, 3], got {tuple(grid.shape)}")
-        num_patches = int(grid.prod(1).sum())
+        num_patches = sum(t * h * w for t, h, w in grid.tolist())
         if num_pad_tokens != num_patches // MERGE_SIZE**2:
             raise PlaceholderMismatchError(
                 f"{name}: {num_pad_tokens} {modality.name} pad tokens but {modality.grid_key} "
@@ -135,7 +142,10 @@ def check_samples(batch: list[dict | None]) -> list[CheckedSample]:
         labels = _as_ids(sample["labels"], "labels", name) if has_labels else None
         if labels is not None and labels.shape != tokens.shape:
             raise SampleError(f"{name}: {labels.numel()} labels for {tokens.numel()} tokens")
-        checked.append(CheckedSample(name, tokens, labels, _check_media(sample, tokens, name)))
+        checked.append(CheckedSample(name, tokens, labels, {}))
+    pad_counts = _pad_token_counts([sample.tokens for sample in checked])
+    for sample, (_, raw), counts in zip(checked, indexed, pad_counts):
+        sample.media = _check_media(raw, counts, sample.name)
     return checked
 
 
