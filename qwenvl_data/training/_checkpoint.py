@@ -12,7 +12,9 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,14 @@ def _publish_dir(partial: Path, final: Path) -> None:
         shutil.rmtree(stale)
     else:
         os.replace(partial, final)
+
+
+@contextmanager
+def _single_process_dcp_is_intended() -> Iterator[None]:
+    """torch.distributed.checkpoint warns when used without a process group; one device is a normal case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process.*")
+        yield
 
 
 def _is_sharded(model: nn.Module) -> bool:
@@ -169,7 +179,8 @@ class TrainingCheckpointer:
             partial.mkdir(parents=True)
         barrier()
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=partial / "model_optimizer")
+        with _single_process_dcp_is_intended():
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=partial / "model_optimizer")
         torch.save({**trainer_state, "rng": capture_rng_state()}, partial / f"trainer_rank{rank}.pt")
         barrier()
         if rank == 0:
@@ -194,7 +205,8 @@ class TrainingCheckpointer:
             )
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, checkpoint_id=path / "model_optimizer")
+        with _single_process_dcp_is_intended():
+            dcp.load(state, checkpoint_id=path / "model_optimizer")
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         trainer_state = torch.load(path / f"trainer_rank{rank}.pt", weights_only=False)
         restore_rng_state(trainer_state.pop("rng"))

@@ -77,6 +77,7 @@ def split_prompt_and_answer(sample: dict[str, Any]) -> tuple[list[int], list[int
 def greedy_answer(
     model: nn.Module,
     sample: dict[str, Any],
+    prompt: list[int],
     collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]],
     *,
     device: torch.device,
@@ -84,17 +85,20 @@ def greedy_answer(
     max_new_tokens: int,
     stop_token_ids: tuple[int, ...] = (IM_END_ID,),
 ) -> list[int]:
-    """Greedy decoding of the assistant's answer to a transformed sample's prompt.
+    """Greedy decoding of the assistant's answer after `prompt`.
 
-    The whole sequence is re-run each step (no KV cache) and re-collated so the MRoPE positions
-    of the new tokens come from the same rule as in training; fine for short answers.
+    The whole sequence is re-run each step (no KV cache) and re-collated, so the MRoPE positions
+    of new tokens come from the same rule as in training; fine for short answers.
+
+    Args:
+        sample: a transformed sample; its pixel keys are the prompt's images/videos.
+        prompt: token ids ending with "<|im_start|>assistant\n" (see split_prompt_and_answer,
+            or the transform's `inference=True`).
 
     Returns:
         the generated token ids, without the stop token.
     """
-    prompt, _ = split_prompt_and_answer(sample)
     tokens = list(prompt)
-    generated: list[int] = []
     for _ in range(max_new_tokens):
         step_sample = {**sample, "tokens": tokens, "labels": [IGNORE_INDEX] * len(tokens), "mask": [True] * len(tokens)}
         batch = move_to_device(collate_fn([step_sample]), device, dtype)
@@ -102,5 +106,4 @@ def greedy_answer(
         if next_token in stop_token_ids:
             break
         tokens.append(next_token)
-        generated.append(next_token)
-    return generated
+    return tokens[len(prompt) :]

@@ -1,4 +1,4 @@
-"""LoRA specifics: which parameters train, and how adapters and merged weights are written."""
+"""LoRA specifics: which parameters train, and how the adapter is written on its own."""
 
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torchtune.modules.peft import get_adapter_params, get_merged_lora_ckpt, set_trainable_params
+from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
-from qwenvl_data.training._checkpoint import _is_adapter_key, _publish_dir
+from qwenvl_data.training._checkpoint import _publish_dir
 
 
 def train_adapters_only(model: nn.Module) -> None:
@@ -16,19 +16,31 @@ def train_adapters_only(model: nn.Module) -> None:
     set_trainable_params(model, get_adapter_params(model))
 
 
+def adapter_names(model: nn.Module) -> list[str]:
+    """Parameter names LoRA trains: the adapters and any module trained in full next to them (the merger)."""
+    return sorted(get_adapter_params(model))
+
+
 def save_adapter(
-    full_state_dict: dict[str, torch.Tensor], out_dir: Path, *, lora_rank: int, lora_alpha: float, base_model: str | None
+    full_state_dict: dict[str, torch.Tensor],
+    names: list[str],
+    out_dir: Path,
+    *,
+    lora_rank: int,
+    lora_alpha: float,
+    base_model: str | None,
 ) -> Path:
-    """Write the adapter weights (our module names) and their settings, atomically.
+    """Write the trained weights of a LoRA run (our module names) and their settings, atomically.
 
     Args:
-        full_state_dict: the unsharded model weights; only the LoRA keys are kept.
+        full_state_dict: the unsharded model weights.
+        names: which of them the run trained (`adapter_names`).
         base_model: the HF directory the adapter applies to, recorded for the reader.
 
     Returns:
         out_dir, holding adapter_model.safetensors and adapter_config.json.
     """
-    adapter = {k: v.contiguous() for k, v in full_state_dict.items() if _is_adapter_key(k)}
+    adapter = {name: full_state_dict[name].contiguous() for name in names}
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     save_file(adapter, str(partial / "adapter_model.safetensors"))
@@ -36,8 +48,3 @@ def save_adapter(
     (partial / "adapter_config.json").write_text(json.dumps(settings, indent=2))
     _publish_dir(partial, out_dir)
     return out_dir
-
-
-def merge_adapters(full_state_dict: dict[str, torch.Tensor], *, lora_rank: int, lora_alpha: float) -> dict[str, torch.Tensor]:
-    """Fold each adapter into its base weight (W + alpha/rank * B @ A): a plain model's state dict."""
-    return get_merged_lora_ckpt(dict(full_state_dict), rank=lora_rank, alpha=lora_alpha)

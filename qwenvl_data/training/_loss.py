@@ -13,11 +13,11 @@ class NextTokenCrossEntropy(nn.Module):
     The collator's labels are aligned with the tokens (HF convention), so the shift happens here.
     The loss is a SUM: the recipe divides by the number of trained tokens of the whole global
     batch (all micro-batches and all ranks), which makes gradient accumulation and FSDP give the
-    same loss as one big batch. Logits are upcast to float32 a chunk of positions at a time, so a
-    151,936-way vocabulary does not need a float32 copy of the whole [B, L, V] tensor at once.
+    same loss as one big batch. Only trained positions are upcast to float32, a chunk at a time,
+    so a 151,936-way vocabulary never needs a float32 copy of the whole [B, L, V] tensor.
 
     Args:
-        chunk_size: positions per float32 upcast chunk.
+        chunk_size: trained positions per float32 upcast chunk.
         ignore_index: label value that is not trained.
     """
 
@@ -34,15 +34,16 @@ class NextTokenCrossEntropy(nn.Module):
         Returns:
             float32 scalar: summed loss over the trained (shifted) positions.
         """
-        vocab = logits.shape[-1]
-        flat_logits = logits[:, :-1].reshape(-1, vocab)
-        flat_labels = labels[:, 1:].reshape(-1)
+        targets = labels[:, 1:]
+        trained = targets != self.ignore_index
+        # Only trained positions are gathered and upcast: with answer-only labels that is a few
+        # percent of the [B, L, V] logits.
+        trained_logits = logits[:, :-1][trained]
+        trained_targets = targets[trained]
         total = logits.new_zeros((), dtype=torch.float32)
-        for start in range(0, flat_labels.numel(), self.chunk_size):
+        for start in range(0, trained_targets.numel(), self.chunk_size):
             chunk = slice(start, start + self.chunk_size)
-            total = total + F.cross_entropy(
-                flat_logits[chunk].float(), flat_labels[chunk], ignore_index=self.ignore_index, reduction="sum"
-            )
+            total = total + F.cross_entropy(trained_logits[chunk].float(), trained_targets[chunk], reduction="sum")
         return total
 
     def num_trained_tokens(self, labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,114 @@
+"""Configs: every shipped YAML names importable components and keys its recipe accepts; bad keys fail clearly."""
+
+import pytest
+from omegaconf import OmegaConf
+from torchtune.config._utils import _get_component_from_path
+
+from qwenvl_data.training import FinetuneRecipe
+from qwenvl_data.training._config import check_config_keys
+from recipes_support import REPO, TINY_OVERRIDES, load_config, load_recipe
+
+CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+
+
+def _recipe_for(config_name: str) -> str:
+    if config_name == "generate":
+        return "generate"
+    method = "lora" if "lora" in config_name else "full"
+    where = "distributed" if config_name.endswith("distributed") else "single_device"
+    return f"{method}_finetune_{where}"
+
+
+def _components(node, path=""):
+    if isinstance(node, dict):
+        if "_component_" in node:
+            yield path, node["_component_"]
+        for key, value in node.items():
+            yield from _components(value, f"{path}.{key}" if path else key)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_config_names_importable_components(name):
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / f"{name}.yaml"), resolve=False)
+    components = list(_components(raw))
+    assert components
+    for key, component in components:
+        assert callable(_get_component_from_path(component)), f"{name}: {key}"
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n != "generate"])
+def test_shipped_config_keys_are_accepted_by_its_recipe(name):
+    module = load_recipe(_recipe_for(name))
+    recipe_class = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, FinetuneRecipe)
+                        and v is not FinetuneRecipe)  # fmt: skip
+    from qwenvl_data.training._recipe import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
+
+    cfg = OmegaConf.load(REPO / "configs" / f"{name}.yaml")
+    check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if recipe_class.lora else ()))
+    assert recipe_class.lora == ("lora" in name)
+
+
+def test_released_configs_cover_every_size_full_and_lora():
+    for size in ("3b", "7b", "32b", "72b"):
+        for method in ("full", "lora"):
+            assert any(n.startswith(f"qwen2_5_vl_{size}_{method}_") for n in CONFIGS), (size, method)
+
+
+def _recipe_class(name: str = "full_finetune_single_device"):
+    return load_recipe(name).FullFinetuneRecipeSingleDevice
+
+
+def test_misspelled_key_is_named_with_a_suggestion():
+    cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "epoch": 3})
+    with pytest.raises(ValueError, match=r"unknown key `epoch` \(did you mean `epochs`\?\)"):
+        _recipe_class()(cfg)
+
+
+def test_missing_required_key_is_named():
+    cfg = load_config("tiny_synthetic", TINY_OVERRIDES)
+    del cfg["optimizer"]
+    with pytest.raises(ValueError, match="missing required key `optimizer`"):
+        _recipe_class()(cfg)
+
+
+def test_unknown_component_argument_names_the_config_section(tmp_path):
+    cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "output_dir": str(tmp_path), "dataset.num_sample": 5})
+    recipe = _recipe_class()(cfg)
+    with pytest.raises(ValueError, match=r"config key `dataset` \(qwenvl_data.datasets.synthetic_vqa_dataset\).*num_sample"):
+        recipe.setup(cfg)
+
+
+def test_component_that_does_not_exist_is_named(tmp_path):
+    cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "output_dir": str(tmp_path),
+                                         "loss._component_": "qwenvl_data.training.NoSuchLoss"})  # fmt: skip
+    recipe = _recipe_class()(cfg)
+    with pytest.raises(ValueError, match=r"config key `loss`.*NoSuchLoss"):
+        recipe.setup(cfg)
+
+
+def test_interpolated_helper_keys_are_allowed_but_unused_ones_are_not():
+    cfg = OmegaConf.create({"a": 1, "shared": 2, "stray": 3, "b": "${shared}"})
+    check_config_keys(OmegaConf.create({"a": 1, "shared": 2, "b": "${shared}"}), "r", ["a", "b"], [])
+    with pytest.raises(ValueError, match="unknown key `stray`"):
+        check_config_keys(cfg, "r", ["a", "b"], [])
+
+
+def test_released_config_without_checkpoint_dir_says_so():
+    cfg = load_config("qwen2_5_vl_7b_lora_single_device", {"device": "cpu"})
+    with pytest.raises(Exception, match="checkpoint_dir"):
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def test_lora_recipe_rejects_a_full_model_builder():
+    cfg = load_config("tiny_synthetic", TINY_OVERRIDES)
+    with pytest.raises(ValueError, match="LoRA builder"):
+        load_recipe("lora_finetune_single_device").LoRAFinetuneRecipeSingleDevice(cfg)
+
+
+def test_generate_recipe_needs_a_prompt_or_a_dataset(tmp_path):
+    cfg = load_config("generate", {"checkpoint_dir": str(tmp_path), "prompt": None})
+    del cfg["dataset"]
+    with pytest.raises(ValueError, match="set `prompt`"):
+        load_recipe("generate").GenerateRecipe(cfg)
+
+
