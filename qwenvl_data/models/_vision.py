@@ -20,30 +20,33 @@ VISION_ROPE_BASE = 10_000.0
 class AttentionBlocks:
     """Which patches attend to each other: a partition of the sequence into blocks.
 
-    Blocks are grouped by length so each group is one batched SDPA call.
+    Attention works on the sequence reordered so that blocks of equal length sit next to each
+    other: each such run is one batched SDPA call on a view, and the reordering costs one gather
+    of the layer input and one of its output.
 
     Args:
-        order: int64 [N], patch indices sorted so that each block is contiguous.
-        lengths: int64 [num_blocks], block sizes in that order.
+        keys: int64 [N], the block of each patch (any ids; equal id = same block).
+        cos, sin: float32 [N, head_dim] rotary tables in sequence order.
     """
 
-    def __init__(self, order: torch.Tensor, lengths: torch.Tensor) -> None:
-        starts = lengths.cumsum(0) - lengths
-        self.groups: list[torch.Tensor] = []  # each int64 [blocks_of_this_length, length]
-        for length in lengths.unique().tolist():
-            group_starts = starts[lengths == length]
-            self.groups.append(order[group_starts[:, None] + torch.arange(length, device=order.device)])
-        # Puts the outputs, computed group by group, back into sequence order.
-        self.inverse = torch.argsort(torch.cat([group.reshape(-1) for group in self.groups]))
+    def __init__(self, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        _, block_of_patch, block_lengths = torch.unique(keys, return_inverse=True, return_counts=True)
+        length_of_patch = block_lengths[block_of_patch]
+        # Sort by (block length, block): equal-length blocks become one contiguous run.
+        self.order = torch.argsort(length_of_patch * (block_lengths.numel() + 1) + block_of_patch, stable=True)
+        self.inverse = torch.argsort(self.order)
+        lengths, counts = torch.unique(block_lengths, return_counts=True)
+        self.runs = list(zip(counts.tolist(), lengths.tolist()))  # (blocks, length), in sequence order
+        self.cos, self.sin = cos[self.order], sin[self.order]
 
 
-def _frame_blocks(grid_thw: torch.Tensor) -> AttentionBlocks:
+def _frame_keys(grid_thw: torch.Tensor) -> torch.Tensor:
     """Full attention: every frame (every image, every temporal patch of a video) is one block."""
-    lengths = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
-    return AttentionBlocks(torch.arange(int(lengths.sum()), device=grid_thw.device), lengths)
+    frame_sizes = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
+    return torch.repeat_interleave(torch.arange(frame_sizes.numel(), device=grid_thw.device), frame_sizes)
 
 
-def _window_blocks(grid_thw: torch.Tensor, merge_size: int, window_units: int) -> AttentionBlocks:
+def _window_keys(grid_thw: torch.Tensor, merge_size: int, window_units: int) -> torch.Tensor:
     """Window attention: squares of ``window_units`` x ``window_units`` merged tokens per frame.
 
     Patches come in merge-block-major order (the 4 patches of a merged token are consecutive),
@@ -60,9 +63,7 @@ def _window_blocks(grid_thw: torch.Tensor, merge_size: int, window_units: int) -
         frame = torch.arange(t, device=grid_thw.device).repeat_interleave(h * w)
         keys.append(first_key + frame * (windows_h * windows_w) + window.repeat(t))
         first_key += t * windows_h * windows_w
-    keys = torch.cat(keys)
-    lengths = torch.bincount(keys)
-    return AttentionBlocks(torch.argsort(keys, stable=True), lengths[lengths > 0])
+    return torch.cat(keys)
 
 
 class VisionRotaryEmbeddings(nn.Module):
@@ -128,29 +129,32 @@ class VisionAttention(nn.Module):
         self.qkv_proj = nn.Linear(dim, 3 * dim, bias=True)
         self.output_proj = nn.Linear(dim, dim, bias=True)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, blocks: AttentionBlocks
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, blocks: AttentionBlocks) -> torch.Tensor:
         """
         Args:
             x: float [N, dim].
-            cos, sin: float32 [N, head_dim].
-            blocks: which patches attend to each other.
+            blocks: which patches attend to each other, with their rotary tables.
 
         Returns:
             float [N, dim].
         """
         n = x.shape[0]
-        q, k, v = self.qkv_proj(x).view(n, 3, self.num_heads, self.head_dim).unbind(1)
-        q = apply_rotary(q.float(), cos[:, None], sin[:, None]).to(x.dtype)
-        k = apply_rotary(k.float(), cos[:, None], sin[:, None]).to(x.dtype)
-        outputs = []
-        for index in blocks.groups:
-            # [blocks, length, heads, head_dim] -> [blocks, heads, length, head_dim]
-            q_b, k_b, v_b = (t[index].transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.qkv_proj(x[blocks.order]).view(n, 3, self.num_heads, self.head_dim).unbind(1)
+        cos, sin = blocks.cos[:, None], blocks.sin[:, None]
+        q = apply_rotary(q.float(), cos, sin).to(x.dtype)
+        k = apply_rotary(k.float(), cos, sin).to(x.dtype)
+        outputs, start = [], 0
+        for count, length in blocks.runs:
+            end = start + count * length
+            # [blocks, length, heads, head_dim] -> [blocks, heads, length, head_dim], views only
+            q_b, k_b, v_b = (
+                t[start:end].view(count, length, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v)
+            )
             out = F.scaled_dot_product_attention(q_b, k_b, v_b)
-            outputs.append(out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim))
-        return self.output_proj(torch.cat(outputs)[blocks.inverse])
+            outputs.append(out.transpose(1, 2).reshape(count * length, -1))
+            start = end
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return self.output_proj(out)[blocks.inverse]
 
 
 class VisionBlock(nn.Module):
@@ -178,20 +182,17 @@ class VisionBlock(nn.Module):
             up_proj=nn.Linear(dim, intermediate_dim, bias=True),
         )
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, frames: AttentionBlocks, windows: AttentionBlocks
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: AttentionBlocks, windows: AttentionBlocks) -> torch.Tensor:
         """
         Args:
             x: float [N, dim].
-            cos, sin: float32 [N, head_dim].
             frames: per-frame blocks (used by full-attention blocks).
             windows: per-window blocks (used by the others).
 
         Returns:
             float [N, dim].
         """
-        h = x + self.attn(self.sa_norm(x), cos, sin, frames if self.full_attention else windows)
+        h = x + self.attn(self.sa_norm(x), frames if self.full_attention else windows)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -290,10 +291,10 @@ class Qwen2_5_VisionTransformer(nn.Module):
         if bool((grid_thw[:, 1:] % self.merge_size != 0).any()):
             raise ValueError(f"grid_thw {grid_thw.tolist()}: h and w must be multiples of {self.merge_size}")
         window_units = self.window_size // self.merge_size // self.patch_size
-        frames = _frame_blocks(grid_thw)
-        windows = _window_blocks(grid_thw, self.merge_size, window_units)
         cos, sin = self.rope(grid_thw)
+        frames = AttentionBlocks(_frame_keys(grid_thw), cos, sin)
+        windows = AttentionBlocks(_window_keys(grid_thw, self.merge_size, window_units), cos, sin)
         h = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
         for layer in self.layers:
-            h = layer(h, cos, sin, frames, windows)
+            h = layer(h, frames, windows)
         return self.merger(h)
