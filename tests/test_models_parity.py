@@ -141,3 +141,25 @@ def test_vision_features_of_an_image_do_not_depend_on_the_batch(models):
         together = ours.visual(torch.cat([first["pixel_values"], second["pixel_values"]]), grids)
         alone = ours.visual(first["pixel_values"], first["image_grid_thw"])
     assert torch.allclose(together[: alone.shape[0]], alone, atol=1e-6)
+
+
+def test_vision_attention_runs_per_window_and_per_frame_never_across_the_batch(models, monkeypatch):
+    ours, _ = models
+    grids = torch.tensor([[1, 16, 24], [1, 10, 6], [2, 8, 8]])
+    pixels = torch.randn(int(grids.prod(-1).sum()), 1176)
+    lengths = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, *args, **kwargs):
+        lengths.append(q.shape[-2])
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    with torch.no_grad():
+        ours.visual(pixels, grids)
+    window_layer, full_layer = ours.visual.layers
+    assert not window_layer.full_attention and full_layer.full_attention
+    # Windows are 112 px = 4x4 merged tokens = 64 patches. The 16x24 image (8x12 tokens) has six
+    # full windows; the 10x6 one (5x3 tokens) a 4x3-token window (48) and a 1x3 one (12); each
+    # 8x8 video frame is one window. Full attention: one block per frame (384, 60, 64, 64).
+    assert sorted(lengths[:3]) == [12, 48, 64] and sorted(lengths[3:]) == [60, 64, 384]

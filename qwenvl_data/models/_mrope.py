@@ -68,15 +68,19 @@ class MultimodalRotaryEmbeddings(nn.Module):
         self._cached = None
 
     def _cos_sin(self, input_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Under torch.compile the identity cache would only cause guards and recompiles; the
+        # compiler fuses the recomputation instead.
+        compiling = torch.compiler.is_compiling()
         cached = self._cached
-        if cached is not None and cached[0] is input_pos and cached[1] == input_pos._version:
+        if not compiling and cached is not None and cached[0] is input_pos and cached[1] == input_pos._version:
             return cached[2], cached[3]
         # [3, B, S] -> [B, S, dim/2]: the id of the axis each frequency follows, times that frequency.
         positions = input_pos.index_select(0, self.axis_of_freq.to(input_pos.device)).permute(1, 2, 0)
         angles = positions.float() * self.inv_freq.to(input_pos.device)
         angles = torch.cat((angles, angles), dim=-1)
         cos, sin = angles.cos(), angles.sin()
-        self._cached = (input_pos, input_pos._version, cos, sin)
+        if not compiling:
+            self._cached = (input_pos, input_pos._version, cos, sin)
         return cos, sin
 
     def forward(self, x: torch.Tensor, *, input_pos: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,165 @@
+"""Forward + backward of our Qwen2.5-VL vs transformers' on the same weights and batch; prints ratios.
+
+Model: a small random Qwen2.5-VL on the real vocabulary (LM 4 layers, hidden 256, 8/2 heads;
+vision 4 blocks, hidden 128, one full-attention block, window 112 px), saved once with
+transformers' ``save_pretrained`` and loaded by both sides. Batch: 4 samples from our collator
+with 2-3 images each of different sizes (one sample also a video), right padded.
+
+Two measurements per side: the vision tower alone (where block-wise attention differs from
+transformers' one-SDPA-call-per-window loop) and the whole model with the token cross-entropy
+(dominated by the 151936-wide output layer). Each side runs in its own subprocess so their peak
+memories do not mix:
+- peak memory: peak RSS during the first forward+backward minus the RSS just before it
+  (Linux VmHWM, reset through /proc/self/clear_refs), i.e. activations, gradients and
+  temporaries (the whole-model figure includes the vision part's);
+- time: best of ``--repeats`` forward+backward passes after that.
+
+Run: python bench/model.py [--repeats 3] [--threads 2]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from vl_samples import vl_sample  # noqa: E402
+
+from qwenvl_data._constants import IGNORE_INDEX, TOKENS_PER_SECOND, VOCAB_SIZE  # noqa: E402
+from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402
+
+MEDIA = [
+    (("image", 28, 28), ("image", 36, 20)),
+    (("image", 16, 44), ("video", 4, 20, 20, 1.0)),
+    (("image", 40, 24), ("image", 12, 12), ("image", 20, 32)),
+    (("image", 24, 24),),
+]
+
+
+def bench_config():
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+            num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+        ),
+        vision_config=dict(
+            depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+            fullatt_block_indexes=[3], window_size=112, tokens_per_second=TOKENS_PER_SECOND,
+        ),
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def make_batch() -> dict:
+    return padded_collate_qwen2_5_vl([vl_sample(m, question_len=40, seed=i) for i, m in enumerate(MEDIA)])
+
+
+def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _reset_peak_rss() -> int:
+    """Make the kernel's peak-RSS counter (VmHWM) restart from now; returns the current RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _status_kib("VmRSS")
+
+
+def child(side: str, model_dir: str, repeats: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    batch = make_batch()
+    if side == "ours":
+        from qwenvl_data.models import load_hf_model
+
+        model = load_hf_model(model_dir)
+
+        def step() -> torch.Tensor:
+            return loss_of(model(**batch), batch["labels"])
+    else:
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
+        keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+        def step() -> torch.Tensor:
+            logits = model(
+                input_ids=batch["tokens"],
+                attention_mask=batch["attention_mask"].long(),
+                position_ids=batch["position_ids"],
+                **{k: batch[k] for k in keys if k in batch},
+            ).logits
+            return loss_of(logits, batch["labels"])
+
+    model.train()
+    visual = model.visual if side == "ours" else model.model.visual
+    pixels = torch.cat([batch["pixel_values"], batch["pixel_values_videos"]])
+    grids = torch.cat([batch["image_grid_thw"], batch["video_grid_thw"]])
+
+    def vision_step() -> torch.Tensor:
+        out = visual(pixels, grids)
+        return (out if side == "ours" else out.pooler_output).square().mean()
+
+    result = {"tokens": int(batch["attention_mask"].sum()), "patches": pixels.shape[0]}
+    for name, run in (("vision", vision_step), ("full", step)):
+        rss_before = _reset_peak_rss()
+        run().backward()
+        result[f"{name}_peak_mib"] = (_status_kib("VmHWM") - rss_before) / 1024
+        model.zero_grad(set_to_none=True)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run().backward()
+            best = min(best, time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+        result[f"{name}_seconds"] = best
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", choices=["ours", "hf"])
+    parser.add_argument("--model-dir")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.model_dir, args.repeats, args.threads)
+        return
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        torch.manual_seed(0)
+        Qwen2_5_VLForConditionalGeneration(bench_config()).save_pretrained(model_dir)
+        results = {}
+        for side in ("hf", "ours"):
+            command = [sys.executable, __file__, "--child", side, "--model-dir", model_dir,
+                       "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[side] = json.loads(output.strip().splitlines()[-1])
+    ours, hf = results["ours"], results["hf"]
+    print(f"batch: {len(MEDIA)} rows, {ours['tokens']} real tokens, {ours['patches']} patches; threads={args.threads}")
+    for name, title in (("vision", "vision tower only"), ("full", "whole model + loss")):
+        for side, r in (("transformers", hf), ("ours", ours)):
+            print(f"{title:>18} {side:>12}: forward+backward {r[f'{name}_seconds'] * 1000:8.1f} ms, "
+                  f"peak extra memory {r[f'{name}_peak_mib']:8.1f} MiB")  # fmt: skip
+        print(f"{title:>18} ratio ours/transformers: time {ours[f'{name}_seconds'] / hf[f'{name}_seconds']:.2f}x, "
+              f"peak memory {ours[f'{name}_peak_mib'] / hf[f'{name}_peak_mib']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
