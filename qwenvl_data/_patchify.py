@@ -1,16 +1,19 @@
 """Resized RGB frames -> normalized patches in the vision encoder's flat layout, in one pass over the output.
 
 Row order of the output: temporal group, merged-block row, merged-block column, row and column inside the
-2x2 merge block. Column order: channel, temporal slot, patch row, patch column. An image fills both temporal
-slots with itself; a video fills slot t of group g with frame ``g * temporal_patch_size + t``.
+merge block. Column order: channel, temporal slot, patch row, patch column. An image fills every temporal slot
+with itself; a video fills slot t of group g with frame ``g * temporal_patch_size + t``.
 
 Why it is fast and still bit-identical to the reference (which rescales in float64, rounds to float32, then
-normalizes in float32 and finally rearranges):
-- float32 ``u / 255`` equals float32(float64(u) * (1 / 255)) for every uint8 u (checked by the tests on all 256
-  values), and subtracting the mean and dividing by the std are the same float32 operations, so the bits agree.
-- The arithmetic runs on a block of patches small enough to stay in the CPU cache, read straight from the uint8
-  channel planes through a strided view; each result is written to the output once per temporal slot (the
-  output, 8 bytes per input byte, is the only large memory traffic).
+normalizes in float32 and finally rearranges, each step a pass over the whole image):
+- float32 ``u / 255`` equals float32(float64(u) * (1 / 255)) for every uint8 u (the tests cover all 256 values
+  per channel), and subtracting the mean and dividing by the std are the same float32 operations.
+- The work goes a band of merge-block rows at a time, small enough to stay in the CPU cache: the arithmetic
+  runs on the band's contiguous channel planes (long vector loops), one copy puts it in patch order, and one
+  broadcasting assignment writes it to every temporal slot it fills. The output (8 bytes per input byte in
+  float32) is the only large memory traffic, written once, front to back.
+- numpy, not torch, runs the loop: torch spreads each band's small operations over its intra-op threads,
+  measured 10-20x slower whenever another process holds a core (a shared or busy machine).
 """
 
 from collections.abc import Sequence
@@ -19,8 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Patches computed per step: big enough that per-call overhead vanishes, small enough to stay in L2.
+# Bytes of float32 pixels per band: big enough that per-call overhead vanishes, small enough to stay in L2.
 _SCRATCH_BYTES = 1 << 20
+# Output dtypes, and the numpy dtype holding them (bfloat16 as its 16 raw bits; numpy has no bfloat16).
+_STORAGE = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.bfloat16: np.uint16}
+OUTPUT_DTYPES = tuple(_STORAGE)
 
 
 def patchify(
@@ -29,8 +35,8 @@ def patchify(
     patch_size: int,
     merge_size: int,
     temporal_patch_size: int,
-    mean: torch.Tensor,
-    std: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """Normalized patches of same-size RGB frames.
@@ -38,13 +44,13 @@ def patchify(
     Args:
         frames (Sequence[PIL.Image.Image]): RGB frames of one size, both sides multiples of
             ``patch_size * merge_size``, count a multiple of ``temporal_patch_size``. Repeating the same object
-            (an image in both temporal slots, a padded last frame) is computed once.
+            in consecutive slots (an image in every temporal slot, a padded last frame) is computed once.
         patch_size (int): side of a patch in pixels (14).
         merge_size (int): side of the block of patches the model merges into one token (2).
         temporal_patch_size (int): frames per temporal patch (2).
-        mean (torch.Tensor): float32 [3], per-channel mean of the rescaled [0, 1] pixels.
-        std (torch.Tensor): float32 [3], per-channel std.
-        dtype (torch.dtype): dtype of the result (the float32 values, rounded once).
+        mean (Sequence[float]): per-channel mean of the rescaled [0, 1] pixels (3 values).
+        std (Sequence[float]): per-channel std (3 values).
+        dtype (torch.dtype): one of ``OUTPUT_DTYPES``; the float32 values rounded once to it.
 
     Returns:
         torch.Tensor: ``dtype`` [T * H * W, 3 * temporal_patch_size * patch_size**2] with T = frames /
@@ -54,41 +60,52 @@ def patchify(
     block = patch_size * merge_size
     rows, cols = height // block, width // block
     groups = len(frames) // temporal_patch_size
-    out = _empty((groups, rows, cols, merge_size, merge_size, 3, temporal_patch_size, patch_size, patch_size), dtype)
-    row_bytes = cols * block * block * 3 * 4
-    rows_per_step = max(1, _SCRATCH_BYTES // row_bytes)
-    scratch = torch.empty((min(rows_per_step, rows), cols, merge_size, merge_size, 3, patch_size, patch_size))
-    mean, std = mean.view(3, 1, 1), std.view(3, 1, 1)
+    shape = (groups, rows, cols, merge_size, merge_size, 3, temporal_patch_size, patch_size, patch_size)
+    out = np.empty(shape, _STORAGE[dtype])  # numpy asks the kernel for huge pages: faster first touch
+    band_rows = min(rows, max(1, _SCRATCH_BYTES // (cols * block * block * 3 * 4)))
+    planar = np.empty((3, band_rows * block, cols * block), np.float32)
+    patches = np.empty((band_rows, cols, merge_size, merge_size, 3, 1, patch_size, patch_size), np.float32)
+    mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(std, np.float32).reshape(3, 1, 1)
     for group in range(groups):
         slots = frames[group * temporal_patch_size : (group + 1) * temporal_patch_size]
-        for slot, frame in enumerate(slots):
-            if any(frame is earlier for earlier in slots[:slot]):
-                continue  # already written to every slot it occupies
-            planes = [_as_blocks(band, rows, cols, merge_size, patch_size) for band in frame.split()]
-            same_slots = [t for t in range(slot, len(slots)) if slots[t] is frame]
-            for start in range(0, rows, rows_per_step):
-                stop = min(start + rows_per_step, rows)
-                values = scratch[: stop - start]
+        for first, stop_slot in _runs_of_same_frame(slots):
+            planes = [np.asarray(band) for band in slots[first].split()]
+            for start in range(0, rows, band_rows):
+                stop = min(start + band_rows, rows)
+                values = planar[:, : (stop - start) * block]
                 for channel, plane in enumerate(planes):
-                    torch.div(plane[start:stop], 255.0, out=values[..., channel, :, :])
-                values.sub_(mean).div_(std)
-                for t in same_slots:
-                    out[group, start:stop, ..., t, :, :].copy_(values)
-    return out.view(groups * rows * cols * merge_size * merge_size, -1)
+                    np.divide(plane[start * block : stop * block], np.float32(255), out=values[channel])
+                np.subtract(values, mean, out=values)
+                np.divide(values, std, out=values)
+                in_patch_order = patches[: stop - start]
+                in_patch_order[..., 0, :, :] = values.reshape(
+                    3, stop - start, merge_size, patch_size, cols, merge_size, patch_size
+                ).transpose(1, 4, 2, 5, 0, 3, 6)
+                if dtype == torch.bfloat16:
+                    in_patch_order = _bfloat16_bits(in_patch_order)
+                out[group, start:stop, ..., first:stop_slot, :, :] = in_patch_order  # broadcast over slots
+    return torch.from_numpy(out.reshape(groups * rows * cols * merge_size * merge_size, -1)).view(dtype)
 
 
-def _as_blocks(band: Image.Image, rows: int, cols: int, merge_size: int, patch_size: int) -> torch.Tensor:
-    """uint8 [rows, cols, merge, merge, patch, patch] view of one channel plane (no copy of the view)."""
-    plane = torch.from_numpy(np.array(band))  # a writable copy: torch refuses read-only numpy memory
-    plane = plane.view(rows, merge_size, patch_size, cols, merge_size, patch_size)
-    return plane.permute(0, 3, 1, 4, 2, 5)
+def _runs_of_same_frame(slots: Sequence[Image.Image]) -> list[tuple[int, int]]:
+    """[first, stop) slot ranges holding one frame object: an image fills all slots, a padded clip's last frame
+    its trailing ones, and each run is computed once."""
+    runs = []
+    for slot, frame in enumerate(slots):
+        if runs and slots[runs[-1][0]] is frame:
+            runs[-1] = (runs[-1][0], slot + 1)
+        else:
+            runs.append((slot, slot + 1))
+    return runs
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor allocated by numpy, which asks the kernel for huge pages: first-touch writes to a
-    multi-hundred-MB output were measured 2-3x faster than into ``torch.empty`` memory."""
-    if dtype == torch.float32:
-        return torch.from_numpy(np.empty(shape, np.float32))
-    if dtype.itemsize == 2:  # bfloat16 / float16: same-size integer storage, reinterpreted
-        return torch.from_numpy(np.empty(shape, np.int16)).view(dtype)
-    return torch.empty(shape, dtype=dtype)
+def _bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """uint32 array whose low 16 bits are ``values`` (float32) rounded to bfloat16, to nearest, ties to even,
+    as torch rounds. The values are finite normalized pixels, so adding the rounding bias cannot overflow."""
+    bits = values.view(np.uint32)
+    rounded = (bits >> 16) & 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    return rounded

@@ -25,7 +25,7 @@ from qwenvl_data._constants import (
     VIDEO_MIN_PIXELS,
 )
 from qwenvl_data._image_io import load_image, to_rgb
-from qwenvl_data._patchify import patchify
+from qwenvl_data._patchify import OUTPUT_DTYPES, patchify
 from qwenvl_data._resize import resize_rgb, smart_resize
 from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.video import pad_to_temporal_patches, video_frames
@@ -75,15 +75,14 @@ class Qwen2_5_VLImageTransform:
         for name, low, high in (("", min_pixels, max_pixels), ("video_", video_min_pixels, video_max_pixels)):
             if not 0 < low <= high:
                 raise ValueError(f"need 0 < {name}min_pixels <= {name}max_pixels, got {low} and {high}")
-        if not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
+        if dtype not in OUTPUT_DTYPES:
+            raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype}")
         self.patch_size = patch_size
         self.merge_size = merge_size
         self.temporal_patch_size = temporal_patch_size
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
         self.video_min_pixels, self.video_max_pixels = video_min_pixels, video_max_pixels
-        self.mean = torch.tensor(image_mean, dtype=torch.float32)
-        self.std = torch.tensor(image_std, dtype=torch.float32)
+        self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.dtype = dtype
 
     def __call__(self, sample: dict) -> dict:
@@ -158,8 +157,8 @@ class Qwen2_5_VLImageTransform:
             patch_size=self.patch_size,
             merge_size=self.merge_size,
             temporal_patch_size=self.temporal_patch_size,
-            mean=self.mean,
-            std=self.std,
+            mean=self.image_mean,
+            std=self.image_std,
             dtype=self.dtype,
         )
         grid_t = len(frames) // self.temporal_patch_size

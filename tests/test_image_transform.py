@@ -103,12 +103,13 @@ def test_uint8_tensor_input_matches_reference(channels):
     assert_same_as_reference(tensor)
 
 
-def test_bfloat16_output_is_the_float32_reference_rounded():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_other_dtypes_are_the_float32_reference_rounded(dtype):
     image = photo(777, 555, seed=2)
     expected, _ = reference_image(image)
-    out = Qwen2_5_VLImageTransform(dtype=torch.bfloat16)({"image": image})
-    assert out["pixel_values"].dtype == torch.bfloat16
-    assert torch.equal(out["pixel_values"], expected.to(torch.bfloat16))
+    out = Qwen2_5_VLImageTransform(dtype=dtype)({"image": image})
+    assert out["pixel_values"].dtype == dtype
+    assert torch.equal(out["pixel_values"], expected.to(dtype))
 
 
 def test_output_has_each_patch_twice_for_the_temporal_slots():
