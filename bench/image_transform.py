@@ -46,7 +46,8 @@ def main() -> None:
     torch.set_num_threads(1)
     reference = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     ours = Qwen2_5_VLImageTransform(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    print(f"{'image':>11} {'resized':>11} {'reference':>10} {'ours':>8} {'resize':>8} {'ref/ours':>9} {'ours/resize':>12}")
+    header = ("image", "resized", "reference", "ours", "resize", "ref/ours", "ours/resize")
+    print(" ".join(f"{name:>{width}}" for name, width in zip(header, (11, 11, 10, 8, 8, 9, 12))))
     totals = {"reference": 0.0, "ours": 0.0, "resize": 0.0}
     for seed, (width, height) in enumerate(SIZES):
         image = photo(width, height, seed)

@@ -22,8 +22,8 @@ def load_image(source: ImageSource) -> Image.Image:
 
     A file or bytes are opened with PIL, fully decoded, and turned upright by their EXIF ``Orientation`` tag
     (as photo viewers show them; the transformers processor, which takes already opened images, does not do
-    this). A PIL image is returned as it is (decoded, if it was opened lazily). Files with more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels
-    (89.5 M by default) are refused as decompression bombs.
+    this). A PIL image is returned as it is (decoded, if it was opened lazily). Files with more than PIL's
+    ``Image.MAX_IMAGE_PIXELS`` pixels (89.5 M by default) are refused as decompression bombs.
 
     Args:
         source (PIL.Image.Image | str | os.PathLike | bytes): the image, its path, or its encoded bytes.
