@@ -1,5 +1,7 @@
 """Configs: every shipped YAML names importable components and keys its recipe accepts; bad keys fail clearly."""
 
+import subprocess
+
 import pytest
 from omegaconf import OmegaConf
 from torchtune.config._utils import _get_component_from_path
@@ -112,3 +114,16 @@ def test_generate_recipe_needs_a_prompt_or_a_dataset(tmp_path):
         load_recipe("generate").GenerateRecipe(cfg)
 
 
+
+
+def test_tune_run_finds_this_repos_recipe_and_reports_a_bad_override():
+    """`tune run recipes/<name>.py` must run OUR file (torchtune's wheel also installs a `recipes` package)."""
+    command = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", "configs/tiny_synthetic.yaml",
+               "epoch=3"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "torchtune recipes directory isn't a package" not in result.stderr, (
+        "tune resolved torchtune's `recipes` package: the install must register the "
+        "`torch.backends` entry point `_qwenvl_recipes_finder:install` (see pyproject.toml)"
+    )
+    assert result.returncode != 0
+    assert "unknown key `epoch` (did you mean `epochs`?)" in result.stderr

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from qwenvl_data._constants import IGNORE_INDEX, IM_END_ID
 from qwenvl_data.training._data import move_to_device
+from qwenvl_data.training._loss import project_trained_rows, trained_rows
 
 
 @torch.no_grad()
@@ -46,11 +47,13 @@ def answer_accuracy(
         if not samples:
             continue
         batch = move_to_device(collate_fn(samples), device, dtype)
-        logits = model(**batch)
-        predicted = logits[:, :-1].argmax(dim=-1)
-        target = batch["labels"][:, 1:]
-        answered = target != IGNORE_INDEX
-        exact = ((predicted == target) | ~answered).all(dim=1) & answered.any(dim=1)
+        rows, targets = trained_rows(batch["labels"])
+        with project_trained_rows(model, rows):
+            predicted = model(**batch).argmax(dim=-1)
+        # A sample is right when none of its answer positions is wrong (and it has an answer).
+        sample_of_row = rows.nonzero()[:, 0]
+        wrong = torch.zeros(len(samples), device=device).index_add_(0, sample_of_row, (predicted != targets).float())
+        exact = (wrong == 0) & rows.any(dim=1)
         correct += int(exact.sum())
         total += len(samples)
     model.train(was_training)

@@ -1,4 +1,12 @@
-"""Next-token cross-entropy on collator labels, summed so that ranks and micro-batches add up exactly."""
+"""Next-token cross-entropy on the trained positions only, summed so that ranks and micro-batches add up.
+
+With answer-only labels a few percent of the positions are trained, and the 151,936-way output
+projection dominates the cost of a step; `project_trained_rows` makes the model project only the
+rows the loss reads, so those logits are all that is ever computed.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -7,45 +15,67 @@ from torch import nn
 from qwenvl_data._constants import IGNORE_INDEX
 
 
-class NextTokenCrossEntropy(nn.Module):
-    """Cross-entropy of logits at position i against the label at i + 1, summed over trained tokens.
+def trained_rows(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which positions predict a trained token, and those tokens.
 
-    The collator's labels are aligned with the tokens (HF convention), so the shift happens here.
-    The loss is a SUM: the recipe divides by the number of trained tokens of the whole global
-    batch (all micro-batches and all ranks), which makes gradient accumulation and FSDP give the
-    same loss as one big batch. Only trained positions are upcast to float32, a chunk at a time,
-    so a 151,936-way vocabulary never needs a float32 copy of the whole [B, L, V] tensor.
+    The collator's labels are aligned with the tokens (HF convention): position i predicts label i + 1.
 
     Args:
-        chunk_size: trained positions per float32 upcast chunk.
-        ignore_index: label value that is not trained.
+        labels: int64 [B, L], ignore_index where not trained.
+
+    Returns:
+        (rows: bool [B, L], True at positions whose next label is trained;
+         targets: int64 [N], those labels in row-major order, N = rows.sum())
+    """
+    rows = torch.zeros_like(labels, dtype=torch.bool)
+    rows[:, :-1] = labels[:, 1:] != ignore_index
+    return rows, labels[:, 1:][rows[:, :-1]]
+
+
+@contextmanager
+def project_trained_rows(model: nn.Module, rows: torch.Tensor) -> Iterator[None]:
+    """Within the block, `model(**batch)` returns logits [N, V] for the `rows` positions only.
+
+    The final decoder norm feeds the output projection; a forward hook on it keeps only the
+    selected rows, so the projection never sees the others (under FSDP2 too: the hook runs inside
+    the root module's forward, with the weights gathered).
+
+    Args:
+        model: a Qwen2_5_VLModel (its `decoder.norm` precedes the output projection).
+        rows: bool [B, L] from `trained_rows`.
+    """
+    handle = model.decoder.norm.register_forward_hook(lambda module, args, output: output[rows])
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class NextTokenCrossEntropy(nn.Module):
+    """Cross-entropy summed over trained positions (logits from `project_trained_rows`).
+
+    The loss is a SUM: the recipe divides by the number of trained tokens of the whole global
+    batch (all micro-batches and all ranks), which makes gradient accumulation and FSDP give the
+    same loss as one big batch. Logits are upcast to float32 a chunk of rows at a time.
+
+    Args:
+        chunk_size: rows per float32 upcast chunk.
     """
 
-    def __init__(self, chunk_size: int = 1024, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, chunk_size: int = 1024) -> None:
         super().__init__()
         self.chunk_size = chunk_size
-        self.ignore_index = ignore_index
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            logits: float [B, L, V]
-            labels: int64 [B, L], ignore_index where not trained
+            logits: float [N, V], one row per trained position.
+            targets: int64 [N], the token each row should predict.
         Returns:
-            float32 scalar: summed loss over the trained (shifted) positions.
+            float32 scalar: the summed loss.
         """
-        targets = labels[:, 1:]
-        trained = targets != self.ignore_index
-        # Only trained positions are gathered and upcast: with answer-only labels that is a few
-        # percent of the [B, L, V] logits.
-        trained_logits = logits[:, :-1][trained]
-        trained_targets = targets[trained]
         total = logits.new_zeros((), dtype=torch.float32)
-        for start in range(0, trained_targets.numel(), self.chunk_size):
+        for start in range(0, targets.numel(), self.chunk_size):
             chunk = slice(start, start + self.chunk_size)
-            total = total + F.cross_entropy(trained_logits[chunk].float(), trained_targets[chunk], reduction="sum")
+            total = total + F.cross_entropy(logits[chunk].float(), targets[chunk], reduction="sum")
         return total
-
-    def num_trained_tokens(self, labels: torch.Tensor) -> torch.Tensor:
-        """int64 scalar: how many positions forward() sums over."""
-        return (labels[:, 1:] != self.ignore_index).sum()

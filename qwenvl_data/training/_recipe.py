@@ -28,6 +28,7 @@ from qwenvl_data.training._distributed import (
     shard_model,
 )
 from qwenvl_data.training._eval import answer_accuracy
+from qwenvl_data.training._loss import project_trained_rows, trained_rows
 from qwenvl_data.training._lora import adapter_names, save_adapter, train_adapters_only
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
@@ -250,11 +251,13 @@ class FinetuneRecipe:
         counts = torch.zeros(2, dtype=torch.int64, device=self.device)  # samples, input tokens
         for _ in range(self.grad_accum):
             batch = move_to_device(next(batches), self.device, self.dtype)
-            logits = self.model(**batch)
-            micro_loss = self.loss_fn(logits, batch["labels"])
+            rows, targets = trained_rows(batch["labels"])
+            with project_trained_rows(self.model, rows):
+                logits = self.model(**batch)
+            micro_loss = self.loss_fn(logits, targets)
             micro_loss.backward()
             loss_sum += micro_loss.detach()
-            tokens += self.loss_fn.num_trained_tokens(batch["labels"])
+            tokens += targets.numel()
             counts[0] += batch["tokens"].shape[0]
             counts[1] += batch["attention_mask"].sum() if "attention_mask" in batch else batch["tokens"].numel()
             del logits, micro_loss

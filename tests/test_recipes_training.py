@@ -1,0 +1,70 @@
+"""Training pieces against independent references: the loss, the trained-row projection, evaluation."""
+
+import torch
+import torch.nn.functional as F
+
+from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data.collate import Qwen2_5_VLCollator
+from qwenvl_data.datasets import synthetic_vqa_dataset
+from qwenvl_data.models import qwen2_5_vl_tiny
+from qwenvl_data.training import NextTokenCrossEntropy, answer_accuracy, packaged_vocab_transform
+from qwenvl_data.training._loss import project_trained_rows, trained_rows
+
+
+def _batch(num_samples=4):
+    transform = packaged_vocab_transform(max_pixels=56 * 56)
+    dataset = synthetic_vqa_dataset(transform, num_samples=num_samples, seed=5, image_size=[56, 84])
+    return dataset, Qwen2_5_VLCollator()([dataset[i] for i in range(num_samples)])
+
+
+def test_trained_row_logits_equal_the_full_logits_at_those_rows():
+    torch.manual_seed(0)
+    model = qwen2_5_vl_tiny().eval()
+    _, batch = _batch()
+    rows, targets = trained_rows(batch["labels"])
+    with torch.no_grad():
+        full = model(**batch)
+        with project_trained_rows(model, rows):
+            selected = model(**batch)
+        again = model(**batch)  # the hook is gone after the block
+    torch.testing.assert_close(selected, full[rows], rtol=1e-5, atol=1e-5)
+    assert again.shape == full.shape
+    assert targets.tolist() == [batch["labels"][b, i + 1].item() for b, i in rows.nonzero().tolist()]
+
+
+def test_summed_loss_equals_torch_cross_entropy_over_shifted_labels():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 50)
+    labels = torch.randint(0, 50, (3, 9))
+    labels[:, :4] = IGNORE_INDEX
+    labels[1, 6] = IGNORE_INDEX
+    reference = F.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1), reduction="sum")
+    rows, targets = trained_rows(labels)
+    loss = NextTokenCrossEntropy(chunk_size=4)(logits[rows], targets)
+    torch.testing.assert_close(loss, reference)
+    assert targets.numel() == (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def test_answer_accuracy_counts_a_sample_right_only_when_every_answer_token_is_predicted():
+    """A model that copies the reference answer is always right; corrupting one sample's answer makes it wrong."""
+    dataset, _ = _batch(num_samples=6)
+
+    class Oracle(torch.nn.Module):
+        """Logits that put all mass on the next reference token, except for sample `wrong`."""
+
+        def __init__(self, wrong):
+            super().__init__()
+            self.decoder = torch.nn.Module()
+            self.decoder.norm = torch.nn.Identity()
+            self.wrong = wrong
+
+        def forward(self, tokens, labels, **_):
+            target = torch.roll(labels, -1, dims=1).clamp(min=0)
+            if self.wrong is not None:
+                target[self.wrong] += 1
+            return self.decoder.norm(F.one_hot(target, 151936).float())
+
+    kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    assert answer_accuracy(Oracle(None), dataset, Qwen2_5_VLCollator(), **kwargs) == {"accuracy": 1.0, "correct": 6, "total": 6}
+    result = answer_accuracy(Oracle(wrong=1), dataset, Qwen2_5_VLCollator(), **kwargs)
+    assert (result["correct"], result["total"]) == (4, 6)  # sample 1 of each of the two batches
