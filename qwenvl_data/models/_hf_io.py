@@ -67,7 +67,11 @@ def load_hf_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float
         ValueError: if the checkpoint misses weights of the model or holds weights it does not have.
 
     Example:
-        >>> model = load_hf_model("Qwen2.5-VL-3B-Instruct", dtype=torch.bfloat16)
+        >>> import tempfile
+        >>> from qwenvl_data.models import qwen2_5_vl_tiny
+        >>> directory = save_hf_model(qwen2_5_vl_tiny(), tempfile.mkdtemp())
+        >>> load_hf_model(directory, dtype=torch.bfloat16).tok_embeddings.weight.dtype
+        torch.bfloat16
     """
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())

@@ -184,15 +184,19 @@ class Qwen2_5_VLModel(nn.Module):
     ) -> torch.Tensor | None:
         """Causal mask combined with padding and packing, or None when plain causal suffices.
 
+        Right padding needs no mask: causal attention already keeps real tokens from the padding
+        after them, and SDPA's causal path is the fast one without a [B, L, L] mask.
         Every token may attend to itself, so padding rows get finite (ignored) values instead of
         the NaNs an all-masked softmax gives, which would leak into gradients.
         """
         batch_size, seq_len = tokens.shape
         past = self._cached_length()
-        if attention_mask is None and document_ids is None and past is None:
-            return None
-        if attention_mask is not None and document_ids is None and past is None and bool(attention_mask.all()):
-            return None
+        if past is None and document_ids is None:
+            if attention_mask is None:
+                return None
+            real_after_padding = attention_mask[:, 1:].bool() & ~attention_mask[:, :-1].bool()
+            if not bool(real_after_padding.any()):
+                return None
         device = tokens.device
         total = seq_len if past is None else self.decoder.decoder_max_cache_seq_len
         query_pos = torch.arange(seq_len, device=device) + (past or 0)

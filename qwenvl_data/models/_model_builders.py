@@ -73,6 +73,7 @@ def qwen2_5_vl_tiny() -> Qwen2_5_VLModel:
     block 0 windowed, window 112 px), hidden 64, 4 heads, MLP 128, merger to 128.
 
     Example:
+        >>> import torch
         >>> model = qwen2_5_vl_tiny()
         >>> model(torch.tensor([[151644, 872, 198]])).shape
         torch.Size([1, 3, 151936])
