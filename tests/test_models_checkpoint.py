@@ -139,7 +139,8 @@ def test_untied_checkpoint_survives_load_and_save_unchanged(tmp_path):
     ours = load_hf_model(tmp_path / "hf")
     assert not isinstance(ours.decoder.output, TiedLinear)
     save_hf_model(ours, tmp_path / "ours")
-    original, saved = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "ours" / "model.safetensors")
+    original = load_file(tmp_path / "hf" / "model.safetensors")
+    saved = load_file(tmp_path / "ours" / "model.safetensors")
     assert "lm_head.weight" in saved and saved.keys() == original.keys()
     assert all(torch.equal(saved[k], original[k]) for k in original)
     assert hf.config.tie_word_embeddings is False

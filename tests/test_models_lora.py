@@ -41,7 +41,9 @@ def test_adapters_and_merger_train_while_the_rest_is_frozen():
 
 
 def test_vision_tower_can_train_in_full_and_mlp_adapters_are_added():
-    model = lora_qwen2_5_vl_tiny(["output_proj"], apply_lora_to_mlp=True, lora_rank=2, lora_alpha=4, train_vision_tower=True)
+    model = lora_qwen2_5_vl_tiny(
+        ["output_proj"], apply_lora_to_mlp=True, lora_rank=2, lora_alpha=4, train_vision_tower=True
+    )
     names = trainable(model)
     assert {n for n, _ in model.visual.named_parameters()} <= {n.removeprefix("visual.") for n in names}
     assert "decoder.layers.0.mlp.w2.lora_b.weight" in names

@@ -112,7 +112,8 @@ def test_generation_step_with_kv_cache_and_rope_deltas_matches_transformers(chec
     next_token = torch.tensor([[9707]])
     media = {k: batch[k] for k in ("pixel_values", "image_grid_thw")}
     with torch.no_grad():
-        first = hf(input_ids=batch["tokens"], mm_token_type_ids=mm_token_type_ids(batch["tokens"]), use_cache=True, **media)
+        types = mm_token_type_ids(batch["tokens"])
+        first = hf(input_ids=batch["tokens"], mm_token_type_ids=types, use_cache=True, **media)
         step = hf(input_ids=next_token, cache=first.cache, use_cache=True)
         ours.setup_caches(1, torch.float32, decoder_max_seq_len=prompt_len + 4)
         prompt_logits = ours(**batch)

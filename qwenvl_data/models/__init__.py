@@ -6,7 +6,12 @@ from qwenvl_data.models._component_builders import (
     qwen2_5_vl_text_decoder,
     qwen2_5_vl_vision_encoder,
 )
-from qwenvl_data.models._convert_weights import builder_args_from_hf_config, hf_config_from_model, hf_to_tune, tune_to_hf
+from qwenvl_data.models._convert_weights import (
+    builder_args_from_hf_config,
+    hf_config_from_model,
+    hf_to_tune,
+    tune_to_hf,
+)
 from qwenvl_data.models._hf_io import load_hf_model, load_hf_state_dict, merged_state_dict, save_hf_model
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._model_builders import (

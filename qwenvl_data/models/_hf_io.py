@@ -48,7 +48,9 @@ def load_hf_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def load_hf_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, **lora_args: object) -> Qwen2_5_VLModel:
+def load_hf_model(
+    model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, **lora_args: object
+) -> Qwen2_5_VLModel:
     """Build the model a local HF directory describes and load its weights.
 
     The model is created on the meta device and materialized once, so a large checkpoint is not
