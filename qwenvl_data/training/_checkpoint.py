@@ -68,7 +68,7 @@ def _publish_dir(partial: Path, final: Path) -> None:
 def _single_process_dcp_is_intended() -> Iterator[None]:
     """torch.distributed.checkpoint warns when used without a process group; one device is a normal case here."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process.*")
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process.*")
         yield
 
 
