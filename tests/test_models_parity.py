@@ -9,7 +9,7 @@ from vl_samples import vl_sample
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID
 from qwenvl_data.collate import padded_collate_qwen2_5_vl
 from qwenvl_data.errors import PlaceholderMismatchError
-from qwenvl_data.models import load_hf_model, next_position_ids
+from qwenvl_data.models import load_hf_model, next_position_ids, qwen2_5_vl_tiny
 from qwenvl_data.packing import packed_collate_qwen2_5_vl
 
 TOLERANCE = 1e-4
@@ -164,3 +164,15 @@ def test_vision_attention_runs_per_window_and_per_frame_never_across_the_batch(m
     # full windows; the 10x6 one (5x3 tokens) a 4x3-token window (48) and a 1x3 one (12); each
     # 8x8 video frame is one window. Full attention: one block per frame (384, 60, 64, 64).
     assert sorted(lengths[:3]) == [12, 48, 64] and sorted(lengths[3:]) == [60, 64, 384]
+
+
+def test_bfloat16_model_runs_on_float32_pixels_and_agrees_with_float32():
+    torch.manual_seed(0)
+    model = qwen2_5_vl_tiny().eval()
+    batch = padded_collate_qwen2_5_vl(mixed_samples()[:2])
+    real_tokens = batch["attention_mask"]
+    with torch.no_grad():
+        full = model(**batch)[real_tokens]
+        half = model.to(torch.bfloat16)(**batch)[real_tokens]
+    assert torch.isfinite(half).all()
+    assert (full.argmax(-1) == half.argmax(-1)).float().mean() > 0.9
