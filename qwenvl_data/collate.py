@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qwenvl_data._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError
 from qwenvl_data.rope import mrope_position_ids
@@ -161,7 +162,7 @@ def concat_media(samples: list[CheckedSample]) -> dict[str, torch.Tensor]:
     for modality in MODALITIES:
         with_modality = [s.media for s in samples if modality.pixel_key in s.media]
         if with_modality:
-            batch.update({key: torch.cat([media[key] for media in with_modality]) for key in modality.keys})
+            batch.update({key: concat_rows([media[key] for media in with_modality]) for key in modality.keys})
             batch[modality.grid_key] = batch[modality.grid_key].long()
     if "second_per_grid_ts" in batch:
         batch["second_per_grid_ts"] = batch["second_per_grid_ts"].float()

@@ -8,11 +8,11 @@ the number of merged patches the vision encoder hands the language model for it.
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torchtune.data import Message, PromptTemplateInterface
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
+from qwenvl_data._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID
 from qwenvl_data._messages import normalise_conversation, sample_name
 from qwenvl_data._truncation import fit_max_seq_len
@@ -144,7 +144,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         out["labels"] = [IGNORE_INDEX if masked else token for token, masked in zip(tokens, mask)]
         for kind, outputs in media.items():
             if outputs:
-                out.update({key: torch.cat([o[key] for o in outputs]) for key in _MEDIA[kind][1]})
+                out.update({key: concat_rows([o[key] for o in outputs]) for key in _MEDIA[kind][1]})
         self._check_pad_counts(out, name)
         return out
 

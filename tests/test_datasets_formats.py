@@ -102,7 +102,7 @@ def test_openai_parts_accept_paths_bytes_data_urls_and_pil(image_dir):
 
 
 def test_hf_layout_parts_without_payload_take_the_images_column_in_order(image_dir):
-    first, second = Image.new("RGB", (10, 10)), Image.new("RGB", (12, 12))
+    first = Image.new("RGB", (10, 10))
     record = {  # what an Arrow table gives back: unified structs with None fields
         "messages": [
             {"role": "user", "content": [{"type": "image", "text": None}, {"type": "image", "text": None},
