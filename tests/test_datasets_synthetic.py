@@ -12,15 +12,15 @@ from qwenvl_data.datasets._synthetic import COLORS
 ORDINALS = ["first", "second", "third", "fourth"]
 
 
-def decode_scene(image) -> list[tuple[str, str, int]]:
-    """(shape, color, column) of every shape drawn on the 3x3 grid, read from the pixels only."""
+def decode_scene(image, grid: int = 3) -> list[tuple[str, str, int]]:
+    """(shape, color, column) of every shape drawn on the grid x grid board, read from the pixels only."""
     pixels = np.asarray(image, dtype=np.int32)
     size = pixels.shape[0]
     palette = {name: np.array(rgb) for name, rgb in COLORS.items()}
     found = []
-    for row in range(3):
-        for col in range(3):
-            cell = pixels[row * size // 3 : (row + 1) * size // 3, col * size // 3 : (col + 1) * size // 3]
+    for row in range(grid):
+        for col in range(grid):
+            cell = pixels[row * size // grid : (row + 1) * size // grid, col * size // grid : (col + 1) * size // grid]
             distance = {name: np.abs(cell - rgb).sum(-1) for name, rgb in palette.items()}
             color = max(distance, key=lambda name: (distance[name] < 40).sum())
             inside = distance[color] < 40
@@ -97,3 +97,32 @@ def test_question_types_can_be_restricted_and_bad_options_are_refused():
         synthetic_vqa_dataset(None, question_types=["weather"])
     with pytest.raises(ValueError, match="max_images"):
         synthetic_vqa_dataset(None, max_images=9)
+
+
+def test_one_cell_board_without_distractors_draws_one_shape_filling_the_picture():
+    ds = synthetic_vqa_dataset(
+        None, num_samples=40, seed=2, image_size=84, question_types=["color", "shape"], grid=1, max_distractors=0
+    )
+    for i in range(len(ds)):
+        sample = ds[i]
+        image_part, question = sample["messages"][0]["content"]
+        (scene,) = [decode_scene(image_part["image"], grid=1)]
+        assert len(scene) == 1
+        assert true_answer(question["text"], [scene]) == sample["answer"]
+        # a 3x3 board would leave a shape at most 1/9 of the picture; the smallest, a triangle, fills ~29% here
+        covered = (np.asarray(image_part["image"]) != np.array((235, 235, 235))).any(-1).mean()
+        assert covered > 0.25, f"sample {i}: the shape covers only {covered:.0%} of the picture"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"grid": 1, "question_types": ["position"]}, "grid >= 3"),
+        ({"grid": 2, "question_types": ["count"]}, "count questions"),
+        ({"grid": 1, "question_types": ["color"], "max_distractors": 1}, "color questions"),
+        ({"max_distractors": 3}, "max_distractors"),
+    ],
+)
+def test_layouts_too_small_for_the_questions_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic_vqa_dataset(None, **options)

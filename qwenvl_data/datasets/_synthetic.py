@@ -15,7 +15,7 @@ question) and ``chance`` (= 1 / len(choices), the accuracy of guessing), next to
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,7 +34,28 @@ SHAPES = ("circle", "square", "triangle")
 ORDINALS = ("first", "second", "third", "fourth")
 COUNTS = ("1", "2", "3", "4")
 QUESTION_TYPES = ("color", "shape", "count", "position", "which_image")
-GRID = 3
+MAX_DISTRACTORS = 2
+
+
+class _Layout(NamedTuple):
+    """How a scene is laid out: shapes sit in the cells of a ``grid`` x ``grid`` board, never overlapping."""
+
+    grid: int
+    max_distractors: int
+
+    def check(self, question_types: Sequence[str]) -> None:
+        """Refuse a layout with too few cells for the questions asked (the answer must stay unique)."""
+        if not 0 <= self.max_distractors <= MAX_DISTRACTORS:
+            raise ValueError(f"max_distractors must be in 0..{MAX_DISTRACTORS}, got {self.max_distractors}")
+        if "position" in question_types and self.grid < 3:
+            raise ValueError(f"position questions need grid >= 3 (left, middle, right columns), got {self.grid}")
+        shapes = {"count": len(COUNTS) + self.max_distractors, "which_image": 1 + min(1, self.max_distractors)}
+        for question_type in question_types:
+            if shapes.get(question_type, 1 + self.max_distractors) > self.grid**2:
+                raise ValueError(
+                    f"{question_type} questions with max_distractors={self.max_distractors} need more than the "
+                    f"{self.grid**2} cells of grid={self.grid}"
+                )
 BACKGROUND = (235, 235, 235)
 
 
@@ -64,17 +85,20 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, cell: tuple[int, in
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def _scene(size: int, items: list[tuple[str, str, tuple[int, int]]]) -> Image.Image:
+def _scene(size: int, items: list[tuple[str, str, tuple[int, int]]], grid: int) -> Image.Image:
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for shape, color, cell in items:
-        _draw(draw, shape, color, cell, size / GRID)
+        _draw(draw, shape, color, cell, size / grid)
     return image
 
 
-def _cells(rng: np.random.Generator, count: int, allowed: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
-    pool = allowed if allowed is not None else [(r, c) for r in range(GRID) for c in range(GRID)]
+def _cells(rng: np.random.Generator, count: int, pool: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [pool[i] for i in rng.choice(len(pool), size=count, replace=False)]
+
+
+def _board(grid: int) -> list[tuple[int, int]]:
+    return [(r, c) for r in range(grid) for c in range(grid)]
 
 
 def _other(rng: np.random.Generator, options: Sequence[str], excluded: str) -> str:
@@ -93,48 +117,52 @@ def _distractors(
     return items
 
 
-def _color_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+def _color_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
     shape, answer = str(rng.choice(SHAPES)), str(rng.choice(tuple(COLORS)))
-    cells = _cells(rng, 1 + int(rng.integers(0, 3)))
+    cells = _cells(rng, 1 + int(rng.integers(0, layout.max_distractors + 1)), _board(layout.grid))
     items = [(shape, answer, cells[0])] + _distractors(rng, cells[1:], avoid_shape=shape)
-    return [_scene(size, items)], f"What color is the {shape}?", answer
+    return [_scene(size, items, layout.grid)], f"What color is the {shape}?", answer
 
 
-def _shape_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+def _shape_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
     color, answer = str(rng.choice(tuple(COLORS))), str(rng.choice(SHAPES))
-    cells = _cells(rng, 1 + int(rng.integers(0, 3)))
+    cells = _cells(rng, 1 + int(rng.integers(0, layout.max_distractors + 1)), _board(layout.grid))
     items = [(answer, color, cells[0])] + _distractors(rng, cells[1:], avoid_color=color)
-    return [_scene(size, items)], f"Which shape is {color}?", answer
+    return [_scene(size, items, layout.grid)], f"Which shape is {color}?", answer
 
 
-def _count_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+def _count_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
     shape, answer = str(rng.choice(SHAPES)), str(rng.choice(COUNTS))
-    cells = _cells(rng, int(answer) + int(rng.integers(0, 3)))
+    cells = _cells(rng, int(answer) + int(rng.integers(0, layout.max_distractors + 1)), _board(layout.grid))
     items = [(shape, str(rng.choice(tuple(COLORS))), cell) for cell in cells[: int(answer)]]
     items += _distractors(rng, cells[int(answer) :], avoid_shape=shape)
-    return [_scene(size, items)], f"How many {shape}s are there?", answer
+    return [_scene(size, items, layout.grid)], f"How many {shape}s are there?", answer
 
 
-def _position_question(rng: np.random.Generator, size: int) -> tuple[list[Image.Image], str, str]:
+def _position_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
     shape, answer = str(rng.choice(SHAPES)), str(rng.choice(("left", "right")))
-    column = 0 if answer == "left" else GRID - 1
-    target = _cells(rng, 1, [(r, column) for r in range(GRID)])[0]
-    middle = [(r, 1) for r in range(GRID)]  # distractors stay in the middle column: only the target is to a side
+    grid = layout.grid
+    column = 0 if answer == "left" else grid - 1
+    target = _cells(rng, 1, [(r, column) for r in range(grid)])[0]
+    # distractors stay in the middle column(s): only the target is to a side
+    middle = [(r, c) for r in range(grid) for c in range(1, grid - 1)]
     items = [(shape, str(rng.choice(tuple(COLORS))), target)]
-    items += _distractors(rng, _cells(rng, int(rng.integers(0, 3)), middle), avoid_shape=shape)
-    return [_scene(size, items)], f"Is the {shape} on the left or the right?", answer
+    items += _distractors(rng, _cells(rng, int(rng.integers(0, layout.max_distractors + 1)), middle), avoid_shape=shape)
+    return [_scene(size, items, layout.grid)], f"Is the {shape} on the left or the right?", answer
 
 
-def _which_image_question(rng: np.random.Generator, size: int, num_images: int) -> tuple[list[Image.Image], str, str]:
+def _which_image_question(
+    rng: np.random.Generator, size: int, layout: _Layout, num_images: int
+) -> tuple[list[Image.Image], str, str]:
     shape = str(rng.choice(SHAPES))
     position = int(rng.integers(num_images))
     images = []
     for i in range(num_images):
-        cells = _cells(rng, 1 + int(rng.integers(0, 2)))
+        cells = _cells(rng, 1 + int(rng.integers(0, min(1, layout.max_distractors) + 1)), _board(layout.grid))
         items = _distractors(rng, cells, avoid_shape=shape)
         if i == position:
             items[0] = (shape, items[0][1], items[0][2])
-        images.append(_scene(size, items))
+        images.append(_scene(size, items, layout.grid))
     return images, f"Which image has the {shape}?", ORDINALS[position]
 
 
@@ -147,6 +175,10 @@ class SyntheticVQASource:
         image_size: side in pixels, or ``(min, max)`` drawn per sample (square images).
         question_types: subset of ``QUESTION_TYPES`` to draw from (uniformly).
         max_images: most images in a ``which_image`` sample (2..4).
+        max_distractors: most other shapes beside the asked one(s) in a single-image question (0..2).
+        grid: shapes sit in the cells of a ``grid`` x ``grid`` board (default 3). ``grid=1`` with
+            ``max_distractors=0`` draws one shape filling the picture: the easiest task, which the tiny CPU
+            model learns in a few hundred steps.
     """
 
     def __init__(
@@ -156,12 +188,16 @@ class SyntheticVQASource:
         image_size: int | tuple[int, int] = (56, 112),
         question_types: Sequence[str] = QUESTION_TYPES,
         max_images: int = 2,
+        max_distractors: int = 2,
+        grid: int = 3,
     ) -> None:
         unknown = set(question_types) - set(QUESTION_TYPES)
         if unknown or not question_types:
             raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {question_types}")
         if not 2 <= max_images <= len(ORDINALS):
             raise ValueError(f"max_images must be in 2..{len(ORDINALS)}, got {max_images}")
+        self.layout = _Layout(grid, max_distractors)
+        self.layout.check(question_types)
         low, high = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if not 0 < low <= high:
             raise ValueError(f"image_size must be a positive side or a (min, max) pair, got {image_size}")
@@ -180,7 +216,7 @@ class SyntheticVQASource:
         num_images = 1
         if question_type == "which_image":
             num_images = int(rng.integers(2, self.max_images + 1))
-            images, question, answer = _which_image_question(rng, size, num_images)
+            images, question, answer = _which_image_question(rng, size, self.layout, num_images)
         else:
             generate = {
                 "color": _color_question,
@@ -188,7 +224,7 @@ class SyntheticVQASource:
                 "count": _count_question,
                 "position": _position_question,
             }[question_type]
-            images, question, answer = generate(rng, size)
+            images, question, answer = generate(rng, size, self.layout)
         choices = answer_choices(question_type, num_images)
         content = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
         return {
@@ -209,6 +245,8 @@ def synthetic_vqa_dataset(
     image_size: int | tuple[int, int] = (56, 112),
     question_types: Sequence[str] = QUESTION_TYPES,
     max_images: int = 2,
+    max_distractors: int = 2,
+    grid: int = 3,
     max_tokens: int | None = None,
     on_error: str = "raise",
 ) -> ChatDataset:
@@ -216,7 +254,8 @@ def synthetic_vqa_dataset(
 
     Args:
         model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples (PIL images).
-        num_samples, seed, image_size, question_types, max_images: as ``SyntheticVQASource``.
+        num_samples, seed, image_size, question_types, max_images, max_distractors, grid: as
+            ``SyntheticVQASource``.
         max_tokens, on_error: as ``ChatDataset``.
 
     Returns:
@@ -228,7 +267,7 @@ def synthetic_vqa_dataset(
         >>> sample["answer"] in sample["choices"]
         True
     """
-    source = SyntheticVQASource(num_samples, seed, image_size, question_types, max_images)
+    source = SyntheticVQASource(num_samples, seed, image_size, question_types, max_images, max_distractors, grid)
     return ChatDataset(
         source,
         model_transform,
