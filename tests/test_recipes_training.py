@@ -1,5 +1,6 @@
 """Training pieces against independent references: the loss, the trained-row projection, evaluation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -65,6 +66,9 @@ def test_answer_accuracy_counts_a_sample_right_only_when_every_answer_token_is_p
             return self.decoder.norm(F.one_hot(target, 151936).float())
 
     kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
-    assert answer_accuracy(Oracle(None), dataset, Qwen2_5_VLCollator(), **kwargs) == {"accuracy": 1.0, "correct": 6, "total": 6}
+    chance = sum(dataset[i]["chance"] for i in range(6)) / 6  # the accuracy of guessing, reported beside
+    assert answer_accuracy(Oracle(None), dataset, Qwen2_5_VLCollator(), **kwargs) == {
+        "accuracy": 1.0, "correct": 6, "total": 6, "chance": pytest.approx(chance)
+    }
     result = answer_accuracy(Oracle(wrong=1), dataset, Qwen2_5_VLCollator(), **kwargs)
     assert (result["correct"], result["total"]) == (4, 6)  # sample 1 of each of the two batches

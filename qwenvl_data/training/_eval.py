@@ -36,16 +36,19 @@ def answer_accuracy(
         max_samples: evaluate only the first this many samples.
 
     Returns:
-        {"accuracy": float in [0, 1], "correct": int, "total": int}
+        {"accuracy": float in [0, 1], "correct": int, "total": int, "chance": float | None}; ``chance`` is the
+        mean of the samples' ``chance`` (accuracy of guessing, as synthetic samples carry it), None without it.
     """
     was_training = model.training
     model.eval()
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     correct = total = 0
+    chances = []
     for start in range(0, count, batch_size):
         samples = [s for s in (dataset[i] for i in range(start, min(start + batch_size, count))) if s is not None]
         if not samples:
             continue
+        chances += [s["chance"] for s in samples if "chance" in s]
         batch = move_to_device(collate_fn(samples), device, dtype)
         rows, targets = trained_rows(batch["labels"])
         with project_trained_rows(model, rows):
@@ -57,7 +60,8 @@ def answer_accuracy(
         correct += int(exact.sum())
         total += len(samples)
     model.train(was_training)
-    return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total}
+    chance = sum(chances) / len(chances) if chances and len(chances) == total else None
+    return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total, "chance": chance}
 
 
 def split_prompt_and_answer(sample: dict[str, Any]) -> tuple[list[int], list[int]]:

@@ -206,8 +206,9 @@ class FinetuneRecipe:
             device=self.device, dtype=self.dtype, max_samples=self.cfg.get("eval_max_samples"),
         )  # fmt: skip
         if self.is_main:
+            chance = "" if result["chance"] is None else f", chance {result['chance']:.1%}"
             print(f"held-out answer accuracy {when}: {result['accuracy']:.1%} "
-                  f"({result['correct']}/{result['total']})", flush=True)  # fmt: skip
+                  f"({result['correct']}/{result['total']}{chance})", flush=True)  # fmt: skip
         return result
 
     # ---- training -----------------------------------------------------------------------------
@@ -334,6 +335,7 @@ class FinetuneRecipe:
             "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "accuracy_before": before["accuracy"] if before else None,
             "accuracy_after": after["accuracy"] if after else None,
+            "accuracy_chance": after["chance"] if after else None,
             "history": self.history, "hf_checkpoint": str(final_dir) if final_dir else None,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }  # fmt: skip
