@@ -94,8 +94,9 @@ def test_each_bad_image_raises_naming_the_sample_and_the_file(bad_image_dir, tra
     path = write_jsonl(bad_image_dir / "bad.jsonl", records)
     ds = multimodal_chat_dataset(transform, source="jsonl", data_files=str(path))
     for i, name in enumerate(BAD_IMAGES):
-        with pytest.raises(ImageLoadError, match=rf"sample {i} \(s{i}\): .*{name}"):
+        with pytest.raises(ImageLoadError, match=rf"sample {i} \(s{i}\): .*{name}") as raised:
             ds[i]
+        assert str(raised.value).count("sample") == 1, f"the sample is named more than once: {raised.value}"
 
 
 def test_skip_counts_bad_images_and_too_long_samples_through_workers_and_collator(bad_image_dir, transform):

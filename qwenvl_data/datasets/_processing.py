@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from qwenvl_data._messages import sample_name
 from qwenvl_data.datasets._formats import FORMATS, to_conversation
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import InvalidConversationError, SampleError, SampleTooLongError
@@ -79,7 +80,9 @@ class RecordProcessor:
         except SampleError as err:
             where = f"sample {index} ({'id unknown' if sample_id is None else sample_id})"
             if self.on_error == "raise":
-                raise type(err)(f"{where}: {err}") from err
+                # The model transform already names the sample by id; say it once, with the index added.
+                detail = str(err).removeprefix(f"{sample_name({'id': sample_id})}: ")
+                raise type(err)(f"{where}: {detail}") from err
             self.stats.add(err)
             logger.info("skipping %s [%s]: %s", where, err.cause, err)
             return None
