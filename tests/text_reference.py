@@ -10,9 +10,10 @@ import functools
 import json
 import math
 
+from image_reference import reference_image
 from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from qwenvl_data._constants import (
     MERGE_SIZE,
@@ -43,14 +44,9 @@ def hf_tokenizer(vocab_json: str, merges_txt: str) -> Qwen2Tokenizer:
     return tokenizer
 
 
-@functools.cache
-def _image_processor() -> Qwen2VLImageProcessorPil:
-    return Qwen2VLImageProcessorPil()
-
-
 def image_tokens(image) -> int:
     """Pad tokens transformers' Qwen2-VL image processor gives one PIL image."""
-    grid = _image_processor()(images=[image], return_tensors="pt")["image_grid_thw"][0]
+    _, grid = reference_image(image)
     return int(grid.prod()) // MERGE_SIZE**2
 
 

@@ -15,6 +15,7 @@ import functools
 import math
 
 import torch
+from models_reference import mm_token_type_ids, tiny_hf_config
 
 from qwenvl_data._constants import (
     BASE_VOCAB_SIZE,
@@ -28,7 +29,6 @@ from qwenvl_data._constants import (
     VIDEO_PAD_ID,
     VISION_END_ID,
     VISION_START_ID,
-    VOCAB_SIZE,
 )
 
 NEWLINE_ID = 198  # "\n" (byte-level "Ċ") in Qwen's vocabulary
@@ -85,31 +85,10 @@ def vl_sample(
 
 @functools.cache
 def _hf_model():
-    """A tiny transformers Qwen2_5_VLModel: only its config and get_rope_index are used."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
+    """The tiny transformers Qwen2_5_VLModel of the model tests: only its config and get_rope_index are used."""
+    from transformers import Qwen2_5_VLModel
 
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            vocab_size=VOCAB_SIZE,
-            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},
-        ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=16,
-            intermediate_size=32,
-            num_heads=2,
-            out_hidden_size=16,
-            fullatt_block_indexes=[0],
-            spatial_merge_size=MERGE_SIZE,
-            tokens_per_second=TOKENS_PER_SECOND,  # the released checkpoints' value (the config default is 4)
-        ),
-    )
-    return Qwen2_5_VLModel(config).eval()
+    return Qwen2_5_VLModel(tiny_hf_config()).eval()
 
 
 def hf_rope_index(
@@ -120,10 +99,9 @@ def hf_rope_index(
     attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers 5.x ``Qwen2_5_VLModel.get_rope_index`` on a batch: (position_ids [3, B, L], deltas [B, 1])."""
-    mm_token_type_ids = (input_ids == IMAGE_PAD_ID).int() + 2 * (input_ids == VIDEO_PAD_ID).int()
     return _hf_model().get_rope_index(
         input_ids,
-        mm_token_type_ids,
+        mm_token_type_ids(input_ids),
         image_grid_thw=image_grid_thw,
         video_grid_thw=video_grid_thw,
         second_per_grid_ts=second_per_grid_ts,
