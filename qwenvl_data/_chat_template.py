@@ -50,6 +50,7 @@ def render_chat(
     add_vision_id: bool = False,
     add_generation_prompt: bool = False,
     train_on_input: bool = False,
+    add_default_system: bool = True,
 ) -> RenderedChat:
     """Render normalised messages exactly as the official Qwen2.5-VL chat template does.
 
@@ -59,13 +60,15 @@ def render_chat(
             counted over the whole conversation.
         add_generation_prompt: end with an open ``<|im_start|>assistant\\n`` turn (inference).
         train_on_input: mark every character as trained, not only the assistant's answers.
+        add_default_system: prepend the default system turn when the first message is not a system
+            message, as the template does for a whole conversation; False renders the messages' turns only.
 
     Returns:
         RenderedChat with the text and its trained character spans.
     """
     chat = RenderedChat()
     counts = {"image": 0, "video": 0}
-    if messages[0].role != "system":
+    if add_default_system and messages[0].role != "system":
         chat.append(f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n", train_on_input)
     for message in messages:
         answer = train_on_input or (message.role == "assistant" and not message.masked)

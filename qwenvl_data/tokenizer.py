@@ -191,6 +191,21 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
             messages = self.prompt_template(messages)
         return render_chat(messages, **render_options)
 
+    def tokenize_message(self, message: Message | Mapping[str, Any]) -> tuple[list[int], list[bool]]:
+        """Tokens and mask of one message as one chat turn, ``<|im_start|>{role}\\n{content}<|im_end|>\\n``.
+
+        No default system prompt: that belongs to a whole conversation (``tokenize_messages``). Text only.
+
+        Args:
+            message: a torchtune Message or an OpenAI/HF-style dict.
+
+        Returns:
+            (tokens, mask): list[int], list[bool] (True = not trained; an assistant turn trains its content
+            and ``<|im_end|>``).
+        """
+        messages = self._text_only_conversation({"messages": [message]})
+        return self.tokenize_rendered(self.render(messages, add_default_system=False))
+
     def tokenize_messages(
         self, messages: list[Message | Mapping[str, Any]], *, add_generation_prompt: bool = False
     ) -> tuple[list[int], list[bool]]:
@@ -224,11 +239,15 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
         out["tokens"], out["mask"] = self._tokenize_sample(sample, inference)
         return out
 
-    def _tokenize_sample(self, sample: Mapping[str, Any], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
+    def _text_only_conversation(self, sample: Mapping[str, Any]) -> list[Message]:
         messages = normalise_conversation(sample)
         if any(part["type"] != "text" for m in messages for part in m.content):
             raise ValueError(
                 f"{sample_name(sample)}: has images or videos; use Qwen2_5_VLTransform, which expands their tokens"
             )
+        return messages
+
+    def _tokenize_sample(self, sample: Mapping[str, Any], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
+        messages = self._text_only_conversation(sample)
         tokens, mask = self.tokenize_rendered(self.render(messages, add_generation_prompt=add_generation_prompt))
         return fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, sample_name(sample))

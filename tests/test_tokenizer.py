@@ -269,3 +269,41 @@ def test_added_token_flags_match_the_released_tokenizer_config(vocab_files, qwen
     ours = Qwen2_5_VLTokenizer(*vocab_files).tokenizer.get_added_tokens_decoder()
     assert {t.content: t.special for t in ours.values()} == {t: released[t] for t in SPECIAL_TOKENS}
     assert all(isinstance(t, AddedToken) and not t.normalized for t in ours.values())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "  Four.\n\nBecause 2 + 2 = 4. 😀"},
+        {"role": "system", "content": [{"type": "text", "text": "Be terse."}]},
+    ],
+    ids=["user", "assistant", "system"],
+)
+def test_tokenize_message_is_that_message_turn_of_the_official_template(
+    tokenizer, reference, chat_template, message
+):
+    # The template renders a turn only inside a conversation: render [system, message] and drop the system turn.
+    system = {"role": "system", "content": "S"}
+    both = reference_ids(reference, chat_template, [system, message])
+    system_only = reference_ids(reference, chat_template, [system])
+    tokens, mask = tokenizer.tokenize_message(message)
+    assert tokens == both[len(system_only):]
+    trained = [t for t, masked in zip(tokens, mask) if not masked]
+    if message["role"] == "assistant":
+        assert tokenizer.decode(trained) == message["content"] + "<|im_end|>"
+    else:
+        assert trained == []
+
+
+def test_tokenize_messages_of_a_conversation_with_a_system_turn_is_its_turns_concatenated(tokenizer):
+    conversation = [
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    turns = [tokenizer.tokenize_message(m) for m in conversation]
+    assert tokenizer.tokenize_messages(conversation) == (
+        [t for tokens, _ in turns for t in tokens],
+        [m for _, mask in turns for m in mask],
+    )
