@@ -65,6 +65,17 @@ def _publish_dir(partial: Path, final: Path) -> None:
 
 
 @contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """A fresh ``<final>.partial`` directory to write into, published as ``final`` in one rename when the
+    block succeeds; a block that fails leaves ``final`` as it was."""
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    _publish_dir(partial, final)
+
+
+@contextmanager
 def _single_process_dcp_is_intended() -> Iterator[None]:
     """torch.distributed.checkpoint warns when used without a process group; one device is a normal case here."""
     with warnings.catch_warnings():
@@ -257,10 +268,8 @@ class TrainingCheckpointer:
                 with torch.device("meta"):
                     to_save = build_plain_model()
                 to_save.load_state_dict(state_dict, assign=True)
-            partial = out_dir.with_name(out_dir.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            save_hf_model(to_save, partial)
-            _publish_dir(partial, out_dir)
+            with atomic_directory(out_dir) as partial:
+                save_hf_model(to_save, partial)
         barrier()
         return out_dir if rank == 0 else None
 

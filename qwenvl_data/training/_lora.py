@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
-from qwenvl_data.training._checkpoint import _publish_dir
+from qwenvl_data.training._checkpoint import atomic_directory
 
 
 def train_adapters_only(model: nn.Module) -> None:
@@ -41,10 +41,8 @@ def save_adapter(
         out_dir, holding adapter_model.safetensors and adapter_config.json.
     """
     adapter = {name: full_state_dict[name].contiguous() for name in names}
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    save_file(adapter, str(partial / "adapter_model.safetensors"))
     settings = {"r": lora_rank, "lora_alpha": lora_alpha, "base_model": base_model, "key_naming": "qwenvl_data"}
-    (partial / "adapter_config.json").write_text(json.dumps(settings, indent=2))
-    _publish_dir(partial, out_dir)
+    with atomic_directory(out_dir) as partial:
+        save_file(adapter, str(partial / "adapter_model.safetensors"))
+        (partial / "adapter_config.json").write_text(json.dumps(settings, indent=2))
     return out_dir
