@@ -9,6 +9,7 @@ from torchtune.modules import TransformerDecoder
 from qwenvl_data._constants import IMAGE_PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError
 from qwenvl_data.models._vision import Qwen2_5_VisionTransformer
+from qwenvl_data.packing import packed_attention_mask
 from qwenvl_data.rope import mrope_position_ids
 
 
@@ -210,7 +211,7 @@ class Qwen2_5_VLModel(nn.Module):
         if document_ids is not None:
             if past is not None:
                 raise ValueError("packed batches (document_ids) cannot be decoded with KV caches")
-            allowed = allowed & (document_ids[:, :, None] == document_ids[:, None, :])
+            allowed = allowed & packed_attention_mask(document_ids).squeeze(1)
         return allowed | (key_pos[None, :] == query_pos[:, None])
 
     def _cached_length(self) -> int | None:
