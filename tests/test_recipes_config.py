@@ -127,3 +127,18 @@ def test_tune_run_finds_this_repos_recipe_and_reports_a_bad_override():
     )
     assert result.returncode != 0
     assert "unknown key `epoch` (did you mean `epochs`?)" in result.stderr
+
+
+@pytest.mark.parametrize("freeze_tower, freeze_merger", [(True, False), (False, True), (True, True)])
+def test_freeze_options_freeze_the_vision_tower_and_the_merger_separately(freeze_tower, freeze_merger):
+    from qwenvl_data.models import qwen2_5_vl_tiny
+
+    cfg = load_config("tiny_synthetic", {"freeze_vision_tower": freeze_tower, "freeze_merger": freeze_merger})
+    recipe = load_recipe("full_finetune_single_device").FullFinetuneRecipeSingleDevice(cfg)
+    model = qwen2_5_vl_tiny()
+    recipe._prepare(model, cfg)
+    merger = {f"visual.merger.{name}" for name, _ in model.visual.merger.named_parameters()}
+    tower = {f"visual.{name}" for name, _ in model.visual.named_parameters()} - merger
+    expected = (tower if freeze_tower else set()) | (merger if freeze_merger else set())
+    assert {name for name, p in model.named_parameters() if not p.requires_grad} == expected
+    assert any(p.requires_grad for p in model.decoder.parameters())

@@ -167,13 +167,11 @@ class FinetuneRecipe:
         """Trainable set, activation checkpointing and compilation (before sharding, names unchanged)."""
         if self.lora:
             train_adapters_only(model)
-        frozen = [p for flag, p in (("freeze_vision_tower", VISION_TOWER_PREFIX), ("freeze_merger", MERGER_PREFIX))
-                  if cfg.get(flag, False)]  # fmt: skip
+        freeze_tower, freeze_merger = bool(cfg.get("freeze_vision_tower", False)), bool(cfg.get("freeze_merger", False))
         for name, param in model.named_parameters():
             in_merger = name.startswith(MERGER_PREFIX)
-            if (VISION_TOWER_PREFIX in frozen and name.startswith(VISION_TOWER_PREFIX) and not in_merger) or (
-                MERGER_PREFIX in frozen and in_merger
-            ):
+            in_tower = name.startswith(VISION_TOWER_PREFIX) and not in_merger
+            if (freeze_tower and in_tower) or (freeze_merger and in_merger):
                 param.requires_grad_(False)
         if cfg.get("enable_activation_checkpointing", False):
             apply_activation_checkpointing(model)
