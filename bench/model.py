@@ -5,16 +5,21 @@ vision 4 blocks, hidden 128, one full-attention block, window 112 px), saved onc
 transformers' ``save_pretrained`` and loaded by both sides. Batch: 4 samples from our collator
 with 2-3 images each of different sizes (one sample also a video), right padded.
 
-Two measurements per side: the vision tower alone (where block-wise attention differs from
-transformers' one-SDPA-call-per-window loop) and the whole model with the token cross-entropy
-(dominated by the 151936-wide output layer). Each side runs in its own subprocess so their peak
-memories do not mix:
+Three measurements per side: the vision tower alone (where block-wise attention differs from
+transformers' one-SDPA-call-per-window loop); the whole model with the token cross-entropy
+(dominated by the 151936-wide output layer) on short answers (8 trained tokens per row); and the
+same with long answers (``--answer-len``, default 1024 trained tokens per row), where the
+[trained tokens, 151936] logits decide the memory. transformers' side is what a user of
+``Qwen2_5_VLForConditionalGeneration`` runs: logits for every position, cross-entropy with
+ignore_index; ours is what the recipes run: the trained rows' hidden states through
+``NextTokenCrossEntropy`` (chunked output projection) inside the forward. Each side runs in its
+own subprocess so their peak memories do not mix:
 - peak memory: peak RSS during the first forward+backward minus the RSS just before it
   (Linux VmHWM, reset through /proc/self/clear_refs), i.e. activations, gradients and
   temporaries (the whole-model figure includes the vision part's);
 - time: best of ``--repeats`` forward+backward passes after that.
 
-Run: python bench/model.py [--repeats 3] [--threads 2]
+Run: python bench/model.py [--repeats 3] [--threads 2] [--answer-len 1024]
 """
 
 import argparse
@@ -59,8 +64,9 @@ def bench_config():
     )  # fmt: skip
 
 
-def make_batch() -> dict:
-    return padded_collate_qwen2_5_vl([vl_sample(m, question_len=40, seed=i) for i, m in enumerate(MEDIA)])
+def make_batch(answer_len: int = 8) -> dict:
+    samples = [vl_sample(m, question_len=40, answer_len=answer_len, seed=i) for i, m in enumerate(MEDIA)]
+    return padded_collate_qwen2_5_vl(samples)
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,23 +85,28 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS")
 
 
-def child(side: str, model_dir: str, repeats: int, threads: int) -> None:
+def child(side: str, model_dir: str, repeats: int, threads: int, answer_len: int) -> None:
     torch.set_num_threads(threads)
-    batch = make_batch()
+    batch, long_batch = make_batch(), make_batch(answer_len)
     if side == "ours":
         from qwenvl_data.models import load_hf_model
+        from qwenvl_data.training import NextTokenCrossEntropy
+        from qwenvl_data.training._loss import output_loss, trained_rows
 
         model = load_hf_model(model_dir)
+        loss_fn = NextTokenCrossEntropy()
 
-        def step() -> torch.Tensor:
-            return loss_of(model(**batch), batch["labels"])
+        def loss_step(batch: dict) -> torch.Tensor:
+            rows, targets = trained_rows(batch["labels"])
+            with output_loss(model, rows, targets, loss_fn):
+                return model(**batch) / targets.numel()
     else:
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
         keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
-        def step() -> torch.Tensor:
+        def loss_step(batch: dict) -> torch.Tensor:
             logits = model(
                 input_ids=batch["tokens"],
                 attention_mask=batch["attention_mask"].long(),
@@ -113,8 +124,10 @@ def child(side: str, model_dir: str, repeats: int, threads: int) -> None:
         out = visual(pixels, grids)
         return (out if side == "ours" else out.pooler_output).square().mean()
 
-    result = {"tokens": int(batch["attention_mask"].sum()), "patches": pixels.shape[0]}
-    for name, run in (("vision", vision_step), ("full", step)):
+    result = {"tokens": int(batch["attention_mask"].sum()), "patches": pixels.shape[0],
+              "long_tokens": int(long_batch["attention_mask"].sum())}  # fmt: skip
+    cases = (("vision", vision_step), ("full", lambda: loss_step(batch)), ("long", lambda: loss_step(long_batch)))
+    for name, run in cases:
         rss_before = _reset_peak_rss()
         run().backward()
         result[f"{name}_peak_mib"] = (_status_kib("VmHWM") - rss_before) / 1024
@@ -133,11 +146,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--answer-len", type=int, default=1024, help="trained tokens per row in the long-answer case")
     parser.add_argument("--child", choices=["ours", "hf"])
     parser.add_argument("--model-dir")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.model_dir, args.repeats, args.threads)
+        child(args.child, args.model_dir, args.repeats, args.threads, args.answer_len)
         return
 
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -148,12 +162,15 @@ def main() -> None:
         results = {}
         for side in ("hf", "ours"):
             command = [sys.executable, __file__, "--child", side, "--model-dir", model_dir,
-                       "--repeats", str(args.repeats), "--threads", str(args.threads)]  # fmt: skip
+                       "--repeats", str(args.repeats), "--threads", str(args.threads),
+                       "--answer-len", str(args.answer_len)]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[side] = json.loads(output.strip().splitlines()[-1])
     ours, hf = results["ours"], results["hf"]
-    print(f"batch: {len(MEDIA)} rows, {ours['tokens']} real tokens, {ours['patches']} patches; threads={args.threads}")
-    for name, title in (("vision", "vision tower only"), ("full", "whole model + loss")):
+    print(f"batch: {len(MEDIA)} rows, {ours['tokens']} real tokens ({ours['long_tokens']} with long answers), "
+          f"{ours['patches']} patches; threads={args.threads}")  # fmt: skip
+    titles = (("vision", "vision tower only"), ("full", "whole model + loss"), ("long", "long answers"))
+    for name, title in titles:
         for side, r in (("transformers", hf), ("ours", ours)):
             print(f"{title:>18} {side:>12}: forward+backward {r[f'{name}_seconds'] * 1000:8.1f} ms, "
                   f"peak extra memory {r[f'{name}_peak_mib']:8.1f} MiB")  # fmt: skip

@@ -101,10 +101,42 @@ def test_released_config_without_checkpoint_dir_says_so():
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-def test_lora_recipe_rejects_a_full_model_builder():
-    cfg = load_config("tiny_synthetic", TINY_OVERRIDES)
-    with pytest.raises(ValueError, match="LoRA builder"):
-        load_recipe("lora_finetune_single_device").LoRAFinetuneRecipeSingleDevice(cfg)
+def _setup_error(recipe_name: str, config_name: str, overrides: dict, tmp_path) -> str:
+    module = load_recipe(recipe_name)
+    recipe_class = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, FinetuneRecipe)
+                        and v is not FinetuneRecipe)  # fmt: skip
+    cfg = load_config(config_name, {**TINY_OVERRIDES, "output_dir": str(tmp_path), **overrides})
+    recipe = recipe_class(cfg)
+    with pytest.raises(ValueError) as error:
+        recipe.setup(cfg)
+    return str(error.value)
+
+
+def test_lora_recipe_rejects_a_model_without_adapters(tmp_path):
+    message = _setup_error("lora_finetune_single_device", "tiny_synthetic", {}, tmp_path)
+    assert "builds a model without LoRA/DoRA adapters: run it with a full_finetune_* recipe" in message
+
+
+def test_full_recipe_rejects_a_model_with_adapters(tmp_path):
+    lora_model = {"model._component_": "qwenvl_data.models.lora_qwen2_5_vl_tiny", "model.lora_attn_modules": ["q_proj"],
+                  "model.lora_rank": 4, "model.lora_alpha": 8}  # fmt: skip
+    message = _setup_error("full_finetune_single_device", "tiny_synthetic", lora_model, tmp_path)
+    assert "builds a model with LoRA/DoRA adapters: run it with a lora_finetune_* recipe" in message
+
+
+def test_lora_recipe_takes_an_adapted_model_from_a_builder_of_any_name(tmp_path):
+    """`qwen2_5_vl_from_hf_config` builds LoRA or not by its arguments: the model decides, not the name."""
+    from models_reference import tiny_hf_config
+
+    hf_config = tiny_hf_config().to_dict()
+    cfg = load_config("tiny_synthetic_lora", {**TINY_OVERRIDES, "output_dir": str(tmp_path)})
+    cfg.model = OmegaConf.create({"_component_": "qwenvl_data.models.qwen2_5_vl_from_hf_config",
+                                  "config": hf_config, "lora_attn_modules": ["q_proj", "v_proj"],
+                                  "lora_rank": 4, "lora_alpha": 8})  # fmt: skip
+    recipe = load_recipe("lora_finetune_single_device").LoRAFinetuneRecipeSingleDevice(cfg)
+    recipe.setup(cfg)
+    trainable = {name for name, p in recipe.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or name.startswith("visual.merger.") for name in trainable)
 
 
 def test_generate_recipe_needs_a_prompt_or_a_dataset(tmp_path):

@@ -9,7 +9,7 @@ from qwenvl_data.collate import Qwen2_5_VLCollator
 from qwenvl_data.datasets import synthetic_vqa_dataset
 from qwenvl_data.models import qwen2_5_vl_tiny
 from qwenvl_data.training import NextTokenCrossEntropy, answer_accuracy, packaged_vocab_transform
-from qwenvl_data.training._loss import project_trained_rows, trained_rows
+from qwenvl_data.training._loss import output_loss, project_trained_rows, trained_rows
 
 
 def _batch(num_samples=4):
@@ -35,15 +35,79 @@ def test_trained_row_logits_equal_the_full_logits_at_those_rows():
 
 def test_summed_loss_equals_torch_cross_entropy_over_shifted_labels():
     torch.manual_seed(0)
-    logits = torch.randn(3, 9, 50)
+    hidden = torch.randn(3, 9, 16)
+    output = torch.nn.Linear(16, 50, bias=False)
     labels = torch.randint(0, 50, (3, 9))
     labels[:, :4] = IGNORE_INDEX
     labels[1, 6] = IGNORE_INDEX
+    logits = output(hidden)
     reference = F.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1), reduction="sum")
     rows, targets = trained_rows(labels)
-    loss = NextTokenCrossEntropy(chunk_size=4)(logits[rows], targets)
+    loss = NextTokenCrossEntropy(chunk_size=4)(hidden[rows], output, targets)
     torch.testing.assert_close(loss, reference)
     assert targets.numel() == (labels[:, 1:] != IGNORE_INDEX).sum()
+
+
+def _output_layers():
+    """Each kind of output projection the builders make: plain, tied to the embedding, LoRA-adapted."""
+    from torchtune.modules import TiedLinear
+    from torchtune.modules.peft import LoRALinear
+
+    plain = torch.nn.Linear(24, 300, bias=False)
+    tied = TiedLinear(torch.nn.Embedding(300, 24))
+    adapted = LoRALinear(24, 300, rank=4, alpha=8)
+    torch.nn.init.normal_(adapted.lora_b.weight)  # a trained (non-zero) adapter
+    return {"plain": plain, "tied": tied, "lora": adapted}
+
+
+@pytest.mark.parametrize("kind", ["plain", "tied", "lora"])
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+def test_chunked_loss_and_gradients_equal_the_unchunked_ones(kind, chunk_size):
+    """Loss, d/d hidden and d/d weights equal full-logits cross-entropy (float32, 1e-5 relative)."""
+    torch.manual_seed(0)
+    output = _output_layers()[kind]
+    params = [p for p in (output.tied_module.parameters() if kind == "tied" else output.parameters())]
+    hidden = torch.randn(23, 24, requires_grad=True)
+    targets = torch.randint(0, 300, (23,))
+
+    reference = F.cross_entropy(output(hidden).float(), targets, reduction="sum")
+    expected_grads = torch.autograd.grad(reference, [hidden, *params])
+    loss = NextTokenCrossEntropy(chunk_size=chunk_size)(hidden, output, targets)
+    grads = torch.autograd.grad(loss, [hidden, *params])
+
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)
+    for grad, expected in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_without_gradients_and_with_no_trained_rows():
+    output = torch.nn.Linear(8, 20, bias=False)
+    with torch.no_grad():
+        loss = NextTokenCrossEntropy(chunk_size=3)(torch.randn(5, 8), output, torch.randint(0, 20, (5,)))
+    assert loss.dtype == torch.float32 and loss.item() > 0 and loss.grad_fn is None
+    empty = NextTokenCrossEntropy()(torch.randn(0, 8, requires_grad=True), output, torch.zeros(0, dtype=torch.long))
+    empty.backward()  # a micro-batch without trained tokens contributes 0 and zero gradients
+    assert empty.item() == 0 and output.weight.grad.abs().max() == 0
+
+
+def test_model_forward_under_output_loss_returns_the_loss_of_its_logits():
+    """The recipe's path (loss inside the forward) equals cross-entropy on the model's own logits."""
+    torch.manual_seed(0)
+    model = qwen2_5_vl_tiny()
+    _, batch = _batch()
+    rows, targets = trained_rows(batch["labels"])
+    reference = F.cross_entropy(model(**batch)[rows], targets, reduction="sum")
+    with output_loss(model, rows, targets, NextTokenCrossEntropy(chunk_size=5)):
+        loss = model(**batch)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=0)
+    loss.backward()
+    chunked = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference.backward()
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(chunked[name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert model(**batch).shape[-1] == 151936  # logits again once the block is left
 
 
 def test_answer_accuracy_counts_a_sample_right_only_when_every_answer_token_is_predicted():

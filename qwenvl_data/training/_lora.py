@@ -16,6 +16,11 @@ def train_adapters_only(model: nn.Module) -> None:
     set_trainable_params(model, get_adapter_params(model))
 
 
+def has_adapters(model: nn.Module) -> bool:
+    """Whether any module carries LoRA/DoRA adapter weights (``lora_a``), whatever builder made it."""
+    return any(hasattr(module, "lora_a") for module in model.modules())
+
+
 def adapter_names(model: nn.Module) -> list[str]:
     """Parameter names LoRA trains: the adapters and any module trained in full next to them (the merger)."""
     return sorted(get_adapter_params(model))

@@ -28,8 +28,8 @@ from qwenvl_data.training._distributed import (
     shard_model,
 )
 from qwenvl_data.training._eval import answer_accuracy
-from qwenvl_data.training._loss import project_trained_rows, trained_rows
-from qwenvl_data.training._lora import adapter_names, save_adapter, train_adapters_only
+from qwenvl_data.training._loss import output_loss, trained_rows
+from qwenvl_data.training._lora import adapter_names, has_adapters, save_adapter, train_adapters_only
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 
@@ -61,9 +61,6 @@ class FinetuneRecipe:
     def __init__(self, cfg: DictConfig) -> None:
         name = type(self).__name__
         check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()))
-        if self.lora and not str(cfg.model._component_).split(".")[-1].startswith("lora_"):
-            raise ValueError(f"{name}: `model._component_` must be a LoRA builder (lora_qwen2_5_vl_*), "
-                             f"got {cfg.model._component_}")  # fmt: skip
         self.device = utils.get_device(cfg.get("device", "cpu"))
         if self.distributed:
             init_distributed(self.device)
@@ -133,6 +130,7 @@ class FinetuneRecipe:
             return self._build_sharded_pretrained(cfg)
         with training.set_default_dtype(self.dtype), self.device:
             model = build(cfg, "model")
+        self._check_adapters(model, cfg)
         if cfg.get("init_std") is not None:
             if pretrained:
                 raise ValueError("`init_std` re-initializes a from-scratch model; it cannot be used with a checkpoint_dir")
@@ -150,6 +148,7 @@ class FinetuneRecipe:
         """
         with training.set_default_dtype(self.dtype), torch.device("meta"):
             model = build(cfg, "model")
+        self._check_adapters(model, cfg)
         self._prepare(model, cfg)
         shard_model(model, reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)))
         model.to_empty(device=self.device)
@@ -162,6 +161,16 @@ class FinetuneRecipe:
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not self.lora)
         set_model_state_dict(model, full, options=options)
         return model
+
+    def _check_adapters(self, model: torch.nn.Module, cfg: DictConfig) -> None:
+        """The model has LoRA/DoRA adapters exactly when this is a LoRA recipe (whatever the builder's name)."""
+        adapted = has_adapters(model)
+        if adapted != self.lora:
+            raise ValueError(
+                f"{type(self).__name__}: `model._component_` ({cfg.model._component_}) builds a model "
+                f"{'with' if adapted else 'without'} LoRA/DoRA adapters: run it with a "
+                f"{'lora' if adapted else 'full'}_finetune_* recipe"
+            )
 
     def _prepare(self, model: torch.nn.Module, cfg: DictConfig) -> None:
         """Trainable set, activation checkpointing and compilation (before sharding, names unchanged)."""
@@ -251,15 +260,14 @@ class FinetuneRecipe:
         for _ in range(self.grad_accum):
             batch = move_to_device(next(batches), self.device, self.dtype)
             rows, targets = trained_rows(batch["labels"])
-            with project_trained_rows(self.model, rows):
-                logits = self.model(**batch)
-            micro_loss = self.loss_fn(logits, targets)
+            with output_loss(self.model, rows, targets, self.loss_fn):
+                micro_loss = self.model(**batch)
             micro_loss.backward()
             loss_sum += micro_loss.detach()
             tokens += targets.numel()
             counts[0] += batch["tokens"].shape[0]
             counts[1] += batch["attention_mask"].sum() if "attention_mask" in batch else batch["tokens"].numel()
-            del logits, micro_loss
+            del micro_loss
         global_tokens = all_reduce_sum(tokens)
         # FSDP2 averages gradients over ranks; scaling by world/tokens turns that into sum/tokens.
         scale = self.world_size / max(int(global_tokens), 1)
