@@ -4,10 +4,15 @@ Real pixels (gradients, shapes, noise, text) so that resize and normalisation ar
 photo exercises them; deterministic by seed.
 """
 
+import struct
+import zlib
+
 import numpy as np
 from PIL import Image, ImageDraw
 
-ALL_MODES = ("RGB", "RGBA", "LA", "L", "P", "PA", "CMYK", "I;16", "I", "F", "1")
+# Modes the image transform takes exactly as the reference does (8 bits per sample); the 16-bit modes are scaled
+# instead of clipped and F / wide I refused (see qwenvl_data._image_io.to_rgb), so they are tested on their own.
+EIGHT_BIT_MODES = ("RGB", "RGBA", "LA", "L", "P", "PA", "CMYK", "YCbCr", "1")
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -79,3 +84,19 @@ def palette_with_transparency(width: int, height: int, seed: int = 0) -> Image.I
 def video_frames(num_frames: int, width: int, height: int, seed: int = 0) -> list[Image.Image]:
     """RGB frames of a moving scene: each frame is a different photo-like image."""
     return [photo(width, height, seed + t) for t in range(num_frames)]
+
+
+def png_16_bit(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG (bit depth 16) of ``samples``: uint16 [H, W] (grey), [H, W, 2] (grey + alpha), [H, W, 3]
+    (RGB) or [H, W, 4] (RGBA). Written by hand because PIL cannot write 16-bit colour PNGs."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = samples.shape[:2]
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = samples.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)  # filter type 0 (none) on every row
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
