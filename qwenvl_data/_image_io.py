@@ -12,17 +12,14 @@ import os
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from qwenvl_data._bit_depth import UINT16_MODES, decode_16_bit_colour, is_16_bit_colour, scale_16_bit_grey
 from qwenvl_data._media_refs import open_regular_file, resolve_media
 from qwenvl_data.errors import ImageLoadError
 
 ImageSource = Image.Image | str | os.PathLike | bytes | dict
-
-# PIL's modes of one 16-bit unsigned integer sample per pixel (endianness and native order variants).
-_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_image(source: Any) -> Image.Image:
@@ -34,6 +31,10 @@ def load_image(source: Any) -> Image.Image:
     which takes already opened images, does not do this). A PIL image is returned as it is (decoded, if it was
     opened lazily). Anything but a regular file is refused before it is opened (a FIFO would block). Files with
     more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels (89.5 M by default) are refused as decompression bombs.
+    16-bit colour PNG and TIFF files (48/64 bits per pixel, and 16-bit grey + alpha PNG), which PIL decodes to
+    8-bit RGB/RGBA by keeping each sample's high byte, come back as RGB/RGBA scaled by round(v / 257) instead
+    (a departure from the reference, see ``qwenvl_data._bit_depth``); 16-bit greyscale keeps its mode
+    (``I;16``...) until ``to_rgb`` scales it.
 
     Args:
         source: a PIL image, a path, a ``file://`` URI, a ``data:`` URL, encoded bytes, or an HF
@@ -74,8 +75,12 @@ def _decode(stream: io.BufferedIOBase, name: str) -> Image.Image:
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; no training image needs that many pixels.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(stream) as opened:
+                tiles = list(opened.tile)  # how PIL will decode it; load() empties the list
                 opened.load()
-                return ImageOps.exif_transpose(opened)
+                upright = ImageOps.exif_transpose(opened)
+            if is_16_bit_colour(tiles):  # PIL kept only each sample's high byte: read the low bytes too
+                return decode_16_bit_colour(stream, tiles, upright)
+            return upright
     except Image.DecompressionBombError as error:
         raise ImageLoadError(f"image {name} is a decompression bomb: {error}") from error
     except Image.UnidentifiedImageError as error:
@@ -96,14 +101,13 @@ def to_rgb(image: Image.Image | torch.Tensor) -> Image.Image:
     Every 8-bit mode (RGB, RGBA, L, LA, P, PA, CMYK, YCbCr, 1, ...) goes exactly the reference's way: transparency
     (an alpha band or a palette's transparent index) composited onto white, then PIL's conversion to RGB.
 
-    Departure from the reference, on purpose: PIL converts 16-bit samples to 8 bits by clipping at 255, so a
-    16-bit greyscale photo becomes nearly white (the reference does the same). Here one 16-bit integer sample
-    per pixel (modes ``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, and ``I`` when every value is in 0..65535: how
-    16-bit PNG and TIFF greyscale files open) is first scaled to 8 bits as round(v / 257), so an 8-bit image
-    stored as 16 bits (v = 257 * u) gives exactly the 8-bit image's result. 16-bit RGB(A) PNG and TIFF files
-    are already 8-bit RGB/RGBA once PIL (13) opens them: its decoder keeps the high byte of each sample
-    (floor(v / 256), within 1 of round(v / 257) and equal to it for v = 257 * u). Modes whose range cannot be
-    known, ``F`` (float) and ``I`` with negative values or values above 65535, are refused.
+    Departure from the reference, on purpose (see ``qwenvl_data._bit_depth``): PIL converts 16-bit samples to 8
+    bits by clipping at 255, so a 16-bit greyscale photo becomes nearly white (the reference does the same). Here
+    one 16-bit integer sample per pixel (modes ``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, and ``I`` when every
+    value is in 0..65535; 16-bit greyscale PNG and TIFF files open so) is first scaled to 8 bits as
+    round(v / 257), so an 8-bit image stored as 16 bits (v = 257 * u) gives exactly the 8-bit image's result.
+    (16-bit colour PNG and TIFF files are scaled the same way when ``load_image`` decodes them.) Modes whose range
+    cannot be known, ``F`` (float) and ``I`` with negative values or values above 65535, are refused.
 
     Args:
         image (PIL.Image.Image | torch.Tensor): a PIL image, or uint8 [C, H, W] with C = 1 (grey), 3 (RGB) or
@@ -118,8 +122,8 @@ def to_rgb(image: Image.Image | torch.Tensor) -> Image.Image:
     """
     if isinstance(image, torch.Tensor):
         return _tensor_to_rgb(image)
-    if image.mode in _UINT16_MODES or image.mode in ("I", "F"):
-        image = _sixteen_bit_to_8_bit(image)
+    if image.mode in UINT16_MODES or image.mode in ("I", "F"):
+        image = scale_16_bit_grey(image)
     if image.mode == "RGB":
         return image
     try:
@@ -129,28 +133,6 @@ def to_rgb(image: Image.Image | torch.Tensor) -> Image.Image:
         return image.convert("RGB")
     except ValueError as error:  # a mode PIL has no conversion for, e.g. premultiplied "La"
         raise ImageLoadError(f"image mode {image.mode} cannot be converted to RGB: {error}") from error
-
-
-def _sixteen_bit_to_8_bit(image: Image.Image) -> Image.Image:
-    """Mode "L" (or "LA" with a transparent value): each 16-bit sample v as round(v / 257), with no ties to break
-    since 257 is odd. Refuses ``F`` and wide ``I``."""
-    if image.mode == "F":
-        raise ImageLoadError(
-            "image mode F (32-bit float samples) has no known value range; scale it to 0..255 and convert it to "
-            "mode L or RGB (e.g. Image.fromarray(np.clip(a * 255, 0, 255).astype(np.uint8))) before passing it"
-        )
-    samples = np.asarray(image).astype(np.int64)
-    low, high = (int(samples.min()), int(samples.max())) if samples.size else (0, 0)
-    if image.mode == "I" and (low < 0 or high > 65535):
-        raise ImageLoadError(
-            f"image mode I holds values {low}..{high}, beyond 16 bits, so its range is unknown; scale it to "
-            f"0..255 (mode L) or 0..65535 (mode I;16) before passing it"
-        )
-    grey = Image.fromarray(((2 * samples + 257) // 514).astype(np.uint8), "L")
-    transparent = image.info.get("transparency")  # a 16-bit PNG's tRNS: one sample value that is see-through
-    if isinstance(transparent, int):
-        grey.putalpha(Image.fromarray(np.where(samples == transparent, 0, 255).astype(np.uint8), "L"))
-    return grey
 
 
 def _tensor_to_rgb(image: torch.Tensor) -> Image.Image:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from image_reference import frame_planes, reference_image
-from media import image_in_mode, photo, png_16_bit
+from media import image_in_mode, photo, png_16_bit, tiff_16_bit
 from PIL import Image
 
 from qwenvl_data.errors import ImageLoadError
@@ -64,14 +64,44 @@ def test_16_bit_greyscale_pil_image_of_an_8_bit_image_equals_the_reference_on_th
     assert_equals_reference_on(stored, grey)
 
 
-@pytest.mark.parametrize("channels,mode_8_bit", [(3, "RGB"), (4, "RGBA"), (2, "LA")])
-def test_16_bit_colour_png_of_an_8_bit_image_equals_the_reference_on_the_8_bit_image(tmp_path, channels, mode_8_bit):
+COLOUR_FILES = {  # 16-bit colour files PIL 13 opens as 8-bit RGB / RGBA (keeping each sample's high byte)
+    "png": lambda samples: png_16_bit(samples),
+    "tiff-little-endian": lambda samples: tiff_16_bit(samples, "<"),
+    "tiff-big-endian": lambda samples: tiff_16_bit(samples, ">"),
+    "tiff-deflate": lambda samples: tiff_16_bit(samples, "<", deflate=True),
+}
+COLOUR_CASES = [(name, mode) for name in COLOUR_FILES for mode in ("RGB", "RGBA")] + [("png", "LA")]
+
+
+@pytest.mark.parametrize("file_kind,mode_8_bit", COLOUR_CASES)
+def test_16_bit_colour_file_of_an_8_bit_image_equals_the_reference_on_the_8_bit_image(tmp_path, file_kind,
+                                                                                       mode_8_bit):
     image = image_in_mode(mode_8_bit, *SIZE, seed=3)
-    path = tmp_path / "colour16.png"
-    path.write_bytes(png_16_bit(as_16_bit(image)))
-    with Image.open(path) as opened:  # PIL 13 reads 16-bit colour PNGs as 8-bit RGB / RGBA (grey + alpha too)
+    path = tmp_path / f"colour16.{file_kind[:4]}"
+    path.write_bytes(COLOUR_FILES[file_kind](as_16_bit(image)))
+    with Image.open(path) as opened:  # grey + alpha opens as RGBA too
         assert opened.mode == {"LA": "RGBA"}.get(mode_8_bit, mode_8_bit)
     assert_equals_reference_on(str(path), image)
+
+
+@pytest.mark.parametrize("file_kind,mode_8_bit", COLOUR_CASES)
+def test_16_bit_colour_samples_are_scaled_by_257_not_truncated_to_their_high_byte(file_kind, mode_8_bit):
+    channels = {"RGB": 3, "RGBA": 4, "LA": 2}[mode_8_bit]
+    samples = np.random.default_rng(channels).integers(0, 65536, (37, 29, channels), dtype=np.uint16)
+    expected = np.floor(samples / 257 + 0.5).astype(np.uint8)
+    assert not np.array_equal(expected, samples >> 8)  # these samples tell the two rules apart
+    if mode_8_bit == "LA":  # read as RGBA: grey in R, G and B
+        expected = expected[..., [0, 0, 0, 1]]
+    loaded = load_image(COLOUR_FILES[file_kind](samples))
+    assert np.array_equal(np.asarray(loaded), expected)
+
+
+def test_16_bit_colour_png_is_turned_upright_by_its_exif_orientation():
+    samples = np.random.default_rng(5).integers(0, 65536, (30, 20, 3), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    loaded = load_image(png_16_bit(samples, exif=exif.tobytes()))
+    assert np.array_equal(np.asarray(loaded), np.rot90(np.floor(samples / 257 + 0.5).astype(np.uint8), -1))
 
 
 def test_16_bit_values_are_scaled_by_257_rounded_to_nearest():

@@ -148,8 +148,9 @@ def test_references_escaping_image_dir_are_refused_in_every_form(images, tmp_pat
 
 
 def test_a_file_uri_escaping_image_dir_is_a_counted_skip(images, tmp_path):
+    outside = (tmp_path / "secret.png").as_uri()
     records = [{"id": "ok", "image": "my cat.png", "conversations": llava_turns("<image>?", "x")},
-               {"id": "out", "image": (tmp_path / "secret.png").as_uri(), "conversations": llava_turns("<image>?", "x")}]
+               {"id": "out", "image": outside, "conversations": llava_turns("<image>?", "x")}]
     data = write_jsonl(tmp_path / "d.jsonl", records)
     dataset = multimodal_chat_dataset(lambda s: s, source="jsonl", data_files=str(data), image_dir=str(images),
                                       on_error="skip")
