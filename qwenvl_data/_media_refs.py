@@ -57,12 +57,13 @@ def resolve_media(value: Any, image_dir: str | os.PathLike | None = None, what: 
     Args:
         value: any reference listed in the module docstring.
         image_dir: the directory every path must resolve inside (datasets), or None for no confinement.
-        what: how error messages call the medium ("image", "video", "video frame").
+        what: how error messages call the medium ("image", "video").
 
     Returns:
         PIL.Image.Image | bytes | torch.Tensor as given (dicts and data URLs unwrapped to bytes), or a path:
         with ``image_dir`` the real absolute path inside it, without one the path as given. A path is not
-        checked here for being a regular file (see ``require_file``), so that frame directories can resolve too.
+        checked here for being a regular file: readers do that just before opening it (``open_regular_file``,
+        ``media_file``), so that a record's reference resolves without touching the file.
 
     Raises:
         ImageLoadError: a remote URL, a malformed data URL or ``file://`` URI, a dict without a payload, or a
@@ -152,16 +153,38 @@ def _confine(path: str, image_dir: str | os.PathLike | None) -> str:
     return resolved
 
 
-def require_file(path: str, what: str = "image", allow_directory: bool = False) -> os.stat_result:
+def media_file(
+    value: Any, image_dir: str | os.PathLike | None = None, what: str = "video", allow_directory: bool = False
+) -> str:
+    """The path of a reference that must name a local file (a video file, a folder of frames), checked.
+
+    Args:
+        value: a path, ``file://`` URI or ``{"path"}`` dict (see ``resolve_media``).
+        image_dir: as in ``resolve_media``.
+        what: how error messages call the medium.
+        allow_directory: accept a directory too.
+
+    Returns:
+        str: the path, a regular file (or directory) that exists.
+
+    Raises:
+        ImageLoadError: the reference is not a path (bytes, a PIL image...), or ``require_file`` refuses it.
+        UnsafePathError: the path escapes ``image_dir``.
+    """
+    path = resolve_media(value, image_dir, what)
+    if not isinstance(path, str):
+        raise ImageLoadError(f"a {what} file must be given by its path or file:// URI, got {type(value).__name__}")
+    require_file(path, what, allow_directory)
+    return path
+
+
+def require_file(path: str, what: str = "image", allow_directory: bool = False) -> None:
     """Check that ``path`` is a regular file (or, with ``allow_directory``, a directory) without opening it.
 
     Args:
         path: the file's path.
         what: how the error message calls the medium.
         allow_directory: accept a directory too (a video given as a folder of frames).
-
-    Returns:
-        os.stat_result: the file's status (``stat.S_ISDIR(result.st_mode)`` tells a directory).
 
     Raises:
         ImageLoadError: the path does not exist, cannot be examined, or is a FIFO, socket, device or (unless
@@ -174,7 +197,7 @@ def require_file(path: str, what: str = "image", allow_directory: bool = False) 
     except OSError as error:
         raise ImageLoadError(f"{what} file {path} cannot be examined: {error.strerror or error}") from error
     if stat.S_ISREG(status.st_mode) or (allow_directory and stat.S_ISDIR(status.st_mode)):
-        return status
+        return
     kind = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "not a regular file")
     raise ImageLoadError(f"{what} file {path} is {kind}, not a regular file; it is not opened")
 

@@ -9,13 +9,12 @@ Decoding stays in the model transform (lazily, per sample); here we only resolve
 
 import os
 import re
-import stat
 from typing import Any
 
 import torch
 
 from qwenvl_data._constants import VIDEO_FPS
-from qwenvl_data._media_refs import ResolvedMedia, require_file, resolve_media
+from qwenvl_data._media_refs import ResolvedMedia, media_file, resolve_media
 from qwenvl_data.errors import ImageLoadError
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -72,12 +71,8 @@ def resolve_video(value: Any, image_dir: str, fps: float | None = None) -> tuple
         if not value:
             raise ImageLoadError("video with no frames")
         return [resolve_image(frame, image_dir) for frame in value], fps
-    path = resolve_media(value, image_dir, "video")
-    if not isinstance(path, str):
-        raise ImageLoadError(
-            f"a video must be a path, a frame list or a uint8 tensor, got {type(value).__name__} content"
-        )
-    if stat.S_ISDIR(require_file(path, "video", allow_directory=True).st_mode):
+    path = media_file(value, image_dir, "video", allow_directory=True)
+    if os.path.isdir(path):
         names = sorted((n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
         if not names:
             raise ImageLoadError(f"video frame directory {path!r} holds no frame files {FRAME_EXTENSIONS}")
