@@ -3,8 +3,9 @@
 References (paths, ``file://`` URIs, data URLs, bytes, HF image dicts) are resolved by ``resolve_media``, the one
 resolver every reader shares. Files are decoded fully here, so a truncated or corrupt file fails at load time with
 the file's name rather than later inside the resize. Colour conversion follows the released checkpoints' processor
-(transparency composited onto white, every other mode through PIL's own conversion to RGB) with one documented
-departure: 16-bit samples are scaled to 8 bits instead of clipped (see ``to_rgb``).
+(transparency composited onto white, every other mode through PIL's own conversion to RGB) with two documented
+departures: files are turned upright by their EXIF orientation (``load_image``), and 16-bit samples are scaled to
+8 bits instead of clipped or truncated (``load_image``, ``to_rgb``).
 """
 
 import io
