@@ -223,3 +223,14 @@ def test_a_long_data_url_is_shortened_in_the_error(images):
     with pytest.raises(ImageLoadError) as raised:
         load_image(url)
     assert len(str(raised.value)) < 300
+
+
+def test_in_memory_images_and_tensors_pass_through_unchanged(transform, images):
+    image = photo(28, 28, seed=4)
+    tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    assert resolve_image(image, str(images)) is image and resolve_image(tensor, str(images)) is tensor
+    from_tensor = transform({"messages": user_turn({"type": "image", "image": tensor})})
+    from_image = transform({"messages": user_turn({"type": "image", "image": image})})
+    assert torch.equal(from_tensor["pixel_values"], from_image["pixel_values"])
+    with pytest.raises(ImageLoadError, match="tensor is not a file"):
+        load_image(tensor)
