@@ -5,14 +5,13 @@ into ``Message`` with ``{"type": "text"|"image"|"video", "content": ...}`` parts
 and torchtune's ``PromptTemplate`` work on a single shape.
 """
 
-import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torchtune.data import Message
 
 from qwenvl_data._constants import VIDEO_FPS
-from qwenvl_data.errors import ImageLoadError, InvalidConversationError, PlaceholderMismatchError
+from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
 
 ROLES = ("system", "user", "assistant")
 MEDIA_TYPES = ("image", "video")
@@ -21,23 +20,6 @@ MEDIA_TYPES = ("image", "video")
 def sample_name(sample: Mapping[str, Any]) -> str:
     """How errors name a sample: by its ``id`` when the dataset gave it one."""
     return f"sample {sample['id']}" if "id" in sample else "sample (no id)"
-
-
-def _image_url_source(url: Any, name: str) -> Any:
-    """An OpenAI ``image_url`` as something the image loader opens: data URIs become bytes."""
-    if isinstance(url, Mapping):
-        url = url.get("url")
-    if not isinstance(url, str):
-        raise InvalidConversationError(f"{name}: image_url must be a string or {{'url': str}}, got {url!r}")
-    if url.startswith("data:"):
-        _, _, payload = url.partition(",")
-        try:
-            return base64.b64decode(payload, validate=True)
-        except ValueError as err:
-            raise ImageLoadError(f"{name}: image_url data URI is not valid base64: {err}") from err
-    if url.startswith(("http://", "https://")):
-        raise ImageLoadError(f"{name}: remote image_url {url!r} is not fetched; download it and pass a local path")
-    return url.removeprefix("file://")
 
 
 def _part_kind(part: Mapping[str, Any]) -> str:
@@ -63,9 +45,10 @@ def _normalise_part(part: Any, name: str) -> dict[str, Any]:
             raise InvalidConversationError(f"{name}: text part without a string: {part!r}")
         return {"type": "text", "content": text}
     if kind == "image":
-        if "image_url" in part:
-            return {"type": "image", "content": _image_url_source(part["image_url"], name)}
-        return {"type": "image", "content": part.get("image", part.get("content"))}
+        # Any reference (an image_url's "url" dict included) is resolved when the image is loaded, by the
+        # same resolver as everywhere else (qwenvl_data._media_refs).
+        source = part["image_url"] if "image_url" in part else part.get("image", part.get("content"))
+        return {"type": "image", "content": source}
     if kind == "video":
         fps = part.get("fps", VIDEO_FPS)
         return {"type": "video", "content": part.get("video", part.get("content")), "fps": float(fps)}

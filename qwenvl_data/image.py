@@ -4,6 +4,8 @@ Matches the released checkpoints' preprocessing (transformers' ``Qwen2VLImagePro
 convert to RGB (transparency onto white), resize with PIL bicubic to ``smart_resize``'s size, rescale to [0, 1],
 normalize with the CLIP mean/std, cut into 14x14 patches ordered by 2x2 merge blocks, and repeat an image over
 the two temporal slots of a patch. Video frames go through the same steps with the video pixel budget.
+Departures, documented where they happen: files are turned upright by their EXIF orientation (``load_image``),
+and 16-bit images are scaled to 8 bits where PIL and the reference clip them (``to_rgb``).
 """
 
 import os
@@ -24,7 +26,8 @@ from qwenvl_data._constants import (
     VIDEO_MAX_PIXELS,
     VIDEO_MIN_PIXELS,
 )
-from qwenvl_data._image_io import load_image, to_rgb
+from qwenvl_data._image_io import ImageSource, load_image, to_rgb
+from qwenvl_data._media_refs import shown
 from qwenvl_data._patchify import OUTPUT_DTYPES, patchify
 from qwenvl_data._resize import resize_rgb, smart_resize
 from qwenvl_data.errors import ImageLoadError
@@ -37,7 +40,8 @@ class Qwen2_5_VLImageTransform:
     """Adds the vision encoder's inputs for ``sample["image"]`` and/or ``sample["video"]`` to a sample.
 
     Images from files are turned upright by their EXIF orientation (see ``load_image``); PIL images and
-    tensors are used as given.
+    tensors are used as given. Two departures from the reference, both on purpose: that EXIF orientation, and
+    16-bit images scaled to 8 bits instead of clipped to near-white (see ``to_rgb``).
 
     Args:
         patch_size (int): side of a patch in pixels.
@@ -96,23 +100,27 @@ class Qwen2_5_VLImageTransform:
             sample["pixel_values_videos"], sample["video_grid_thw"], sample["second_per_grid_ts"] = encoded
         return sample
 
-    def encode_image(
-        self, image: Image.Image | str | os.PathLike | bytes | torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_image(self, image: ImageSource | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches of one image.
 
         Args:
-            image (PIL.Image.Image | str | os.PathLike | bytes | torch.Tensor): a PIL image in any mode, a file
-                or its bytes, or uint8 [C, H, W] with C in (1, 3, 4).
+            image (PIL.Image.Image | str | os.PathLike | bytes | dict | torch.Tensor): a PIL image, any media
+                reference ``load_image`` takes (path, ``file://`` URI, data URL, bytes, HF image dict), or uint8
+                [C, H, W] with C in (1, 3, 4). 16-bit images are scaled to 8 bits first (see ``to_rgb``).
 
         Returns:
             tuple[torch.Tensor, torch.Tensor]: ``pixel_values`` dtype [N, 1176] and ``image_grid_thw`` int64
             [1, 3] = [[1, H, W]] with N = H * W.
 
         Raises:
-            ImageLoadError: the file cannot be loaded, or the image is too elongated (over 200:1) or empty.
+            ImageLoadError: the reference cannot be loaded, the image's mode has no known range (``F``, wide
+                ``I``), or the image is too elongated (over 200:1) or empty.
         """
-        rgb = to_rgb(image if isinstance(image, torch.Tensor) else load_image(image))
+        loaded = image if isinstance(image, torch.Tensor) else load_image(image)
+        try:
+            rgb = to_rgb(loaded)
+        except ImageLoadError as error:  # a refused mode: say which image has it
+            raise ImageLoadError(f"{_describe(image)}: {error}") from error
         return self._encode([rgb] * self.temporal_patch_size, self.min_pixels, self.max_pixels, _describe(image))
 
     def encode_video(
@@ -169,5 +177,5 @@ class Qwen2_5_VLImageTransform:
 def _describe(image: object) -> str:
     """How an error message names an image: its path, or its kind when it has none."""
     if isinstance(image, (str, os.PathLike)):
-        return f"image {os.fspath(image)}"
+        return f"image {shown(os.fspath(image))}"
     return f"image ({type(image).__name__})"

@@ -4,10 +4,15 @@ Real pixels (gradients, shapes, noise, text) so that resize and normalisation ar
 photo exercises them; deterministic by seed.
 """
 
+import struct
+import zlib
+
 import numpy as np
 from PIL import Image, ImageDraw
 
-ALL_MODES = ("RGB", "RGBA", "LA", "L", "P", "PA", "CMYK", "I;16", "I", "F", "1")
+# Modes the image transform takes exactly as the reference does (8 bits per sample); the 16-bit modes are scaled
+# instead of clipped and F / wide I refused (see qwenvl_data._image_io.to_rgb), so they are tested on their own.
+EIGHT_BIT_MODES = ("RGB", "RGBA", "LA", "L", "P", "PA", "CMYK", "YCbCr", "1")
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -79,3 +84,56 @@ def palette_with_transparency(width: int, height: int, seed: int = 0) -> Image.I
 def video_frames(num_frames: int, width: int, height: int, seed: int = 0) -> list[Image.Image]:
     """RGB frames of a moving scene: each frame is a different photo-like image."""
     return [photo(width, height, seed + t) for t in range(num_frames)]
+
+
+def png_16_bit(samples: np.ndarray, exif: bytes | None = None) -> bytes:
+    """A 16-bit PNG (bit depth 16) of ``samples``: uint16 [H, W] (grey), [H, W, 2] (grey + alpha), [H, W, 3]
+    (RGB) or [H, W, 4] (RGBA), rows filtered in turn with None, Sub and Up so that decoding must undo the
+    filters; ``exif`` is an optional eXIf chunk. Written by hand because PIL cannot write 16-bit colour PNGs."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = samples.shape[:2]
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = np.frombuffer(samples.astype(">u2").tobytes(), np.uint8).reshape(height, -1).astype(np.int32)
+    step = 2 * channels  # bytes per pixel
+    raw = b""
+    for y, row in enumerate(rows):
+        kind = y % 3
+        if kind == 1:  # Sub: minus the byte one pixel to the left
+            row = row - np.concatenate([np.zeros(step, np.int32), row[:-step]])
+        elif kind == 2:  # Up: minus the byte above
+            row = row - rows[y - 1]
+        raw += bytes([kind]) + (row % 256).astype(np.uint8).tobytes()
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    extra = chunk(b"eXIf", exif) if exif is not None else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + extra + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def tiff_16_bit(samples: np.ndarray, byte_order: str = "<", deflate: bool = False) -> bytes:
+    """An uncompressed (or deflate-compressed) 16-bit RGB / RGBA TIFF of uint16 [H, W, 3 | 4] ``samples`` in
+    ``byte_order`` ("<" little, ">" big endian), one strip. Written by hand: PIL cannot write 16-bit colour."""
+    height, width, channels = samples.shape
+    data = samples.astype(f"{byte_order}u2").tobytes()
+    data = zlib.compress(data) if deflate else data
+    short, long = 3, 4
+    entries = [(256, long, 1, width), (257, long, 1, height), (258, short, channels, None),
+               (259, short, 1, 8 if deflate else 1), (262, short, 1, 2), (273, long, 1, None),
+               (277, short, 1, channels), (278, long, 1, height), (279, long, 1, len(data)), (284, short, 1, 1)]
+    if channels == 4:
+        entries.append((338, short, 1, 2))  # the fourth sample is unassociated alpha
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_offset = 8 + ifd_size
+    data_offset = bits_offset + 2 * channels
+    ifd = struct.pack(f"{byte_order}H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {258: bits_offset, 273: data_offset}.get(tag, value)
+        packed = struct.pack(f"{byte_order}H", value) + b"\0\0" if kind == short and tag != 258 else struct.pack(
+            f"{byte_order}I", value)
+        ifd += struct.pack(f"{byte_order}HHI", tag, kind, count) + packed
+    ifd += struct.pack(f"{byte_order}I", 0)
+    header = (b"II" if byte_order == "<" else b"MM") + struct.pack(f"{byte_order}HI", 42, 8)
+    return header + ifd + struct.pack(f"{byte_order}{channels}H", *[16] * channels) + data

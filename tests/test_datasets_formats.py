@@ -9,7 +9,7 @@ from datasets_records import llava_turns, write_photos
 from PIL import Image
 
 from qwenvl_data.datasets._formats import detect_format, to_conversation
-from qwenvl_data.datasets._paths import resolve_media_path
+from qwenvl_data._media_refs import resolve_media
 from qwenvl_data.errors import (
     ImageLoadError,
     InvalidConversationError,
@@ -157,9 +157,9 @@ def test_remote_urls_and_bad_data_urls_are_image_errors(image_dir):
 
 def test_paths_inside_image_dir_resolve(image_dir):
     inside = os.path.join(os.path.realpath(image_dir), "sub", "c.png")
-    assert resolve_media_path("sub/c.png", image_dir) == inside
-    assert resolve_media_path("sub/../sub/c.png", image_dir) == inside
-    assert resolve_media_path(inside, image_dir) == inside
+    assert resolve_media("sub/c.png", image_dir) == inside
+    assert resolve_media("sub/../sub/c.png", image_dir) == inside
+    assert resolve_media(inside, image_dir) == inside
 
 
 def test_paths_escaping_image_dir_are_refused(tmp_path, image_dir):
@@ -170,7 +170,7 @@ def test_paths_escaping_image_dir_are_refused(tmp_path, image_dir):
     sibling.mkdir()
     for path in ("../secret.png", str(secret), "link.png", "/etc/passwd", "../images_other/x.png", "a\x00.png"):
         with pytest.raises(UnsafePathError):
-            resolve_media_path(path, image_dir)
+            resolve_media(path, image_dir)
 
 
 def test_unsafe_path_in_a_record_is_refused_before_any_read(image_dir):
