@@ -79,7 +79,19 @@ def read_video_file(path: str | os.PathLike, options: VideoOptions) -> tuple[lis
                 raise ImageLoadError(f"video file {name} has no video frames{detail}")
             if index.damage and not options.allow_truncated:
                 raise ImageLoadError(f"video file {name} is damaged after frame {len(index.pts)}: {index.damage}")
-            return _read_kept(container, stream, index, len(index.pts), options, name)
+            try:
+                return _read_kept(container, stream, index, len(index.pts), options, name)
+            except _Damaged as damage:
+                if not options.allow_truncated or damage.index == 0:
+                    seconds = float((index.pts[damage.index] - index.pts[0]) * index.time_base)
+                    raise ImageLoadError(
+                        f"video file {name} is damaged at frame {damage.index} of {len(index.pts)} "
+                        f"({seconds:.3f} s): {damage.cause}"
+                    ) from None
+                usable = damage.index
+        # Frames before the damage only, from a fresh decoder (one that met the damage keeps some of it).
+        with av.open(name) as container:
+            return _read_kept(container, container.streams.video[0], index, usable, options, name)
     except av.error.FileNotFoundError as error:
         raise ImageLoadError(f"video file {name} does not exist") from error
     except av.error.EOFError as error:
@@ -96,7 +108,7 @@ def _read_kept(
     options: VideoOptions,
     name: str,
 ) -> tuple[list[Image.Image], float]:
-    """Select among the first ``usable`` frames, decode the kept ones; on damage retry before it if allowed."""
+    """Select among the first ``usable`` frames and decode the kept ones (``_Damaged`` on damage)."""
     times = [(pts - index.pts[0]) * index.time_base for pts in index.pts[:usable]]
     duration = Fraction(usable) / index.average_rate
     try:
@@ -113,17 +125,8 @@ def _read_kept(
     except ValueError as error:
         raise ImageLoadError(f"video file {name}: {error}") from error
     picks = pick_frames(times, first, last, count)
-    try:
-        decoded = _decode(container, stream, index, sorted(set(picks)))
-    except _Damaged as damage:
-        if not options.allow_truncated or damage.index == 0:
-            raise ImageLoadError(
-                f"video file {name} is damaged at frame {damage.index} of {len(index.pts)} "
-                f"({float(times[min(damage.index, usable - 1)]):.3f} s): {damage.cause}"
-            ) from None
-        return _read_kept(container, stream, index, damage.index, options, name)
-    frames = [decoded[i] for i in picks]
-    return frames, count / window_frames * float(index.average_rate)
+    decoded = _decode(container, stream, index, sorted(set(picks)))
+    return [decoded[i] for i in picks], count / window_frames * float(index.average_rate)
 
 
 def _demux(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _Index:
