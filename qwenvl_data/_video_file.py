@@ -9,12 +9,14 @@ the kept frames plus one decoder's state, whatever the clip's length.
 
 import os
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 from PIL import Image
 
+from qwenvl_data._resize import resize_rgb
 from qwenvl_data._video_sampling import frame_count, frame_window, pick_frames
 from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.video import VideoOptions
@@ -42,7 +44,12 @@ class _Damaged(Exception):
         self.index, self.cause = index, cause
 
 
-def read_video_file(path: str | os.PathLike, options: VideoOptions) -> tuple[list[Image.Image], float]:
+FrameSize = Callable[[int, int, int], tuple[int, int]]
+
+
+def read_video_file(
+    path: str | os.PathLike, options: VideoOptions, frame_size: FrameSize | None = None
+) -> tuple[list[Image.Image], float]:
     """The frames of a video file that ``options`` keep, upright, and the rate they were sampled at.
 
     Frame selection (see ``qwenvl_data._video_sampling``, after qwen-vl-utils): the window
@@ -53,6 +60,8 @@ def read_video_file(path: str | os.PathLike, options: VideoOptions) -> tuple[lis
     Args:
         path: a video file FFmpeg can read (mp4, mkv, webm, mov, avi, ...).
         options: the selection options; the pixel options are applied later, by the image transform.
+        frame_size: ``(kept count, height, width) -> (height, width)``: each kept frame is resized to it
+            (PIL bicubic) as soon as it is decoded, so only output-sized frames are held. None: full size.
 
     Returns:
         (frames, sample_fps): RGB PIL images in time order, and ``len(frames) / window_frames *
@@ -80,7 +89,7 @@ def read_video_file(path: str | os.PathLike, options: VideoOptions) -> tuple[lis
             if index.damage and not options.allow_truncated:
                 raise ImageLoadError(f"video file {name} is damaged after frame {len(index.pts)}: {index.damage}")
             try:
-                return _read_kept(container, stream, index, len(index.pts), options, name)
+                return _read_kept(container, stream, index, len(index.pts), options, frame_size, name)
             except _Damaged as damage:
                 if not options.allow_truncated or damage.index == 0:
                     seconds = float((index.pts[damage.index] - index.pts[0]) * index.time_base)
@@ -91,7 +100,7 @@ def read_video_file(path: str | os.PathLike, options: VideoOptions) -> tuple[lis
                 usable = damage.index
         # Frames before the damage only, from a fresh decoder (one that met the damage keeps some of it).
         with av.open(name) as container:
-            return _read_kept(container, container.streams.video[0], index, usable, options, name)
+            return _read_kept(container, container.streams.video[0], index, usable, options, frame_size, name)
     except av.error.FileNotFoundError as error:
         raise ImageLoadError(f"video file {name} does not exist") from error
     except av.error.EOFError as error:
@@ -106,6 +115,7 @@ def _read_kept(
     index: _Index,
     usable: int,
     options: VideoOptions,
+    frame_size: FrameSize | None,
     name: str,
 ) -> tuple[list[Image.Image], float]:
     """Select among the first ``usable`` frames and decode the kept ones (``_Damaged`` on damage)."""
@@ -125,7 +135,11 @@ def _read_kept(
     except ValueError as error:
         raise ImageLoadError(f"video file {name}: {error}") from error
     picks = pick_frames(times, first, last, count)
-    decoded = _decode(container, stream, index, sorted(set(picks)))
+
+    def fit(image: Image.Image) -> Image.Image:
+        return image if frame_size is None else resize_rgb(image, *frame_size(count, image.height, image.width))
+
+    decoded = _decode(container, stream, index, sorted(set(picks)), fit)
     return [decoded[i] for i in picks], count / window_frames * float(index.average_rate)
 
 
@@ -157,10 +171,14 @@ def _demux(container: av.container.InputContainer, stream: av.video.stream.Video
 
 
 def _decode(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, index: _Index, wanted: list[int]
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    index: _Index,
+    wanted: list[int],
+    fit: Callable[[Image.Image], Image.Image],
 ) -> dict[int, Image.Image]:
     """Decode the frames at positions ``wanted`` (ascending): seek to a frame's keyframe when the decoder is
-    not already past it, decode forward to the frame, convert it alone to RGB."""
+    not already past it, decode forward to the frame, convert it alone to RGB and ``fit`` it."""
     position = {pts: i for i, pts in enumerate(index.pts)}
     out: dict[int, Image.Image] = {}
     frames = None
@@ -182,7 +200,7 @@ def _decode(
             if frame.is_corrupt:
                 raise _Damaged(current, "the decoder reports a corrupt frame")
             if current == target:
-                out[target] = _upright(frame)
+                out[target] = fit(_upright(frame))
         if target not in out:
             raise _Damaged(target, "the decoder did not produce this frame")
     return out

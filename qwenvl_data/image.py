@@ -145,7 +145,8 @@ class Qwen2_5_VLImageTransform:
             ImageLoadError: the file cannot be loaded, or the image is too elongated (over 200:1) or empty.
         """
         rgb = to_rgb(image if isinstance(image, torch.Tensor) else load_image(image))
-        return self._encode([rgb] * self.temporal_patch_size, self.min_pixels, self.max_pixels, _describe(image))
+        size = self._frame_size(rgb.height, rgb.width, self.min_pixels, self.max_pixels, _describe(image))
+        return self._encode([rgb] * self.temporal_patch_size, size)
 
     def encode_video(
         self, video: VideoSource, fps: float | None = None, **options: Any
@@ -178,29 +179,42 @@ class Qwen2_5_VLImageTransform:
         except ValueError as error:
             raise SampleError(str(error)) from error
         if is_video_file(video):
-            frames, fps = read_video_file(video, chosen)
             name = f"video {os.fspath(video)}"
+
+            def frame_size(count: int, height: int, width: int) -> tuple[int, int]:
+                # Known before decoding, so each kept frame is shrunk as it is decoded: memory holds the
+                # output's pixels, not the file's.
+                return self._video_frame_size(count, height, width, chosen, name)
+
+            frames, fps = read_video_file(video, chosen, frame_size)
+            size = frames[0].height, frames[0].width  # resized already (smart_resize is not idempotent)
         else:
             misplaced = [key for key in FILE_ONLY_OPTIONS if getattr(chosen, key) is not None]
             if misplaced:
                 raise SampleError(f"video options {misplaced} choose frames of a video file; this video is given as frames")
-            frames, fps, name = video_frames(video), chosen.fps, "video"
-        frames = pad_to_temporal_patches(frames, self.temporal_patch_size)
-        max_pixels = frame_max_pixels(len(frames), chosen.min_pixels, chosen.max_pixels, chosen.total_pixels)
-        pixel_values, grid_thw = self._encode(frames, chosen.min_pixels, max_pixels, name)
+            frames, fps = video_frames(video), chosen.fps
+            size = self._video_frame_size(len(frames), frames[0].height, frames[0].width, chosen, "video")
+        pixel_values, grid_thw = self._encode(pad_to_temporal_patches(frames, self.temporal_patch_size), size)
         second_per_grid_ts = torch.tensor([self.temporal_patch_size / fps], dtype=torch.float32)
         return pixel_values, grid_thw, second_per_grid_ts
 
-    def _encode(
-        self, frames: list[Image.Image], min_pixels: int, max_pixels: float, name: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        width, height = frames[0].size
+    def _video_frame_size(
+        self, count: int, height: int, width: int, options: VideoOptions, name: str
+    ) -> tuple[int, int]:
+        """Size of every frame of a clip of ``count`` frames (padded to whole temporal patches)."""
+        padded = count + -count % self.temporal_patch_size
+        max_pixels = frame_max_pixels(padded, options.min_pixels, options.max_pixels, options.total_pixels)
+        return self._frame_size(height, width, options.min_pixels, max_pixels, name)
+
+    def _frame_size(self, height: int, width: int, min_pixels: int, max_pixels: float, name: str) -> tuple[int, int]:
+        """``smart_resize`` with its error naming the image or video."""
         try:
-            resized_height, resized_width = smart_resize(
-                height, width, self.patch_size * self.merge_size, min_pixels, max_pixels
-            )
+            return smart_resize(height, width, self.patch_size * self.merge_size, min_pixels, max_pixels)
         except ValueError as error:
             raise ImageLoadError(f"{name}: {error}") from error
+
+    def _encode(self, frames: list[Image.Image], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        resized_height, resized_width = size
         # A frame that fills several slots (an image, a padded last frame) is one object: resize it once.
         resized = {}
         for frame in frames:
