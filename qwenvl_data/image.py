@@ -23,12 +23,6 @@ from qwenvl_data._constants import (
     OPENAI_CLIP_STD,
     PATCH_SIZE,
     TEMPORAL_PATCH_SIZE,
-    VIDEO_FPS,
-    VIDEO_MAX_FRAMES,
-    VIDEO_MAX_PIXELS,
-    VIDEO_MIN_FRAMES,
-    VIDEO_MIN_PIXELS,
-    VIDEO_TOTAL_PIXELS,
 )
 from qwenvl_data._image_io import load_image, to_rgb
 from qwenvl_data._patchify import OUTPUT_DTYPES, patchify
@@ -47,6 +41,8 @@ from qwenvl_data.video import (
 )
 
 __all__ = ["Qwen2_5_VLImageTransform", "load_image", "smart_resize"]
+
+_VIDEO = VideoOptions()  # qwen-vl-utils' video defaults, the transform's unless overridden
 
 
 class Qwen2_5_VLImageTransform:
@@ -86,12 +82,12 @@ class Qwen2_5_VLImageTransform:
         temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
         min_pixels: int = IMAGE_MIN_PIXELS,
         max_pixels: int = IMAGE_MAX_PIXELS,
-        video_min_pixels: int = VIDEO_MIN_PIXELS,
-        video_max_pixels: int = VIDEO_MAX_PIXELS,
-        video_total_pixels: int | None = VIDEO_TOTAL_PIXELS,
-        video_fps: float = VIDEO_FPS,
-        video_min_frames: int = VIDEO_MIN_FRAMES,
-        video_max_frames: int = VIDEO_MAX_FRAMES,
+        video_min_pixels: int = _VIDEO.min_pixels,
+        video_max_pixels: int = _VIDEO.max_pixels,
+        video_total_pixels: int | None = _VIDEO.total_pixels,
+        video_fps: float = _VIDEO.fps,
+        video_min_frames: int = _VIDEO.min_frames,
+        video_max_frames: int = _VIDEO.max_frames,
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
         dtype: torch.dtype = torch.float32,

@@ -220,6 +220,10 @@ def test_dataset_options_and_part_options_reach_the_loader(tmp_path, vocab_files
     # the part's own keys: frames 105..270 (166 = 5.53 s) at 1 fps -> 5.53 -> min_frames 4 -> 4
     assert dataset[1]["video_grid_thw"].tolist() == [[2, 4, 4]]
     assert dataset[1]["second_per_grid_ts"].item() == pytest.approx(2 / (4 / 166 * 30))
+    older_spelling = multimodal_chat_dataset(
+        transform, source="jsonl", data_files=str(tmp_path / "data.jsonl"), video_fps=0.5
+    )
+    assert older_spelling[0]["video_grid_thw"].tolist() == [[2, 4, 4]]
     with pytest.raises(ValueError, match="max_frame"):
         multimodal_chat_dataset(transform, source="jsonl", data_files=str(tmp_path / "data.jsonl"),
                                 video_options={"max_frame": 8})
