@@ -77,7 +77,7 @@ def read_video_file(
         reason = "does not exist" if not os.path.exists(name) else "is not a regular file"
         raise ImageLoadError(f"video file {name} {reason}")
     try:
-        with av.open(name) as container:
+        with _open(name) as container:
             if not container.streams.video:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
                 raise ImageLoadError(f"video file {name} has no video stream (streams: {', '.join(kinds)})")
@@ -99,10 +99,16 @@ def read_video_file(
                     ) from None
                 usable = damage.index
         # Frames before the damage only, from a fresh decoder (one that met the damage keeps some of it).
-        with av.open(name) as container:
+        with _open(name) as container:
             return _read_kept(container, container.streams.video[0], index, usable, options, frame_size, name)
-    except av.error.FileNotFoundError as error:
-        raise ImageLoadError(f"video file {name} does not exist") from error
+    except av.error.FFmpegError as error:
+        raise ImageLoadError(f"video file {name} cannot be decoded: {error}") from error
+
+
+def _open(name: str) -> av.container.InputContainer:
+    """The opened file, or an ImageLoadError saying why FFmpeg cannot open it."""
+    try:
+        return av.open(name)
     except av.error.EOFError as error:
         raise ImageLoadError(f"video file {name} has no video frames (it ends before the first one)") from error
     except av.error.FFmpegError as error:
