@@ -12,6 +12,11 @@ IMAGE_MAX_PIXELS: Final = 28 * 28 * 1280  # 1003520
 VIDEO_MIN_PIXELS: Final = 128 * 28 * 28  # 100352
 VIDEO_MAX_PIXELS: Final = 768 * 28 * 28  # 602112
 VIDEO_FPS: Final = 2.0
+# Frame and pixel budgets of a clip read from a video file (qwen-vl-utils' FPS_MIN_FRAMES, FPS_MAX_FRAMES,
+# VIDEO_TOTAL_PIXELS = 128000 * 28 * 28 * 0.9: a clip of at most 115,200 vision tokens).
+VIDEO_MIN_FRAMES: Final = 4
+VIDEO_MAX_FRAMES: Final = 768
+VIDEO_TOTAL_PIXELS: Final = 128000 * 28 * 28 * 9 // 10  # 90316800
 MAX_ASPECT_RATIO: Final = 200  # smart_resize refuses anything more extreme, as the reference does
 OPENAI_CLIP_MEAN: Final = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: Final = (0.26862954, 0.26130258, 0.27577711)

@@ -10,11 +10,13 @@ from typing import Any
 
 from torchtune.data import Message
 
-from qwenvl_data._constants import VIDEO_FPS
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
+from qwenvl_data.video import VIDEO_OPTION_KEYS
 
 ROLES = ("system", "user", "assistant")
 MEDIA_TYPES = ("image", "video")
+# Keys a video part may hold besides its options (others may be present as None: Arrow rows hold every key).
+_VIDEO_PART_KEYS = frozenset(("type", "video", "content", "text", "image", "image_url", *VIDEO_OPTION_KEYS))
 
 
 def sample_name(sample: Mapping[str, Any]) -> str:
@@ -35,7 +37,8 @@ def _part_kind(part: Mapping[str, Any]) -> str:
 
 
 def _normalise_part(part: Any, name: str) -> dict[str, Any]:
-    """One content part as ``{"type", "content"[, "fps"]}``; media content is ``None`` when given separately."""
+    """One content part as ``{"type", "content"}`` (video parts also keep their ``VideoOptions`` keys); media
+    content is ``None`` when given separately."""
     if not isinstance(part, Mapping):
         raise InvalidConversationError(f"{name}: a content part must be a dict, got {type(part).__name__}")
     kind = _part_kind(part)
@@ -50,8 +53,13 @@ def _normalise_part(part: Any, name: str) -> dict[str, Any]:
         source = part["image_url"] if "image_url" in part else part.get("image", part.get("content"))
         return {"type": "image", "content": source}
     if kind == "video":
-        fps = part.get("fps", VIDEO_FPS)
-        return {"type": "video", "content": part.get("video", part.get("content")), "fps": float(fps)}
+        stray = sorted(k for k, v in part.items() if v is not None and k not in _VIDEO_PART_KEYS)
+        if stray:
+            raise InvalidConversationError(
+                f"{name}: video part has unknown key(s) {stray}; video options are {', '.join(VIDEO_OPTION_KEYS)}"
+            )
+        options = {key: part[key] for key in VIDEO_OPTION_KEYS if part.get(key) is not None}
+        return {"type": "video", "content": part.get("video", part.get("content")), **options}
     raise InvalidConversationError(f"{name}: unknown content part type {kind!r} (expected text, image or video)")
 
 
@@ -96,11 +104,12 @@ def normalise_conversation(sample: Mapping[str, Any]) -> list[Message]:
             the lists supply media for parts given as bare ``{"type": "image"}`` placeholders, in order.
             A dict message is ``{"role", "content": str | [parts], optional "masked": bool}``; a part is
             ``{"type": "text", "text"}``, ``{"type": "image", "image"}``, ``{"type": "image_url", "image_url"}``
-            or ``{"type": "video", "video", optional "fps"}`` (torchtune's ``"content"`` key works too).
+            or ``{"type": "video", "video", optional ``VideoOptions`` keys such as "fps", "max_frames"}``
+            (torchtune's ``"content"`` key works too).
 
     Returns:
         list[Message] whose content parts are ``{"type": "text"|"image"|"video", "content": ...}``
-        (video parts also carry ``"fps"``).
+        (video parts also carry the ``VideoOptions`` keys they were given).
 
     Raises:
         InvalidConversationError: no messages, an unknown role or a malformed message.

@@ -3,13 +3,15 @@
 Matches the released checkpoints' preprocessing (transformers' ``Qwen2VLImageProcessorPil``) bit for bit:
 convert to RGB (transparency onto white), resize with PIL bicubic to ``smart_resize``'s size, rescale to [0, 1],
 normalize with the CLIP mean/std, cut into 14x14 patches ordered by 2x2 merge blocks, and repeat an image over
-the two temporal slots of a patch. Video frames go through the same steps with the video pixel budget.
-Departures, documented where they happen: files are turned upright by their EXIF orientation (``load_image``),
-and 16-bit images are scaled to 8 bits where PIL and the reference clip them (``to_rgb``).
+the two temporal slots of a patch. Video frames go through the same steps with the video pixel budget;
+video files are sampled by qwen-vl-utils' rules (``qwenvl_data.video.VideoOptions``), decoding only the kept
+frames. Departures, documented where they happen: files are turned upright by their EXIF orientation
+(``load_image``), and 16-bit images are scaled to 8 bits where PIL and the reference clip them (``to_rgb``).
 """
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -22,18 +24,27 @@ from qwenvl_data._constants import (
     OPENAI_CLIP_STD,
     PATCH_SIZE,
     TEMPORAL_PATCH_SIZE,
-    VIDEO_FPS,
-    VIDEO_MAX_PIXELS,
-    VIDEO_MIN_PIXELS,
 )
 from qwenvl_data._image_io import ImageSource, load_image, to_rgb
-from qwenvl_data._media_refs import shown
+from qwenvl_data._media_refs import media_file, shown
 from qwenvl_data._patchify import OUTPUT_DTYPES, patchify
 from qwenvl_data._resize import resize_rgb, smart_resize
-from qwenvl_data.errors import ImageLoadError
-from qwenvl_data.video import pad_to_temporal_patches, video_frames
+from qwenvl_data._video_file import read_video_file
+from qwenvl_data._video_sampling import frame_max_pixels
+from qwenvl_data.errors import ImageLoadError, SampleError
+from qwenvl_data.video import (
+    FILE_ONLY_OPTIONS,
+    VIDEO_OPTION_KEYS,
+    VideoOptions,
+    VideoSource,
+    is_video_file,
+    pad_to_temporal_patches,
+    video_frames,
+)
 
 __all__ = ["Qwen2_5_VLImageTransform", "load_image", "smart_resize"]
+
+_VIDEO = VideoOptions()  # qwen-vl-utils' video defaults, the transform's unless overridden
 
 
 class Qwen2_5_VLImageTransform:
@@ -49,8 +60,12 @@ class Qwen2_5_VLImageTransform:
         temporal_patch_size (int): frames per temporal patch (an image fills all of them).
         min_pixels (int): image pixel budget, lower end (``smart_resize``).
         max_pixels (int): image pixel budget, upper end; the released checkpoints' config uses 12845056.
-        video_min_pixels (int): per-frame pixel budget of videos, lower end.
-        video_max_pixels (int): per-frame pixel budget of videos, upper end.
+        video_min_pixels (int): per-frame pixel budget of videos, lower end (a video part's ``min_pixels``).
+        video_max_pixels (int): per-frame pixel budget of videos, upper end (a video part's ``max_pixels``).
+        video_total_pixels (int | None): pixel budget of a whole clip (a part's ``total_pixels``), None for none.
+        video_fps (float): default sampling rate of video files, and rate of clips given as frames.
+        video_min_frames (int): fewest frames sampled from a video file by ``fps``.
+        video_max_frames (int): most frames sampled from a video file by ``fps``.
         image_mean (Sequence[float]): per-channel mean of the [0, 1] pixels.
         image_std (Sequence[float]): per-channel std.
         dtype (torch.dtype): dtype of ``pixel_values``/``pixel_values_videos``; bfloat16 equals the float32
@@ -70,33 +85,45 @@ class Qwen2_5_VLImageTransform:
         temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
         min_pixels: int = IMAGE_MIN_PIXELS,
         max_pixels: int = IMAGE_MAX_PIXELS,
-        video_min_pixels: int = VIDEO_MIN_PIXELS,
-        video_max_pixels: int = VIDEO_MAX_PIXELS,
+        video_min_pixels: int = _VIDEO.min_pixels,
+        video_max_pixels: int = _VIDEO.max_pixels,
+        video_total_pixels: int | None = _VIDEO.total_pixels,
+        video_fps: float = _VIDEO.fps,
+        video_min_frames: int = _VIDEO.min_frames,
+        video_max_frames: int = _VIDEO.max_frames,
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        for name, low, high in (("", min_pixels, max_pixels), ("video_", video_min_pixels, video_max_pixels)):
-            if not 0 < low <= high:
-                raise ValueError(f"need 0 < {name}min_pixels <= {name}max_pixels, got {low} and {high}")
+        if not 0 < min_pixels <= max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         if dtype not in OUTPUT_DTYPES:
             raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype}")
         self.patch_size = patch_size
         self.merge_size = merge_size
         self.temporal_patch_size = temporal_patch_size
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        self.video_min_pixels, self.video_max_pixels = video_min_pixels, video_max_pixels
+        self.video_options = VideoOptions(
+            fps=video_fps,
+            min_frames=video_min_frames,
+            max_frames=video_max_frames,
+            min_pixels=video_min_pixels,
+            max_pixels=video_max_pixels,
+            total_pixels=video_total_pixels,
+        )
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.dtype = dtype
 
     def __call__(self, sample: dict) -> dict:
         """Returns ``sample`` with, for an ``"image"``, ``pixel_values`` [N, 1176] and ``image_grid_thw``
-        int64 [1, 3]; for a ``"video"`` (with optional ``"fps"``, default 2.0), ``pixel_values_videos``
-        [N, 1176], ``video_grid_thw`` int64 [1, 3] and ``second_per_grid_ts`` float32 [1]."""
+        int64 [1, 3]; for a ``"video"`` (with optional ``VideoOptions`` keys beside it: ``"fps"``,
+        ``"max_frames"``, ...), ``pixel_values_videos`` [N, 1176], ``video_grid_thw`` int64 [1, 3] and
+        ``second_per_grid_ts`` float32 [1]."""
         if "image" in sample:
             sample["pixel_values"], sample["image_grid_thw"] = self.encode_image(sample["image"])
         if "video" in sample:
-            encoded = self.encode_video(sample["video"], sample.get("fps", VIDEO_FPS))
+            options = {key: sample[key] for key in VIDEO_OPTION_KEYS if key in sample}
+            encoded = self.encode_video(sample["video"], **options)
             sample["pixel_values_videos"], sample["video_grid_thw"], sample["second_per_grid_ts"] = encoded
         return sample
 
@@ -121,40 +148,77 @@ class Qwen2_5_VLImageTransform:
             rgb = to_rgb(loaded)
         except ImageLoadError as error:  # a refused mode: say which image has it
             raise ImageLoadError(f"{_describe(image)}: {error}") from error
-        return self._encode([rgb] * self.temporal_patch_size, self.min_pixels, self.max_pixels, _describe(image))
+        size = self._frame_size(rgb.height, rgb.width, self.min_pixels, self.max_pixels, _describe(image))
+        return self._encode([rgb] * self.temporal_patch_size, size)
 
     def encode_video(
-        self, video: Sequence[Image.Image | str | os.PathLike | bytes] | torch.Tensor, fps: float = VIDEO_FPS
+        self, video: VideoSource, fps: float | None = None, **options: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patches of one video clip.
 
         Args:
-            video (Sequence[PIL.Image.Image | str | os.PathLike | bytes] | torch.Tensor): frames or uint8
-                [T, C, H, W].
-            fps (float): frames per second of the given frames (after any sampling).
+            video (str | os.PathLike | Sequence[PIL.Image.Image | str | os.PathLike | bytes] | torch.Tensor): a
+                video file (only the frames kept are decoded, see ``VideoOptions``), or its frames (images or
+                image files) or uint8 [T, C, H, W], used as given.
+            fps (float | None): for a file, the sampling rate; for frames, the rate they were taken at
+                (after any sampling). Default: this transform's ``video_fps`` (2.0).
+            **options: other ``VideoOptions`` keys (``nframes``, ``min_frames``, ``max_frames``,
+                ``video_start``, ``video_end``, ``min_pixels``, ``max_pixels``, ``total_pixels``,
+                ``allow_truncated``) over this transform's defaults; the frame-choosing ones
+                (``nframes``, ``video_start``, ``video_end``) need a file.
 
         Returns:
             tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ``pixel_values_videos`` dtype [N, 1176],
             ``video_grid_thw`` int64 [1, 3] = [[T', H, W]] with T' = ceil(T / temporal_patch_size) and
-            N = T' * H * W, and ``second_per_grid_ts`` float32 [1] = temporal_patch_size / fps.
+            N = T' * H * W, and ``second_per_grid_ts`` float32 [1] = temporal_patch_size / fps, with the fps
+            actually sampled for a file.
+
+        Raises:
+            ImageLoadError: a file that cannot be read or whose window lies outside it, or bad frames.
+            SampleError: an unknown or out-of-range option, or a frame-choosing option on frames.
         """
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}")
-        frames = pad_to_temporal_patches(video_frames(video), self.temporal_patch_size)
-        pixel_values, grid_thw = self._encode(frames, self.video_min_pixels, self.video_max_pixels, "video")
+        try:
+            chosen = self.video_options.updated({"fps": fps, **options})
+        except ValueError as error:
+            raise SampleError(str(error)) from error
+        if is_video_file(video):
+            video = media_file(video, what="video")  # file:// URIs; FIFOs and folders refused before opening
+            name = f"video {shown(video)}"
+
+            def frame_size(count: int, height: int, width: int) -> tuple[int, int]:
+                # Known before decoding, so each kept frame is shrunk as it is decoded: memory holds the
+                # output's pixels, not the file's.
+                return self._video_frame_size(count, height, width, chosen, name)
+
+            frames, fps = read_video_file(video, chosen, frame_size)
+            size = frames[0].height, frames[0].width  # resized already (smart_resize is not idempotent)
+        else:
+            misplaced = [key for key in FILE_ONLY_OPTIONS if getattr(chosen, key) is not None]
+            if misplaced:
+                raise SampleError(f"video options {misplaced} choose frames of a video file; this video is given as frames")
+            frames, fps = video_frames(video), chosen.fps
+            size = self._video_frame_size(len(frames), frames[0].height, frames[0].width, chosen, "video")
+        pixel_values, grid_thw = self._encode(pad_to_temporal_patches(frames, self.temporal_patch_size), size)
         second_per_grid_ts = torch.tensor([self.temporal_patch_size / fps], dtype=torch.float32)
         return pixel_values, grid_thw, second_per_grid_ts
 
-    def _encode(
-        self, frames: list[Image.Image], min_pixels: int, max_pixels: int, name: str
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        width, height = frames[0].size
+    def _video_frame_size(
+        self, count: int, height: int, width: int, options: VideoOptions, name: str
+    ) -> tuple[int, int]:
+        """Size of every frame of a clip of ``count`` frames (padded to whole temporal patches)."""
+        padded = count + -count % self.temporal_patch_size
+        max_pixels = frame_max_pixels(padded, options.min_pixels, options.max_pixels, options.total_pixels)
+        return self._frame_size(height, width, options.min_pixels, max_pixels, name)
+
+    def _frame_size(self, height: int, width: int, min_pixels: int, max_pixels: float, name: str) -> tuple[int, int]:
+        """``smart_resize`` with its error naming the image or video."""
         try:
-            resized_height, resized_width = smart_resize(
-                height, width, self.patch_size * self.merge_size, min_pixels, max_pixels
-            )
+            return smart_resize(height, width, self.patch_size * self.merge_size, min_pixels, max_pixels)
         except ValueError as error:
             raise ImageLoadError(f"{name}: {error}") from error
+
+    def _encode(self, frames: list[Image.Image], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        resized_height, resized_width = size
         # A frame that fills several slots (an image, a padded last frame) is one object: resize it once.
         resized = {}
         for frame in frames:

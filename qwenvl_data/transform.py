@@ -19,6 +19,7 @@ from qwenvl_data._truncation import fit_max_seq_len
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError
 from qwenvl_data.image import Qwen2_5_VLImageTransform
 from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
+from qwenvl_data.video import VIDEO_OPTION_KEYS
 
 # Per media kind: its pad token and the image transform's output keys (patches, grid, then extras).
 _MEDIA = {
@@ -45,7 +46,8 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         truncation (str): "raise" (default): SampleTooLongError for samples over ``max_seq_len``
             (datasets with ``on_error="skip"`` drop them); "truncate_text": cut trailing text when no
             image/video span is touched, raise otherwise.
-        **image_kwargs: passed to ``Qwen2_5_VLImageTransform`` (``min_pixels``, ``max_pixels``, ...).
+        **image_kwargs: passed to ``Qwen2_5_VLImageTransform`` (``min_pixels``, ``max_pixels``, and the video
+            defaults ``video_max_pixels``, ``video_total_pixels``, ``video_fps``, ``video_max_frames``, ...).
 
     Example:
         >>> from PIL import Image
@@ -157,7 +159,8 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
                 if kind == "image":
                     outputs.append(self.image_transform({"image": source}))
                 else:
-                    outputs.append(self.image_transform({"video": source, "fps": part["fps"]}))
+                    options = {key: part[key] for key in VIDEO_OPTION_KEYS if key in part}
+                    outputs.append(self.image_transform({"video": source, **options}))
             except SampleError as err:
                 raise type(err)(f"{name}: {err}") from err
         return outputs

@@ -1,17 +1,102 @@
-"""Video input: a clip as a list of RGB frames of one size, padded to whole temporal patches."""
+"""Video input: a clip as a list of RGB frames of one size, padded to whole temporal patches, and the options
+that choose frames from a video file and size them (qwen-vl-utils' names and defaults)."""
 
-from collections.abc import Sequence
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 
+from qwenvl_data._constants import (
+    VIDEO_FPS,
+    VIDEO_MAX_FRAMES,
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_FRAMES,
+    VIDEO_MIN_PIXELS,
+    VIDEO_TOTAL_PIXELS,
+)
 from qwenvl_data._image_io import ImageSource, load_image, to_rgb
 from qwenvl_data.errors import ImageLoadError
 
-VideoSource = Sequence[ImageSource] | torch.Tensor
+VideoSource = Sequence[ImageSource] | torch.Tensor | str | os.PathLike
+
+# Options that only make sense for a video file: they choose which of its frames are decoded.
+FILE_ONLY_OPTIONS = ("nframes", "video_start", "video_end")
 
 
-def video_frames(video: VideoSource) -> list[Image.Image]:
+@dataclasses.dataclass(frozen=True)
+class VideoOptions:
+    """How frames are chosen from a clip and how large each may be; the keys of a video content part.
+
+    Names and defaults are qwen-vl-utils' (``fetch_video``), so ``{"type": "video", "video": "clip.mp4",
+    "fps": 1, "max_frames": 64, "video_start": 3.5, "video_end": 9}`` means what it means there.
+
+    Args:
+        fps (float): frames per second to sample from a video file; for frames given as a list or tensor,
+            the rate they were taken at. Default 2.0.
+        nframes (int | None): keep exactly this many frames (rounded to a multiple of 2) instead of ``fps``.
+        min_frames (int): fewest frames sampled by ``fps`` (if the clip has them). Default 4.
+        max_frames (int): most frames sampled by ``fps``. Default 768.
+        video_start (float | None): start of the window in seconds. Default: the clip's start.
+        video_end (float | None): end of the window in seconds (clamped to the clip). Default: its end.
+        min_pixels (int): smallest pixel count of a frame. Default 128*28*28.
+        max_pixels (int): largest pixel count of a frame. Default 768*28*28.
+        total_pixels (int | None): budget of the whole clip: the per-frame maximum is lowered to
+            ``total_pixels / frames * 2`` (not below 1.05 x ``min_pixels``). Default 90316800
+            (qwen-vl-utils'); None for no budget.
+        allow_truncated (bool): a file damaged part-way through gives the frames before the damage (sampled
+            over that part) instead of an error. Default False.
+
+    Raises:
+        ValueError: an option out of range (named).
+    """
+
+    fps: float = VIDEO_FPS
+    nframes: int | None = None
+    min_frames: int = VIDEO_MIN_FRAMES
+    max_frames: int = VIDEO_MAX_FRAMES
+    video_start: float | None = None
+    video_end: float | None = None
+    min_pixels: int = VIDEO_MIN_PIXELS
+    max_pixels: int = VIDEO_MAX_PIXELS
+    total_pixels: int | None = VIDEO_TOTAL_PIXELS
+    allow_truncated: bool = False
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("fps", self.fps > 0, "> 0"),
+            ("nframes", self.nframes is None or self.nframes >= 1, ">= 1"),
+            ("min_frames", self.min_frames >= 1, ">= 1"),
+            ("max_frames", self.max_frames >= 2, ">= 2"),
+            ("video_start", self.video_start is None or self.video_start >= 0, ">= 0"),
+            ("min_pixels", 0 < self.min_pixels <= self.max_pixels, "> 0 and <= max_pixels"),
+            ("total_pixels", self.total_pixels is None or self.total_pixels > 0, "> 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"video option {name} must be {rule}, got {getattr(self, name)!r}")
+
+    def updated(self, overrides: Mapping[str, Any]) -> "VideoOptions":
+        """These options with ``overrides`` (a content part's or a dataset's keys) applied; None values are
+        ignored. Raises ValueError naming any key that is not an option."""
+        names = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown video option(s) {unknown}; valid: {sorted(names)}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+VIDEO_OPTION_KEYS = tuple(field.name for field in dataclasses.fields(VideoOptions))
+
+
+def is_video_file(video: object) -> bool:
+    """True for a path (str / PathLike) that names a video file rather than a list of frames."""
+    return isinstance(video, (str, os.PathLike))
+
+
+def video_frames(video: Sequence[ImageSource] | torch.Tensor) -> list[Image.Image]:
     """The frames of ``video`` as RGB PIL images, all of one size.
 
     Args:

@@ -137,3 +137,47 @@ def tiff_16_bit(samples: np.ndarray, byte_order: str = "<", deflate: bool = Fals
     ifd += struct.pack(f"{byte_order}I", 0)
     header = (b"II" if byte_order == "<" else b"MM") + struct.pack(f"{byte_order}HI", 42, 8)
     return header + ifd + struct.pack(f"{byte_order}{channels}H", *[16] * channels) + data
+
+
+def index_colour(index: int) -> tuple[int, int, int]:
+    """A flat colour that encodes a frame's index (up to 4095) and survives lossy video coding."""
+    return (16 * (index % 16) + 8, 16 * (index // 16 % 16) + 8, 16 * (index // 256) + 8)
+
+
+def colour_index(frame: Image.Image) -> int:
+    """The index ``index_colour`` encoded, read back from a decoded frame's mean colour."""
+    r, g, b = (round((float(c) - 8) / 16) for c in np.asarray(frame.convert("RGB"), np.float32).mean(axis=(0, 1)))
+    return r + 16 * g + 256 * b
+
+
+def write_video(
+    path, num_frames: int, width: int, height: int, rate=30, *, times_ms=None, rotation=None, pictures=None
+) -> str:
+    """An H.264 clip (PyAV) whose frame i is flat ``index_colour(i)`` (or ``pictures[i]``).
+
+    Args:
+        rate: frame rate (int or Fraction, e.g. Fraction(30000, 1001)); ignored for the timing when
+            ``times_ms`` (each frame's presentation time in milliseconds, a variable frame rate) is given.
+        rotation: display rotation stored with the stream, counter-clockwise degrees.
+    """
+    import av  # a dependency of qwenvl_data
+
+    path = str(path)
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": "12"}
+        if times_ms is not None:
+            from fractions import Fraction
+
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i in range(num_frames):
+            picture = pictures[i] if pictures is not None else Image.new("RGB", (width, height), index_colour(i))
+            frame = av.VideoFrame.from_image(picture)
+            if times_ms is not None:
+                frame.pts, frame.time_base = times_ms[i], stream.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -69,7 +69,7 @@ def test_sharegpt_messages_with_images_and_video_frames(tmp_path, image_dir):
     assert detect_format(record) == "sharegpt"
     video, image, text = to_conversation(record, None, image_dir)[0]["content"]
     assert [os.path.basename(f) for f in video["video"]] == ["f1.png", "f2.png", "f10.png"]  # natural order
-    assert video["fps"] == 2.0
+    assert "fps" not in video  # the model transform's video_fps (2.0) applies
     assert os.path.basename(image["image"]) == "a.jpg"
     assert text == {"type": "text", "text": "Compare."}
 
@@ -179,17 +179,11 @@ def test_unsafe_path_in_a_record_is_refused_before_any_read(image_dir):
         to_conversation(record, None, image_dir)
 
 
-def test_video_file_is_decoded_with_pyav_at_the_requested_fps(tmp_path):
-    av = pytest.importorskip("av")  # optional extra: qwenvl_data[video]
-    path = tmp_path / "clip.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for t in range(20):  # 2 s at 10 fps
-            frame = av.VideoFrame.from_image(Image.new("RGB", (64, 48), (t * 12, 0, 0)))
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    record = {"messages": [{"role": "user", "content": "<video>"}], "videos": ["clip.mp4"]}
-    video = to_conversation(record, "sharegpt", str(tmp_path), fps=2.0)[0]["content"][0]
-    assert len(video["video"]) == 4 and video["fps"] == pytest.approx(2.0)
-    assert all(frame.size == (64, 48) for frame in video["video"])
+def test_video_file_is_located_not_decoded_and_takes_dataset_and_part_options(tmp_path):
+    from media import write_video
+
+    write_video(tmp_path / "clip.mp4", 20, 64, 48, rate=10)
+    record = {"messages": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4", "max_frames": 8}]}]}
+    video = to_conversation(record, "openai", str(tmp_path), {"fps": 1.0, "max_frames": 64})[0]["content"][0]
+    # decoding is left to the model transform (lazily, only the kept frames); the part's own key wins
+    assert video == {"type": "video", "video": str(tmp_path / "clip.mp4"), "fps": 1.0, "max_frames": 8}

@@ -2,7 +2,7 @@
 
 Internal form: ``{"id": ..., "messages": [{"role": "system"|"user"|"assistant", "content": str | [part, ...]}]}``
 with parts ``{"type": "text", "text": str}``, ``{"type": "image", "image": PIL | bytes | path}`` and
-``{"type": "video", "video": frames, "fps": float}``. A message without media keeps a plain string.
+``{"type": "video", "video": frames | file path, **VideoOptions keys}``. A message without media keeps a plain string.
 
 Formats:
 - ``"llava"``: ``conversations`` of ``{"from": "human"|"gpt"|"system", "value": str}``, media in ``image``
@@ -15,11 +15,12 @@ Formats:
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from qwenvl_data.datasets._media import resolve_image, resolve_video
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
+from qwenvl_data.video import VIDEO_OPTION_KEYS
 
 FORMATS = ("llava", "sharegpt", "openai")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -65,8 +66,9 @@ def _checked(messages: list[dict]) -> list[dict]:
 class _Media:
     """Resolves media lazily, in placeholder order, and checks every given item is used exactly once."""
 
-    def __init__(self, images: list, videos: list, image_dir: str, fps: float | None) -> None:
-        self.images, self.videos, self.image_dir, self.fps = images, videos, image_dir, fps
+    def __init__(self, images: list, videos: list, image_dir: str, video_options: Mapping | None) -> None:
+        self.images, self.videos, self.image_dir = images, videos, image_dir
+        self.video_options = dict(video_options or {})
         self.used = {"image": 0, "video": 0}
 
     def image_part(self, payload: Any = None) -> dict:
@@ -74,11 +76,11 @@ class _Media:
             payload = self._next("image", self.images)
         return {"type": "image", "image": resolve_image(payload, self.image_dir)}
 
-    def video_part(self, payload: Any = None, fps: float | None = None) -> dict:
+    def video_part(self, payload: Any = None, options: Mapping | None = None) -> dict:
+        """The part's own options win over the dataset-wide ``video_options``."""
         if payload is None:
             payload = self._next("video", self.videos)
-        frames, fps = resolve_video(payload, self.image_dir, fps if fps is not None else self.fps)
-        return {"type": "video", "video": frames, "fps": fps}
+        return {"type": "video", "video": resolve_video(payload, self.image_dir), **self.video_options, **(options or {})}
 
     def _next(self, kind: str, items: list) -> Any:
         index = self.used[kind]
@@ -108,7 +110,7 @@ def _text_with_placeholders(text: str, media: _Media) -> str | list[dict]:
 
 
 def _placeholder_messages(
-    turns: list[tuple[Any, Any]], images: list, videos: list, image_dir: str, fps: float | None
+    turns: list[tuple[Any, Any]], images: list, videos: list, image_dir: str, video_options: Mapping | None
 ) -> list[dict]:
     """Shared by LLaVA and ShareGPT: (role, text) turns with placeholders -> internal messages."""
     texts = []
@@ -116,7 +118,7 @@ def _placeholder_messages(
         if text is not None and not isinstance(text, str):
             raise InvalidConversationError(f"message text must be a string, got {type(text).__name__}")
         texts.append((_role(raw_role), text or ""))
-    media = _Media(images, videos, image_dir, fps)
+    media = _Media(images, videos, image_dir, video_options)
     media.check_counts({kind: sum(text.count(f"<{kind}>") for _, text in texts) for kind in ("image", "video")})
     return _checked([{"role": role, "content": _text_with_placeholders(text, media)} for role, text in texts])
 
@@ -130,14 +132,18 @@ def _messages_of(record: dict, key: str) -> list:
     return messages
 
 
-def _from_llava(record: dict, image_dir: str, fps: float | None) -> list[dict]:
+def _from_llava(record: dict, image_dir: str, video_options: Mapping | None) -> list[dict]:
     turns = [(m.get("from"), m.get("value")) for m in _messages_of(record, "conversations")]
-    return _placeholder_messages(turns, _as_list(record.get("image")), _as_list(record.get("video")), image_dir, fps)
+    return _placeholder_messages(
+        turns, _as_list(record.get("image")), _as_list(record.get("video")), image_dir, video_options
+    )
 
 
-def _from_sharegpt(record: dict, image_dir: str, fps: float | None) -> list[dict]:
+def _from_sharegpt(record: dict, image_dir: str, video_options: Mapping | None) -> list[dict]:
     turns = [(m.get("role"), m.get("content")) for m in _messages_of(record, "messages")]
-    return _placeholder_messages(turns, _as_list(record.get("images")), _as_list(record.get("videos")), image_dir, fps)
+    return _placeholder_messages(
+        turns, _as_list(record.get("images")), _as_list(record.get("videos")), image_dir, video_options
+    )
 
 
 def _openai_part(part: Any, media: _Media) -> dict | None:
@@ -151,13 +157,13 @@ def _openai_part(part: Any, media: _Media) -> dict | None:
         return media.image_part(payload)
     if kind in ("video", "video_url"):
         payload = part.get("video") if part.get("video") is not None else part.get("video_url")
-        return media.video_part(payload, part.get("fps"))
+        return media.video_part(payload, {key: part[key] for key in VIDEO_OPTION_KEYS if part.get(key) is not None})
     raise InvalidConversationError(f"unknown content part type {kind!r}")
 
 
-def _from_openai(record: dict, image_dir: str, fps: float | None) -> list[dict]:
+def _from_openai(record: dict, image_dir: str, video_options: Mapping | None) -> list[dict]:
     raw_messages = _messages_of(record, "messages")
-    media = _Media(_as_list(record.get("images")), _as_list(record.get("videos")), image_dir, fps)
+    media = _Media(_as_list(record.get("images")), _as_list(record.get("videos")), image_dir, video_options)
     # Parts without a payload draw from the record's images/videos columns; count them before resolving.
     counts = {"image": 0, "video": 0}
     for message in raw_messages:
@@ -179,21 +185,21 @@ def _from_openai(record: dict, image_dir: str, fps: float | None) -> list[dict]:
     return _checked(messages)
 
 
-CONVERTERS: dict[str, Callable[[dict, str, float | None], list[dict]]] = {
+CONVERTERS: dict[str, Callable[[dict, str, Mapping | None], list[dict]]] = {
     "llava": _from_llava,
     "sharegpt": _from_sharegpt,
     "openai": _from_openai,
 }
 
 
-def to_conversation(record: Any, fmt: str | None, image_dir: str, fps: float | None = None) -> list[dict]:
+def to_conversation(record: Any, fmt: str | None, image_dir: str, video_options: Mapping | None = None) -> list[dict]:
     """One raw record -> internal-form messages.
 
     Args:
         record: a dict in one of ``FORMATS``.
         fmt: the format name, or None to detect it per record.
         image_dir: directory media paths resolve under (anything outside is refused).
-        fps: default frame rate for videos given as frames (``VIDEO_FPS`` when None).
+        video_options: dataset-wide ``VideoOptions`` keys for every video part (a part's own keys win).
 
     Returns:
         messages in the internal form (module docstring).
@@ -206,4 +212,4 @@ def to_conversation(record: Any, fmt: str | None, image_dir: str, fps: float | N
     fmt = detect_format(record) if fmt is None else fmt
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS} or None to detect")
-    return CONVERTERS[fmt](record, image_dir, fps)
+    return CONVERTERS[fmt](record, image_dir, video_options)

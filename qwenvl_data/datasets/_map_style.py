@@ -3,7 +3,7 @@
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ class ChatDataset(Dataset):
         filter_fn: predicate on the parsed raw record; evaluated once over the source at construction,
             keeping only the indices of accepted records.
         keep_fields: record fields copied into each sample.
-        video_fps: frame rate assumed for videos given as frames.
+        video_options, video_fps: dataset-wide ``VideoOptions`` keys (see ``RecordProcessor``).
     """
 
     def __init__(
@@ -45,6 +45,7 @@ class ChatDataset(Dataset):
         max_tokens: int | None = None,
         filter_fn: Callable[[dict], bool] | None = None,
         keep_fields: Sequence[str] = (),
+        video_options: Mapping[str, Any] | None = None,
         video_fps: float | None = None,
     ) -> None:
         self.source = source
@@ -55,6 +56,7 @@ class ChatDataset(Dataset):
             on_error=on_error,
             max_tokens=max_tokens,
             keep_fields=keep_fields,
+            video_options=video_options,
             video_fps=video_fps,
         )
         self.indices: np.ndarray | None = None
@@ -114,6 +116,7 @@ def multimodal_chat_dataset(
     on_error: str = "raise",
     max_tokens: int | None = None,
     filter_fn: Callable[[dict], bool] | None = None,
+    video_options: Mapping[str, Any] | None = None,
     video_fps: float | None = None,
     **load_dataset_kwargs: Any,
 ) -> ChatDataset:
@@ -132,7 +135,9 @@ def multimodal_chat_dataset(
         on_error: ``"raise"`` | ``"skip"``.
         max_tokens: token budget per sample (``SampleTooLongError`` beyond it).
         filter_fn: predicate on raw records, applied once when the dataset is built.
-        video_fps: frame rate assumed for videos given as frames (default 2.0).
+        video_options: ``VideoOptions`` keys for every video part that does not set them (``fps``,
+            ``max_frames``, ``total_pixels``, ...), e.g. YAML ``dataset.video_options: {fps: 1}``.
+        video_fps: the older spelling of ``video_options={"fps": ...}``.
         **load_dataset_kwargs: passed to ``datasets.load_dataset``.
 
     Returns:
@@ -152,5 +157,6 @@ def multimodal_chat_dataset(
         on_error=on_error,
         max_tokens=max_tokens,
         filter_fn=filter_fn,
+        video_options=video_options,
         video_fps=video_fps,
     )

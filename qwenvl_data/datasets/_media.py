@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from qwenvl_data._constants import VIDEO_FPS
 from qwenvl_data._media_refs import ResolvedMedia, media_file, resolve_media
 from qwenvl_data.errors import ImageLoadError
 
@@ -45,40 +44,38 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def resolve_video(value: Any, image_dir: str, fps: float | None = None) -> tuple[list | torch.Tensor, float]:
-    """One video reference -> (frames, fps) for the transform's ``{"type": "video", "video": frames, "fps": fps}``.
+def resolve_video(value: Any, image_dir: str) -> list | torch.Tensor | str:
+    """One video reference -> what the transform's ``{"type": "video", "video": ...}`` takes.
+
+    Video files are only located here; the model transform decodes the frames it keeps, lazily, with the
+    part's ``VideoOptions``.
 
     Args:
         value: a list of frame references (each as in ``resolve_image``), a directory of frame files
-            (sorted naturally by name), a video file (decoded with PyAV, sampled at ``fps``), each given as a
-            path or ``file://`` URI, or a uint8 tensor [T, C, H, W].
+            (sorted naturally by name) or a video file, each given as a path or ``file://`` URI, or a uint8
+            tensor [T, C, H, W].
         image_dir: directory every path must stay inside.
-        fps: frame rate of the given frames (lists, directories, tensors) or the sampling rate for video
-            files; default ``VIDEO_FPS`` (2.0).
 
     Returns:
-        (frames, fps): frames as a list of PIL images / bytes / paths, or the tensor unchanged.
+        frames as a list of PIL images / bytes / paths, the tensor unchanged, or the video file's safe path.
 
     Raises:
         ImageLoadError: a missing path, one that is neither a directory nor a regular file (FIFO, device), an
             empty frame directory, a file that is not a video, or a reference that is not a path.
         UnsafePathError: a path (of any form) that escapes ``image_dir``.
     """
-    fps = VIDEO_FPS if fps is None else float(fps)
     if isinstance(value, torch.Tensor):
-        return value, fps
+        return value
     if isinstance(value, (list, tuple)):
         if not value:
             raise ImageLoadError("video with no frames")
-        return [resolve_image(frame, image_dir) for frame in value], fps
+        return [resolve_image(frame, image_dir) for frame in value]
     path = media_file(value, image_dir, "video", allow_directory=True)
     if os.path.isdir(path):
         names = sorted((n for n in os.listdir(path) if n.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
         if not names:
             raise ImageLoadError(f"video frame directory {path!r} holds no frame files {FRAME_EXTENSIONS}")
-        return [os.path.join(path, n) for n in names], fps
+        return [os.path.join(path, n) for n in names]
     if path.lower().endswith(VIDEO_EXTENSIONS):
-        from qwenvl_data.datasets._video import decode_video_file
-
-        return decode_video_file(path, fps)
+        return path
     raise ImageLoadError(f"video {path!r} is neither a frame directory nor a video file {VIDEO_EXTENSIONS}")

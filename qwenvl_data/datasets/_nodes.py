@@ -4,7 +4,7 @@ and a node that drops skipped samples. Compose further with ``Batcher`` / ``Load
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from torchdata.nodes import BaseNode, Mapper, ParallelMapper
@@ -101,6 +101,7 @@ def streaming_chat_nodes(
     format: str | None = None,
     on_error: str = "raise",
     max_tokens: int | None = None,
+    video_options: Mapping[str, Any] | None = None,
     video_fps: float | None = None,
     seed: int = 0,
     shuffle_buffer_size: int = 1000,
@@ -131,6 +132,7 @@ def streaming_chat_nodes(
         image_dir=os.fspath(source_root(None, data_files) if image_dir is None else image_dir),
         on_error=on_error,
         max_tokens=max_tokens,
+        video_options=video_options,
         video_fps=video_fps,
     )
     process = functools.partial(_process_item, processor)

@@ -3,13 +3,14 @@ the streaming datasets so that both convert, transform, budget-check and count s
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from qwenvl_data._messages import sample_name
 from qwenvl_data.datasets._formats import FORMATS, to_conversation
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import InvalidConversationError, SampleError, SampleTooLongError
+from qwenvl_data.video import VideoOptions
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ class RecordProcessor:
             ``"skip"`` returns None and counts the cause in ``stats``.
         max_tokens: token budget; a transformed sample with more ``tokens`` is a ``SampleTooLongError``.
         keep_fields: record fields copied into the sample (e.g. ``"answer"``).
-        video_fps: frame rate assumed for videos given as frames (default ``VIDEO_FPS``).
+        video_options: ``VideoOptions`` keys applied to every video part that does not set them itself
+            (``fps``, ``max_frames``, ``total_pixels``, ...); unset keys take the model transform's defaults.
+        video_fps: the older spelling of ``video_options={"fps": ...}``.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class RecordProcessor:
         on_error: str = "raise",
         max_tokens: int | None = None,
         keep_fields: Sequence[str] = (),
+        video_options: Mapping[str, Any] | None = None,
         video_fps: float | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
@@ -52,7 +56,8 @@ class RecordProcessor:
         self.on_error = on_error
         self.max_tokens = max_tokens
         self.keep_fields = tuple(keep_fields)
-        self.video_fps = video_fps
+        self.video_options = {**(video_options or {}), **({"fps": video_fps} if video_fps is not None else {})}
+        VideoOptions().updated(self.video_options)  # unknown keys and bad values fail here, not per sample
         self.stats = SkipCounts()
 
     def __call__(self, index: int, record: Any) -> dict | None:
@@ -69,7 +74,7 @@ class RecordProcessor:
                 except ValueError as err:
                     raise InvalidConversationError(f"invalid JSON ({err})") from err
             sample_id = record.get("id", index) if isinstance(record, dict) else index
-            messages = to_conversation(record, self.format, self.image_dir, self.video_fps)
+            messages = to_conversation(record, self.format, self.image_dir, self.video_options)
             sample = {"id": sample_id, "messages": messages}
             sample.update({key: record[key] for key in self.keep_fields if key in record})
             if self.model_transform is not None:

@@ -4,7 +4,7 @@ a seeded buffer, several epochs, and exactly resumable with ``state_dict()`` / `
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Iterator
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -32,7 +32,7 @@ class StreamingChatDataset(IterableDataset):
         source: indexed JSON Lines files.
         model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples.
         image_dir: where media paths resolve.
-        format, on_error, max_tokens, video_fps: as for ``ChatDataset``.
+        format, on_error, max_tokens, video_options, video_fps: as for ``ChatDataset``.
         seed: shuffle seed. shuffle_buffer_size: records in the shuffle buffer (1 = file order).
         epochs: passes over the data per iteration (None = forever); ``set_epoch`` picks the first.
         rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
@@ -47,6 +47,7 @@ class StreamingChatDataset(IterableDataset):
         format: str | None = None,
         on_error: str = "raise",
         max_tokens: int | None = None,
+        video_options: Mapping[str, Any] | None = None,
         video_fps: float | None = None,
         seed: int = 0,
         shuffle_buffer_size: int = 1000,
@@ -61,6 +62,7 @@ class StreamingChatDataset(IterableDataset):
             image_dir=os.fspath(image_dir),
             on_error=on_error,
             max_tokens=max_tokens,
+            video_options=video_options,
             video_fps=video_fps,
         )
         self.seed, self.shuffle_buffer_size, self.epochs = seed, shuffle_buffer_size, epochs
@@ -126,6 +128,7 @@ def streaming_chat_dataset(
     format: str | None = None,
     on_error: str = "raise",
     max_tokens: int | None = None,
+    video_options: Mapping[str, Any] | None = None,
     video_fps: float | None = None,
     seed: int = 0,
     shuffle_buffer_size: int = 1000,
@@ -153,6 +156,7 @@ def streaming_chat_dataset(
         format=format,
         on_error=on_error,
         max_tokens=max_tokens,
+        video_options=video_options,
         video_fps=video_fps,
         seed=seed,
         shuffle_buffer_size=shuffle_buffer_size,
