@@ -4,7 +4,7 @@ and a node that drops skipped samples. Compose further with ``Batcher`` / ``Load
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from torchdata.nodes import BaseNode, Mapper, ParallelMapper
@@ -99,6 +99,7 @@ def streaming_chat_nodes(
     data_files: str | os.PathLike | list,
     image_dir: str | os.PathLike | None = None,
     format: str | None = None,
+    column_map: Mapping[str, str] | None = None,
     on_error: str = "raise",
     max_tokens: int | None = None,
     video_fps: float | None = None,
@@ -132,6 +133,8 @@ def streaming_chat_nodes(
         on_error=on_error,
         max_tokens=max_tokens,
         video_fps=video_fps,
+        column_map=column_map,
+        locate=source.location,
     )
     process = functools.partial(_process_item, processor)
     if num_workers > 0:
