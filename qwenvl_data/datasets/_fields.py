@@ -14,9 +14,12 @@ from qwenvl_data.errors import InvalidConversationError
 MEDIA_FIELDS = {"image": ("image", "images"), "video": ("video", "videos")}
 SYSTEM_FIELDS = ("system", "system_prompt")
 # Fields whose value must reach the conversation: a record holding one the layout did not read is refused.
-WATCHED_FIELDS = (*MEDIA_FIELDS["image"], *MEDIA_FIELDS["video"], *SYSTEM_FIELDS, "conversations", "messages")
+# (Not ``prompt`` / ``question``: chat sets such as UltraChat keep a copy of the first turn there.)
+WATCHED_FIELDS = (
+    *MEDIA_FIELDS["image"], *MEDIA_FIELDS["video"], *SYSTEM_FIELDS, "conversations", "messages", "texts",
+)
 # Every field name some layout reads (the keys ``column_map`` may name).
-KNOWN_FIELDS = (*WATCHED_FIELDS, "id", "texts", "prompt", "completion", "input", "output", "question", "answer")
+KNOWN_FIELDS = (*WATCHED_FIELDS, "id", "prompt", "completion", "input", "output", "question", "answer")
 
 
 def holds_value(value: Any) -> bool:
