@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
+import yaml
 from PIL import Image
 
 from qwenvl_data._constants import PATCH_SIZE
@@ -79,7 +79,8 @@ class _Inspector:
             record = self.processor.parse(index, self.source[index])
             if isinstance(record, dict):
                 report.id = record.get("id", index)
-            sample, report.layout = self.processor.convert(index, record)
+            report.layout = self.processor.to_messages.layout_of(record)
+            sample, _ = self.processor.convert(index, record)
             parts = [p for m in sample["messages"] if isinstance(m["content"], list) for p in m["content"]]
             report.images = sum(p["type"] == "image" for p in parts)
             report.videos = sum(p["type"] == "video" for p in parts)
@@ -232,9 +233,12 @@ def build_dataset(config: str, overrides: Sequence[str]) -> tuple[Any, Any]:
     Raises:
         ValueError: a config section that cannot be built, or a dataset that is not built from records.
     """
+    from torchtune.config._utils import _merge_yaml_and_cli_args  # tune run's own override rules (also ~key)
+
     from qwenvl_data.training._config import build
 
-    cfg = OmegaConf.merge(OmegaConf.load(config), OmegaConf.from_dotlist(list(overrides)))
+    with open(config) as f:
+        cfg = _merge_yaml_and_cli_args(argparse.Namespace(**yaml.safe_load(f)), list(overrides))
     transform = build(cfg, "tokenizer")
     dataset = build(cfg, "dataset", transform)
     if not (hasattr(dataset, "source") and hasattr(dataset, "processor")):

@@ -322,6 +322,17 @@ class RecordToMessages:
         self.column_map = check_column_map(column_map)
         self.image_dir, self.video_fps = image_dir, video_fps
 
+    def layout_of(self, record: Any) -> str | None:
+        """The layout name ``record`` is read with (the chosen one, or detected), None when none matches."""
+        if self.layout is not None:
+            return self.layout.name
+        if not isinstance(record, Mapping):
+            return None
+        try:
+            return _detect(RecordFields(record, self.column_map)).name
+        except InvalidConversationError:
+            return None
+
     def __call__(self, record: Any) -> dict[str, Any]:
         if not isinstance(record, Mapping):
             raise InvalidConversationError(f"record must be a JSON object, got {type(record).__name__}")
