@@ -49,13 +49,16 @@ class RecordReport:
 
 
 def _image_size(value: Any) -> tuple[int, int]:
-    """(width, height) the transform will see, read from the image header only."""
+    """(width, height) the transform will see, from the file's header (no pixel decoding)."""
     if isinstance(value, Image.Image):
         return value.size
     with Image.open(io.BytesIO(value) if isinstance(value, bytes) else value) as image:
         width, height = image.size
-        turned = image.getexif().get(_ORIENTATION_TAG) in (5, 6, 7, 8)
-    return (height, width) if turned else (width, height)
+        raw_exif = image.info.get("exif")  # in the header for JPEG/WebP/PNG; getexif() would decode a PNG
+    exif = Image.Exif()
+    if raw_exif:
+        exif.load(raw_exif)
+    return (height, width) if exif.get(_ORIENTATION_TAG) in (5, 6, 7, 8) else (width, height)
 
 
 class _Inspector:

@@ -125,3 +125,16 @@ def test_a_config_that_cannot_be_built_exits_2(data, capsys):
     code = main(["--config", data["config"], f"dataset.data_files={data['dir'] / 'absent.jsonl'}", "--no-progress"])
     assert code == 2
     assert "absent.jsonl" in capsys.readouterr().err
+
+
+def test_size_before_resize_is_what_the_transform_sees_after_exif_rotation(tmp_path):
+    from PIL import Image, ImageOps
+
+    from qwenvl_data.inspect import _image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    path = tmp_path / "turned.jpg"
+    Image.new("RGB", (120, 40), "red").save(path, exif=exif.tobytes())
+    with Image.open(path) as image:
+        assert _image_size(str(path)) == ImageOps.exif_transpose(image).size == (40, 120)
