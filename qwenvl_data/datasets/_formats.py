@@ -163,7 +163,8 @@ def _media_first(messages: list[dict], media: _Media) -> None:
     if user is None:
         raise PlaceholderMismatchError("media given but the conversation has no user message to put them in")
     leading = [{"type": kind} for kind, items in media.given.items() for _ in items]
-    user["content"] = leading + ([{"type": "text", "text": user["content"]}] if user["content"] else [])
+    content = user["content"]
+    user["content"] = leading + (content if isinstance(content, list) else [{"type": "text", "text": content}] if content else [])
 
 
 def assemble(turns: list[dict], fields: RecordFields, image_dir: str, fps: float | None) -> list[dict]:
