@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from media import photo  # noqa: E402
 
-from qwenvl_data.inspect import _Inspector, build_dataset, inspect_records  # noqa: E402
+from qwenvl_data.inspect import RecordInspector, build_dataset, inspect_records  # noqa: E402
 
 
 def write_data(directory: Path, n: int) -> Path:
@@ -67,10 +67,11 @@ def main() -> None:
         for i in indices:
             dataset[i]
         reference = len(indices) / (time.perf_counter() - start)
-        print(f"{len(indices)} records, {os.cpu_count()} cpus; reference (dataset[i], 1 process): {reference:.0f} records/s")
+        print(f"{len(indices)} records, {os.cpu_count()} cpus; "
+              f"reference (dataset[i], 1 process): {reference:.0f} records/s")
         for workers in args.workers:
             start = time.perf_counter()
-            reports = inspect_records(_Inspector(dataset, cfg), indices, workers, progress=False)
+            reports = inspect_records(RecordInspector(dataset, cfg), indices, workers, progress=False)
             rate = len(reports) / (time.perf_counter() - start)
             assert all(r.cause is None for r in reports)
             print(f"inspect, {workers} process(es): {rate:.0f} records/s ({rate / reference:.2f}x the reference)")

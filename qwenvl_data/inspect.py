@@ -61,8 +61,18 @@ def _image_size(value: Any) -> tuple[int, int]:
     return (height, width) if exif.get(_ORIENTATION_TAG) in (5, 6, 7, 8) else (width, height)
 
 
-class _Inspector:
-    """Runs one record through the dataset's processor; holds a limit-free transform to measure long samples."""
+class RecordInspector:
+    """Checks one record the way the dataset reads it: parse, layout, model transform, token budget.
+
+    Args:
+        dataset: a dataset built from records (``ChatDataset`` / ``StreamingChatDataset``: ``source``,
+            ``processor``).
+        cfg: the run's config; its ``tokenizer`` section is built again without ``max_seq_len`` (once, when
+            a sample reaches the limit) to measure how long such samples really are.
+
+    Returns (on call with a record index):
+        a ``RecordReport``; ``cause`` is None when the run would train on the record.
+    """
 
     def __init__(self, dataset: Any, cfg: Any) -> None:
         self.source, self.processor, self.cfg = dataset.source, dataset.processor, cfg
@@ -110,7 +120,7 @@ class _Inspector:
         return report
 
 
-_INSPECTOR: _Inspector | None = None  # set before the worker processes fork; they inherit it
+_INSPECTOR: RecordInspector | None = None  # set before the worker processes fork; they inherit it
 
 
 def _inspect_chunk(indices: Sequence[int]) -> list[RecordReport]:
@@ -123,7 +133,9 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
 
 
-def inspect_records(inspector: _Inspector, indices: Sequence[int], num_workers: int, progress: bool = True) -> list[RecordReport]:
+def inspect_records(
+    inspector: RecordInspector, indices: Sequence[int], num_workers: int, progress: bool = True
+) -> list[RecordReport]:
     """Every record of ``indices`` through ``inspector``, over ``num_workers`` processes (1: this process)."""
     from tqdm import tqdm
 
@@ -257,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="recipe config (YAML) whose tokenizer and dataset to use")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, as for tune run")
     parser.add_argument("--json", dest="json_path", help="also write the report as JSON here")
-    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (default min(4, cpus))")
+    parser.add_argument(
+        "--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="processes (default min(4, cpus))"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -265,8 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"inspect: {err}", file=sys.stderr)
         return 2
-    inspector = _Inspector(dataset, cfg)
-    indices = list(range(len(dataset.source))) if getattr(dataset, "indices", None) is None else dataset.indices.tolist()
+    inspector = RecordInspector(dataset, cfg)
+    kept = getattr(dataset, "indices", None)  # a map-style dataset's filter_fn result
+    indices = list(range(len(dataset.source))) if kept is None else kept.tolist()
     reports = inspect_records(inspector, indices, args.num_workers, progress=not args.no_progress)
     summary = summarize(reports, inspector.max_seq_len)
     print(format_summary(summary))

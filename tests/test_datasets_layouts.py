@@ -115,7 +115,8 @@ LAYOUT_RECORDS = {
         openai_record(["a.png", "b.jpg"]),
     ),
     "trl_string_messages_and_images_column": (  # no placeholders: media go first in the first user message
-        {"messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A}], "images": ["a.png", "b.jpg"]},
+        {"messages": [{"role": "user", "content": Q}, {"role": "assistant", "content": A}],
+         "images": ["a.png", "b.jpg"]},
         openai_record(["a.png", "b.jpg"]),
     ),
     "trl_prompt_completion": (

@@ -163,8 +163,8 @@ def _media_first(messages: list[dict], media: _Media) -> None:
     if user is None:
         raise PlaceholderMismatchError("media given but the conversation has no user message to put them in")
     leading = [{"type": kind} for kind, items in media.given.items() for _ in items]
-    content = user["content"]
-    user["content"] = leading + (content if isinstance(content, list) else [{"type": "text", "text": content}] if content else [])
+    text = user["content"]
+    user["content"] = leading + (text if isinstance(text, list) else [{"type": "text", "text": text}] if text else [])
 
 
 def assemble(turns: list[dict], fields: RecordFields, image_dir: str, fps: float | None) -> list[dict]:
@@ -178,7 +178,8 @@ def assemble(turns: list[dict], fields: RecordFields, image_dir: str, fps: float
         content = turn["content"]
         if content is not None and not isinstance(content, (str, list, tuple)):
             raise InvalidConversationError(f"message content must be a string or a list of parts, got {content!r}")
-        messages.append({"role": _role(turn["role"]), "content": content if content is not None else ""})
+        content = "" if content is None else list(content) if isinstance(content, tuple) else content
+        messages.append({"role": _role(turn["role"]), "content": content})
     messages = _with_system(messages, fields.system())
     media = _Media(fields.media("image"), fields.media("video"), image_dir, fps)
     slots = {kind: sum(_slots(m["content"])[kind] for m in messages) for kind in ("image", "video")}
