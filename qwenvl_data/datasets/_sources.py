@@ -235,7 +235,9 @@ def open_source(
     """
     data_files = _plain_data_files(data_files)
     if isinstance(source, str) and source in ("json", "jsonl") and data_files is not None:
-        paths = _as_paths(data_files[split]) if isinstance(data_files, dict) else _as_paths(data_files)
+        if isinstance(data_files, dict) and split not in data_files:
+            raise ValueError(f"data_files has no split {split!r} (splits: {sorted(data_files)})")
+        paths = data_files[split] if isinstance(data_files, dict) else _as_paths(data_files)
         plain = all(p.endswith((".json", ".jsonl")) for p in paths)
         if source == "jsonl" or (plain and not load_dataset_kwargs):
             return JsonlSource(paths)
