@@ -1,7 +1,7 @@
 """Throughput of ``python -m qwenvl_data.inspect``: records/s with 1 and 2 processes on small records.
 
 Data: 10,000 JSON Lines records of four layouts (LLaVA, OpenAI parts, the_cauldron, text-only), each image
-one of 16 generated 64x48..160x120 PNG photos, through the packaged-vocabulary ``Qwen2_5_VLTransform``
+one of 16 generated 64x48..154x108 PNG photos, through the packaged-vocabulary ``Qwen2_5_VLTransform``
 (max_seq_len 512). Timed: checking every record (config building excluded), the same work the command does.
 
 Reference: reading every sample once through the map-style dataset in one process (``dataset[i]``), what a
