@@ -278,3 +278,20 @@ def test_video_part_options_pass_through_unchanged(tmp_path):
     video = to_conversation(record, None, str(tmp_path))[0]["content"][0]
     assert {key: video[key] for key in options} == options
     assert len(video["video"]) == 2
+
+
+def test_media_without_any_slot_go_first_also_before_typed_text_parts(photos):
+    record = {"messages": [{"role": "user", "content": [{"type": "text", "text": Q}]},
+                           {"role": "assistant", "content": A}], "images": ["a.png"]}
+    image, text = to_conversation(record, None, str(photos))[0]["content"]
+    assert image["image"].endswith("a.png") and text == {"type": "text", "text": Q}
+
+
+def test_json_data_files_by_split_read_the_split_asked_for(tmp_path):
+    train = write_jsonl(tmp_path / "train.json", [MIXED[3]])
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps([MIXED[3], MIXED[3]]))
+    files = {"train": str(train), "test": str(test)}
+    assert len(multimodal_chat_dataset(None, source="json", data_files=files, split="test")) == 2
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        multimodal_chat_dataset(None, source="json", data_files=files, split="validation")
