@@ -25,7 +25,9 @@ class ChatDataset(Dataset):
         source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts).
         model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples untransformed.
         image_dir: directory media paths resolve under; paths escaping it raise ``UnsafePathError``.
-        format: ``"llava"`` | ``"sharegpt"`` | ``"openai"`` or None to detect per record.
+        format: a layout name (``"sharegpt"`` / ``"llava"``, ``"openai"``, ``"prompt_completion"``,
+            ``"cauldron"``, ``"input_output"``; see ``qwenvl_data.datasets._formats``) or None to detect per record.
+        column_map: ``{expected field: your field}``, e.g. ``{"images": "pictures"}`` (torchtune's convention).
         on_error: ``"raise"`` or ``"skip"`` (``__getitem__`` returns None; the collator drops it).
         max_tokens: token budget per sample; longer ones are ``SampleTooLongError`` (cause ``too_long``).
         filter_fn: predicate on the parsed raw record; evaluated once over the source at construction,
@@ -41,6 +43,7 @@ class ChatDataset(Dataset):
         *,
         image_dir: str | os.PathLike,
         format: str | None = None,
+        column_map: Mapping[str, str] | None = None,
         on_error: str = "raise",
         max_tokens: int | None = None,
         filter_fn: Callable[[dict], bool] | None = None,
@@ -58,6 +61,8 @@ class ChatDataset(Dataset):
             keep_fields=keep_fields,
             video_options=video_options,
             video_fps=video_fps,
+            column_map=column_map,
+            locate=getattr(source, "location", None),
         )
         self.indices: np.ndarray | None = None
         self.num_filtered = 0
@@ -113,6 +118,7 @@ def multimodal_chat_dataset(
     split: str = "train",
     image_dir: str | os.PathLike | None = None,
     format: str | None = None,
+    column_map: Mapping[str, str] | None = None,
     on_error: str = "raise",
     max_tokens: int | None = None,
     filter_fn: Callable[[dict], bool] | None = None,
@@ -126,12 +132,14 @@ def multimodal_chat_dataset(
         model_transform: e.g. ``Qwen2_5_VLTransform(...)``; None yields internal-form samples.
         source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"csv"`` / ``"arrow"`` with ``data_files``,
             a local HF dataset directory, or a ``datasets.Dataset`` / ``DatasetDict``.
-            JSON Lines files are indexed by byte offset; the rest go through Arrow (memory-mapped).
+            JSON Lines and JSON array files are indexed by byte offset (which one a file is, its content
+            says, whatever the name or ``source``); the rest go through Arrow (memory-mapped).
         data_files: file path(s) for a builder-name source.
         split: split to use from a dataset dict.
         image_dir: where media paths resolve; default the first data file's directory
             (or the dataset directory, or the working directory for a ``Dataset`` object).
-        format: ``"llava"`` | ``"sharegpt"`` | ``"openai"`` or None to detect.
+        format: a layout name (see ``ChatDataset``) or None to detect per record.
+        column_map: ``{expected field: your field}`` renames applied before the layout reads the record.
         on_error: ``"raise"`` | ``"skip"``.
         max_tokens: token budget per sample (``SampleTooLongError`` beyond it).
         filter_fn: predicate on raw records, applied once when the dataset is built.
@@ -154,6 +162,7 @@ def multimodal_chat_dataset(
         model_transform,
         image_dir=source_root(source, data_files) if image_dir is None else image_dir,
         format=format,
+        column_map=column_map,
         on_error=on_error,
         max_tokens=max_tokens,
         filter_fn=filter_fn,

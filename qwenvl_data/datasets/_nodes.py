@@ -99,6 +99,7 @@ def streaming_chat_nodes(
     data_files: str | os.PathLike | list,
     image_dir: str | os.PathLike | None = None,
     format: str | None = None,
+    column_map: Mapping[str, str] | None = None,
     on_error: str = "raise",
     max_tokens: int | None = None,
     video_options: Mapping[str, Any] | None = None,
@@ -134,6 +135,8 @@ def streaming_chat_nodes(
         max_tokens=max_tokens,
         video_options=video_options,
         video_fps=video_fps,
+        column_map=column_map,
+        locate=source.location,
     )
     process = functools.partial(_process_item, processor)
     if num_workers > 0:

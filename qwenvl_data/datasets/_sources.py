@@ -1,13 +1,16 @@
 """Random-access sources of raw records that hold an index, never the records themselves.
 
-- ``JsonlSource``: an int64 offset, int32 length and int32 file number per line (16 bytes a record); a record
-  is read as its raw JSON line and parsed by the sample processor, so a malformed line is a counted, named
-  bad sample.
+- ``JsonlSource``: JSON Lines files and JSON array files (told apart by content: a file whose first
+  non-whitespace character is ``[`` is an array, whatever its name or ``source`` says); an int64 offset,
+  int32 length and int32 file number per record (16 bytes a record). A record is read as its raw JSON text
+  and parsed by the sample processor, so a malformed line is a counted bad sample named by file and line.
 - ``HFSource``: a Hugging Face ``datasets.Dataset``, Arrow-backed and memory-mapped from disk
   (JSON, parquet, CSV, a saved dataset directory, or a ``Dataset`` object).
 """
 
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,31 +43,97 @@ def _plain_data_files(data_files: Any) -> str | list[str] | dict[str, list[str]]
     return _as_paths(data_files)
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def is_json_array_file(path: str) -> bool:
+    """True when the file's first non-whitespace byte is ``[`` (a JSON array), False for JSON Lines."""
+    with open(path, "rb") as f:
+        while chunk := f.read(4096):
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped.startswith(b"[")
+    return False
+
+
+def _line_spans(path: str) -> list[tuple[int, int]]:
+    """``(start, end)`` byte spans of the non-blank lines of a JSON Lines file."""
+    spans, position = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():  # blank lines (e.g. a trailing one) are not records
+                spans.append((position, position + len(line)))
+            position += len(line)
+    return spans
+
+
+def _array_spans(path: str) -> list[tuple[int, int]]:
+    """``(start, end)`` byte spans of the elements of a JSON array file (parsed once, nothing kept).
+
+    Raises:
+        ValueError: the file is not one JSON array, naming the file and the line of the fault.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    text, decoder = data.decode("utf-8"), json.JSONDecoder()
+    # Spans are taken in characters and converted to bytes as we go (UTF-8 lengths differ).
+    spans, char_pos, byte_pos = [], 0, 0
+
+    def to_bytes(pos: int) -> int:
+        nonlocal char_pos, byte_pos
+        byte_pos += len(text[char_pos:pos].encode("utf-8"))
+        char_pos = pos
+        return byte_pos
+
+    def fault(pos: int, what: str) -> ValueError:
+        line = text.count("\n", 0, pos) + 1
+        return ValueError(f"{path} line {line}: {what}")
+
+    pos = text.index("[") + 1
+    while True:
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith("]", pos) and not spans:
+            break
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as err:
+            raise fault(err.pos, f"invalid JSON in the array ({err.msg})") from err
+        spans.append((to_bytes(pos), to_bytes(end)))
+        pos = _SPACE.match(text, end).end()
+        if text.startswith("]", pos):
+            break
+        if not text.startswith(",", pos):
+            raise fault(pos, "expected ',' or ']' between array elements")
+        pos += 1
+    if text[pos + 1 :].strip():
+        raise fault(pos + 1, "text after the end of the JSON array")
+    return spans
+
+
 class JsonlSource:
-    """Records of JSON Lines files, indexed by byte offset; ``source[i]`` is the raw line (bytes).
+    """Records of JSON Lines or JSON array files, indexed by byte offset; ``source[i]`` is the record's raw
+    JSON text (bytes).
 
     Reads use ``os.pread`` at the record's offset (no shared file position), so threads and forked
     DataLoader workers can read concurrently.
 
     Args:
-        data_files: one path or a list of paths; records are numbered across files in order.
+        data_files: one path or a list of paths; records are numbered across files in order. Each file
+            is a JSON array when its first non-whitespace character is ``[``, JSON Lines otherwise.
 
     Raises:
         FileNotFoundError: a file does not exist.
+        ValueError: a JSON array file that does not parse, naming the file and line.
     """
 
     def __init__(self, data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
         self.paths = _as_paths(data_files)
         offsets, ends, files = [], [], []
         for file_index, path in enumerate(self.paths):
-            with open(path, "rb") as f:
-                position = 0
-                for line in f:
-                    if line.strip():  # blank lines (e.g. a trailing one) are not records
-                        offsets.append(position)
-                        ends.append(position + len(line))
-                        files.append(file_index)
-                    position += len(line)
+            spans = _array_spans(path) if is_json_array_file(path) else _line_spans(path)
+            offsets += [start for start, _ in spans]
+            ends += [end for _, end in spans]
+            files += [file_index] * len(spans)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.lengths = (np.asarray(ends, dtype=np.int64) - self.offsets).astype(np.int32)
         self.file_index = np.asarray(files, dtype=np.int32)
@@ -95,6 +164,13 @@ class JsonlSource:
     def __getitem__(self, index: int) -> bytes:
         file_index = int(self.file_index[index])
         return os.pread(self._fd(file_index), int(self.lengths[index]), int(self.offsets[index]))
+
+    def location(self, index: int) -> str:
+        """Where record ``index`` starts: ``"<path> line <n>"`` (counted on demand, for error messages)."""
+        file_index, offset = int(self.file_index[index]), int(self.offsets[index])
+        with open(self.paths[file_index], "rb") as f:
+            line = f.read(offset).count(b"\n") + 1
+        return f"{self.paths[file_index]} line {line}"
 
 
 class HFSource:
@@ -151,14 +227,20 @@ def load_hf_dataset(
 def open_source(
     source: Any, data_files: Any = None, split: str = "train", **load_dataset_kwargs: Any
 ) -> JsonlSource | HFSource:
-    """Pick the cheapest random-access source: byte offsets for JSON Lines, Arrow for everything else."""
+    """Pick the cheapest random-access source: byte offsets for JSON (Lines or array) files, Arrow otherwise.
+
+    ``source="json"`` or ``"jsonl"`` with plain ``.json`` / ``.jsonl`` files (either name: the content says
+    which it is) is read by ``JsonlSource``, so records of different layouts keep their own fields (Arrow
+    would merge them into one schema). Other files, or extra ``load_dataset_kwargs``, go through ``datasets``.
+    """
     data_files = _plain_data_files(data_files)
     if isinstance(source, str) and source in ("json", "jsonl") and data_files is not None:
-        paths = _as_paths(data_files) if not isinstance(data_files, dict) else None
-        if paths and (source == "jsonl" or all(p.endswith(".jsonl") for p in paths)):
+        if isinstance(data_files, dict) and split not in data_files:
+            raise ValueError(f"data_files has no split {split!r} (splits: {sorted(data_files)})")
+        paths = data_files[split] if isinstance(data_files, dict) else _as_paths(data_files)
+        plain = all(p.endswith((".json", ".jsonl")) for p in paths)
+        if source == "jsonl" or (plain and not load_dataset_kwargs):
             return JsonlSource(paths)
-        if source == "jsonl":
-            raise ValueError("source='jsonl' takes data_files as a path or a list of paths")
     return HFSource(load_hf_dataset(source, data_files, split, **load_dataset_kwargs))
 
 

@@ -32,7 +32,7 @@ class StreamingChatDataset(IterableDataset):
         source: indexed JSON Lines files.
         model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples.
         image_dir: where media paths resolve.
-        format, on_error, max_tokens, video_options, video_fps: as for ``ChatDataset``.
+        format, column_map, on_error, max_tokens, video_options, video_fps: as for ``ChatDataset``.
         seed: shuffle seed. shuffle_buffer_size: records in the shuffle buffer (1 = file order).
         epochs: passes over the data per iteration (None = forever); ``set_epoch`` picks the first.
         rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
@@ -45,6 +45,7 @@ class StreamingChatDataset(IterableDataset):
         *,
         image_dir: str | os.PathLike,
         format: str | None = None,
+        column_map: Mapping[str, str] | None = None,
         on_error: str = "raise",
         max_tokens: int | None = None,
         video_options: Mapping[str, Any] | None = None,
@@ -64,6 +65,8 @@ class StreamingChatDataset(IterableDataset):
             max_tokens=max_tokens,
             video_options=video_options,
             video_fps=video_fps,
+            column_map=column_map,
+            locate=source.location,
         )
         self.seed, self.shuffle_buffer_size, self.epochs = seed, shuffle_buffer_size, epochs
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
@@ -126,6 +129,7 @@ def streaming_chat_dataset(
     data_files: str | os.PathLike | list,
     image_dir: str | os.PathLike | None = None,
     format: str | None = None,
+    column_map: Mapping[str, str] | None = None,
     on_error: str = "raise",
     max_tokens: int | None = None,
     video_options: Mapping[str, Any] | None = None,
@@ -154,6 +158,7 @@ def streaming_chat_dataset(
         model_transform,
         image_dir=source_root(None, data_files) if image_dir is None else image_dir,
         format=format,
+        column_map=column_map,
         on_error=on_error,
         max_tokens=max_tokens,
         video_options=video_options,

@@ -1,0 +1,106 @@
+"""A record's fields as the layouts see them: renamed by ``column_map``, only those that hold a value, and
+with every read remembered, so that a media or system field no layout read is an error, never a silent loss.
+
+"Holds a value": not None and not an empty string/list/dict. Arrow (parquet, HF datasets) gives every row
+every column of the file, filling absent ones with None, so the presence of a key says nothing.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from qwenvl_data.errors import InvalidConversationError
+
+# Spellings of the fields that carry media or a system prompt, by what they carry.
+MEDIA_FIELDS = {"image": ("image", "images"), "video": ("video", "videos")}
+SYSTEM_FIELDS = ("system", "system_prompt")
+# Fields whose value must reach the conversation: a record holding one the layout did not read is refused.
+# (Not ``prompt`` / ``question``: chat sets such as UltraChat keep a copy of the first turn there.)
+WATCHED_FIELDS = (
+    *MEDIA_FIELDS["image"], *MEDIA_FIELDS["video"], *SYSTEM_FIELDS, "conversations", "messages", "texts",
+)
+# Every field name some layout reads (the keys ``column_map`` may name).
+KNOWN_FIELDS = (*WATCHED_FIELDS, "id", "prompt", "completion", "input", "output", "question", "answer")
+
+
+def holds_value(value: Any) -> bool:
+    """True unless ``value`` is None or an empty string / list / tuple / dict."""
+    if value is None:
+        return False
+    return not (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)
+
+
+def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
+    """``column_map`` as a plain dict, refusing names no layout reads (typos would otherwise do nothing).
+
+    Raises:
+        ValueError: a key that is not in ``KNOWN_FIELDS`` or a value that is not a string.
+    """
+    column_map = dict(column_map or {})
+    for expected, yours in column_map.items():
+        if expected not in KNOWN_FIELDS:
+            raise ValueError(f"column_map key {expected!r} is not a field any layout reads; known: {KNOWN_FIELDS}")
+        if not isinstance(yours, str):
+            raise ValueError(f"column_map[{expected!r}] must be your column's name (a string), got {yours!r}")
+    return column_map
+
+
+class RecordFields:
+    """The value-holding fields of one record under their expected names, tracking which ones were read.
+
+    Args:
+        record: the raw record (a dict).
+        column_map: ``{expected name: your field name}`` as torchtune's message transforms take it,
+            e.g. ``{"conversations": "dialog", "images": "pictures"}``.
+    """
+
+    def __init__(self, record: Mapping[str, Any], column_map: Mapping[str, str]) -> None:
+        renamed = {yours: expected for expected, yours in column_map.items()}
+        self.values = {renamed.get(k, k): v for k, v in record.items() if holds_value(v)}
+        self.read: set[str] = set()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def get(self, name: str) -> Any:
+        """The field's value (None when it holds none); marks it read."""
+        self.read.add(name)
+        return self.values.get(name)
+
+    def one_of(self, names: tuple[str, ...], what: str) -> Any:
+        """The value of whichever spelling in ``names`` holds one (None if none does); all are marked read.
+
+        Raises:
+            InvalidConversationError: two spellings hold values (which one is meant is unknowable).
+        """
+        held = [name for name in names if name in self.values]
+        self.read.update(names)
+        if len(held) > 1:
+            raise InvalidConversationError(f"fields {held} both hold {what}; keep one")
+        return self.values[held[0]] if held else None
+
+    def media(self, kind: str) -> list:
+        """The record's ``kind`` ("image" | "video") list, from either spelling; a single value is a list of one."""
+        value = self.one_of(MEDIA_FIELDS[kind], f"{kind}s")
+        if value is None:
+            return []
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def system(self) -> str | None:
+        """The record-level system prompt (``system`` or ``system_prompt``), or None."""
+        value = self.one_of(SYSTEM_FIELDS, "a system prompt")
+        if value is not None and not isinstance(value, str):
+            raise InvalidConversationError(f"the system prompt must be a string, got {type(value).__name__}")
+        return value
+
+    def check_all_read(self, layout: str) -> None:
+        """Refuse the record when it holds a media, system or conversation field the layout did not read.
+
+        Raises:
+            InvalidConversationError: naming the field and the layout.
+        """
+        unread = [name for name in WATCHED_FIELDS if name in self.values and name not in self.read]
+        if unread:
+            raise InvalidConversationError(
+                f"field(s) {unread} hold values that the {layout!r} layout does not read; rename them with "
+                "column_map, choose another format, or remove them"
+            )
