@@ -10,6 +10,7 @@ tokenizer; the preprocessor configs always carry the run's pixel budgets, which 
 trained with.
 """
 
+import functools
 import json
 import shutil
 from importlib.resources import files
@@ -128,13 +129,19 @@ def write_processor_files(
         (out_dir / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
 
 
+@functools.cache
+def _packaged_transform() -> Qwen2_5_VLTransform:
+    """The packaged vocabulary with the default budgets (built once: reading the BPE files takes a second)."""
+    from qwenvl_data.vocab import qwen_vocab_files
+
+    return Qwen2_5_VLTransform(*qwen_vocab_files())
+
+
 def _transform_for(source: Path | None) -> Qwen2_5_VLTransform:
     """A transform when the caller has none: the source checkpoint's tokenizer and pixel budgets, else the
     packaged vocabulary with the defaults."""
     if source is None:
-        from qwenvl_data.vocab import qwen_vocab_files
-
-        return Qwen2_5_VLTransform(*qwen_vocab_files())
+        return _packaged_transform()
     budgets = {}
     config_file = source / "preprocessor_config.json"
     if config_file.is_file():

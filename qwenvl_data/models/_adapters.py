@@ -97,7 +97,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, module in model.named_modules():
         if is_adapted(module):
             magnitude = module.magnitude if isinstance(module, _TorchtuneDoRALinear) else None
-            state_dict[f"{name}.weight"] = merge_adapter_weight(
+            state_dict[f"{name}.weight" if name else "weight"] = merge_adapter_weight(
                 module.weight, module.lora_a.weight, module.lora_b.weight, adapter_scaling(module), magnitude
             )
     return state_dict

@@ -55,7 +55,7 @@ def load_hf_model(
 ) -> Qwen2_5_VLModel:
     """Build the model a local HF directory describes and load its weights.
 
-    The model is created on the meta device and materialized once, so a large checkpoint is not
+    The model is created on the meta device and materialized once (QLoRA: on CPU), so a large checkpoint is not
     first randomly initialized.
 
     Args:
@@ -79,9 +79,12 @@ def load_hf_model(
     """
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    with set_default_dtype(dtype), torch.device("meta"):
+    # An NF4 (QLoRA) weight cannot be materialized from the meta device (torchao 0.13): build those on CPU.
+    build_device = "cpu" if lora_args.get("quantize_base") else "meta"
+    with set_default_dtype(dtype), torch.device(build_device):
         model = qwen2_5_vl_from_hf_config(config, **lora_args)
-    model.to_empty(device="cpu")
+    if build_device == "meta":
+        model.to_empty(device="cpu")
     tied = isinstance(model.decoder.output, TiedLinear)
     state_dict = hf_to_tune(load_hf_state_dict(model_dir), tie_word_embeddings=tied)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
