@@ -1,8 +1,12 @@
 """Adapters in PEFT's format: transformers + peft load ours and compute our trained model's logits, PEFT's
-load into our LoRA model, and every export (merged LoRA, DoRA on biased and bias-free layers, QLoRA)
-equals the module that was trained."""
+load into our LoRA model, and every export (merged LoRA, DoRA on biased and bias-free layers, QLoRA, the
+`python -m qwenvl_data.export` command) equals the module that was trained."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +16,12 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from vl_samples import vl_sample
 
 from qwenvl_data.collate import padded_collate_qwen2_5_vl
+from qwenvl_data.export import main as export_main
 from qwenvl_data.models import DoRALinear, load_hf_model, merged_state_dict, qwen2_5_vl_from_hf_config, save_hf_model
 from qwenvl_data.training import TrainingCheckpointer
 from qwenvl_data.training._lora import save_adapter, train_adapters_only
 
+REPO = Path(__file__).resolve().parent.parent
 ALL_PROJECTIONS = dict(lora_attn_modules=["q_proj", "k_proj", "v_proj", "output_proj"], apply_lora_to_mlp=True,
                        apply_lora_to_output=True)  # fmt: skip
 
@@ -180,3 +186,40 @@ def test_an_adapter_that_does_not_fit_the_configured_model_is_refused_naming_the
                                  lora_rank=4, lora_alpha=16)  # fmt: skip
     with pytest.raises(ValueError, match="scale lora_alpha / r is 2, the model's 4"):
         checkpointer.load_pretrained(other_scale, torch.float32, trainable_only_missing=True)
+
+
+def test_export_command_merges_a_peft_made_adapter_into_a_complete_directory(base_dir, batch, tmp_path):
+    peft_model = peft_made_adapter(base_dir, tmp_path / "adapter", use_dora=True)
+    command = [sys.executable, "-m", "qwenvl_data.export", "--checkpoint-dir", str(base_dir),
+               "--adapter-dir", str(tmp_path / "adapter"), "--output-dir", str(tmp_path / "merged")]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert {"tokenizer.json", "preprocessor_config.json", "generation_config.json"} <= {
+        p.name for p in (tmp_path / "merged").iterdir()
+    }
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        expected = hf_forward(peft_model, batch).logits
+        assert max_logit_difference(hf_forward(hf, batch).logits, expected, batch) <= 1e-4
+
+
+def test_export_command_merges_our_adapter_to_the_trained_model(base_dir, batch, tmp_path):
+    model = trained_stand_in(load_hf_model(base_dir, lora_attn_modules=["q_proj", "v_proj"], apply_lora_to_mlp=True,
+                                           lora_rank=8, lora_alpha=8, use_dora=True))  # fmt: skip
+    save_adapter(model, model.state_dict(), tmp_path / "adapter", base_model=str(base_dir))
+    assert export_main(["--checkpoint-dir", str(base_dir), "--adapter-dir", str(tmp_path / "adapter"),
+                        "--output-dir", str(tmp_path / "merged")]) == 0  # fmt: skip
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        assert max_logit_difference(model(**batch), hf_forward(hf, batch).logits, batch) <= 1e-4
+
+
+def test_export_refuses_an_adapter_of_another_model_naming_the_keys(base_dir, tmp_path, capsys):
+    model = trained_stand_in(load_hf_model(base_dir, lora_attn_modules=["q_proj"], apply_lora_to_output=True,
+                                           lora_rank=2, lora_alpha=4))  # fmt: skip
+    save_adapter(model, model.state_dict(), tmp_path / "adapter", base_model=str(base_dir))
+    save_random_hf_model(tmp_path / "tied_base", seed=0, tie_word_embeddings=True)  # no lm_head to adapt
+    out = tmp_path / "merged"
+    assert export_main(["--checkpoint-dir", str(tmp_path / "tied_base"), "--adapter-dir", str(tmp_path / "adapter"),
+                        "--output-dir", str(out)]) == 1  # fmt: skip
+    assert "does not have: ['decoder.output.weight']" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name("merged.partial").exists()
