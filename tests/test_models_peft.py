@@ -223,3 +223,12 @@ def test_export_refuses_an_adapter_of_another_model_naming_the_keys(base_dir, tm
                         "--output-dir", str(out)]) == 1  # fmt: skip
     assert "does not have: ['decoder.output.weight']" in capsys.readouterr().err
     assert not out.exists() and not out.with_name("merged.partial").exists()
+
+
+def test_a_model_whose_adapter_cannot_be_written_is_refused_before_training():
+    from qwenvl_data.models import lora_qwen2_5_vl_tiny
+
+    model = lora_qwen2_5_vl_tiny(["q_proj"], lora_rank=2, lora_alpha=4)
+    model.trainable_modules = ("decoder.norm",)  # trained in full, but PEFT has no modules_to_save name for it
+    with pytest.raises(ValueError, match=r"\['decoder.norm'\] have no PEFT modules_to_save name"):
+        train_adapters_only(model)

@@ -34,6 +34,7 @@ from qwenvl_data.models._peft import (
     PeftAdapter,
     load_peft_adapter,
     merge_peft_adapter,
+    peft_adapter_config,
     read_peft_adapter,
     write_peft_adapter,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "merge_peft_adapter",
     "merged_state_dict",
     "next_position_ids",
+    "peft_adapter_config",
     "peft_to_tune",
     "qwen2_5_vl",
     "qwen2_5_vl_3b",

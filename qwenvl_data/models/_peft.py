@@ -43,29 +43,22 @@ def _target_modules_regex(hf_modules: Sequence[str]) -> str:
     return "(" + "|".join(patterns) + ")"
 
 
-def write_peft_adapter(
-    model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    out_dir: str | os.PathLike,
-    *,
-    trained_modules: Sequence[str] = (),
-    base_model: str | None = None,
-) -> Path:
-    """Write ``model``'s adapters (and the modules it trained in full) as a PEFT adapter directory.
+def peft_adapter_config(
+    model: nn.Module, *, trained_modules: Sequence[str] = (), base_model: str | None = None
+) -> dict:
+    """PEFT's ``adapter_config.json`` for ``model``'s adapters; raises when they cannot be written as one.
+
+    Recipes call it before training, so a model whose adapter could not be exported is refused then.
 
     Args:
         model: a LoRA/DoRA ``Qwen2_5_VLModel`` (sharded or not: only its module layout is read).
-        state_dict: its unsharded weights, our names.
-        out_dir: an existing directory to write the two files into.
         trained_modules: our names of modules trained in full (``"visual.merger"``, ``"visual"``),
-            saved as PEFT's ``modules_to_save``.
+            PEFT's ``modules_to_save``.
         base_model: the HF checkpoint the adapter applies to (``base_model_name_or_path``).
 
-    Returns:
-        ``out_dir``.
-
     Raises:
-        ValueError: the model has no adapters, mixes LoRA and DoRA, or its layers differ in rank or alpha.
+        ValueError: the model has no adapters, mixes LoRA and DoRA, its layers differ in rank, alpha or
+            dropout, or a module trained in full has no PEFT name.
     """
     adapted = {name: module for name, module in model.named_modules() if is_adapted(module)}
     if not adapted:
@@ -79,17 +72,9 @@ def write_peft_adapter(
     rank, scaling, use_dora, dropout = settings.pop()
     unknown = sorted(set(trained_modules) - set(_MODULES_TO_SAVE))
     if unknown:
-        raise ValueError(f"modules trained in full {unknown} have no PEFT modules_to_save name")
-    names = [f"{m}{suffix}" for m in adapted for suffix in ADAPTER_PARAM_SUFFIXES if f"{m}{suffix}" in state_dict]
-    names += [k for k in state_dict for m in trained_modules if k.startswith(m + ".")]
-    visual = model.visual
-    weights = tune_to_peft(
-        {name: state_dict[name].contiguous() for name in names},
-        in_channels=visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2),
-        temporal_patch_size=visual.temporal_patch_size,
-        patch_size=visual.patch_size,
-    )
-    config = {
+        raise ValueError(f"modules trained in full {unknown} have no PEFT modules_to_save name "
+                         f"(known: {sorted(_MODULES_TO_SAVE)})")  # fmt: skip
+    return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
@@ -111,6 +96,40 @@ def write_peft_adapter(
         "layers_pattern": None,
         "revision": None,
     }
+
+
+def write_peft_adapter(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    out_dir: str | os.PathLike,
+    *,
+    trained_modules: Sequence[str] = (),
+    base_model: str | None = None,
+) -> Path:
+    """Write ``model``'s adapters (and the modules it trained in full) as a PEFT adapter directory.
+
+    Args:
+        model, trained_modules, base_model: see ``peft_adapter_config``.
+        state_dict: the model's unsharded weights, our names.
+        out_dir: an existing directory to write the two files into.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: see ``peft_adapter_config``.
+    """
+    config = peft_adapter_config(model, trained_modules=trained_modules, base_model=base_model)
+    adapted = [name for name, module in model.named_modules() if is_adapted(module)]
+    names = [f"{m}{suffix}" for m in adapted for suffix in ADAPTER_PARAM_SUFFIXES if f"{m}{suffix}" in state_dict]
+    names += [k for k in state_dict for m in trained_modules if k.startswith(m + ".")]
+    visual = model.visual
+    weights = tune_to_peft(
+        {name: state_dict[name].contiguous() for name in names},
+        in_channels=visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2),
+        temporal_patch_size=visual.temporal_patch_size,
+        patch_size=visual.patch_size,
+    )
     out_dir = Path(out_dir)
     save_file(weights, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))

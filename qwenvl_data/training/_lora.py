@@ -6,12 +6,17 @@ import torch
 from torch import nn
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
-from qwenvl_data.models import write_peft_adapter
+from qwenvl_data.models import peft_adapter_config, write_peft_adapter
 from qwenvl_data.training._checkpoint import atomic_directory
 
 
 def train_adapters_only(model: nn.Module) -> None:
-    """Freeze everything except the LoRA adapters and the modules the builder marked trainable."""
+    """Freeze everything except the LoRA adapters and the modules the builder marked trainable.
+
+    Raises:
+        ValueError: (before any training) when the adapter could not be written in PEFT's format.
+    """
+    peft_adapter_config(model, trained_modules=getattr(model, "trainable_modules", ()))
     set_trainable_params(model, get_adapter_params(model))
 
 
