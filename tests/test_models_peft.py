@@ -232,3 +232,13 @@ def test_a_model_whose_adapter_cannot_be_written_is_refused_before_training():
     model.trainable_modules = ("decoder.norm",)  # trained in full, but PEFT has no modules_to_save name for it
     with pytest.raises(ValueError, match=r"\['decoder.norm'\] have no PEFT modules_to_save name"):
         train_adapters_only(model)
+
+
+def test_dora_loaded_onto_a_checkpoint_starts_from_the_base_model(base_dir, batch, tmp_path):
+    """The magnitude starts at the loaded weights' row norms (torchtune leaves it empty until then)."""
+    model = lora_model_for(base_dir, lora_attn_modules=["q_proj", "v_proj"], lora_rank=4, lora_alpha=8, use_dora=True)
+    TrainingCheckpointer(str(tmp_path), checkpoint_dir=str(base_dir)).load_pretrained(
+        model, torch.float32, trainable_only_missing=True
+    )
+    with torch.no_grad():
+        assert max_logit_difference(model.eval()(**batch), load_hf_model(base_dir).eval()(**batch), batch) <= 1e-5

@@ -1,6 +1,6 @@
 """Qwen2.5-VL in torchtune modules: builders, HF checkpoint conversion and I/O."""
 
-from qwenvl_data.models._adapters import DoRALinear, merged_state_dict
+from qwenvl_data.models._adapters import DoRALinear, initialize_dora_magnitudes, merged_state_dict
 from qwenvl_data.models._component_builders import (
     lora_qwen2_5_vl,
     qwen2_5_vl,
@@ -51,6 +51,7 @@ __all__ = [
     "builder_args_from_hf_config",
     "hf_config_from_model",
     "hf_to_tune",
+    "initialize_dora_magnitudes",
     "load_hf_model",
     "load_hf_state_dict",
     "load_peft_adapter",

@@ -82,6 +82,17 @@ def merge_adapter_weight(
     return merged
 
 
+def initialize_dora_magnitudes(model: nn.Module) -> None:
+    """Start every DoRA magnitude at the row norms of its (loaded) weight, so training starts from the base.
+
+    torchtune leaves the magnitude empty until the weights it adapts are known; call this once they are
+    loaded (works on FSDP2-sharded modules too).
+    """
+    for module in model.modules():
+        if isinstance(module, _TorchtuneDoRALinear):
+            module.initialize_dora_magnitude()
+
+
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights with every LoRA/DoRA layer folded into its base weight (float32 there).
 

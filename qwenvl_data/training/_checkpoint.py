@@ -179,9 +179,9 @@ class TrainingCheckpointer:
         With `adapter_dir`, its adapter is loaded too (an error names the layers that do not match);
         without, DoRA magnitudes are initialized from the loaded weights (also for a from-scratch model).
         """
-        if self.checkpoint_dir is not None:
-            from qwenvl_data.models import load_hf_model, load_peft_adapter
+        from qwenvl_data.models import initialize_dora_magnitudes, load_hf_model, load_peft_adapter
 
+        if self.checkpoint_dir is not None:
             base = load_hf_model(self.checkpoint_dir, dtype=dtype)
             missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
             if trainable_only_missing:
@@ -198,10 +198,7 @@ class TrainingCheckpointer:
                 except ValueError as error:
                     raise ValueError(f"checkpointer.adapter_dir={str(self.adapter_dir)!r}: {error}") from None
                 return
-        # DoRA's magnitude starts as the row norms of the weights it adapts, known only once they are loaded.
-        for module in model.modules():
-            if hasattr(module, "initialize_dora_magnitude"):
-                module.initialize_dora_magnitude()
+        initialize_dora_magnitudes(model)
 
     # ---- resumable training state -------------------------------------------------------------
     def due(self, step: int) -> bool:

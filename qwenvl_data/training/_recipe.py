@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torchtune import training, utils
 
+from qwenvl_data.models import initialize_dora_magnitudes
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import build_dataloader, move_to_device
@@ -162,6 +163,8 @@ class FinetuneRecipe:
         full = self.checkpointer.pretrained_state_dict(self.dtype) if self.is_main else {}
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not self.lora)
         set_model_state_dict(model, full, options=options)
+        if self.lora and self.checkpointer.adapter_dir is None:
+            initialize_dora_magnitudes(model)  # from the loaded weights (an adapter_dir brings its own)
         return model
 
     def _prepare(self, model: torch.nn.Module, cfg: DictConfig) -> None:
