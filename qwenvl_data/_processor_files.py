@@ -49,7 +49,7 @@ def _tokenizer_config(transform: Qwen2_5_VLTransform, chat_template: str) -> dic
         "clean_up_tokenization_spaces": False,
         "eos_token": "<|im_end|>",
         "errors": "replace",
-        "model_max_length": transform.max_seq_len or 131072,
+        "model_max_length": 131072,  # the released value; the run's max_seq_len is a training cut, not the model's
         "pad_token": "<|endoftext|>",
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
@@ -125,7 +125,9 @@ def write_processor_files(
         shutil.copyfile(source / GENERATION_CONFIG, out_dir / GENERATION_CONFIG)
     else:
         # Chat generation stops at <|im_end|> (or <|endoftext|>), as the released generation_config.json says.
-        generation = {"bos_token_id": ENDOFTEXT_ID, "eos_token_id": [IM_END_ID, ENDOFTEXT_ID], "pad_token_id": ENDOFTEXT_ID}
+        generation = {
+            "bos_token_id": ENDOFTEXT_ID, "eos_token_id": [IM_END_ID, ENDOFTEXT_ID], "pad_token_id": ENDOFTEXT_ID
+        }
         (out_dir / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
 
 

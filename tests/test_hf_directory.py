@@ -23,7 +23,9 @@ from qwenvl_data.transform import Qwen2_5_VLTransform
 from qwenvl_data.vocab import qwen_vocab_files
 
 # Budgets other than the defaults, so a directory that ignored the run's would fail.
-BUDGETS = dict(min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 24, video_min_pixels=28 * 28 * 8, video_max_pixels=28 * 28 * 64)
+BUDGETS = dict(
+    min_pixels=28 * 28 * 2, max_pixels=28 * 28 * 24, video_min_pixels=28 * 28 * 8, video_max_pixels=28 * 28 * 64
+)
 
 
 @pytest.fixture(scope="module")

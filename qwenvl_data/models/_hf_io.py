@@ -6,13 +6,16 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 from torchtune.modules import TiedLinear
-from torchtune.modules.peft import DoRALinear
 from torchtune.training import set_default_dtype
 
 from qwenvl_data._processor_files import write_processor_files
-from qwenvl_data.models._adapters import ADAPTER_PARAM_SUFFIXES, is_adapted, merged_state_dict
+from qwenvl_data.models._adapters import (
+    ADAPTER_PARAM_SUFFIXES,
+    initialize_dora_magnitudes,
+    is_adapted,
+    merged_state_dict,
+)
 from qwenvl_data.models._convert_weights import hf_config_from_model, hf_to_tune, tune_to_hf
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._model_builders import qwen2_5_vl_from_hf_config
@@ -94,10 +97,9 @@ def load_hf_model(
     for module in model.modules():
         if is_adapted(module):
             module.initialize_parameters()
-        if isinstance(module, DoRALinear):
-            module.initialize_dora_magnitude()
         if hasattr(module, "rope_init"):
             module.rope_init()
+    initialize_dora_magnitudes(model)
     return model
 
 

@@ -179,7 +179,9 @@ def read_peft_adapter(adapter_dir: str | os.PathLike, *, tie_word_embeddings: bo
             raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter directory: no {name}")
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     if config.get("peft_type") != "LORA":
-        raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: peft_type {config.get('peft_type')!r}, only LORA is supported")
+        raise ValueError(
+            f"{adapter_dir / ADAPTER_CONFIG}: peft_type {config.get('peft_type')!r}, only LORA is supported"
+        )
     for flag in ("fan_in_fan_out", "lora_bias"):
         if config.get(flag):
             raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: {flag}=true is not supported")
