@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from qwenvl_data.collate import Qwen2_5_VLCollator
 from qwenvl_data.datasets import synthetic_vqa_dataset
 from qwenvl_data.models import load_hf_model, qwen2_5_vl_tiny
-from qwenvl_data.training import answer_accuracy, packaged_vocab_transform
+from qwenvl_data.training import answer_accuracy, packaged_vocab_transform, run_recipe
 from recipes_support import TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -105,15 +105,61 @@ def test_generate_recipe_answers_a_question_about_an_image_file(tiny_run, tmp_pa
     assert isinstance(answer, str) and "<|im_end|>" not in answer
 
 
-def test_lora_recipe_saves_adapter_and_merged_hf_weights(tmp_path):
+def run_lora_recipe(out, base_dir, **overrides):
+    """The tiny LoRA config for two steps on a saved random base checkpoint, in this process."""
+    recipe = load_recipe("lora_finetune_single_device")
+    cfg = load_config("tiny_synthetic_lora", {
+        **TINY_OVERRIDES, "max_steps_per_epoch": 2, "eval_dataset.num_samples": 4, "output_dir": str(out),
+        "checkpointer.output_dir": str(out), "checkpointer.checkpoint_dir": str(base_dir), "init_std": None,
+        **overrides,
+    })  # fmt: skip
+    run_recipe(recipe.LoRAFinetuneRecipeSingleDevice, cfg)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from models_reference import save_random_hf_model
+
+    model_dir = tmp_path_factory.mktemp("base")
+    save_random_hf_model(model_dir, seed=2)
+    return model_dir
+
+
+def test_lora_recipe_saves_a_peft_adapter_and_merged_weights_that_agree(tmp_path, base_dir):
+    from models_reference import hf_forward
+    from peft import PeftModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from vl_samples import vl_sample
+
+    from qwenvl_data.collate import padded_collate_qwen2_5_vl
+
     out = tmp_path / "lora"
-    command = ["tune", "run", "recipes/lora_finetune_single_device.py", "--config", "configs/tiny_synthetic_lora.yaml"]
-    overrides = {**TINY_OVERRIDES, "max_steps_per_epoch": 2, "eval_dataset.num_samples": 4}
-    run_command([*command, f"output_dir={out}", *as_cli(overrides)], timeout=300)
+    run_lora_recipe(out, base_dir)
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
-    assert any(".lora_a." in k for k in adapter) and any(".lora_b." in k for k in adapter)
-    assert all(".lora_" in k or k.startswith("visual.merger.") for k in adapter)  # train_merger: true
-    assert any(torch.count_nonzero(v) for k, v in adapter.items() if ".lora_b." in k)  # trained away from 0
-    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 8
-    merged = load_hf_model(out / "hf_model").state_dict()
-    assert not any("lora" in k for k in merged)
+    lora_b = [v for k, v in adapter.items() if k.endswith(".lora_B.weight")]
+    assert lora_b and all(k.startswith("base_model.model.model.") for k in adapter)
+    assert any(torch.count_nonzero(v) for v in lora_b)  # trained away from 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["modules_to_save"]) == ("LORA", 8, ["visual.merger"])
+    assert {"tokenizer.json", "chat_template.json", "preprocessor_config.json"} <= {
+        p.name for p in (out / "hf_model").iterdir()
+    }
+    batch = padded_collate_qwen2_5_vl([vl_sample((("image", 8, 8),), seed=1), vl_sample(seed=2)])
+    peft_model = PeftModel.from_pretrained(
+        Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir), out / "adapter"
+    ).eval()
+    merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "hf_model").eval()
+    with torch.no_grad():
+        difference = hf_forward(peft_model, batch).logits - hf_forward(merged, batch).logits
+    assert difference[batch["attention_mask"]].abs().max() <= 1e-4
+
+
+def test_qlora_dora_recipe_writes_its_merged_weights_and_leaves_nothing_partial(tmp_path, base_dir):
+    out = tmp_path / "qdora"
+    # NF4 needs 64 x 256-value blocks: the tiny model's v_proj (64 x 128) is too small, q_proj is not.
+    run_lora_recipe(out, base_dir, **{"model.quantize_base": True, "model.use_dora": True,
+                                      "model.lora_attn_modules": ["q_proj", "output_proj"]})  # fmt: skip
+    merged = load_hf_model(out / "hf_model")
+    assert merged.tok_embeddings.weight.dtype == torch.float32  # the run's dtype, not NF4
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["use_dora"] is True
+    assert not list(out.glob("*.partial"))

@@ -3,7 +3,8 @@
 The language model is torchtune's ``TransformerDecoder`` of ``TransformerSelfAttentionLayer`` s
 (``MultiHeadAttention`` with GQA and q/k/v bias, SiLU-gated ``FeedForward``, ``RMSNorm``) whose
 positional embedding is MRoPE. LoRA is added afterwards by swapping chosen projections for
-torchtune's ``LoRALinear``/``DoRALinear``, so the full and LoRA models share one wiring.
+torchtune's ``LoRALinear`` or our ``DoRALinear`` (torchtune's, with PEFT's bias rule), so the full and
+LoRA models share one wiring.
 """
 
 from collections.abc import Sequence
@@ -17,9 +18,10 @@ from torchtune.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
-from torchtune.modules.peft import LORA_ATTN_MODULES, DoRALinear, LoRALinear
+from torchtune.modules.peft import LORA_ATTN_MODULES, LoRALinear
 
 from qwenvl_data._constants import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE, TOKENS_PER_SECOND
+from qwenvl_data.models._adapters import DoRALinear
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._mrope import MultimodalRotaryEmbeddings
 from qwenvl_data.models._vision import (
@@ -250,7 +252,7 @@ def lora_qwen2_5_vl(
         lora_rank: adapter rank.
         lora_alpha: adapter scale numerator (scale = alpha / rank).
         lora_dropout: dropout before the adapter.
-        use_dora: DoRA instead of LoRA.
+        use_dora: DoRA instead of LoRA (PEFT's rule: the bias is not scaled by the magnitude ratio).
         quantize_base: NF4-quantize the adapted base weights (QLoRA).
         train_vision_tower: train the vision tower (merger included) in full.
         train_merger: train the merger in full even when the tower is frozen.

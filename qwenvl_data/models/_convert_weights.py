@@ -75,6 +75,22 @@ def _map_key(key: str, mapping: dict[str, str]) -> str:
     raise KeyError(f"no Qwen2.5-VL mapping for state dict key {key!r}")
 
 
+def _released_name(key: str) -> str:
+    """A transformers 5.x name in the released layout (other names unchanged)."""
+    for new_prefix, old_prefix in _HF5_PREFIXES:
+        if key.startswith(new_prefix):
+            return old_prefix + key[len(new_prefix) :]
+    return key
+
+
+def _hf5_name(key: str) -> str:
+    """A released-layout name as transformers 5.x names the module (``model.`` -> ``model.language_model.``)."""
+    for new_prefix, old_prefix in _HF5_PREFIXES:
+        if key.startswith(old_prefix):
+            return new_prefix + key[len(old_prefix) :]
+    return key
+
+
 def hf_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
     """Convert an HF Qwen2.5-VL state dict (all shards merged) to ours.
 
@@ -90,10 +106,7 @@ def hf_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool
     """
     converted = {}
     for key, value in state_dict.items():
-        for new_prefix, old_prefix in _HF5_PREFIXES:
-            if key.startswith(new_prefix):
-                key = old_prefix + key[len(new_prefix) :]
-                break
+        key = _released_name(key)
         if key == "lm_head.weight" and tie_word_embeddings:
             continue
         if key == _HF_PATCH_EMBED:
@@ -120,6 +133,70 @@ def tune_to_hf(
         if hf_key == _HF_PATCH_EMBED:
             value = value.reshape(value.shape[0], in_channels, temporal_patch_size, patch_size, patch_size)
         converted[hf_key] = value
+    return converted
+
+
+# Our adapter parameter suffix -> PEFT's (PEFT writes the DoRA magnitude without ".weight").
+_PEFT_ADAPTER_SUFFIXES = {
+    ".lora_a.weight": ".lora_A.weight",
+    ".lora_b.weight": ".lora_B.weight",
+    ".magnitude": ".lora_magnitude_vector",
+}
+_FROM_PEFT_ADAPTER_SUFFIXES = {peft: ours for ours, peft in _PEFT_ADAPTER_SUFFIXES.items()}
+_PEFT_PREFIX = "base_model.model."
+
+
+def hf_module_name(module: str) -> str:
+    """transformers 5.x's path of one of our linear layers, the name PEFT targets.
+
+    Example: ``decoder.layers.0.attn.q_proj`` -> ``model.language_model.layers.0.self_attn.q_proj``.
+    """
+    return _hf5_name(_map_key(module + ".weight", _TO_HF)).removesuffix(".weight")
+
+
+def tune_to_peft(
+    state_dict: dict[str, torch.Tensor], *, in_channels: int, temporal_patch_size: int, patch_size: int
+) -> dict[str, torch.Tensor]:
+    """Our adapter weights (and modules trained in full) under the names PEFT writes for
+    transformers' ``Qwen2_5_VLForConditionalGeneration``.
+
+    ``decoder.layers.0.attn.q_proj.lora_a.weight`` ->
+    ``base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight``; a DoRA
+    ``magnitude`` -> ``lora_magnitude_vector``; a fully trained weight (the merger) -> its 5.x name
+    under ``base_model.model.``, as PEFT saves ``modules_to_save``.
+    """
+    converted, full = {}, {}
+    for key, value in state_dict.items():
+        suffix = next((s for s in _PEFT_ADAPTER_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            full[key] = value
+        else:
+            converted[_PEFT_PREFIX + hf_module_name(key.removesuffix(suffix)) + _PEFT_ADAPTER_SUFFIXES[suffix]] = value
+    hf = tune_to_hf(full, in_channels=in_channels, temporal_patch_size=temporal_patch_size, patch_size=patch_size)
+    converted.update({_PEFT_PREFIX + _hf5_name(key): value for key, value in hf.items()})
+    return converted
+
+
+def peft_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
+    """A PEFT ``adapter_model.safetensors`` of a Qwen2.5-VL (transformers 4.x or 5.x module names) in ours.
+
+    Raises:
+        KeyError: a key outside ``base_model.model.`` or naming no Qwen2.5-VL weight.
+    """
+    converted, full = {}, {}
+    for key, value in state_dict.items():
+        if not key.startswith(_PEFT_PREFIX):
+            raise KeyError(f"{key!r} is not a PEFT adapter key (no {_PEFT_PREFIX!r} prefix)")
+        key = key.removeprefix(_PEFT_PREFIX)
+        if key.endswith(".lora_magnitude_vector.weight"):  # PEFT before 0.12
+            key = key.removesuffix(".weight")
+        suffix = next((s for s in _FROM_PEFT_ADAPTER_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            full[key] = value
+            continue
+        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", _FROM_HF).removesuffix(".weight")
+        converted[module + _FROM_PEFT_ADAPTER_SUFFIXES[suffix]] = value
+    converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings))
     return converted
 
 

@@ -6,18 +6,23 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 from torchtune.modules import TiedLinear
-from torchtune.modules.peft import DoRALinear, LoRALinear, get_merged_lora_ckpt
 from torchtune.training import set_default_dtype
 
+from qwenvl_data._processor_files import write_processor_files
+from qwenvl_data.models._adapters import (
+    ADAPTER_PARAM_SUFFIXES,
+    initialize_dora_magnitudes,
+    is_adapted,
+    merged_state_dict,
+)
 from qwenvl_data.models._convert_weights import hf_config_from_model, hf_to_tune, tune_to_hf
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._model_builders import qwen2_5_vl_from_hf_config
+from qwenvl_data.transform import Qwen2_5_VLTransform
 
 _SINGLE_FILE = "model.safetensors"
 _INDEX_FILE = "model.safetensors.index.json"
-_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".magnitude")
 
 
 def load_hf_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -53,7 +58,7 @@ def load_hf_model(
 ) -> Qwen2_5_VLModel:
     """Build the model a local HF directory describes and load its weights.
 
-    The model is created on the meta device and materialized once, so a large checkpoint is not
+    The model is created on the meta device and materialized once (QLoRA: on CPU), so a large checkpoint is not
     first randomly initialized.
 
     Args:
@@ -77,46 +82,25 @@ def load_hf_model(
     """
     model_dir = Path(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    with set_default_dtype(dtype), torch.device("meta"):
+    # An NF4 (QLoRA) weight cannot be materialized from the meta device (torchao 0.13): build those on CPU.
+    build_device = "cpu" if lora_args.get("quantize_base") else "meta"
+    with set_default_dtype(dtype), torch.device(build_device):
         model = qwen2_5_vl_from_hf_config(config, **lora_args)
-    model.to_empty(device="cpu")
+    if build_device == "meta":
+        model.to_empty(device="cpu")
     tied = isinstance(model.decoder.output, TiedLinear)
     state_dict = hf_to_tune(load_hf_state_dict(model_dir), tie_word_embeddings=tied)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [key for key in missing if not key.endswith(_ADAPTER_SUFFIXES)]
+    missing = [key for key in missing if not key.endswith(ADAPTER_PARAM_SUFFIXES)]
     if missing or unexpected:
         raise ValueError(f"{model_dir}: checkpoint lacks {missing[:5]} / has unknown {unexpected[:5]}")
     for module in model.modules():
-        if isinstance(module, (LoRALinear, DoRALinear)):
+        if is_adapted(module):
             module.initialize_parameters()
-        if isinstance(module, DoRALinear):
-            module.initialize_dora_magnitude()
         if hasattr(module, "rope_init"):
             module.rope_init()
+    initialize_dora_magnitudes(model)
     return model
-
-
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with LoRA/DoRA adapters folded into their base weights.
-
-    The model itself is left untouched (adapted weights are copied before merging).
-
-    Returns:
-        our names -> tensors, without ``lora_a``/``lora_b``/``magnitude`` entries.
-    """
-    state_dict = dict(model.state_dict())
-    adapters = [m for m in model.modules() if isinstance(m, (LoRALinear, DoRALinear))]
-    if not adapters:
-        return state_dict
-    # LoRALinear keeps rank and alpha, DoRALinear only alpha / rank; the merge needs both.
-    settings = {(m.lora_a.out_features, m.alpha / m.rank if hasattr(m, "alpha") else m.scaling) for m in adapters}
-    if len(settings) != 1:
-        raise ValueError(f"adapters with different (rank, alpha / rank) {sorted(settings)} cannot be merged together")
-    rank, scale = settings.pop()
-    for key in [k for k in state_dict if k.endswith(".lora_a.weight")]:
-        base = key.removesuffix(".lora_a.weight") + ".weight"
-        state_dict[base] = state_dict[base].clone()
-    return get_merged_lora_ckpt(state_dict, rank=rank, alpha=scale * rank)
 
 
 def save_hf_model(
@@ -125,16 +109,26 @@ def save_hf_model(
     *,
     dtype: torch.dtype | None = None,
     max_shard_bytes: int = 5 * 1024**3,
+    transform: Qwen2_5_VLTransform | None = None,
+    source_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``model`` as an HF directory that ``Qwen2_5_VLForConditionalGeneration.from_pretrained`` loads.
+    """Write ``model`` as a complete HF directory: what ``Qwen2_5_VLForConditionalGeneration``,
+    ``AutoProcessor`` and vLLM load.
 
-    LoRA/DoRA adapters are merged into the saved weights.
+    LoRA/DoRA adapters are merged into the saved weights (a QLoRA base is dequantized first), so the
+    weights compute what the adapted model computes. Besides the weights and ``config.json``, the
+    tokenizer, chat template, preprocessor and generation configs are written (see
+    ``qwenvl_data._processor_files.write_processor_files``).
 
     Args:
         model: a ``Qwen2_5_VLModel`` (LoRA or not).
         out_dir: directory to create or overwrite files in.
-        dtype: dtype to save in; None keeps the parameters' dtype.
+        dtype: dtype to save in; None keeps the embedding's dtype (the run's dtype).
         max_shard_bytes: above this, weights are split into shards with an index file.
+        transform: the ``Qwen2_5_VLTransform`` the model was trained with (tokenizer, pixel budgets);
+            None: ``source_dir``'s, else the packaged vocabulary with the default budgets.
+        source_dir: the HF checkpoint the model started from; its tokenizer files and generation config
+            are copied.
 
     Returns:
         Path of ``out_dir``.
@@ -174,4 +168,5 @@ def save_hf_model(
         (out_dir / _INDEX_FILE).write_text(json.dumps(index, indent=2))
     config = hf_config_from_model(model, save_dtype)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_processor_files(out_dir, transform, source_dir)
     return out_dir

@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.tensor import DTensor
+from torchtune.modules import TiedLinear
 
 from qwenvl_data.training._distributed import barrier, rank_and_world
 
@@ -67,11 +68,15 @@ def _publish_dir(partial: Path, final: Path) -> None:
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """A fresh ``<final>.partial`` directory to write into, published as ``final`` in one rename when the
-    block succeeds; a block that fails leaves ``final`` as it was."""
+    block succeeds; a block that fails leaves ``final`` as it was and removes the partial directory."""
     partial = final.with_name(final.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    yield partial
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left behind
+        raise
     _publish_dir(partial, final)
 
 
@@ -98,6 +103,13 @@ class TrainingCheckpointer:
             the end of each epoch).
         keep_last_n: how many training states to keep on disk (older ones are deleted).
         final_dir_name: name of the HF directory written at the end of training.
+        adapter_dir: a PEFT LoRA/DoRA adapter directory (ours or made by PEFT) for `checkpoint_dir`,
+            loaded into the LoRA model to evaluate it or continue training; the model's LoRA
+            settings (modules, rank, alpha, use_dora) must match it.
+
+    Attributes:
+        transform: the run's `Qwen2_5_VLTransform`, set by the recipe; HF directories get its
+            tokenizer files and pixel budgets (None: the checkpoint's, else the defaults).
     """
 
     def __init__(
@@ -107,6 +119,7 @@ class TrainingCheckpointer:
         save_every_n_steps: int | None = None,
         keep_last_n: int = 1,
         final_dir_name: str = "hf_model",
+        adapter_dir: str | None = None,
     ) -> None:
         if save_every_n_steps is not None and save_every_n_steps < 1:
             raise ValueError(f"checkpointer.save_every_n_steps must be >= 1 or null, got {save_every_n_steps}")
@@ -119,6 +132,13 @@ class TrainingCheckpointer:
                 f"checkpointer.checkpoint_dir={str(self.checkpoint_dir)!r} is not a Hugging Face model "
                 "directory (no config.json); point it at a local download of e.g. Qwen/Qwen2.5-VL-7B-Instruct"
             )
+        self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        if self.adapter_dir is not None and self.checkpoint_dir is None:
+            raise ValueError("checkpointer.adapter_dir needs checkpointer.checkpoint_dir: the base model it adapts")
+        if self.adapter_dir is not None and not (self.adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"checkpointer.adapter_dir={str(self.adapter_dir)!r} is not a PEFT adapter "
+                                    "directory (no adapter_config.json)")  # fmt: skip
+        self.transform = None
         self.save_every_n_steps = save_every_n_steps
         self.keep_last_n = keep_last_n
         self.final_dir = self.output_dir / final_dir_name
@@ -126,12 +146,26 @@ class TrainingCheckpointer:
 
     # ---- pretrained weights -------------------------------------------------------------------
     def pretrained_state_dict(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The checkpoint_dir weights under our module names (empty when training from scratch)."""
+        """The checkpoint_dir weights (and adapter_dir's) under our module names (empty when training from scratch)."""
         if self.checkpoint_dir is None:
             return {}
         from qwenvl_data.models import load_hf_model
 
-        return load_hf_model(self.checkpoint_dir, dtype=dtype).state_dict()
+        base = load_hf_model(self.checkpoint_dir, dtype=dtype)
+        state_dict = base.state_dict()
+        if self.adapter_dir is not None:
+            adapter = self._read_adapter(base)
+            for module, (lora_a, lora_b, magnitude) in adapter.lora.items():
+                state_dict.update({f"{module}.lora_a.weight": lora_a, f"{module}.lora_b.weight": lora_b})
+                if magnitude is not None:
+                    state_dict[f"{module}.magnitude"] = magnitude
+            state_dict.update(adapter.full_weights)
+        return {k: v.to(dtype) for k, v in state_dict.items()}
+
+    def _read_adapter(self, base: nn.Module):
+        from qwenvl_data.models import read_peft_adapter
+
+        return read_peft_adapter(self.adapter_dir, tie_word_embeddings=isinstance(base.decoder.output, TiedLinear))
 
     def load_pretrained(self, model: nn.Module, dtype: torch.dtype, trainable_only_missing: bool = False) -> None:
         """Copy checkpoint_dir's weights into an unsharded model.
@@ -141,18 +175,30 @@ class TrainingCheckpointer:
             dtype: dtype to read the weights in.
             trainable_only_missing: True for LoRA models, whose adapter weights are not in the
                 checkpoint; any other missing or unexpected key is still an error.
+
+        With `adapter_dir`, its adapter is loaded too (an error names the layers that do not match);
+        without, DoRA magnitudes are initialized from the loaded weights (also for a from-scratch model).
         """
-        if self.checkpoint_dir is None:
-            return
-        missing, unexpected = model.load_state_dict(self.pretrained_state_dict(dtype), strict=False)
-        if trainable_only_missing:
-            missing = [k for k in missing if not _is_adapter_key(k)]
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {self.checkpoint_dir} does not match the configured model: "
-                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-            )
+        from qwenvl_data.models import initialize_dora_magnitudes, load_hf_model, load_peft_adapter
+
+        if self.checkpoint_dir is not None:
+            base = load_hf_model(self.checkpoint_dir, dtype=dtype)
+            missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+            if trainable_only_missing:
+                missing = [k for k in missing if not _is_adapter_key(k)]
+            if missing or unexpected:
+                raise ValueError(
+                    f"checkpoint {self.checkpoint_dir} does not match the configured model: "
+                    f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                    f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                )
+            if self.adapter_dir is not None:
+                try:
+                    load_peft_adapter(model, self._read_adapter(base))
+                except ValueError as error:
+                    raise ValueError(f"checkpointer.adapter_dir={str(self.adapter_dir)!r}: {error}") from None
+                return
+        initialize_dora_magnitudes(model)
 
     # ---- resumable training state -------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -244,7 +290,7 @@ class TrainingCheckpointer:
         out_dir: Path | None = None,
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path | None:
-        """Write weights as an HF directory (config.json + safetensors), atomically; collective.
+        """Write weights as a complete HF directory, atomically; collective.
 
         Args:
             model: the trained model (sharded or not).
@@ -252,6 +298,9 @@ class TrainingCheckpointer:
                 rank 0 (on the meta device, then filled) when `model` is sharded or `state_dict` is given.
             out_dir: defaults to the final directory.
             state_dict: weights to save instead of `model`'s (e.g. LoRA-merged weights).
+
+        The directory is complete (tokenizer, chat template, preprocessor and generation configs from
+        `transform` and `checkpoint_dir`, see `save_hf_model`); a failed write leaves no `.partial` behind.
 
         Returns:
             The directory on rank 0, None on other ranks.
@@ -269,7 +318,7 @@ class TrainingCheckpointer:
                     to_save = build_plain_model()
                 to_save.load_state_dict(state_dict, assign=True)
             with atomic_directory(out_dir) as partial:
-                save_hf_model(to_save, partial)
+                save_hf_model(to_save, partial, transform=self.transform, source_dir=self.checkpoint_dir)
         barrier()
         return out_dir if rank == 0 else None
 

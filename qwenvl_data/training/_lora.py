@@ -1,18 +1,22 @@
-"""LoRA specifics: which parameters train, and how the adapter is written on its own."""
+"""LoRA specifics: which parameters train, and how the adapter is written on its own (PEFT's format)."""
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
+from qwenvl_data.models import peft_adapter_config, write_peft_adapter
 from qwenvl_data.training._checkpoint import atomic_directory
 
 
 def train_adapters_only(model: nn.Module) -> None:
-    """Freeze everything except the LoRA adapters and the modules the builder marked trainable."""
+    """Freeze everything except the LoRA adapters and the modules the builder marked trainable.
+
+    Raises:
+        ValueError: (before any training) when the adapter could not be written in PEFT's format.
+    """
+    peft_adapter_config(model, trained_modules=getattr(model, "trainable_modules", ()))
     set_trainable_params(model, get_adapter_params(model))
 
 
@@ -21,33 +25,35 @@ def has_adapters(model: nn.Module) -> bool:
     return any(hasattr(module, "lora_a") for module in model.modules())
 
 
-def adapter_names(model: nn.Module) -> list[str]:
-    """Parameter names LoRA trains: the adapters and any module trained in full next to them (the merger)."""
-    return sorted(get_adapter_params(model))
+def trained_full_modules(model: nn.Module) -> list[str]:
+    """The builder's fully trained modules (``trainable_modules``) that still train after the freeze options."""
+    return [
+        name
+        for name in getattr(model, "trainable_modules", ())
+        if any(p.requires_grad for p in model.get_submodule(name).parameters())
+    ]
 
 
 def save_adapter(
-    full_state_dict: dict[str, torch.Tensor],
-    names: list[str],
-    out_dir: Path,
-    *,
-    lora_rank: int,
-    lora_alpha: float,
-    base_model: str | None,
+    model: nn.Module, full_state_dict: dict[str, torch.Tensor], out_dir: Path, *, base_model: str | None
 ) -> Path:
-    """Write the trained weights of a LoRA run (our module names) and their settings, atomically.
+    """Write the adapter of a LoRA run as a PEFT adapter directory, atomically.
+
+    ``peft.PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration.from_pretrained(base), out_dir)``
+    computes what the trained model computes; the merger (or vision tower) when trained goes in
+    ``modules_to_save``.
 
     Args:
-        full_state_dict: the unsharded model weights.
-        names: which of them the run trained (`adapter_names`).
-        base_model: the HF directory the adapter applies to, recorded for the reader.
+        model: the trained LoRA model (sharded or not).
+        full_state_dict: its unsharded weights.
+        out_dir: the adapter directory to (re)write.
+        base_model: the HF directory the adapter applies to, recorded as ``base_model_name_or_path``.
 
     Returns:
         out_dir, holding adapter_model.safetensors and adapter_config.json.
     """
-    adapter = {name: full_state_dict[name].contiguous() for name in names}
-    settings = {"r": lora_rank, "lora_alpha": lora_alpha, "base_model": base_model, "key_naming": "qwenvl_data"}
     with atomic_directory(out_dir) as partial:
-        save_file(adapter, str(partial / "adapter_model.safetensors"))
-        (partial / "adapter_config.json").write_text(json.dumps(settings, indent=2))
+        write_peft_adapter(
+            model, full_state_dict, partial, trained_modules=trained_full_modules(model), base_model=base_model
+        )
     return out_dir

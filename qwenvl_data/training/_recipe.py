@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torchtune import training, utils
 
+from qwenvl_data.models import initialize_dora_magnitudes
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import build_dataloader, move_to_device
@@ -29,7 +30,7 @@ from qwenvl_data.training._distributed import (
 )
 from qwenvl_data.training._eval import answer_accuracy
 from qwenvl_data.training._loss import output_loss, trained_rows
-from qwenvl_data.training._lora import adapter_names, has_adapters, save_adapter, train_adapters_only
+from qwenvl_data.training._lora import has_adapters, save_adapter, train_adapters_only
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 
@@ -91,6 +92,7 @@ class FinetuneRecipe:
         self.dataset = build(cfg, "dataset", self.transform)
         self.eval_dataset = build(cfg, "eval_dataset", self.transform) if cfg.get("eval_dataset") else None
         self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
+        self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
         self.model = self._build_model(cfg)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
@@ -160,6 +162,8 @@ class FinetuneRecipe:
         full = self.checkpointer.pretrained_state_dict(self.dtype) if self.is_main else {}
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not self.lora)
         set_model_state_dict(model, full, options=options)
+        if self.lora and self.checkpointer.adapter_dir is None:
+            initialize_dora_magnitudes(model)  # from the loaded weights (an adapter_dir brings its own)
         return model
 
     def _check_adapters(self, model: torch.nn.Module, cfg: DictConfig) -> None:
@@ -318,17 +322,14 @@ class FinetuneRecipe:
         return final_dir
 
     def _save_final_weights(self) -> Path | None:
-        """HF weights (LoRA: merged by save_hf_model) and, for LoRA, the adapter on its own."""
+        """HF weights (LoRA: merged by save_hf_model) and, for LoRA, the adapter on its own (PEFT's format)."""
         build_model = lambda: build(self.cfg, "model")  # noqa: E731 (rebuilt on rank 0 when sharded)
         if not self.lora:
             return self.checkpointer.save_hf(self.model, build_model)
         full = self.checkpointer.full_state_dict(self.model)
         if self.is_main:
             base = str(self.checkpointer.checkpoint_dir) if self.checkpointer.checkpoint_dir else None
-            adapter_dir = save_adapter(
-                full, adapter_names(self.model), self.output_dir / "adapter", base_model=base,
-                lora_rank=int(self.cfg.model.lora_rank), lora_alpha=float(self.cfg.model.lora_alpha),
-            )  # fmt: skip
+            adapter_dir = save_adapter(self.model, full, self.output_dir / "adapter", base_model=base)
             print(f"LoRA adapter: {adapter_dir}", flush=True)
         if not self.cfg.get("save_merged_weights", True):
             return self.output_dir / "adapter"
