@@ -2,9 +2,11 @@
 -> model-ready samples, lazily (map-style) or streamed (sharded, resumable, also as ``torchdata.nodes``)."""
 
 from qwenvl_data.datasets._map_style import ChatDataset, multimodal_chat_dataset
-from qwenvl_data.datasets._nodes import DropSkipped, JsonlRecordNode, streaming_chat_nodes
+from qwenvl_data.datasets._mixture import WeightedMixture
+from qwenvl_data.datasets._nodes import DropSkipped, ShardRecordNode
+from qwenvl_data.datasets._shards import Shard, list_shards
 from qwenvl_data.datasets._sources import HFSource, JsonlSource
-from qwenvl_data.datasets._streaming import StreamingChatDataset, streaming_chat_dataset
+from qwenvl_data.datasets._streaming import StreamingChatDataset, streaming_chat_dataset, streaming_chat_nodes
 from qwenvl_data.datasets._synthetic import (
     QUESTION_TYPES,
     SyntheticVQASource,
@@ -17,11 +19,14 @@ __all__ = [
     "ChatDataset",
     "DropSkipped",
     "HFSource",
-    "JsonlRecordNode",
     "JsonlSource",
+    "Shard",
+    "ShardRecordNode",
     "StreamingChatDataset",
     "SyntheticVQASource",
+    "WeightedMixture",
     "answer_choices",
+    "list_shards",
     "multimodal_chat_dataset",
     "streaming_chat_dataset",
     "streaming_chat_nodes",

@@ -79,7 +79,7 @@ def resolve_video(value: Any, image_dir: str, fps: float | None = None) -> tuple
 
     Args:
         value: a list of frame references (each as in ``resolve_image``), a directory of frame files
-            (sorted naturally by name), a video file (decoded with PyAV, sampled at ``fps``), or a
+            (sorted naturally by name), a video file or its bytes (decoded with PyAV, sampled at ``fps``), or a
             uint8 tensor [T, C, H, W].
         image_dir: directory every path must stay inside.
         fps: frame rate of the given frames (lists, directories, tensors) or the sampling rate for video
@@ -91,6 +91,10 @@ def resolve_video(value: Any, image_dir: str, fps: float | None = None) -> tuple
     fps = VIDEO_FPS if fps is None else float(fps)
     if isinstance(value, torch.Tensor):
         return value, fps
+    if isinstance(value, (bytes, bytearray, memoryview)):  # an encoded file, e.g. a WebDataset .mp4 member
+        from qwenvl_data.datasets._video import decode_video_file
+
+        return decode_video_file(bytes(value), fps)
     if isinstance(value, (list, tuple)):
         if not value:
             raise ImageLoadError("video with no frames")
