@@ -31,7 +31,8 @@ def _png(seed: int) -> bytes:
 
 
 def write_tar(path, start: int, stop: int, by_name: bool = True):
-    """WebDataset shard: ``<key>.json`` + ``<key>.png``; the JSON names its image, or (by_name=False) takes it in order."""
+    """WebDataset shard of ``<key>.json`` + ``<key>.png``: the JSON names its image (or, by_name=False, takes it
+    in order)."""
     with tarfile.open(path, "w") as tar:
         for i in range(start, stop):
             key = f"{i:06d}"
@@ -54,7 +55,8 @@ def _rows(start, stop):
 def layouts(tmp_path_factory):
     """The same 30 records in each layout, as (source, data_files) pairs."""
     root = tmp_path_factory.mktemp("shards")
-    jsonl = [write_jsonl(root / f"part{p}.jsonl", [text_record(i) for i in range(p * 10, p * 10 + 10)]) for p in range(3)]
+    jsonl = [write_jsonl(root / f"part{p}.jsonl", [text_record(i) for i in range(p * 10, p * 10 + 10)])
+             for p in range(3)]  # fmt: skip
     parquet = root / "train.parquet"
     pq.write_table(pa.Table.from_pylist(_rows(0, NUM_RECORDS)), parquet, row_group_size=6)  # 5 row groups
     import datasets
@@ -151,7 +153,9 @@ def test_shuffle_is_seeded_and_differs_per_epoch(layouts):
     source, files = layouts["parquet"]
 
     def order(seed):
-        dataset = streaming_chat_dataset(None, source=source, data_files=files, seed=seed, shuffle_buffer_size=8, epochs=2)
+        dataset = streaming_chat_dataset(
+            None, source=source, data_files=files, seed=seed, shuffle_buffer_size=8, epochs=2
+        )
         return [s["id"] for s in dataset]
 
     first = order(1)
@@ -184,7 +188,8 @@ def test_mixture_draws_close_to_its_weights_and_resumes_exactly(layouts, tmp_pat
     pq.write_table(pa.Table.from_pylist(rows), parquet_p, row_group_size=5)
 
     def loader():
-        return StatefulDataLoader(_mixture(layouts, parquet_p), batch_size=10, num_workers=2, collate_fn=sources_and_ids)
+        mixture = _mixture(layouts, parquet_p)
+        return StatefulDataLoader(mixture, batch_size=10, num_workers=2, collate_fn=sources_and_ids)
 
     stream = iter(loader())
     drawn = [name for _ in range(150) for name, _ in next(stream)]  # 1500 draws: every dataset wraps around
@@ -201,3 +206,18 @@ def test_mixture_draws_close_to_its_weights_and_resumes_exactly(layouts, tmp_pat
     tail = iter(resumed)
     straight = iter(loader())
     assert head + [next(tail) for _ in range(21)] == [next(straight) for _ in range(30)]
+
+
+def test_tar_samples_without_or_with_broken_json_are_named_or_counted(tmp_path):
+    path = tmp_path / "bad.tar"
+    members = [("000000.png", _png(0)), ("000001.json", b'{"id": "broken'), ("000001.png", _png(1))]
+    with tarfile.open(write_tar(tmp_path / "good.tar", 2, 3), "r") as good, tarfile.open(path, "w") as tar:
+        for name, data in members + [(m.name, good.extractfile(m).read()) for m in good.getmembers()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    skipping = streaming_chat_dataset(None, data_files=str(path), on_error="skip", shuffle_buffer_size=1)
+    assert [s["id"] for s in skipping] == ["r2"]
+    assert skipping.stats["bad_conversation"] == 2
+    with pytest.raises(Exception, match=r"sample bad\.tar#0 \(000000\).*neither 'conversations' nor 'messages'"):
+        list(streaming_chat_dataset(None, data_files=str(path), shuffle_buffer_size=1))

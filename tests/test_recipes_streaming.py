@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from datasets_records import llava_turns, write_jsonl, write_photos
-from recipes_support import TINY_OVERRIDES, load_config, load_recipe, metrics
+from recipes_support import TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
 
 NUM_RECORDS = 20
 
@@ -54,24 +54,35 @@ def _assert_same_weights(a, b):
         assert torch.equal(expected[key], actual[key]), key
 
 
-def test_streaming_run_stopped_and_resumed_is_bit_identical(photo_corpus, tmp_path):
-    # 6 steps of 4 = 24 samples from 20 records: the second epoch crosses into the stream's second pass.
-    _run(_streaming_overrides(photo_corpus, tmp_path / "straight"))
-    _run(_streaming_overrides(photo_corpus, tmp_path / "resumed", stop_after_step=3))  # at the epoch boundary
-    _run(_streaming_overrides(photo_corpus, tmp_path / "resumed", resume_from_checkpoint=True))
+def test_two_rank_streaming_tune_run_stopped_and_resumed_is_bit_identical(photo_corpus, tmp_path):
+    """configs/tiny_streaming.yaml under FSDP2 on 2 ranks: 2 epochs of 3 steps of 2 x 2 samples read 24 of the
+    20 records (the stream's second pass starts in epoch 2); a run stopped at the epoch boundary and resumed
+    ends with the uninterrupted run's losses and weights, bit for bit."""
+    command = ["tune", "run", "--nproc_per_node", "2", "recipes/full_finetune_distributed.py",
+               "--config", "configs/tiny_streaming.yaml"]  # fmt: skip
+    overrides = {
+        "dataset.data_files": [str(f) for f in photo_corpus], "dataset.shuffle_buffer_size": 4, "batch_size": 2,
+        "epochs": 2, "max_steps_per_epoch": 3, "checkpointer.save_every_n_steps": 2,
+    }  # fmt: skip
+    run_command([*command, *as_cli({**overrides, "output_dir": str(tmp_path / "straight")})], timeout=420)
+    overrides["output_dir"] = str(tmp_path / "resumed")
+    run_command([*command, *as_cli({**overrides, "stop_after_step": 3})], timeout=420)
+    resumed = run_command([*command, *as_cli({**overrides, "resume_from_checkpoint": True})], timeout=420)
+    assert "resumed from" in resumed.stdout and "at step 3 (epoch 1)" in resumed.stdout
     assert metrics(tmp_path / "resumed")["history"]["loss"] == metrics(tmp_path / "straight")["history"]["loss"]
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_mixture_run_stopped_and_resumed_is_bit_identical(photo_corpus, tmp_path):
-    """A map-style synthetic dataset (weight 3) mixed with the streamed photos (weight 1), resumed mid-epoch."""
+    """A map-style synthetic dataset (weight 3) mixed with the streamed photos (weight 1), read by a DataLoader
+    worker, stopped mid-epoch and resumed."""
     mixture = [
         {"_component_": "qwenvl_data.datasets.synthetic_vqa_dataset", "num_samples": 32, "image_size": [56, 56],
          "weight": 3},
         {"_component_": "qwenvl_data.datasets.streaming_chat_dataset", "data_files": [str(f) for f in photo_corpus],
          "shuffle_buffer_size": 4, "weight": 1},
     ]  # fmt: skip
-    straight = _streaming_overrides(photo_corpus, tmp_path / "straight", dataset=mixture)
+    straight = _streaming_overrides(photo_corpus, tmp_path / "straight", dataset=mixture, num_workers=1)
     _run(straight)
     _run({**straight, "output_dir": str(tmp_path / "resumed"), "stop_after_step": 4})
     _run({**straight, "output_dir": str(tmp_path / "resumed"), "resume_from_checkpoint": True})

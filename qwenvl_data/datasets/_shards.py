@@ -64,7 +64,7 @@ def _json_records(shard: Shard) -> Iterator[Any]:
         try:
             data = json.load(f)
         except ValueError as err:
-            raise ValueError(f"{shard.path}: not a JSON file ({err}); JSON Lines files need the .jsonl extension") from err
+            raise ValueError(f"{shard.path}: not a JSON file ({err}); name JSON Lines files *.jsonl") from err
     if not isinstance(data, list):
         raise ValueError(f"{shard.path}: a JSON data file must hold a list of records, got {type(data).__name__}")
     yield from data

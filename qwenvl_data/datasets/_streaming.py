@@ -4,7 +4,6 @@ epochs, exactly resumable. One pipeline (``torchdata.nodes``), seen as an ``Iter
 (``streaming_chat_dataset``) or as the node graph itself (``streaming_chat_nodes``)."""
 
 import functools
-import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -12,18 +11,16 @@ from typing import Any, Literal
 from torchdata.nodes import BaseNode, Mapper, ParallelMapper
 
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset, ShardRecordNode
-from qwenvl_data.datasets._processing import RecordProcessor
+from qwenvl_data.datasets._processing import RecordProcessor, SkipReporting
 from qwenvl_data.datasets._shards import Shard, count_records, list_shards
 from qwenvl_data.datasets._sources import source_root
-
-logger = logging.getLogger(__name__)
 
 
 def _process_item(processor: RecordProcessor, item: tuple[str, Any]) -> dict | None:
     return processor(*item)
 
 
-class StreamingChatDataset(ReaderNodeDataset):
+class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
     """Conversation records -> model-ready samples, streamed shard by shard.
 
     Reader = ``rank * num_workers + worker_id`` of ``world_size * num_workers``; every record is read by exactly
@@ -95,8 +92,9 @@ class StreamingChatDataset(ReaderNodeDataset):
     ) -> DropSkipped:
         """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``."""
         process = functools.partial(_process_item, self.processor)
-        mapped = ParallelMapper(records, process, num_workers, method=method) if num_workers > 0 else Mapper(records, process)
-        return DropSkipped(mapped, self.processor.stats)
+        if num_workers > 0:
+            return DropSkipped(ParallelMapper(records, process, num_workers, method=method), self.processor.stats)
+        return DropSkipped(Mapper(records, process), self.processor.stats)
 
     def reader_node(self, reader: int, num_readers: int) -> BaseNode:
         self._records = self.records_node(reader, num_readers)
@@ -115,16 +113,6 @@ class StreamingChatDataset(ReaderNodeDataset):
     def stats(self) -> dict[str, int]:
         """Skipped samples by cause so far (all DataLoader workers of this process included)."""
         return self.processor.stats.as_dict()
-
-    def log_stats(self, epoch: int | None = None) -> str:
-        """Log (INFO) and return the skip summary."""
-        line = ("" if epoch is None else f"epoch {epoch}: ") + self.processor.stats.summary()
-        logger.info(line)
-        return line
-
-    def reset_stats(self) -> None:
-        """Zero the skip counters."""
-        self.processor.stats.reset()
 
 
 def streaming_chat_dataset(
