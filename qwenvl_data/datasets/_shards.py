@@ -230,7 +230,7 @@ def list_shards(source: str | os.PathLike | None, data_files: Any = None, split:
     if source is not None and source not in STREAM_SOURCES:
         raise ValueError(
             f"streaming source must be one of {STREAM_SOURCES} (with data_files) or a dataset directory "
-            f"written by save_to_disk, got {source!r}"
+            f"written by save_to_disk, got {source!r} (in-memory datasets: use multimodal_chat_dataset)"
         )
     if isinstance(data_files, Mapping):
         data_files = data_files[split]
