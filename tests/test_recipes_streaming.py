@@ -73,19 +73,21 @@ def test_two_rank_streaming_tune_run_stopped_and_resumed_is_bit_identical(photo_
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_mixture_run_stopped_and_resumed_is_bit_identical(photo_corpus, tmp_path):
+def test_mixture_run_resumed_from_a_mid_epoch_state_is_bit_identical(photo_corpus, tmp_path):
     """A map-style synthetic dataset (weight 3) mixed with the streamed photos (weight 1), read by a DataLoader
-    worker, stopped mid-epoch and resumed."""
+    worker: resuming from the state saved mid-epoch finishes with the uninterrupted run's weights."""
     mixture = [
         {"_component_": "qwenvl_data.datasets.synthetic_vqa_dataset", "num_samples": 32, "image_size": [56, 56],
          "weight": 3},
         {"_component_": "qwenvl_data.datasets.streaming_chat_dataset", "data_files": [str(f) for f in photo_corpus],
          "shuffle_buffer_size": 4, "weight": 1},
     ]  # fmt: skip
-    straight = _streaming_overrides(photo_corpus, tmp_path / "straight", dataset=mixture, num_workers=1)
+    straight = _streaming_overrides(
+        photo_corpus, tmp_path / "straight", dataset=mixture, num_workers=1, **{"checkpointer.keep_last_n": 4}
+    )
     _run(straight)
-    _run({**straight, "output_dir": str(tmp_path / "resumed"), "stop_after_step": 4})
-    _run({**straight, "output_dir": str(tmp_path / "resumed"), "resume_from_checkpoint": True})
+    mid_epoch = tmp_path / "straight" / "training_state" / "step_0000004"  # a periodic save, mid-way into epoch 2
+    _run({**straight, "output_dir": str(tmp_path / "resumed"), "resume_from_checkpoint": str(mid_epoch)})
     assert metrics(tmp_path / "resumed")["history"]["loss"] == metrics(tmp_path / "straight")["history"]["loss"]
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 

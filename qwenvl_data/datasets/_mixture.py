@@ -2,8 +2,9 @@
 
 Each draw picks a dataset with probability ``weight / sum(weights)`` (a seeded ``torch.multinomial`` per
 reader) and takes that dataset's next sample. Map-style datasets are read in a seeded ``DistributedSampler``
-order over all readers; streaming datasets through their own sharded record stream. A dataset that runs out
-starts its next epoch (a new order), so the mixture never ends: training length is ``max_steps_per_epoch``.
+order over all readers (dropping the tail that does not fill one sample per reader, as the map-style
+loader does); streaming datasets through their own sharded record stream. A dataset that runs out starts
+its next epoch (a new order), so the mixture never ends: training length is ``max_steps_per_epoch``.
 """
 
 import functools
@@ -25,7 +26,8 @@ class WeightedMixture(ReaderNodeDataset):
 
     Args:
         datasets: map-style datasets (``multimodal_chat_dataset``, ``synthetic_vqa_dataset``, any sized
-            ``Dataset``) and/or ``StreamingChatDataset`` s.
+            ``Dataset``) and/or ``StreamingChatDataset`` s (their ``epochs``, ``rank`` and ``world_size`` do not
+            apply here: each is read by this mixture's readers and restarts when it runs out).
         weights: one positive number per dataset (relative: 7, 2, 1 is 70/20/10).
         seed: seeds the choice of dataset and the map-style orders.
         shuffle: shuffle map-style datasets (streaming ones shuffle with their own buffer).
@@ -55,18 +57,19 @@ class WeightedMixture(ReaderNodeDataset):
         self.datasets, self.weights = list(datasets), [float(w) for w in weights]
         self.seed, self.shuffle = seed, shuffle
 
-    def _samples(self, dataset: Dataset, reader: int, num_readers: int) -> BaseNode:
+    def _samples(self, number: int, dataset: Dataset, reader: int, num_readers: int) -> BaseNode:
         if isinstance(dataset, StreamingChatDataset):
             return dataset.samples_node(dataset.records_node(reader, num_readers))
         if len(dataset) < num_readers:
             raise ValueError(f"a dataset of {len(dataset)} samples cannot be split over {num_readers} readers")
-        sampler = DistributedSampler(
-            dataset, num_replicas=num_readers, rank=reader, shuffle=self.shuffle, seed=self.seed, drop_last=True
-        )
+        sampler = DistributedSampler(  # seed + number: datasets of equal size are not read in the same order
+            dataset, num_replicas=num_readers, rank=reader, shuffle=self.shuffle, seed=self.seed + number,
+            drop_last=True,
+        )  # fmt: skip
         return Mapper(SamplerWrapper(sampler), functools.partial(_fetch, dataset))
 
     def reader_node(self, reader: int, num_readers: int) -> BaseNode:
-        sources = {str(i): self._samples(d, reader, num_readers) for i, d in enumerate(self.datasets)}
+        sources = {str(i): self._samples(i, d, reader, num_readers) for i, d in enumerate(self.datasets)}
         weights = {str(i): w for i, w in enumerate(self.weights)}
         mixed = MultiNodeWeightedSampler(
             sources, weights, stop_criteria=StopCriteria.CYCLE_FOREVER, rank=reader, world_size=num_readers,
