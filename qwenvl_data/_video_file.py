@@ -7,6 +7,7 @@ work, decoding forward otherwise. Decoded frames that are not kept are dropped a
 the kept frames plus one decoder's state, whatever the clip's length.
 """
 
+import io
 import os
 from bisect import bisect_right
 from collections.abc import Callable
@@ -48,7 +49,7 @@ FrameSize = Callable[[int, int, int], tuple[int, int]]
 
 
 def read_video_file(
-    path: str | os.PathLike, options: VideoOptions, frame_size: FrameSize | None = None
+    path: str | os.PathLike | bytes, options: VideoOptions, frame_size: FrameSize | None = None
 ) -> tuple[list[Image.Image], float]:
     """The frames of a video file that ``options`` keep, upright, and the rate they were sampled at.
 
@@ -58,7 +59,8 @@ def read_video_file(
     (a phone's portrait clip) is applied, as images follow their EXIF orientation.
 
     Args:
-        path: a video file FFmpeg can read (mp4, mkv, webm, mov, avi, ...).
+        path: a video file FFmpeg can read (mp4, mkv, webm, mov, avi, ...), or such a file's bytes (a
+            WebDataset shard's ``.mp4`` member).
         options: the selection options; the pixel options are applied later, by the image transform.
         frame_size: ``(kept count, height, width) -> (height, width)``: each kept frame is resized to it
             (PIL bicubic) as soon as it is decoded, so only output-sized frames are held. None: full size.
@@ -72,12 +74,15 @@ def read_video_file(
         ImageLoadError: the file is missing, not a video, has no video stream or no frames, is damaged
             (unless ``allow_truncated``), or the window lies outside the clip; the message names the file.
     """
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        reason = "does not exist" if not os.path.exists(name) else "is not a regular file"
-        raise ImageLoadError(f"video file {name} {reason}")
+    if isinstance(path, bytes):
+        source, name = path, f"({len(path)} bytes)"
+    else:
+        source = name = os.fspath(path)
+        if not os.path.isfile(name):
+            reason = "does not exist" if not os.path.exists(name) else "is not a regular file"
+            raise ImageLoadError(f"video file {name} {reason}")
     try:
-        with _open(name) as container:
+        with _open(source, name) as container:
             if not container.streams.video:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
                 raise ImageLoadError(f"video file {name} has no video stream (streams: {', '.join(kinds)})")
@@ -99,16 +104,16 @@ def read_video_file(
                     ) from None
                 usable = damage.index
         # Frames before the damage only, from a fresh decoder (one that met the damage keeps some of it).
-        with _open(name) as container:
+        with _open(source, name) as container:
             return _read_kept(container, container.streams.video[0], index, usable, options, frame_size, name)
     except av.error.FFmpegError as error:
         raise ImageLoadError(f"video file {name} cannot be decoded: {error}") from error
 
 
-def _open(name: str) -> av.container.InputContainer:
-    """The opened file, or an ImageLoadError saying why FFmpeg cannot open it."""
+def _open(source: str | bytes, name: str) -> av.container.InputContainer:
+    """The opened file (or bytes), or an ImageLoadError saying why FFmpeg cannot open it."""
     try:
-        return av.open(name)
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except av.error.EOFError as error:
         raise ImageLoadError(f"video file {name} has no video frames (it ends before the first one)") from error
     except av.error.FFmpegError as error:

@@ -182,8 +182,11 @@ class Qwen2_5_VLImageTransform:
         except ValueError as error:
             raise SampleError(str(error)) from error
         if is_video_file(video):
-            video = media_file(video, what="video")  # file:// URIs; FIFOs and folders refused before opening
-            name = f"video {shown(video)}"
+            if isinstance(video, bytes):
+                name = f"video ({len(video)} bytes)"
+            else:
+                video = media_file(video, what="video")  # file:// URIs; FIFOs and folders refused before opening
+                name = f"video {shown(video)}"
 
             def frame_size(count: int, height: int, width: int) -> tuple[int, int]:
                 # Known before decoding, so each kept frame is shrunk as it is decoded: memory holds the

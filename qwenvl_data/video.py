@@ -92,8 +92,8 @@ VIDEO_OPTION_KEYS = tuple(field.name for field in dataclasses.fields(VideoOption
 
 
 def is_video_file(video: object) -> bool:
-    """True for a path (str / PathLike) that names a video file rather than a list of frames."""
-    return isinstance(video, (str, os.PathLike))
+    """True for a path (str / PathLike) that names a video file, or an encoded file's bytes, rather than frames."""
+    return isinstance(video, (str, os.PathLike, bytes))
 
 
 def video_frames(video: Sequence[ImageSource] | torch.Tensor) -> list[Image.Image]:

@@ -76,7 +76,7 @@ def test_resume_with_other_sharding_is_refused(corpus):
     next(iterator)
     other = streaming_chat_dataset(None, data_files=str(corpus), rank=1, world_size=2)
     other.load_state_dict(ds.state_dict())
-    with pytest.raises(ValueError, match="keep world size and num_workers"):
+    with pytest.raises(ValueError, match="keep the data files, world size and num_workers"):
         next(iter(other))
 
 

@@ -4,9 +4,11 @@ samples, lazily (map-style) or streamed (sharded, resumable, also as ``torchdata
 ``_formats``."""
 
 from qwenvl_data.datasets._map_style import ChatDataset, multimodal_chat_dataset
-from qwenvl_data.datasets._nodes import DropSkipped, JsonlRecordNode, streaming_chat_nodes
+from qwenvl_data.datasets._mixture import WeightedMixture
+from qwenvl_data.datasets._nodes import DropSkipped, ShardRecordNode
+from qwenvl_data.datasets._shards import Shard, list_shards
 from qwenvl_data.datasets._sources import HFSource, JsonlSource
-from qwenvl_data.datasets._streaming import StreamingChatDataset, streaming_chat_dataset
+from qwenvl_data.datasets._streaming import StreamingChatDataset, streaming_chat_dataset, streaming_chat_nodes
 from qwenvl_data.datasets._synthetic import (
     QUESTION_TYPES,
     SyntheticVQASource,
@@ -19,11 +21,14 @@ __all__ = [
     "ChatDataset",
     "DropSkipped",
     "HFSource",
-    "JsonlRecordNode",
     "JsonlSource",
+    "Shard",
+    "ShardRecordNode",
     "StreamingChatDataset",
     "SyntheticVQASource",
+    "WeightedMixture",
     "answer_choices",
+    "list_shards",
     "multimodal_chat_dataset",
     "streaming_chat_dataset",
     "streaming_chat_nodes",

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from qwenvl_data.datasets._processing import RecordProcessor
+from qwenvl_data.datasets._processing import RecordProcessor, SkipReporting
 from qwenvl_data.datasets._sources import RecordSource, open_source, source_root
 
 logger = logging.getLogger(__name__)
 
 
-class ChatDataset(Dataset):
+class ChatDataset(SkipReporting, Dataset):
     """Raw conversation records -> model-ready samples, one at a time, on demand.
 
     Nothing is pre-loaded or pre-tokenised: memory is the source's index (byte offsets for JSON Lines,
@@ -98,16 +98,6 @@ class ChatDataset(Dataset):
     def stats(self) -> dict[str, int]:
         """Skipped samples by cause so far (all DataLoader workers included), plus ``filtered``."""
         return {**self.processor.stats.as_dict(), "filtered": self.num_filtered}
-
-    def log_stats(self, epoch: int | None = None) -> str:
-        """Log (INFO) and return the skip summary; recipes call it at the end of each epoch."""
-        line = ("" if epoch is None else f"epoch {epoch}: ") + self.processor.stats.summary()
-        logger.info(line)
-        return line
-
-    def reset_stats(self) -> None:
-        """Zero the skip counters (to count the next epoch on its own)."""
-        self.processor.stats.reset()
 
 
 def multimodal_chat_dataset(

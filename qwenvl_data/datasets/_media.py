@@ -52,12 +52,12 @@ def resolve_video(value: Any, image_dir: str) -> list | torch.Tensor | str:
 
     Args:
         value: a list of frame references (each as in ``resolve_image``), a directory of frame files
-            (sorted naturally by name) or a video file, each given as a path or ``file://`` URI, or a uint8
-            tensor [T, C, H, W].
+            (sorted naturally by name) or a video file, each given as a path or ``file://`` URI, a video file's
+            bytes (a WebDataset ``.mp4`` member), or a uint8 tensor [T, C, H, W].
         image_dir: directory every path must stay inside.
 
     Returns:
-        frames as a list of PIL images / bytes / paths, the tensor unchanged, or the video file's safe path.
+        frames as a list of PIL images / bytes / paths, the tensor unchanged, the video file's safe path, or its bytes.
 
     Raises:
         ImageLoadError: a missing path, one that is neither a directory nor a regular file (FIFO, device), an
@@ -66,6 +66,8 @@ def resolve_video(value: Any, image_dir: str) -> list | torch.Tensor | str:
     """
     if isinstance(value, torch.Tensor):
         return value
+    if isinstance(value, (bytes, bytearray, memoryview)):  # an encoded file, decoded lazily by the transform
+        return bytes(value)
     if isinstance(value, (list, tuple)):
         if not value:
             raise ImageLoadError("video with no frames")

@@ -1,73 +1,62 @@
-"""The streaming pipeline as ``torchdata.nodes``: a record node, the sample processor as a (parallel) map,
-and a node that drops skipped samples. Compose further with ``Batcher`` / ``Loader`` as usual."""
+"""The streaming pipeline as ``torchdata.nodes``: a node of one reader's raw records, the sample processor as a
+(parallel) map, and a node that drops skipped samples; plus ``ReaderNodeDataset``, the ``IterableDataset`` view
+that runs one such graph per reader (rank x DataLoader worker) with ``state_dict()`` / ``load_state_dict()``.
+"""
 
-import functools
 import logging
-import os
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
-from torchdata.nodes import BaseNode, Mapper, ParallelMapper
+from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.nodes import BaseNode
 
 from qwenvl_data.datasets._distributed import rank_and_world_size
-from qwenvl_data.datasets._processing import RecordProcessor
 from qwenvl_data.datasets._shard_stream import ShardStream
-from qwenvl_data.datasets._sources import JsonlSource, source_root
+from qwenvl_data.datasets._shards import Shard
 from qwenvl_data.datasets._stats import SkipCounts
 
 logger = logging.getLogger(__name__)
 
 
-class JsonlRecordNode(BaseNode[tuple[int, bytes]]):
-    """This rank's shard of JSON Lines records, ``(record_index, raw_line)``, through a seeded shuffle buffer.
+class ShardRecordNode(BaseNode[tuple[str, Any]]):
+    """One reader's raw records, ``(label, record)``, through a seeded shuffle buffer (see ``ShardStream``).
 
     Each ``reset()`` without a state starts the next epoch (a new shuffle order), as torchdata's samplers do.
 
     Args:
-        source: indexed JSON Lines files.
+        shards: the whole corpus. reader, num_readers: this reader's place.
         seed: shuffle seed. shuffle_buffer_size: buffer length (1 = file order).
-        rank, world_size: this process's place; default from ``torch.distributed``.
         epoch: the first epoch.
     """
 
     def __init__(
-        self,
-        source: JsonlSource,
-        *,
-        seed: int = 0,
-        shuffle_buffer_size: int = 1000,
-        rank: int | None = None,
-        world_size: int | None = None,
-        epoch: int = 0,
+        self, shards: Sequence[Shard], reader: int, num_readers: int, *, seed: int, shuffle_buffer_size: int, epoch: int
     ) -> None:
         super().__init__()
-        self.source, self.seed, self.shuffle_buffer_size = source, seed, shuffle_buffer_size
-        self.rank, self.world_size = rank_and_world_size(rank, world_size)
+        self.stream = ShardStream(shards, reader, num_readers, seed, shuffle_buffer_size, epoch)
         self._next_epoch = epoch
-        self._stream: ShardStream | None = None
 
     def reset(self, initial_state: dict | None = None) -> None:
         super().reset(initial_state)
-        self._stream = ShardStream(
-            self.source, self.rank, self.world_size, self.seed, self.shuffle_buffer_size, self._next_epoch
-        )
-        if initial_state is not None:
-            self._stream.load(initial_state)
-        self._next_epoch = self._stream.epoch + 1
+        if initial_state is None:
+            self.stream.start_epoch(self._next_epoch)
+        else:
+            self.stream.load(initial_state)
+        self._next_epoch = self.stream.epoch + 1
 
-    def next(self) -> tuple[int, bytes]:
-        return next(self._stream)
+    def next(self) -> tuple[str, Any]:
+        return next(self.stream)
 
     def get_state(self) -> dict[str, Any]:
-        return self._stream.state()
+        return self.stream.state()
 
 
 class DropSkipped(BaseNode[dict]):
-    """Passes samples through and drops the None a skipped sample becomes; logs skip counts at epoch end."""
+    """Passes samples through and drops the None a skipped sample becomes; logs ``stats`` (if given) at epoch end."""
 
     SOURCE_KEY = "source"
 
-    def __init__(self, source: BaseNode, stats: SkipCounts) -> None:
+    def __init__(self, source: BaseNode, stats: SkipCounts | None = None) -> None:
         super().__init__()
         self.source, self.stats = source, stats
 
@@ -80,7 +69,8 @@ class DropSkipped(BaseNode[dict]):
             try:
                 sample = next(self.source)
             except StopIteration:
-                logger.info("epoch finished; dataset %s", self.stats.summary())
+                if self.stats is not None:
+                    logger.info("epoch finished; dataset %s", self.stats.summary())
                 raise
             if sample is not None:
                 return sample
@@ -89,58 +79,50 @@ class DropSkipped(BaseNode[dict]):
         return {self.SOURCE_KEY: self.source.state_dict()}
 
 
-def _process_item(processor: RecordProcessor, item: tuple[int, Any]) -> dict | None:
-    return processor(*item)
+def reader_place(rank: int, world_size: int) -> tuple[int, int]:
+    """``(reader, num_readers)`` of the calling DataLoader worker: ``rank * num_workers + worker_id`` of
+    ``world_size * num_workers`` (the main process counts as the only worker)."""
+    info = get_worker_info()
+    worker_id, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+    return rank * num_workers + worker_id, world_size * num_workers
 
 
-def streaming_chat_nodes(
-    model_transform: Callable[[dict], dict] | None,
-    *,
-    data_files: str | os.PathLike | list,
-    image_dir: str | os.PathLike | None = None,
-    format: str | None = None,
-    column_map: Mapping[str, str] | None = None,
-    on_error: str = "raise",
-    max_tokens: int | None = None,
-    video_options: Mapping[str, Any] | None = None,
-    video_fps: float | None = None,
-    seed: int = 0,
-    shuffle_buffer_size: int = 1000,
-    rank: int | None = None,
-    world_size: int | None = None,
-    num_workers: int = 0,
-    method: Literal["thread", "process"] = "thread",
-) -> DropSkipped:
-    """Builder of the streaming pipeline as a ``torchdata.nodes`` graph.
+class ReaderNodeDataset(IterableDataset):
+    """An ``IterableDataset`` that runs, in each DataLoader worker, the node graph of that worker's reader.
 
-    ``JsonlRecordNode -> Mapper | ParallelMapper(processor, num_workers, method) -> DropSkipped``.
-    Wrap it as ``Loader(Batcher(node, batch_size), ...)`` and use the collator as a ``Mapper``.
-    Skip counts are in ``node.stats.as_dict()``: exact with threads (the default); with ``method="process"``
-    the processes share the counters' memory but not a lock, so simultaneous skips may be undercounted.
+    Subclasses build the graph in ``reader_node(reader, num_readers)``. ``state_dict()`` is the graph's state
+    in this process (each DataLoader worker has its own, which ``StatefulDataLoader`` collects);
+    ``load_state_dict()`` continues exactly there at the next ``iter()``.
 
-    Args: as ``streaming_chat_dataset``; ``num_workers`` / ``method`` parallelise the transform.
-
-    Returns:
-        the root node yielding transformed samples; ``state_dict()`` / ``reset(state)`` resume exactly.
+    Args:
+        rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
     """
-    source = JsonlSource(data_files)
-    records = JsonlRecordNode(
-        source, seed=seed, shuffle_buffer_size=shuffle_buffer_size, rank=rank, world_size=world_size
-    )
-    processor = RecordProcessor(
-        model_transform,
-        format=format,
-        image_dir=os.fspath(source_root(None, data_files) if image_dir is None else image_dir),
-        on_error=on_error,
-        max_tokens=max_tokens,
-        video_options=video_options,
-        video_fps=video_fps,
-        column_map=column_map,
-        locate=source.location,
-    )
-    process = functools.partial(_process_item, processor)
-    if num_workers > 0:
-        mapped = ParallelMapper(records, process, num_workers, method=method)
-    else:
-        mapped = Mapper(records, process)
-    return DropSkipped(mapped, processor.stats)
+
+    def __init__(self, rank: int | None, world_size: int | None) -> None:
+        self.rank, self.world_size = rank_and_world_size(rank, world_size)
+        self._node: BaseNode | None = None
+        self._resume_state: dict[str, Any] | None = None
+
+    def reader_node(self, reader: int, num_readers: int) -> BaseNode:
+        raise NotImplementedError
+
+    def _start(self) -> BaseNode:
+        """This reader's graph, reset to the resume state if one was loaded, else to a fresh start."""
+        node = self._node = self.reader_node(*reader_place(self.rank, self.world_size))
+        node.reset(self._resume_state)
+        self._resume_state = None
+        return node
+
+    def __iter__(self) -> Any:
+        return self._start()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position of this process's reader (positions and counters only, no data)."""
+        if self._node is not None:
+            return self._node.state_dict()
+        return dict(self._resume_state) if self._resume_state is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` at the next ``iter()`` (an empty state starts afresh)."""
+        self._resume_state = dict(state_dict) or None
+        self._node = None

@@ -124,3 +124,20 @@ class RecordProcessor:
         except Exception as err:
             err.add_note(f"while processing sample {index} ({sample_id})")
             raise
+
+
+class SkipReporting:
+    """``log_stats`` / ``reset_stats`` of a dataset whose ``processor`` is a ``RecordProcessor`` (map-style and
+    streaming datasets report skips the same way)."""
+
+    processor: RecordProcessor
+
+    def log_stats(self, epoch: int | None = None) -> str:
+        """Log (INFO) and return the skip summary; recipes call it at the end of each epoch."""
+        line = ("" if epoch is None else f"epoch {epoch}: ") + self.processor.stats.summary()
+        logger.info(line)
+        return line
+
+    def reset_stats(self) -> None:
+        """Zero the skip counters (to count the next epoch on its own)."""
+        self.processor.stats.reset()

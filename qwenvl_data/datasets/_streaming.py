@@ -1,46 +1,51 @@
-"""Iterable dataset over large JSON Lines corpora: sharded by rank and DataLoader worker, shuffled through
-a seeded buffer, several epochs, and exactly resumable with ``state_dict()`` / ``load_state_dict()``
-(also inside ``torchdata.stateful_dataloader.StatefulDataLoader`` workers)."""
+"""Streaming over large corpora (JSON Lines, JSON, parquet, ``save_to_disk`` directories, WebDataset tars):
+shards read lazily, split over ranks and DataLoader workers, shuffled through a seeded buffer, several
+epochs, exactly resumable. One pipeline (``torchdata.nodes``), seen as an ``IterableDataset``
+(``streaming_chat_dataset``) or as the node graph itself (``streaming_chat_nodes``)."""
 
-import logging
+import functools
 import os
-from collections.abc import Callable, Mapping
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
-from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.nodes import BaseNode, Mapper, ParallelMapper
 
-from qwenvl_data.datasets._distributed import rank_and_world_size
-from qwenvl_data.datasets._processing import RecordProcessor
-from qwenvl_data.datasets._shard_stream import ShardStream
-from qwenvl_data.datasets._sources import JsonlSource, source_root
-
-logger = logging.getLogger(__name__)
+from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset, ShardRecordNode
+from qwenvl_data.datasets._processing import RecordProcessor, SkipReporting
+from qwenvl_data.datasets._shards import Shard, count_records, list_shards
+from qwenvl_data.datasets._sources import source_root
 
 
-class StreamingChatDataset(IterableDataset):
-    """JSON Lines conversations -> model-ready samples, streamed shard by shard.
+def _process_item(processor: RecordProcessor, item: tuple[str, Any]) -> dict | None:
+    return processor(*item)
 
-    Shard = ``rank * num_workers + worker_id`` of ``world_size * num_workers``; every record is read by
-    exactly one shard (see ``ShardStream``). Shard lengths differ by at most one record, so ranks can end an
-    epoch one batch apart. Skipped samples (``on_error="skip"``) are not yielded and are counted in ``stats``.
 
-    Resume: ``state_dict()`` is the position of the stream in this process (each DataLoader worker has its
-    own, which ``StatefulDataLoader`` collects); ``load_state_dict()`` continues exactly there. Resuming needs
-    the same data files, seed, buffer size, world size and ``num_workers``.
+class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
+    """Conversation records -> model-ready samples, streamed shard by shard.
+
+    Reader = ``rank * num_workers + worker_id`` of ``world_size * num_workers``; every record is read by exactly
+    one reader (see ``ShardStream``): whole shards when there are at least as many shards as readers, else
+    every m-th record of a shard. Readers with more shards yield more samples; for balanced ranks use a
+    number of shards that is a multiple of the readers (recipes stream without end, so ranks never wait).
+    Skipped samples (``on_error="skip"``) are not yielded and are counted in ``stats``. A sample's index in
+    error messages is ``<shard>#<record number>``.
+
+    Resume: ``state_dict()`` / ``load_state_dict()`` (see ``ReaderNodeDataset``) need the same data files,
+    seed, buffer size, world size and ``num_workers``.
 
     Args:
-        source: indexed JSON Lines files.
+        shards: the corpus (``list_shards``).
         model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples.
         image_dir: where media paths resolve.
         format, column_map, on_error, max_tokens, video_options, video_fps: as for ``ChatDataset``.
-        seed: shuffle seed. shuffle_buffer_size: records in the shuffle buffer (1 = file order).
+        seed: shuffle seed. shuffle_buffer_size: records in the shuffle buffer (1 = file and shard order).
         epochs: passes over the data per iteration (None = forever); ``set_epoch`` picks the first.
         rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
     """
 
     def __init__(
         self,
-        source: JsonlSource,
+        shards: list[Shard],
         model_transform: Callable[[dict], dict] | None,
         *,
         image_dir: str | os.PathLike,
@@ -56,77 +61,70 @@ class StreamingChatDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.source = source
+        super().__init__(rank, world_size)
+        self.shards = shards
         self.processor = RecordProcessor(
             model_transform,
             format=format,
+            column_map=column_map,
             image_dir=os.fspath(image_dir),
             on_error=on_error,
             max_tokens=max_tokens,
             video_options=video_options,
             video_fps=video_fps,
-            column_map=column_map,
-            locate=source.location,
         )
         self.seed, self.shuffle_buffer_size, self.epochs = seed, shuffle_buffer_size, epochs
-        self.rank, self.world_size = rank_and_world_size(rank, world_size)
         self.first_epoch = 0
-        self._stream: ShardStream | None = None
-        self._resume_state: dict[str, Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at ``epoch`` (its own shuffle order); call before each epoch's loop."""
         self.first_epoch = epoch
 
-    def _open_stream(self) -> ShardStream:
-        info = get_worker_info()
-        worker_id, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        shard = self.rank * num_workers + worker_id
-        stream = ShardStream(
-            self.source, shard, self.world_size * num_workers, self.seed, self.shuffle_buffer_size, self.first_epoch
-        )
-        if self._resume_state is not None:
-            stream.load(self._resume_state)
-            self._resume_state = None
-        return stream
+    def num_records(self) -> int | None:
+        """Records in the corpus when its metadata says so without reading it (parquet, Arrow), else None."""
+        return count_records(self.shards)
+
+    def records_node(self, reader: int, num_readers: int) -> ShardRecordNode:
+        """The raw records of one reader: ``(label, record)``."""
+        return ShardRecordNode(
+            self.shards, reader, num_readers, seed=self.seed, shuffle_buffer_size=self.shuffle_buffer_size,
+            epoch=self.first_epoch,
+        )  # fmt: skip
+
+    def samples_node(
+        self, records: BaseNode, num_workers: int = 0, method: Literal["thread", "process"] = "thread"
+    ) -> DropSkipped:
+        """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``."""
+        process = functools.partial(_process_item, self.processor)
+        if num_workers > 0:
+            return DropSkipped(ParallelMapper(records, process, num_workers, method=method), self.processor.stats)
+        return DropSkipped(Mapper(records, process), self.processor.stats)
+
+    def reader_node(self, reader: int, num_readers: int) -> BaseNode:
+        self._records = self.records_node(reader, num_readers)
+        return self.samples_node(self._records)
 
     def __iter__(self) -> Iterator[dict]:
-        stream = self._stream = self._open_stream()
-        last_epoch = None if self.epochs is None else self.first_epoch + self.epochs - 1
+        node = self._start()
         while True:
-            for index, record in stream:
-                sample = self.processor(index, record)
-                if sample is not None:
-                    yield sample
-            logger.info(
-                "rank %d shard %d/%d finished epoch %d; dataset %s",
-                self.rank, stream.shard, stream.num_shards, stream.epoch, self.processor.stats.summary(),
-            )
-            if last_epoch is not None and stream.epoch >= last_epoch:
+            yield from node
+            epoch = self._records.stream.epoch
+            if self.epochs is not None and epoch >= self.first_epoch + self.epochs - 1:
                 return
-            stream.start_epoch(stream.epoch + 1)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The stream position of this process (records and counters only, no data)."""
-        if self._stream is not None:
-            return self._stream.state()
-        return dict(self._resume_state) if self._resume_state is not None else {"epoch": self.first_epoch}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue from ``state_dict()`` at the next ``iter()``."""
-        self._resume_state = dict(state_dict)
-        self._stream = None
+            node.reset()  # the next epoch
 
     @property
     def stats(self) -> dict[str, int]:
-        """Skipped samples by cause so far, over all workers of this process."""
+        """Skipped samples by cause so far (all DataLoader workers of this process included)."""
         return self.processor.stats.as_dict()
 
 
 def streaming_chat_dataset(
     model_transform: Callable[[dict], dict] | None,
     *,
-    data_files: str | os.PathLike | list,
+    source: str | os.PathLike | None = None,
+    data_files: Any = None,
+    split: str = "train",
     image_dir: str | os.PathLike | None = None,
     format: str | None = None,
     column_map: Mapping[str, str] | None = None,
@@ -140,23 +138,32 @@ def streaming_chat_dataset(
     rank: int | None = None,
     world_size: int | None = None,
 ) -> StreamingChatDataset:
-    """Builder (YAML ``_component_``) of a sharded, resumable streaming dataset over JSON Lines files.
+    """Builder (YAML ``_component_``) of a sharded, resumable streaming dataset.
 
-    Args: as ``StreamingChatDataset``; ``data_files`` is one ``.jsonl`` path or a list, ``image_dir``
-    defaults to the first file's directory.
+    Args:
+        model_transform: e.g. ``Qwen2_5_VLTransform(...)``; None yields internal-form samples.
+        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"webdataset"`` (tar shards) with ``data_files``,
+            a local dataset directory written by ``save_to_disk``, or None to tell each file's format from
+            its extension (``.jsonl``, ``.json``, ``.parquet``, ``.tar``).
+        data_files: a path, a glob pattern (``"shards/train-*.tar"``) or a list of them.
+        split: the split of a saved ``DatasetDict`` directory.
+        image_dir: where media paths resolve; default the first data file's directory (or the dataset directory).
+        format, column_map, on_error, max_tokens, video_options, video_fps: as for ``multimodal_chat_dataset``.
+        seed, shuffle_buffer_size, epochs, rank, world_size: as for ``StreamingChatDataset``.
 
     Returns:
         a ``StreamingChatDataset`` (an ``IterableDataset`` with ``state_dict`` / ``load_state_dict``).
 
     Example:
-        >>> ds = streaming_chat_dataset(None, data_files="llava.jsonl", shuffle_buffer_size=64, seed=0)
-        >>> next(iter(ds))["id"]
+        >>> ds = streaming_chat_dataset(None, source="jsonl", data_files="llava.jsonl", shuffle_buffer_size=64)
+        >>> next(iter(ds))["messages"][0]["role"]
+        'user'
     """
-    source = JsonlSource(data_files)
+    shards = list_shards(source, data_files, split)
     return StreamingChatDataset(
-        source,
+        shards,
         model_transform,
-        image_dir=source_root(None, data_files) if image_dir is None else image_dir,
+        image_dir=source_root(source, data_files) if image_dir is None else image_dir,
         format=format,
         column_map=column_map,
         on_error=on_error,
@@ -169,3 +176,29 @@ def streaming_chat_dataset(
         rank=rank,
         world_size=world_size,
     )
+
+
+def streaming_chat_nodes(
+    model_transform: Callable[[dict], dict] | None,
+    *,
+    num_workers: int = 0,
+    method: Literal["thread", "process"] = "thread",
+    **options: Any,
+) -> DropSkipped:
+    """Builder of the same pipeline as a ``torchdata.nodes`` graph, for your own ``Loader``.
+
+    ``records -> Mapper | ParallelMapper(processor, num_workers, method) -> DropSkipped``; one reader per
+    rank (the map runs in parallel, the reading does not). Wrap it as ``Loader(Batcher(node, batch_size))``
+    and use the collator as a ``Mapper``. Each ``Loader`` pass is one epoch. Skip counts are in
+    ``node.stats.as_dict()``: exact with threads (the default); with ``method="process"`` the processes share
+    the counters' memory but not a lock, so simultaneous skips may be undercounted.
+
+    Args:
+        num_workers, method: parallelise the transform (0 = inline).
+        **options: as for ``streaming_chat_dataset`` (``epochs`` is ignored: the ``Loader`` counts passes).
+
+    Returns:
+        the root node yielding transformed samples; ``state_dict()`` / ``reset(state)`` resume exactly.
+    """
+    dataset = streaming_chat_dataset(model_transform, **options)
+    return dataset.samples_node(dataset.records_node(dataset.rank, dataset.world_size), num_workers, method)

@@ -52,7 +52,11 @@ def check_config_keys(cfg: DictConfig, recipe: str, required: Iterable[str], opt
 
 def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
     """config.instantiate(cfg[key], *args, **kwargs), with errors that say which config key failed."""
-    node = cfg.get(key)
+    return build_node(cfg.get(key), key, *args, **kwargs)
+
+
+def build_node(node: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+    """config.instantiate(node, ...) for the config entry named ``key`` (e.g. ``dataset[1]``), errors naming it."""
     if not isinstance(node, DictConfig) or "_component_" not in node:
         raise ValueError(f"config key `{key}` must be a mapping with a `_component_` entry, got {node!r}")
     try:

@@ -18,7 +18,14 @@ from torchtune import training, utils
 from qwenvl_data.models import initialize_dora_magnitudes
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build, check_config_keys
-from qwenvl_data.training._data import build_dataloader, move_to_device
+from qwenvl_data.training._data import (
+    StreamLoader,
+    batches_per_epoch,
+    build_dataloader,
+    build_dataset,
+    move_to_device,
+    start_epoch,
+)
 from qwenvl_data.training._distributed import (
     all_reduce_sum,
     apply_activation_checkpointing,
@@ -89,7 +96,7 @@ class FinetuneRecipe:
         _seed_everything(self.seed)
         self.transform = build(cfg, "tokenizer")
         self.collate_fn = build(cfg, "collate_fn")
-        self.dataset = build(cfg, "dataset", self.transform)
+        self.dataset = build_dataset(cfg, self.transform, seed=self.seed, shuffle=bool(cfg.get("shuffle", True)))
         self.eval_dataset = build(cfg, "eval_dataset", self.transform) if cfg.get("eval_dataset") else None
         self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
         self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
@@ -103,11 +110,15 @@ class FinetuneRecipe:
             self.dataset, self.collate_fn, self.batch_size, shuffle=bool(cfg.get("shuffle", True)), seed=self.seed,
             num_workers=int(cfg.get("num_workers", 0)),
         )  # fmt: skip
-        batches = len(self.dataloader) // self.grad_accum
+        batches = batches_per_epoch(self.dataloader)
+        if batches is None and not self.max_steps_per_epoch:
+            raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
+                             "mixture): set `max_steps_per_epoch`")  # fmt: skip
+        batches = (self.max_steps_per_epoch * self.grad_accum if batches is None else batches) // self.grad_accum
         if batches == 0:
             raise ValueError(
-                f"dataset has {len(self.dataset)} samples: fewer than one step of "
-                f"{self.batch_size} x {self.grad_accum} x {self.world_size} ranks"
+                f"the dataset holds fewer than one step of {self.batch_size} x {self.grad_accum} x "
+                f"{self.world_size} ranks samples"
             )
         self.steps_per_epoch = min(batches, self.max_steps_per_epoch or batches)
         self.total_steps = self.epochs * self.steps_per_epoch
@@ -204,7 +215,7 @@ class FinetuneRecipe:
         self.history, self.train_seconds = state["history"], state["train_seconds"]
         if self.steps_in_epoch >= self.steps_per_epoch:
             self.epoch, self.steps_in_epoch = self.epoch + 1, 0
-        else:
+        if self.steps_in_epoch or isinstance(self.dataloader, StreamLoader):  # a stream reads on across epochs
             self._resume_dataloader_state = state["dataloader"]
         if self.is_main:
             print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
@@ -229,7 +240,7 @@ class FinetuneRecipe:
         self.model.train()
         stopped_early = False
         while self.epoch < self.epochs and not stopped_early:
-            self.dataloader.sampler.set_epoch(self.epoch)
+            start_epoch(self.dataloader, self.epoch)
             if self._resume_dataloader_state is not None:
                 self.dataloader.load_state_dict(self._resume_dataloader_state)
                 self._resume_dataloader_state = None
@@ -356,7 +367,7 @@ class FinetuneRecipe:
         print(f"HF checkpoint: {final_dir}", flush=True)
 
     def cleanup(self) -> None:
-        if self.metric_logger is not None:
+        if getattr(self, "metric_logger", None) is not None:  # None too when setup failed before building it
             self.metric_logger.close()
         destroy_distributed()
 

@@ -1,0 +1,87 @@
+"""Several datasets in one stream, drawn with sampling weights by ``torchdata.nodes.MultiNodeWeightedSampler``.
+
+Each draw picks a dataset with probability ``weight / sum(weights)`` (a seeded ``torch.multinomial`` per
+reader) and takes that dataset's next sample. Map-style datasets are read in a seeded ``DistributedSampler``
+order over all readers (dropping the tail that does not fill one sample per reader, as the map-style
+loader does); streaming datasets through their own sharded record stream. A dataset that runs out starts
+its next epoch (a new order), so the mixture never ends: training length is ``max_steps_per_epoch``.
+"""
+
+import functools
+from collections.abc import Sequence
+
+from torch.utils.data import Dataset, DistributedSampler
+from torchdata.nodes import BaseNode, Mapper, MultiNodeWeightedSampler, SamplerWrapper, StopCriteria
+
+from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset
+from qwenvl_data.datasets._streaming import StreamingChatDataset
+
+
+def _fetch(dataset: Dataset, index: int) -> dict | None:
+    return dataset[index]
+
+
+class WeightedMixture(ReaderNodeDataset):
+    """Samples from several datasets with fixed weights, without end, exactly resumable.
+
+    Args:
+        datasets: map-style datasets (``multimodal_chat_dataset``, ``synthetic_vqa_dataset``, any sized
+            ``Dataset``) and/or ``StreamingChatDataset`` s (their ``epochs``, ``rank`` and ``world_size`` do not
+            apply here: each is read by this mixture's readers and restarts when it runs out).
+        weights: one positive number per dataset (relative: 7, 2, 1 is 70/20/10).
+        seed: seeds the choice of dataset and the map-style orders.
+        shuffle: shuffle map-style datasets (streaming ones shuffle with their own buffer).
+        rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
+
+    Raises:
+        ValueError: mismatched lengths, a weight that is not positive, or a map-style dataset with fewer
+            samples than readers.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[Dataset],
+        weights: Sequence[float],
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__(rank, world_size)
+        if not datasets or len(datasets) != len(weights):
+            raise ValueError(f"need one weight per dataset, got {len(datasets)} datasets and {len(weights)} weights")
+        bad = [(i, w) for i, w in enumerate(weights) if not float(w) > 0]
+        if bad:
+            raise ValueError(f"dataset weights must be > 0, got {', '.join(f'dataset[{i}]: {w}' for i, w in bad)}")
+        self.datasets, self.weights = list(datasets), [float(w) for w in weights]
+        self.seed, self.shuffle = seed, shuffle
+
+    def _samples(self, number: int, dataset: Dataset, reader: int, num_readers: int) -> BaseNode:
+        if isinstance(dataset, StreamingChatDataset):
+            return dataset.samples_node(dataset.records_node(reader, num_readers))
+        if len(dataset) < num_readers:
+            raise ValueError(f"a dataset of {len(dataset)} samples cannot be split over {num_readers} readers")
+        sampler = DistributedSampler(  # seed + number: datasets of equal size are not read in the same order
+            dataset, num_replicas=num_readers, rank=reader, shuffle=self.shuffle, seed=self.seed + number,
+            drop_last=True,
+        )  # fmt: skip
+        return Mapper(SamplerWrapper(sampler), functools.partial(_fetch, dataset))
+
+    def reader_node(self, reader: int, num_readers: int) -> BaseNode:
+        sources = {str(i): self._samples(i, d, reader, num_readers) for i, d in enumerate(self.datasets)}
+        weights = {str(i): w for i, w in enumerate(self.weights)}
+        mixed = MultiNodeWeightedSampler(
+            sources, weights, stop_criteria=StopCriteria.CYCLE_FOREVER, rank=reader, world_size=num_readers,
+            seed=self.seed,
+        )  # fmt: skip
+        return DropSkipped(mixed)  # the datasets count their skips themselves
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Skipped samples by cause, summed over the datasets that count them."""
+        total: dict[str, int] = {}
+        for dataset in self.datasets:
+            for cause, count in getattr(dataset, "stats", {}).items():
+                total[cause] = total.get(cause, 0) + count
+        return total
