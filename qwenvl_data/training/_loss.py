@@ -5,14 +5,12 @@ projection dominates the cost of a step; `project_trained_rows` makes the model 
 rows the loss reads, so those logits are all that is ever computed.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data.models._model import project_rows
 
 
 def trained_rows(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,23 +30,8 @@ def trained_rows(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tupl
     return rows, labels[:, 1:][rows[:, :-1]]
 
 
-@contextmanager
-def project_trained_rows(model: nn.Module, rows: torch.Tensor) -> Iterator[None]:
-    """Within the block, `model(**batch)` returns logits [N, V] for the `rows` positions only.
-
-    The final decoder norm feeds the output projection; a forward hook on it keeps only the
-    selected rows, so the projection never sees the others (under FSDP2 too: the hook runs inside
-    the root module's forward, with the weights gathered).
-
-    Args:
-        model: a Qwen2_5_VLModel (its `decoder.norm` precedes the output projection).
-        rows: bool [B, L] from `trained_rows`.
-    """
-    handle = model.decoder.norm.register_forward_hook(lambda module, args, output: output[rows])
-    try:
-        yield
-    finally:
-        handle.remove()
+# The model projects only the rows the loss reads (the hook lives with the model, which generation shares).
+project_trained_rows = project_rows
 
 
 class NextTokenCrossEntropy(nn.Module):
