@@ -120,7 +120,8 @@ def test_generated_image_pad_token_is_plain_text_like_transformers(checkpoint):
     step_token = torch.tensor([[IMAGE_PAD_ID]])
     media = {k: batch[k] for k in ("pixel_values", "image_grid_thw")}
     with torch.no_grad():
-        first = hf(input_ids=batch["tokens"], mm_token_type_ids=mm_token_type_ids(batch["tokens"]), use_cache=True, **media)
+        types = mm_token_type_ids(batch["tokens"])
+        first = hf(input_ids=batch["tokens"], mm_token_type_ids=types, use_cache=True, **media)
         expected = hf(input_ids=step_token, cache=first.cache, use_cache=True).logits[:, -1]
         ours.setup_caches(1, torch.float32, decoder_max_seq_len=prompt_len + 1)
         ours(**batch)

@@ -58,8 +58,10 @@ def _check_left_padded(attention_mask: torch.Tensor) -> None:
 
 
 @contextmanager
-def _kv_caches(model: Qwen2_5_VLModel, batch_size: int, seq_len: int, dtype: torch.dtype, device: torch.device) -> Iterator[None]:
-    """Empty KV caches for ``batch_size`` rows of ``seq_len`` tokens: the model's own if it has them, else temporary ones."""
+def _kv_caches(
+    model: Qwen2_5_VLModel, batch_size: int, seq_len: int, dtype: torch.dtype, device: torch.device
+) -> Iterator[None]:
+    """Empty KV caches for ``batch_size`` rows of ``seq_len`` tokens: the model's own if it has them, else new ones."""
     if not model.caches_are_setup():
         with local_kv_cache(model, batch_size=batch_size, device=device, dtype=dtype, decoder_max_seq_len=seq_len):
             yield
