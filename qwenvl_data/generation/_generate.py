@@ -57,6 +57,16 @@ def _check_left_padded(attention_mask: torch.Tensor) -> None:
         )
 
 
+def _cache_slots_attended(attention_mask: torch.Tensor, cache_len: int) -> torch.Tensor:
+    """bool [B, 1, cache_len]: the slots a generated token may attend to, its causal limit aside.
+
+    That is every slot but the prompt's left padding; the token fed at step n goes into slot L + n
+    and sees the slots up to its own (``slot_index <= L + n``).
+    """
+    after_prompt = attention_mask.new_ones(attention_mask.shape[0], cache_len - attention_mask.shape[1])
+    return torch.cat([attention_mask, after_prompt], dim=1).unsqueeze(1)
+
+
 @contextmanager
 def _kv_caches(
     model: Qwen2_5_VLModel, batch_size: int, seq_len: int, dtype: torch.dtype, device: torch.device
@@ -162,9 +172,8 @@ def generate(
             spatial_merge_size=model.visual.merge_size,
             tokens_per_second=model.tokens_per_second,
         )
-    real_lengths = attention_mask.sum(1, keepdim=True)
-    # Every step attends to the prompt's real tokens and to all generated ones.
-    full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, max_generated_tokens)], dim=1)
+    # Every generated token is text: its ids continue from the prompt's largest one, row by row.
+    step_positions = next_position_ids(rope_deltas, attention_mask.sum(1, keepdim=True), max_generated_tokens)
     last_position = torch.zeros_like(attention_mask)
     last_position[:, -1] = True
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
@@ -175,6 +184,9 @@ def generate(
     model.eval()
     try:
         with _kv_caches(model, batch_size, total_len, model.tok_embeddings.weight.dtype, device):
+            cache_len = model.decoder.decoder_max_cache_seq_len
+            attended = _cache_slots_attended(attention_mask, cache_len)
+            slot_index = torch.arange(cache_len, device=device)
             with project_rows(model, last_position):  # only the last prompt position's logits are needed
                 logits = model(tokens, **media, position_ids=position_ids, attention_mask=attention_mask)
             for step in range(max_generated_tokens):
@@ -185,8 +197,9 @@ def generate(
                 num_generated = step + 1
                 if num_generated == max_generated_tokens or bool(done.all()):
                     break
-                positions = next_position_ids(rope_deltas, real_lengths + step)
-                logits = model(next_token[:, None], position_ids=positions, attention_mask=full_mask)[:, -1]
+                positions = step_positions[:, :, step : step + 1]
+                mask = attended & (slot_index <= prompt_len + step)
+                logits = model(next_token[:, None], position_ids=positions, mask=mask)[:, -1]
     finally:
         model.train(was_training)
 
