@@ -123,3 +123,19 @@ def normalise_conversation(sample: Mapping[str, Any]) -> list[Message]:
     for kind in MEDIA_TYPES:
         _fill_media(messages, kind, sample.get(f"{kind}s"), name)
     return messages
+
+
+def generation_prompt(messages: list[Message], name: str) -> list[Message]:
+    """The conversation a model should continue: without a final assistant message.
+
+    A record that ends with its reference answer then becomes the question it answers. (The official
+    template with ``add_generation_prompt`` would render that answer and open another assistant turn.)
+
+    Raises:
+        InvalidConversationError: nothing but one assistant message.
+    """
+    if messages[-1].role == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise InvalidConversationError(f"{name}: nothing to answer: the conversation is one assistant message")
+    return messages

@@ -26,7 +26,7 @@ from qwenvl_data._constants import (
     PAD_ID,
     SPECIAL_TOKENS,
 )
-from qwenvl_data._messages import normalise_conversation, sample_name
+from qwenvl_data._messages import generation_prompt, normalise_conversation, sample_name
 from qwenvl_data._truncation import check_truncation_policy, fit_max_seq_len
 
 # Qwen2's pre-tokenizer split: contractions, letter runs with one leading non-letter, single digits,
@@ -215,7 +215,8 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
 
         Args:
             messages: torchtune Messages or OpenAI/HF-style dicts.
-            add_generation_prompt: end with ``<|im_start|>assistant\\n`` for generation.
+            add_generation_prompt: end with ``<|im_start|>assistant\\n`` for generation (the template's
+                flag: a final assistant message is rendered too; ``__call__(inference=True)`` leaves it out).
 
         Returns:
             (tokens, mask): list[int], list[bool] (True = not trained), at most ``max_seq_len`` long.
@@ -230,13 +231,14 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
 
         Args:
             sample: ``{"messages": [...], optional "id"}``.
-            inference: render an open assistant turn for generation.
+            inference: a prompt for generation: a final assistant message (a record's reference
+                answer) is left out and the tokens end with ``<|im_start|>assistant\\n``.
 
         Returns:
             the sample without ``messages``, with ``tokens`` list[int] and ``mask`` list[bool].
         """
         out = {k: v for k, v in sample.items() if k != "messages"}
-        out["tokens"], out["mask"] = self._tokenize_sample(sample, inference)
+        out["tokens"], out["mask"] = self._tokenize_sample(sample, inference, drop_final_answer=inference)
         return out
 
     def _text_only_conversation(self, sample: Mapping[str, Any]) -> list[Message]:
@@ -247,7 +249,11 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
             )
         return messages
 
-    def _tokenize_sample(self, sample: Mapping[str, Any], add_generation_prompt: bool) -> tuple[list[int], list[bool]]:
+    def _tokenize_sample(
+        self, sample: Mapping[str, Any], add_generation_prompt: bool, *, drop_final_answer: bool = False
+    ) -> tuple[list[int], list[bool]]:
         messages = self._text_only_conversation(sample)
+        if drop_final_answer:
+            messages = generation_prompt(messages, sample_name(sample))
         tokens, mask = self.tokenize_rendered(self.render(messages, add_generation_prompt=add_generation_prompt))
         return fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, sample_name(sample))

@@ -14,7 +14,7 @@ from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
 from qwenvl_data._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID
-from qwenvl_data._messages import normalise_conversation, sample_name
+from qwenvl_data._messages import generation_prompt, normalise_conversation, sample_name
 from qwenvl_data._truncation import fit_max_seq_len
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError
 from qwenvl_data.image import Qwen2_5_VLImageTransform
@@ -104,8 +104,11 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
     def tokenize_messages(
         self, messages: list[Message | Mapping[str, Any]], *, add_generation_prompt: bool = False
     ) -> tuple[list[int], list[bool]]:
-        """Tokens and mask of a conversation with images/videos expanded (``ModelTokenizer`` interface)."""
-        out = self({"messages": messages}, inference=add_generation_prompt)
+        """Tokens and mask of a conversation with images/videos expanded (``ModelTokenizer`` interface).
+
+        ``add_generation_prompt`` is the template's flag: a final assistant message is rendered too.
+        """
+        out = self._encode({"messages": messages}, add_generation_prompt=add_generation_prompt)
         return out["tokens"], out["mask"]
 
     def __call__(self, sample: Mapping[str, Any], inference: bool = False) -> dict[str, Any]:
@@ -114,7 +117,9 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         Args:
             sample: ``{"messages": [...], optional "id", optional "images"/"videos"}`` (see
                 ``normalise_conversation`` for the accepted message forms).
-            inference: end with an open assistant turn (``add_generation_prompt``) for generation.
+            inference: a prompt for generation: a final assistant message (a record's reference
+                answer) is left out, with its images/videos, and the tokens end with the open
+                ``<|im_start|>assistant\\n`` turn (the template's ``add_generation_prompt``).
 
         Returns:
             the sample without ``messages``/``images``/``videos``, plus ``tokens`` list[int], ``mask``
@@ -127,13 +132,20 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
             InvalidConversationError, PlaceholderMismatchError, ImageLoadError, SampleTooLongError:
                 the message names the sample by its ``id``.
         """
+        return self._encode(sample, add_generation_prompt=inference, drop_final_answer=inference)
+
+    def _encode(
+        self, sample: Mapping[str, Any], *, add_generation_prompt: bool, drop_final_answer: bool = False
+    ) -> dict[str, Any]:
         name = sample_name(sample)
         messages = normalise_conversation(sample)
+        if drop_final_answer:
+            messages = generation_prompt(messages, name)
         media = {kind: self._preprocess(messages, kind, name) for kind in _MEDIA}
         chat = self.tokenizer.render(
             messages,
             add_vision_id=self.add_vision_id,
-            add_generation_prompt=inference,
+            add_generation_prompt=add_generation_prompt,
             train_on_input=self.train_on_input,
         )
         tokens, mask = self.tokenizer.tokenize_rendered(chat)

@@ -1,13 +1,15 @@
 """Answer questions about images with a fine-tuned Qwen2.5-VL checkpoint, and score it on a dataset.
 
 Run from the repository root:
-    # one question
+    # one question (or a list: prompt='[q1, q2]', answered as one batch)
     tune run recipes/generate.py --config configs/generate.yaml \
         checkpoint_dir=outputs/tiny_synthetic/hf_model prompt="What color is the circle?" 'images=[photo.png]'
     # accuracy on a dataset (exact match of the generated answer)
     tune run recipes/generate.py --config configs/generate.yaml checkpoint_dir=... dataset.num_samples=64
 
-Decoding is greedy. It imports nothing from `recipes.*` (torchtune's wheel owns that name).
+Prompts are decoded in batches of `batch_size` with KV caches (`qwenvl_data.generation.generate`):
+greedy by default, sampled with `temperature` > 0 (`top_k`, `top_p`, seeded by `seed`). It imports
+nothing from `recipes.*` (torchtune's wheel owns that name).
 """
 
 import json
@@ -15,14 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 from torchtune import config, training, utils
 
-from qwenvl_data.training import greedy_answer, split_prompt_and_answer
+from qwenvl_data.generation import generate
+from qwenvl_data.training import prompt_sample, split_prompt_and_answer
 from qwenvl_data.training._config import build, check_config_keys
+from qwenvl_data.training._data import move_to_device
 
 REQUIRED_KEYS = ("checkpoint_dir", "model", "tokenizer", "collate_fn")
-OPTIONAL_KEYS = ("device", "dtype", "seed", "prompt", "images", "dataset", "max_samples", "max_new_tokens", "output_dir")
+OPTIONAL_KEYS = (
+    "device", "dtype", "seed", "prompt", "images", "dataset", "max_samples", "max_new_tokens", "output_dir",
+    "batch_size", "temperature", "top_k", "top_p",
+)  # fmt: skip
 
 
 class GenerateRecipe:
@@ -35,21 +42,37 @@ class GenerateRecipe:
         self.device = utils.get_device(cfg.get("device", "cpu"))
         self.dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self.device)
         self.max_new_tokens = int(cfg.get("max_new_tokens", 32))
+        self.batch_size = int(cfg.get("batch_size", 8))
+        if self.batch_size < 1:
+            raise ValueError(f"GenerateRecipe: batch_size must be >= 1, got {self.batch_size}")
+        self.sampling = {
+            "temperature": float(cfg.get("temperature", 0.0)),
+            "top_k": cfg.get("top_k"),
+            "top_p": cfg.get("top_p"),
+        }
 
     def setup(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        torch.manual_seed(int(cfg.get("seed", 0)))
+        seed = int(cfg.get("seed", 0))
+        torch.manual_seed(seed)
+        self.rng = torch.Generator(self.device).manual_seed(seed)
         self.transform = build(cfg, "tokenizer")
         self.collate_fn = build(cfg, "collate_fn")
         self.model = build(cfg, "model").to(device=self.device, dtype=self.dtype).eval()
         answer_prompt = cfg.get("prompt") is not None
         self.dataset = None if answer_prompt else build(cfg, "dataset", self.transform)
 
-    def _answer(self, sample: dict[str, Any], prompt: list[int]) -> list[int]:
-        return greedy_answer(
-            self.model, sample, prompt, self.collate_fn, device=self.device, dtype=self.dtype,
-            max_new_tokens=self.max_new_tokens,
-        )  # fmt: skip
+    def _answer(self, prompts: list[dict[str, Any]]) -> list[list[int]]:
+        """Generated ids (without the stop token) for each prompt sample, `batch_size` prompts at a time."""
+        answers: list[list[int]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = move_to_device(self.collate_fn(prompts[start : start + self.batch_size]), self.device, self.dtype)
+            out = generate(
+                self.model, batch, max_generated_tokens=self.max_new_tokens, stop_tokens=self.transform.stop_tokens,
+                rng=self.rng, **self.sampling,
+            )  # fmt: skip
+            answers += out.answers()
+        return answers
 
     def generate(self) -> dict[str, Any]:
         """Answer `prompt` if set, else every dataset sample (scoring exact token match); print the results."""
@@ -58,27 +81,35 @@ class GenerateRecipe:
         return self._score_dataset()
 
     def _answer_prompt(self) -> dict[str, Any]:
-        content = [{"type": "image", "image": str(path)} for path in self.cfg.get("images") or []]
-        content.append({"type": "text", "text": str(self.cfg.prompt)})
-        sample = self.transform({"messages": [{"role": "user", "content": content}]}, inference=True)
-        answer = self.transform.decode(self._answer(sample, sample["tokens"]))
-        print(answer, flush=True)
-        return {"prompt": str(self.cfg.prompt), "answer": answer}
+        """Answer `prompt` (a question, or a list of questions asked as one batch) about `images`."""
+        many = isinstance(self.cfg.prompt, (list, ListConfig))
+        questions = [str(q) for q in self.cfg.prompt] if many else [str(self.cfg.prompt)]
+        images = [{"type": "image", "image": str(path)} for path in self.cfg.get("images") or []]
+        conversations = [[{"role": "user", "content": [*images, {"type": "text", "text": q}]}] for q in questions]
+        prompts = [self.transform({"messages": messages}, inference=True) for messages in conversations]
+        answers = [self.transform.decode(ids) for ids in self._answer(prompts)]
+        for answer in answers:
+            print(answer, flush=True)
+        return {"prompt": questions, "answer": answers} if many else {"prompt": questions[0], "answer": answers[0]}
 
     def _score_dataset(self) -> dict[str, Any]:
         limit = self.cfg.get("max_samples")
         count = len(self.dataset) if limit is None else min(int(limit), len(self.dataset))
         records = []
-        for index in range(count):
-            sample = self.dataset[index]
-            if sample is None:  # skipped by the dataset (on_error="skip"), counted in its stats
-                continue
-            prompt, reference = split_prompt_and_answer(sample)
-            generated = self._answer(sample, prompt)
-            records.append({
-                "id": sample.get("id", index), "answer": self.transform.decode(generated),
-                "reference": self.transform.decode(reference), "correct": generated == reference,
-            })  # fmt: skip
+        for start in range(0, count, self.batch_size):  # one batch of samples in memory at a time
+            # None: skipped by the dataset (on_error="skip"), counted in its stats.
+            indices = range(start, min(start + self.batch_size, count))
+            samples = [(i, sample) for i in indices if (sample := self.dataset[i]) is not None]
+            splits = [split_prompt_and_answer(sample) for _, sample in samples]
+            prompts = [prompt_sample(sample, prompt) for (_, sample), (prompt, _) in zip(samples, splits)]
+            generated = self._answer(prompts)
+            records += [
+                {
+                    "id": sample.get("id", index), "answer": self.transform.decode(answer),
+                    "reference": self.transform.decode(reference), "correct": answer == reference,
+                }
+                for (index, sample), (_, reference), answer in zip(samples, splits, generated)
+            ]  # fmt: skip
         correct = sum(r["correct"] for r in records)
         result = {"accuracy": correct / len(records) if records else 0.0, "correct": correct, "total": len(records)}
         print(f"accuracy: {result['accuracy']:.1%} ({correct}/{len(records)} exact answers)", flush=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from qwenvl_data._constants import IMAGE_PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID, VOCAB_SIZE
+from qwenvl_data._constants import IMAGE_PAD_ID, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID, VOCAB_SIZE
 
 
 def tiny_hf_config(*, tie_word_embeddings: bool = True, vision_depth: int = 2) -> Qwen2_5_VLConfig:
@@ -58,3 +58,31 @@ def hf_forward(model: Qwen2_5_VLForConditionalGeneration, batch: dict, **extra: 
 def mm_token_type_ids(tokens: torch.Tensor) -> torch.Tensor:
     """transformers' modality ids: 1 on image pads, 2 on video pads, 0 elsewhere."""
     return (tokens == IMAGE_PAD_ID).int() + 2 * (tokens == VIDEO_PAD_ID).int()
+
+
+def hf_generate(
+    model: Qwen2_5_VLForConditionalGeneration,
+    batch: dict,
+    max_new_tokens: int,
+    *,
+    eos_token_id: int | None = None,
+    pad_token_id: int = PAD_ID,
+) -> torch.Tensor:
+    """transformers' greedy ``generate`` on left-padded prompts from our collator; returns the new ids [B, T].
+
+    transformers computes its own MRoPE ids from the tokens (``mm_token_type_ids`` marks the vision
+    pads); ``eos_token_id=None`` generates all ``max_new_tokens`` (the model's default stop ids are off).
+    """
+    keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=batch["tokens"],
+            attention_mask=batch["attention_mask"].long(),
+            mm_token_type_ids=mm_token_type_ids(batch["tokens"]),
+            **{k: batch[k] for k in keys if k in batch},
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+    return out[:, batch["tokens"].shape[1] :]

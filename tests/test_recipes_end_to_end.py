@@ -105,6 +105,29 @@ def test_generate_recipe_answers_a_question_about_an_image_file(tiny_run, tmp_pa
     assert isinstance(answer, str) and "<|im_end|>" not in answer
 
 
+def test_generate_recipe_answers_a_batch_of_prompts_as_it_answers_each_alone(tiny_run, tmp_path):
+    from PIL import Image
+
+    out, _ = tiny_run
+    Image.new("RGB", (56, 84), (30, 30, 220)).save(tmp_path / "blue.png")
+    questions = ["What color is the square?", "Shape?", "Is there a circle in this picture, and what color is it?"]
+    generate = load_recipe("generate")
+
+    def answers(prompt, **options) -> list[str] | str:
+        cfg = load_config("generate", {
+            "checkpoint_dir": str(out / "hf_model"), "prompt": prompt, "images": [str(tmp_path / "blue.png")],
+            "max_new_tokens": 6, **options,
+        })  # fmt: skip
+        recipe = generate.GenerateRecipe(cfg)
+        recipe.setup(cfg)
+        return recipe.generate()["answer"]
+
+    batched = answers(questions)  # one left-padded batch of three prompts of different lengths
+    assert batched == [answers(question) for question in questions]
+    sampled = answers(questions, temperature=1.5, top_k=50, top_p=0.9)  # the sampling keys reach generate
+    assert len(sampled) == 3 and sampled != batched
+
+
 def run_lora_recipe(out, base_dir, **overrides):
     """The tiny LoRA config for two steps on a saved random base checkpoint, in this process."""
     recipe = load_recipe("lora_finetune_single_device")

@@ -36,3 +36,10 @@ def test_own_training_loop_snippet_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     losses = [float(line.split()[1]) for line in capsys.readouterr().out.splitlines() if line.startswith("loss ")]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+
+def test_generation_snippet_runs(capsys):
+    code = re.search(r"```python\n(.*?)```", _section("Generate answers in your own code"), re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    answers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("answer ")]
+    assert len(answers) == 2

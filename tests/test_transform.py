@@ -100,6 +100,34 @@ def test_inference_adds_the_generation_prompt_like_transformers(transform, refer
     assert out["tokens"] == reference_ids(reference, chat_template, messages, add_generation_prompt=True)
 
 
+@pytest.mark.parametrize("name", ["one_image", "images_across_turns", "video_and_image", "text_only"])
+def test_inference_prompt_leaves_out_the_final_answer_like_the_template_without_it(
+    transform, reference, chat_template, name
+):
+    """A dataset record with its reference answer becomes the question it answers."""
+    messages = CONVERSATIONS[name]
+    out = transform({"messages": messages}, inference=True)
+    assert out["tokens"] == reference_ids(reference, chat_template, messages[:-1], add_generation_prompt=True)
+    assert out["tokens"][-3:] == transform.encode("<|im_start|>assistant\n", add_eos=False)
+    without_answer = transform({"messages": messages[:-1]}, inference=True)
+    assert out.keys() == without_answer.keys()
+    assert all(torch.equal(torch.as_tensor(out[k]), torch.as_tensor(without_answer[k])) for k in out)
+
+
+def test_inference_prompt_of_the_text_tokenizer_leaves_out_the_final_answer(transform, reference, chat_template):
+    messages = CONVERSATIONS["text_only"]
+    tokens = transform.tokenizer({"messages": messages}, inference=True)["tokens"]
+    assert tokens == reference_ids(reference, chat_template, messages[:-1], add_generation_prompt=True)
+    # tokenize_messages keeps the template's own flag: the final answer is rendered, then a new turn opens.
+    tokens, _ = transform.tokenize_messages(messages, add_generation_prompt=True)
+    assert tokens == reference_ids(reference, chat_template, messages, add_generation_prompt=True)
+
+
+def test_inference_prompt_needs_something_to_answer(transform):
+    with pytest.raises(InvalidConversationError, match="sample lone: nothing to answer"):
+        transform({"messages": [{"role": "assistant", "content": "Hi"}], "id": "lone"}, inference=True)
+
+
 def test_text_only_sample_has_no_pixel_keys_and_no_stray_eos(transform):
     out = transform({"messages": CONVERSATIONS["text_only"]})
     assert not any(key.startswith(("pixel_values", "image_grid", "video_grid", "second_per")) for key in out)

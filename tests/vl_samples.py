@@ -83,6 +83,14 @@ def vl_sample(
     return sample
 
 
+def vl_prompt(media: tuple = (), *, question_len: int = 12, seed: int = 0) -> dict:
+    """``vl_sample`` cut before the answer: what ``Qwen2_5_VLTransform(..., inference=True)`` returns, no labels."""
+    sample = vl_sample(media, question_len=question_len, seed=seed)
+    prompt_len = next(i for i, label in enumerate(sample["labels"]) if label != IGNORE_INDEX)
+    skipped = ("tokens", "labels", "mask")
+    return {"tokens": sample["tokens"][:prompt_len], **{k: v for k, v in sample.items() if k not in skipped}}
+
+
 @functools.cache
 def _hf_model():
     """The tiny transformers Qwen2_5_VLModel of the model tests: only its config and get_rope_index are used."""

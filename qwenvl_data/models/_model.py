@@ -1,6 +1,7 @@
 """Qwen2.5-VL: vision features placed into the token embeddings of a torchtune ``TransformerDecoder``."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -62,9 +63,24 @@ class Qwen2_5_VLModel(nn.Module):
         """See ``TransformerDecoder.set_num_output_chunks``."""
         self.decoder.set_num_output_chunks(num_output_chunks)
 
-    def setup_caches(self, batch_size: int, dtype: torch.dtype, *, decoder_max_seq_len: int | None = None) -> None:
-        """Allocate KV caches for generation (see ``TransformerDecoder.setup_caches``)."""
+    def setup_caches(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        *,
+        encoder_max_seq_len: int | None = None,
+        decoder_max_seq_len: int | None = None,
+    ) -> None:
+        """Allocate KV caches for generation (see ``TransformerDecoder.setup_caches``).
+
+        ``encoder_max_seq_len`` is accepted for torchtune's ``local_kv_cache`` and unused: the vision
+        features enter as token embeddings, there is no cross-attention to cache.
+        """
         self.decoder.setup_caches(batch_size, dtype, decoder_max_seq_len=decoder_max_seq_len)
+
+    def caches_are_setup(self) -> bool:
+        """Whether KV caches are allocated (torchtune's ``local_kv_cache`` / ``delete_kv_caches`` ask this)."""
+        return self.decoder.caches_are_setup()
 
     def caches_are_enabled(self) -> bool:
         """Whether forward passes read and extend the KV caches."""
@@ -97,8 +113,8 @@ class Qwen2_5_VLModel(nn.Module):
             pixel_values_videos: float [N_vid, 1176].
             video_grid_thw: int64 [num_videos, 3].
             position_ids: int64 [3, B, L] MRoPE ids; computed with ``mrope_position_ids`` when None.
-            attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L],
-                covering every token seen so far).
+            attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L] or
+                [B, cache size], covering every token seen so far).
             document_ids: int64 [B, L] for packed rows: sample index inside its row, -1 on padding;
                 tokens attend only within their own sample.
             second_per_grid_ts: float32 [num_videos], only used to compute missing ``position_ids``.
@@ -107,6 +123,9 @@ class Qwen2_5_VLModel(nn.Module):
             **batch_extras: other collator keys (``labels``, ``rope_deltas``, ``seq_lens``, ...),
                 ignored so that ``model(**batch)`` works.
 
+        With KV caches that already hold a prompt, ``tokens`` are generated text: without pixel
+        inputs an ``<|image_pad|>`` id among them gets its plain embedding, as in transformers.
+
         Returns:
             float32 [B, L, vocab] logits (a list of chunks after ``set_num_output_chunks``).
 
@@ -114,12 +133,14 @@ class Qwen2_5_VLModel(nn.Module):
             PlaceholderMismatchError: if the number of ``<|image_pad|>``/``<|video_pad|>`` tokens
                 differs from the number of merged features the grids give.
         """
+        past = self._cached_length()
         embeds = self.tok_embeddings(tokens)
-        embeds = self._place_vision_features(
-            embeds, tokens, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
-        )
+        if not past or pixel_values is not None or pixel_values_videos is not None:
+            embeds = self._place_vision_features(
+                embeds, tokens, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
+            )
         if position_ids is None:
-            if self.caches_are_enabled():
+            if past is not None:
                 raise ValueError("position_ids are required when decoding with KV caches (see next_position_ids)")
             position_ids, _ = mrope_position_ids(
                 tokens,
@@ -132,7 +153,7 @@ class Qwen2_5_VLModel(nn.Module):
                 tokens_per_second=self.tokens_per_second,
             )
         if mask is None:
-            mask = self._attention_mask(tokens, attention_mask, document_ids)
+            mask = self._attention_mask(tokens, attention_mask, document_ids, past)
         return self.decoder(embeds, mask=mask, input_pos=position_ids)
 
     def _place_vision_features(
@@ -181,7 +202,11 @@ class Qwen2_5_VLModel(nn.Module):
         return flat.view_as(embeds)
 
     def _attention_mask(
-        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, document_ids: torch.Tensor | None
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        document_ids: torch.Tensor | None,
+        past: int | None,
     ) -> torch.Tensor | None:
         """Causal mask combined with padding and packing, or None when plain causal suffices.
 
@@ -191,7 +216,6 @@ class Qwen2_5_VLModel(nn.Module):
         the NaNs an all-masked softmax gives, which would leak into gradients.
         """
         batch_size, seq_len = tokens.shape
-        past = self._cached_length()
         if past is None and document_ids is None:
             if attention_mask is None:
                 return None
@@ -219,3 +243,23 @@ class Qwen2_5_VLModel(nn.Module):
         if not self.caches_are_enabled():
             return None
         return int(self.decoder.layers[0].attn.kv_cache.size)
+
+
+@contextmanager
+def project_rows(model: Qwen2_5_VLModel, rows: torch.Tensor) -> Iterator[None]:
+    """Within the block, ``model(...)`` returns logits [N, vocab] for the ``rows`` positions only.
+
+    The 151,936-wide output projection dominates a forward pass when few positions are read (the
+    trained ones in training, the last one when a prompt is prefilled), so a forward hook on the
+    final decoder norm keeps only the selected rows before the projection sees them (under FSDP2
+    too: the hook runs inside the root module's forward, with the weights gathered).
+
+    Args:
+        model: a Qwen2_5_VLModel (its ``decoder.norm`` precedes the output projection).
+        rows: bool [B, L], True at the positions whose logits are wanted; N = rows.sum(), row-major.
+    """
+    handle = model.decoder.norm.register_forward_hook(lambda module, args, output: output[rows])
+    try:
+        yield
+    finally:
+        handle.remove()

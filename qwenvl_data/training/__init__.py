@@ -6,7 +6,7 @@ occupies), so they run the same under `tune run`, `torchrun` and plain `python`.
 
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._components import packaged_vocab_transform
-from qwenvl_data.training._eval import answer_accuracy, greedy_answer, split_prompt_and_answer
+from qwenvl_data.training._eval import answer_accuracy, greedy_answer, prompt_sample, split_prompt_and_answer
 from qwenvl_data.training._loss import NextTokenCrossEntropy
 from qwenvl_data.training._recipe import FinetuneRecipe, run_recipe
 
@@ -17,6 +17,7 @@ __all__ = [
     "answer_accuracy",
     "packaged_vocab_transform",
     "greedy_answer",
+    "prompt_sample",
     "run_recipe",
     "split_prompt_and_answer",
 ]

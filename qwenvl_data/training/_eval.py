@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from qwenvl_data._constants import IGNORE_INDEX, IM_END_ID
+from qwenvl_data.generation import generate
 from qwenvl_data.training._data import move_to_device
 from qwenvl_data.training._loss import project_trained_rows, trained_rows
 
@@ -65,22 +66,34 @@ def answer_accuracy(
 
 
 def split_prompt_and_answer(sample: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """Split a transformed sample at its first trained token.
+    """Split a transformed sample before its last answer (the final run of trained labels).
+
+    Earlier turns, answers included, stay in the prompt as context.
 
     Returns:
         (prompt tokens, ending with "<|im_start|>assistant\\n"; reference answer tokens without <|im_end|>)
+
+    Raises:
+        ValueError: the sample has no trained answer, or nothing untrained before it (``train_on_input``).
     """
     labels = sample["labels"]
-    trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
-    if not trained:
+    start = max((i for i, label in enumerate(labels) if label != IGNORE_INDEX), default=None)
+    if start is None:
         raise ValueError(f"sample {sample.get('id')!r}: has no assistant turn to answer")
-    start = trained[0]
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    if start == 0:
+        raise ValueError(f"sample {sample.get('id')!r}: every token is trained (train_on_input?), no prompt to answer")
     rest = list(sample["tokens"][start:])
     end = rest.index(IM_END_ID) if IM_END_ID in rest else len(rest)
     return list(sample["tokens"][:start]), rest[:end]
 
 
-@torch.no_grad()
+def prompt_sample(sample: dict[str, Any], prompt: list[int]) -> dict[str, Any]:
+    """``sample`` as a generation prompt: ``prompt`` as its tokens, no labels (its media unchanged)."""
+    return {**{k: v for k, v in sample.items() if k not in ("labels", "mask")}, "tokens": list(prompt)}
+
+
 def greedy_answer(
     model: nn.Module,
     sample: dict[str, Any],
@@ -92,25 +105,15 @@ def greedy_answer(
     max_new_tokens: int,
     stop_token_ids: tuple[int, ...] = (IM_END_ID,),
 ) -> list[int]:
-    """Greedy decoding of the assistant's answer after `prompt`.
-
-    The whole sequence is re-run each step (no KV cache) and re-collated, so the MRoPE positions
-    of new tokens come from the same rule as in training; fine for short answers.
+    """Greedy decoding of the assistant's answer after `prompt` (KV-cached, see ``qwenvl_data.generation``).
 
     Args:
         sample: a transformed sample; its pixel keys are the prompt's images/videos.
-        prompt: token ids ending with "<|im_start|>assistant\n" (see split_prompt_and_answer,
+        prompt: token ids ending with "<|im_start|>assistant\\n" (see split_prompt_and_answer,
             or the transform's `inference=True`).
 
     Returns:
         the generated token ids, without the stop token.
     """
-    tokens = list(prompt)
-    for _ in range(max_new_tokens):
-        step_sample = {**sample, "tokens": tokens, "labels": [IGNORE_INDEX] * len(tokens), "mask": [True] * len(tokens)}
-        batch = move_to_device(collate_fn([step_sample]), device, dtype)
-        next_token = int(model(**batch)[0, -1].argmax())
-        if next_token in stop_token_ids:
-            break
-        tokens.append(next_token)
-    return tokens[len(prompt) :]
+    batch = move_to_device(collate_fn([prompt_sample(sample, prompt)]), device, dtype)
+    return generate(model, batch, max_generated_tokens=max_new_tokens, stop_tokens=stop_token_ids).answers()[0]

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from torchtune.modules import TiedLinear
 
 from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data.models._model import project_rows
 
 OutputLoss = Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -48,24 +49,8 @@ def trained_rows(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> tupl
     return rows, labels[:, 1:][rows[:, :-1]]
 
 
-@contextmanager
-def project_trained_rows(model: nn.Module, rows: torch.Tensor) -> Iterator[None]:
-    """Within the block, `model(**batch)` returns logits [N, V] for the `rows` positions only.
-
-    The final decoder norm feeds the output projection; a forward hook on it keeps only the
-    selected rows, so the projection never sees the others (under FSDP2 too: the hook runs inside
-    the root module's forward, with the weights gathered). Used where logits themselves are
-    needed (answer accuracy); training uses `output_loss`.
-
-    Args:
-        model: a Qwen2_5_VLModel (its `decoder.norm` precedes the output projection).
-        rows: bool [B, L] from `trained_rows`.
-    """
-    handle = model.decoder.norm.register_forward_hook(lambda module, args, output: output[rows])
-    try:
-        yield
-    finally:
-        handle.remove()
+# The model projects only the rows the loss reads (the hook lives with the model, which generation shares).
+project_trained_rows = project_rows
 
 
 @contextmanager
