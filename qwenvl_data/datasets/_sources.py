@@ -174,16 +174,24 @@ class JsonlSource:
 
 
 class HFSource:
-    """A Hugging Face ``datasets.Dataset`` as a record source (rows as dicts, memory-mapped)."""
+    """A Hugging Face ``datasets.Dataset`` as a record source (rows as dicts, memory-mapped).
+
+    Rows are read as stored (``with_format("arrow")``), so ``Image`` columns arrive undecoded as
+    ``{"bytes", "path"}`` dicts and go through our one media resolver like every other reference: a
+    path-only image is confined to ``image_dir`` and refused when it is not a regular file (``datasets``
+    would open a FIFO and hang), and a bad file is a counted, named skip instead of an exception from
+    inside ``datasets``.
+    """
 
     def __init__(self, dataset: "datasets.Dataset") -> None:
         self.dataset = dataset
+        self._rows = dataset.with_format("arrow")
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return self.dataset[int(index)]
+        return self._rows[int(index)].to_pylist()[0]
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -240,6 +248,11 @@ def open_source(
         paths = data_files[split] if isinstance(data_files, dict) else _as_paths(data_files)
         plain = all(p.endswith((".json", ".jsonl")) for p in paths)
         if source == "jsonl" or (plain and not load_dataset_kwargs):
+            if load_dataset_kwargs:
+                raise TypeError(
+                    f"unexpected keyword argument(s) {sorted(load_dataset_kwargs)}: with source='jsonl' no "
+                    f"datasets.load_dataset options apply (check the spelling of the dataset's options)"
+                )
             return JsonlSource(paths)
     return HFSource(load_hf_dataset(source, data_files, split, **load_dataset_kwargs))
 
