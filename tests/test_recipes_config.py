@@ -73,19 +73,17 @@ def test_missing_required_key_is_named():
         _recipe_class()(cfg)
 
 
-def test_unknown_component_argument_names_the_config_section(tmp_path):
+def test_unknown_component_argument_is_refused_before_setup_with_a_suggestion(tmp_path):
     cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "output_dir": str(tmp_path), "dataset.num_sample": 5})
-    recipe = _recipe_class()(cfg)
-    with pytest.raises(ValueError, match=r"config key `dataset` \(qwenvl_data.datasets.synthetic_vqa_dataset\).*num_sample"):
-        recipe.setup(cfg)
+    with pytest.raises(ValueError, match=r"unknown key `dataset.num_sample` .*did you mean `dataset.num_samples`"):
+        _recipe_class()(cfg)
 
 
 def test_component_that_does_not_exist_is_named(tmp_path):
     cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "output_dir": str(tmp_path),
                                          "loss._component_": "qwenvl_data.training.NoSuchLoss"})  # fmt: skip
-    recipe = _recipe_class()(cfg)
-    with pytest.raises(ValueError, match=r"config key `loss`.*NoSuchLoss"):
-        recipe.setup(cfg)
+    with pytest.raises(ValueError, match=r"`loss._component_`.*NoSuchLoss"):
+        _recipe_class()(cfg)
 
 
 def test_interpolated_helper_keys_are_allowed_but_unused_ones_are_not():

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from qwenvl_data.datasets._processing import RecordProcessor
+from qwenvl_data.datasets._processing import RecordProcessor, SkippedRecord
 from qwenvl_data.datasets._sources import RecordSource, open_source, source_root
 
 logger = logging.getLogger(__name__)
@@ -81,11 +81,17 @@ class ChatDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict | None:
         """Sample ``index``, transformed; None when skipped under ``on_error="skip"``."""
+        sample = self.sample_or_skip(index)
+        return None if isinstance(sample, SkippedRecord) else sample
+
+    def sample_or_skip(self, index: int) -> dict | SkippedRecord:
+        """Sample ``index``, or, when skipped under ``on_error="skip"``, a ``SkippedRecord`` saying why (the
+        recipes count and show these)."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         index = index % len(self)
         record_index = index if self.indices is None else int(self.indices[index])
-        return self.processor(record_index, self.source[record_index])
+        return self.processor.process(record_index, self.source[record_index])
 
     @property
     def stats(self) -> dict[str, int]:
@@ -93,7 +99,9 @@ class ChatDataset(Dataset):
         return {**self.processor.stats.as_dict(), "filtered": self.num_filtered}
 
     def log_stats(self, epoch: int | None = None) -> str:
-        """Log (INFO) and return the skip summary; recipes call it at the end of each epoch."""
+        """Log (INFO) and return the skip summary of this dataset object (every record any worker processed,
+        read-ahead included). The recipes report their own exact counts of the records their steps consumed
+        (see ``qwenvl_data.training``), at each epoch end and at the end of the run."""
         line = ("" if epoch is None else f"epoch {epoch}: ") + self.processor.stats.summary()
         logger.info(line)
         return line

@@ -4,16 +4,44 @@ the streaming datasets so that both convert, transform, budget-check and count s
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._messages import sample_name
 from qwenvl_data.datasets._formats import FORMATS, to_conversation
 from qwenvl_data.datasets._stats import SkipCounts
-from qwenvl_data.errors import InvalidConversationError, SampleError, SampleTooLongError
+from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data.errors import (
+    InvalidConversationError,
+    NoTrainedTokenError,
+    SampleError,
+    SampleTooLongError,
+    UnexpectedSampleError,
+)
 
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """Why record ``index`` gave no sample (under ``on_error="skip"``): what a training loop counts and shows.
+
+    ``example`` is how reports name the record: its id, with the exception type for an unexpected error.
+    """
+
+    index: int
+    sample_id: Any
+    cause: str
+    message: str
+
+    @property
+    def example(self) -> str:
+        name = f"{self.index}" if self.sample_id is None else f"{self.sample_id}"
+        if self.cause == UnexpectedSampleError.cause:
+            name += f" ({self.message.split(':', 1)[0]})"
+        return name
 
 
 class RecordProcessor:
@@ -61,6 +89,18 @@ class RecordProcessor:
         Returns:
             the transformed sample (with ``"id"``), or None when it was skipped under ``on_error="skip"``.
         """
+        sample = self.process(index, record)
+        return None if isinstance(sample, SkippedRecord) else sample
+
+    def process(self, index: int, record: Any) -> dict | SkippedRecord:
+        """As ``__call__``, but a skipped record comes back as a ``SkippedRecord`` saying why.
+
+        Any exception raised while turning this one record into a sample is the record's fault here
+        (malformed text can fail deep inside a parser as ``KeyError``/``TypeError``, a video with fps 0 as
+        ``ValueError``): under ``"skip"`` it is counted with the cause ``unexpected_error`` and its type; under
+        ``"raise"`` it propagates with a note naming the sample index and id. ``MemoryError`` always propagates.
+        A sample whose labels train no token is a ``NoTrainedTokenError`` (cause ``no_trained_token``).
+        """
         sample_id: Any = None
         try:
             if isinstance(record, (bytes, str)):
@@ -76,6 +116,8 @@ class RecordProcessor:
                 sample = self.model_transform(sample)
             if self.max_tokens is not None and len(sample["tokens"]) > self.max_tokens:
                 raise SampleTooLongError(f"{len(sample['tokens'])} tokens, budget {self.max_tokens}")
+            if "labels" in sample and not _trains_a_token(sample["labels"]):
+                raise NoTrainedTokenError("no trained token (no assistant turn, or every answer token masked)")
             return sample
         except SampleError as err:
             where = f"sample {index} ({'id unknown' if sample_id is None else sample_id})"
@@ -83,9 +125,23 @@ class RecordProcessor:
                 # The model transform already names the sample by id; say it once, with the index added.
                 detail = str(err).removeprefix(f"{sample_name({'id': sample_id})}: ")
                 raise type(err)(f"{where}: {detail}") from err
-            self.stats.add(err)
-            logger.info("skipping %s [%s]: %s", where, err.cause, err)
-            return None
-        except Exception as err:
-            err.add_note(f"while processing sample {index} ({sample_id})")
+            return self._skip(index, sample_id, err)
+        except MemoryError:
             raise
+        except Exception as err:
+            if self.on_error == "raise":
+                err.add_note(f"while processing sample {index} ({'id unknown' if sample_id is None else sample_id})")
+                raise
+            return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"))
+
+    def _skip(self, index: int, sample_id: Any, err: SampleError) -> SkippedRecord:
+        skipped = SkippedRecord(index, sample_id, err.cause, str(err))
+        self.stats.add(err, skipped.example)
+        logger.info("skipping sample %d (%s) [%s]: %s", index, sample_id, err.cause, err)
+        return skipped
+
+
+def _trains_a_token(labels: Any) -> bool:
+    """Whether a label other than IGNORE_INDEX predicts something: a label at position 0 has no position before
+    it to be predicted from, so it trains nothing (the loss pairs position i with label i + 1)."""
+    return any(int(label) != IGNORE_INDEX for label in labels[1:])

@@ -1,13 +1,17 @@
 """Config checks and component building with errors that name the offending config key."""
 
 import difflib
+import inspect
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchtune import config
 from torchtune.config._errors import InstantiationError
+from torchtune.config._utils import _get_component_from_path
 
 _INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w]*)")
 
@@ -59,3 +63,128 @@ def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
         return config.instantiate(node, *args, **kwargs)
     except (TypeError, InstantiationError) as error:
         raise ValueError(f"config key `{key}` ({node._component_}): {error}") from error
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be: its type(s), whether null is allowed, and a range or choice check.
+
+    ``int`` never accepts a bool or a float (``batch_size=2.7`` is refused, not truncated); ``float`` accepts ints.
+    """
+
+    types: tuple[type, ...]
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.nullable else "must not be null"
+        if not _has_type(value, self.types):
+            names = " or ".join(t.__name__ for t in self.types) + (" or null" if self.nullable else "")
+            return f"must be {names}, got {type(value).__name__} {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {list(self.choices)}, got {value!r}"
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            return f"must be >= {self.minimum}, got {value!r}"
+        if self.maximum is not None and isinstance(value, (int, float)) and value > self.maximum:
+            return f"must be <= {self.maximum}, got {value!r}"
+        return None
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def check_config_values(cfg: DictConfig, recipe: str, rules: Mapping[str, Rule]) -> None:
+    """Check every top-level value that has a rule (type, null, range, choices), all at once.
+
+    Raises:
+        ValueError: listing every bad value with its key and what it must be.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    problems = [f"`{key}` {problem}" for key, rule in rules.items()
+                if key in raw and (problem := rule.problem(raw[key])) is not None]  # fmt: skip
+    if problems:
+        raise ValueError(f"{recipe}: bad config: " + "; ".join(problems))
+
+
+def _component_nodes(node: Any, path: str = "") -> Iterable[tuple[str, DictConfig]]:
+    """Every mapping with a ``_component_`` in the config, with its dotted key."""
+    if isinstance(node, DictConfig):
+        if "_component_" in node:
+            yield path, node
+        for key in node:
+            yield from _component_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _component_nodes(item, f"{path}[{i}]")
+
+
+def _parameters(component: Callable) -> tuple[set[str], bool]:
+    """The keyword names a component accepts, and whether it takes ``**kwargs`` besides."""
+    target = component.__init__ if inspect.isclass(component) else component
+    params = inspect.signature(target).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_component_arguments(cfg: DictConfig) -> None:
+    """Check each ``_component_``'s keys against its signature, before anything is built.
+
+    A key the component does not take is refused with the nearest parameter name, as top-level typos are.
+    A component that forwards ``**kwargs`` (e.g. to ``datasets.load_dataset``) cannot refuse unknown keys,
+    but a near miss of one of its own parameters (``data_file`` for ``data_files``) is still a typo.
+
+    Raises:
+        ValueError: naming every bad key (``dataset.data_file``) with a suggestion, or a component that
+            cannot be imported.
+    """
+    problems = []
+    for path, node in _component_nodes(cfg):
+        try:
+            component = _get_component_from_path(node._component_)
+        except Exception as error:
+            problems.append(f"`{path}._component_`: cannot import {node._component_!r} ({error})")
+            continue
+        try:
+            names, takes_kwargs = _parameters(component)
+        except (TypeError, ValueError):  # a builtin without an inspectable signature
+            continue
+        for key in node:
+            if key == "_component_" or key in names:
+                continue
+            close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.8 if takes_kwargs else 0.6)
+            if takes_kwargs and not close:
+                continue
+            hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""
+            problems.append(f"unknown key `{path}.{key}` for {node._component_}{hint}")
+    if problems:
+        raise ValueError("bad config: " + "; ".join(problems))
+
+
+def check_device(name: str) -> torch.device:
+    """The requested device, refused when this machine does not have it (never a silent fall-back to CPU).
+
+    Raises:
+        ValueError: an unknown device name, or a device type / index that is not available here.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"`device={name}`: {error}") from error
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not available:
+        raise ValueError(f"`device={name}` but this machine has no {device.type} device (use device=cpu)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"`device={name}` but this machine has {count} {device.type} device(s)")
+    return device

@@ -1,19 +1,28 @@
-"""Data loading for the recipes: rank-sharded, resumable (StatefulDataLoader) batches on the right device."""
+"""Data loading for the recipes: rank-sharded, resumable micro-batches that skipped records never empty.
 
-from collections.abc import Callable
+Workers turn records into samples one at a time (a StatefulDataLoader with ``batch_size=None``); the main
+process fills each micro-batch with the next usable samples, counting the skipped records it passes, and
+collates it. The loader's position therefore always sits right after the last record a step consumed, so a
+saved state resumes exactly: no record is seen twice or skipped, whatever was skipped before.
+"""
+
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.training._distributed import rank_and_world
+from qwenvl_data.training._skips import SkipLedger
 
 
 def build_dataloader(
     dataset: Dataset,
-    collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]],
-    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    batch_size: int | None,
     *,
     shuffle: bool,
     seed: int,
@@ -27,14 +36,96 @@ def build_dataloader(
     Tail samples that do not fill one sample per rank are dropped, never repeated.
 
     Args:
-        batch_size: samples per rank per micro-batch.
+        batch_size: samples per rank per micro-batch; None yields single samples, uncollated.
     """
     rank, world = rank_and_world()
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
     return StatefulDataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
         drop_last=False,
-    )
+    )  # fmt: skip
+
+
+class _Outcomes(Dataset):
+    """``dataset[i]`` as the training loop needs it: the sample, or a ``SkippedRecord`` saying why there is none
+    (``ChatDataset.sample_or_skip``); a dataset without that method skips by returning None."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | SkippedRecord | None:
+        sample_or_skip = getattr(self.dataset, "sample_or_skip", None)
+        return self.dataset[index] if sample_or_skip is None else sample_or_skip(index)
+
+
+def _single(outcome: Any) -> Any:
+    return outcome  # batch_size=None: each record's outcome travels from the worker as it is
+
+
+class RefillingBatches:
+    """Micro-batches of ``batch_size`` usable samples per rank, each refilled past skipped records.
+
+    Steps per epoch: an epoch plans ``ceil(records per rank / batch_size)`` micro-batches (what it gives when
+    nothing is skipped); a skipped record is replaced by the next one, so with skips the records run out
+    earlier, and the epoch ends there: its last micro-batch can hold fewer samples, and it has fewer steps
+    than planned (the LR schedule and progress bar keep the plan).
+
+    Args:
+        dataset: map-style dataset (``ChatDataset``, synthetic, or any that returns None for a skipped record).
+        collate_fn: list of samples -> batch.
+        batch_size: usable samples per micro-batch.
+        ledger: counts every record consumed (and stops the run past ``max_skip_fraction``).
+        shuffle, seed, num_workers: as ``build_dataloader``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]],
+        batch_size: int,
+        ledger: SkipLedger,
+        *,
+        shuffle: bool,
+        seed: int,
+        num_workers: int = 0,
+    ) -> None:
+        self.loader = build_dataloader(
+            _Outcomes(dataset), _single, None, shuffle=shuffle, seed=seed, num_workers=num_workers
+        )
+        self.collate_fn, self.batch_size, self.ledger = collate_fn, batch_size, ledger
+        self._records: Iterator[Any] | None = None
+
+    @property
+    def planned_batches(self) -> int:
+        """Micro-batches per epoch on this rank when no record is skipped."""
+        return math.ceil(len(self.loader.sampler) / self.batch_size)
+
+    def start_epoch(self, epoch: int, state: dict[str, Any] | None = None) -> None:
+        """Begin ``epoch``'s records, or continue from ``state_dict()`` of a saved run."""
+        self.loader.sampler.set_epoch(epoch)
+        if state is not None:
+            self.loader.load_state_dict(state)
+        self._records = iter(self.loader)
+
+    def next_batch(self) -> dict[str, torch.Tensor] | None:
+        """The next micro-batch, or None when this epoch's records ran out before one usable sample."""
+        samples = []
+        while len(samples) < self.batch_size:
+            try:
+                outcome = next(self._records)
+            except StopIteration:
+                break
+            sample = self.ledger.record(outcome)
+            if sample is not None:
+                samples.append(sample)
+        return self.collate_fn(samples) if samples else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position right after the last record consumed."""
+        return self.loader.state_dict()
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
