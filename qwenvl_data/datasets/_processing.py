@@ -28,7 +28,8 @@ ON_ERROR = ("raise", "skip")
 class SkippedRecord:
     """Why record ``index`` gave no sample (under ``on_error="skip"``): what a training loop counts and shows.
 
-    ``example`` is how reports name the record: its id, with the exception type for an unexpected error.
+    ``example`` is how reports name the record: its id (``#index`` when it has none, e.g. a malformed JSON
+    line), with the exception type for an unexpected error.
     """
 
     index: int
@@ -38,7 +39,7 @@ class SkippedRecord:
 
     @property
     def example(self) -> str:
-        name = f"{self.index}" if self.sample_id is None else f"{self.sample_id}"
+        name = f"#{self.index}" if self.sample_id is None else f"{self.sample_id}"
         if self.cause == UnexpectedSampleError.cause:
             name += f" ({self.message.split(':', 1)[0]})"
         return name

@@ -74,11 +74,19 @@ class SkipCounts:
         if row >= self._counts.shape[0]:
             raise RuntimeError(f"SkipCounts holds {self._counts.shape[0] - 1} worker rows; worker {info.id} has none")
         with self._lock:  # threads of one process (e.g. a thread-based ParallelMapper) share a row
-            slot = int(self._counts[row, column])
-            if example is not None and slot < self._examples.shape[2]:
-                encoded = str(example).encode()[:EXAMPLE_BYTES]
-                self._examples[row, column, slot, : len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+            if example is not None:
+                self._keep_example(self._examples[row, column], str(example).encode()[:EXAMPLE_BYTES])
             self._counts[row, column] += 1
+
+    @staticmethod
+    def _keep_example(slots: torch.Tensor, encoded: bytes) -> None:
+        """Store ``encoded`` in the first free slot (all zeros) unless it is kept already or none is free."""
+        padded = torch.zeros(EXAMPLE_BYTES, dtype=torch.uint8)
+        padded[: len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+        used = (slots != 0).any(dim=1)
+        if (slots[used] == padded).all(dim=1).any() or used.all():
+            return
+        slots[int((~used).nonzero()[0])] = padded
 
     def as_dict(self) -> dict[str, int]:
         """Skips so far, summed over processes: ``{cause: count}`` for every cause (zeros included)."""
@@ -86,16 +94,17 @@ class SkipCounts:
         return dict(zip(self.causes, totals))
 
     def examples(self) -> dict[str, list[str]]:
-        """The first example ids of each cause that has any (main process first, then workers in order)."""
+        """The first distinct example ids of each cause that has any (main process first, then workers)."""
         found: dict[str, list[str]] = {}
-        limit = self._examples.shape[2]
         for column, cause in enumerate(self.causes):
-            kept = []
-            for row in range(self._counts.shape[0]):
-                for slot in range(min(int(self._counts[row, column]), limit)):
-                    kept.append(bytes(self._examples[row, column, slot].tolist()).rstrip(b"\0").decode(errors="replace"))
+            kept: list[str] = []
+            for slots in self._examples[:, column]:
+                for slot in slots[(slots != 0).any(dim=1)]:
+                    text = bytes(slot.tolist()).rstrip(b"\0").decode(errors="replace")
+                    if text not in kept:
+                        kept.append(text)
             if kept:
-                found[cause] = kept[:limit]
+                found[cause] = kept[: self.max_examples]
         return found
 
     def total(self) -> int:

@@ -27,14 +27,24 @@ def _interpolated_names(node: Any) -> set[str]:
     return set()
 
 
-def check_config_keys(cfg: DictConfig, recipe: str, required: Iterable[str], optional: Iterable[str]) -> None:
-    """Reject unknown or missing top-level keys, naming them (and the nearest valid key for typos).
+def check_config_keys(
+    cfg: DictConfig,
+    recipe: str,
+    required: Iterable[str],
+    optional: Iterable[str],
+    rules: "Mapping[str, Rule] | None" = None,
+) -> None:
+    """Check a whole config at start, before anything is built, and report every problem at once.
 
-    A top-level key the recipe does not read is still accepted when another value interpolates
-    it (`checkpoint_dir: ...` used as `${checkpoint_dir}`): that is how configs share one value.
+    - top-level keys: unknown ones (with the nearest valid key for typos) and missing required ones. A key
+      the recipe does not read is still accepted when another value interpolates it (`checkpoint_dir: ...`
+      used as `${checkpoint_dir}`): that is how configs share one value;
+    - top-level values with a ``rules`` entry: type, null, range, choices;
+    - every ``_component_``'s keys against its signature (``component_problems``);
+    - ``device``: it must exist on this machine.
 
     Raises:
-        ValueError: listing every unknown key with a suggestion, or every missing required key.
+        ValueError: ``"<recipe>: bad config: <problem>; <problem>..."``.
     """
     required, optional = set(required), set(optional)
     known = required | optional
@@ -48,10 +58,13 @@ def check_config_keys(cfg: DictConfig, recipe: str, required: Iterable[str], opt
         problems.append(f"unknown key `{key}`{hint}")
     missing = sorted(required - set(raw))
     problems += [f"missing required key `{key}`" for key in missing]
+    problems += value_problems(cfg, rules or {})
+    problems += component_problems(cfg)
+    if isinstance(cfg.get("device"), str):
+        problems += device_problems(cfg.device)
     if problems:
-        raise ValueError(
-            f"{recipe}: bad config: " + "; ".join(problems) + f". Valid keys: {', '.join(sorted(known))}"
-        )
+        valid = f". Valid keys: {', '.join(sorted(known))}" if unknown else ""
+        raise ValueError(f"{recipe}: bad config: " + "; ".join(problems) + valid)
 
 
 def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
@@ -101,17 +114,22 @@ def _has_type(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
-def check_config_values(cfg: DictConfig, recipe: str, rules: Mapping[str, Rule]) -> None:
-    """Check every top-level value that has a rule (type, null, range, choices), all at once.
-
-    Raises:
-        ValueError: listing every bad value with its key and what it must be.
-    """
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    problems = [f"`{key}` {problem}" for key, rule in rules.items()
-                if key in raw and (problem := rule.problem(raw[key])) is not None]  # fmt: skip
-    if problems:
-        raise ValueError(f"{recipe}: bad config: " + "; ".join(problems))
+def value_problems(cfg: DictConfig, rules: Mapping[str, Rule]) -> list[str]:
+    """Every top-level value that breaks its rule (type, null, range, choices), with its key."""
+    problems = []
+    for key, rule in rules.items():
+        if key not in cfg:
+            continue
+        try:
+            value = cfg[key]  # resolves ${...} interpolations
+        except Exception as error:  # an interpolation that does not resolve, a missing mandatory value
+            problems.append(f"`{key}`: {error}")
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        if (problem := rule.problem(value)) is not None:
+            problems.append(f"`{key}` {problem}")
+    return problems
 
 
 def _component_nodes(node: Any, path: str = "") -> Iterable[tuple[str, DictConfig]]:
@@ -134,16 +152,16 @@ def _parameters(component: Callable) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def check_component_arguments(cfg: DictConfig) -> None:
-    """Check each ``_component_``'s keys against its signature, before anything is built.
+def component_problems(cfg: DictConfig) -> list[str]:
+    """Each ``_component_``'s keys checked against its signature, before anything is built.
 
     A key the component does not take is refused with the nearest parameter name, as top-level typos are.
     A component that forwards ``**kwargs`` (e.g. to ``datasets.load_dataset``) cannot refuse unknown keys,
     but a near miss of one of its own parameters (``data_file`` for ``data_files``) is still a typo.
 
-    Raises:
-        ValueError: naming every bad key (``dataset.data_file``) with a suggestion, or a component that
-            cannot be imported.
+    Returns:
+        a problem naming every bad key (``dataset.data_file``) with a suggestion, and every component
+        that cannot be imported.
     """
     problems = []
     for path, node in _component_nodes(cfg):
@@ -164,27 +182,21 @@ def check_component_arguments(cfg: DictConfig) -> None:
                 continue
             hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""
             problems.append(f"unknown key `{path}.{key}` for {node._component_}{hint}")
-    if problems:
-        raise ValueError("bad config: " + "; ".join(problems))
+    return problems
 
 
-def check_device(name: str) -> torch.device:
-    """The requested device, refused when this machine does not have it (never a silent fall-back to CPU).
-
-    Raises:
-        ValueError: an unknown device name, or a device type / index that is not available here.
-    """
+def device_problems(name: str) -> list[str]:
+    """Why the requested device cannot be used here (never a silent fall-back to CPU); empty when it can."""
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"`device={name}`: {error}") from error
+        return [f"`device={name}`: {error}"]
     if device.type == "cpu":
-        return device
+        return []
     backend = getattr(torch, device.type, None)
-    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
-    if not available:
-        raise ValueError(f"`device={name}` but this machine has no {device.type} device (use device=cpu)")
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        return [f"`device={name}` but this machine has no {device.type} device (use device=cpu)"]
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if device.index is not None and device.index >= count:
-        raise ValueError(f"`device={name}` but this machine has {count} {device.type} device(s)")
-    return device
+        return [f"`device={name}` but this machine has {count} {device.type} device(s)"]
+    return []

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
-from qwenvl_data.training._checkpoint import atomic_directory
+from qwenvl_data.training._checkpoint import atomic_directory, naming_failed_writes
 
 
 def train_adapters_only(model: nn.Module) -> None:
@@ -42,7 +42,8 @@ def save_adapter(
     """
     adapter = {name: full_state_dict[name].contiguous() for name in names}
     settings = {"r": lora_rank, "lora_alpha": lora_alpha, "base_model": base_model, "key_naming": "qwenvl_data"}
-    with atomic_directory(out_dir) as partial:
+    needed = sum(t.numel() * t.element_size() for t in adapter.values())
+    with atomic_directory(out_dir) as partial, naming_failed_writes(partial, needed):
         save_file(adapter, str(partial / "adapter_model.safetensors"))
         (partial / "adapter_config.json").write_text(json.dumps(settings, indent=2))
     return out_dir

@@ -17,13 +17,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torchtune import training, utils
 
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
-from qwenvl_data.training._config import (
-    build,
-    check_component_arguments,
-    check_config_keys,
-    check_config_values,
-    check_device,
-)
+from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import RefillingBatches, move_to_device
 from qwenvl_data.training._distributed import (
     all_reduce_sum,
@@ -77,13 +71,10 @@ class FinetuneRecipe:
     def __init__(self, cfg: DictConfig) -> None:
         self.metric_logger = None  # cleanup() runs even when __init__ or setup() fails
         name = type(self).__name__
-        check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()))
-        check_config_values(cfg, name, VALUE_RULES)
-        check_component_arguments(cfg)
+        check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()), VALUE_RULES)
         if self.lora and not str(cfg.model._component_).split(".")[-1].startswith("lora_"):
             raise ValueError(f"{name}: `model._component_` must be a LoRA builder (lora_qwen2_5_vl_*), "
                              f"got {cfg.model._component_}")  # fmt: skip
-        check_device(cfg.get("device", "cpu"))
         self.device = utils.get_device(cfg.get("device", "cpu"))
         if self.distributed:
             init_distributed(self.device)

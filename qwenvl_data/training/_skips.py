@@ -97,7 +97,8 @@ class SkipLedger:
             for cause, entry in rank_report.items():
                 merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
                 merged["count"] += entry["count"]
-                merged["examples"] = (merged["examples"] + entry["examples"])[: counts.max_examples]
+                new = [e for e in entry["examples"] if e not in merged["examples"]]
+                merged["examples"] = (merged["examples"] + new)[: counts.max_examples]
         return {"read": sum(r for r, _ in reports), "skipped": sum(e["count"] for e in by_cause.values()),
                 "by_cause": by_cause}  # fmt: skip
 
