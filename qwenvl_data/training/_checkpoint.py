@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -101,19 +102,29 @@ def _nbytes(*state_dicts: dict[str, Any]) -> int:
 def naming_failed_writes(directory: Path, needed_bytes: int) -> Iterator[None]:
     """Re-raise a failed write (a full disk, a file-size limit, an I/O error) as an OSError that names
     ``directory``, the space the save needs and the space left, instead of torch's bare
-    ``[enforce fail at inline_container.cc]`` or an unnamed ``No space left on device``."""
+    ``[enforce fail at inline_container.cc]``, DCP's multi-line ``CheckpointException`` or an unnamed
+    ``No space left on device``."""
     try:
         yield
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, CheckpointException) as error:
+        cause = _first_failure(error)
         free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
-        code = getattr(error, "errno", None)
+        code = getattr(cause, "errno", None)
         if code is None and free < needed_bytes:
             code = errno.ENOSPC
+        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).splitlines()[0]
         raise OSError(
             code or errno.EIO,
-            f"writing {directory} failed: {error}. The save needs about {needed_bytes / 2**20:.1f} MiB; "
+            f"writing {directory} failed: {detail}. The save needs about {needed_bytes / 2**20:.1f} MiB; "
             f"{free / 2**20:.1f} MiB are free on that disk",
         ) from error
+
+
+def _first_failure(error: BaseException) -> BaseException:
+    """The exception behind DCP's CheckpointException (which wraps each rank's), or ``error`` itself."""
+    if isinstance(error, CheckpointException) and error.failures:
+        return next(iter(error.failures.values()))[0]
+    return error
 
 
 @contextmanager

@@ -222,43 +222,50 @@ class FinetuneRecipe:
 
     # ---- training -----------------------------------------------------------------------------
     def train(self) -> None:
-        """Run the remaining optimizer steps, saving resumable states as configured.
+        """Run the remaining optimizer steps, saving resumable states as configured."""
+        progress = TrainingProgress(self.total_steps, self.global_step, enabled=self.is_main)
+        self.model.train()
+        stopped_early = False
+        try:
+            while self.epoch < self.epochs and not stopped_early:
+                stopped_early = self._train_epoch(progress)
+                if not stopped_early:
+                    self.epoch, self.steps_in_epoch = self.epoch + 1, 0
+        finally:  # the bar ends before any error is printed, so the error stays the last line
+            progress.close()
+        self.stopped_early = stopped_early
+
+    def _train_epoch(self, progress: TrainingProgress) -> bool:
+        """The current epoch's remaining steps; True when ``stop_after_step`` ended the run in it.
 
         An epoch ends after its planned steps, or earlier when skipped records made its records run out
         (see ``RefillingBatches``); an epoch with no usable record at all stops the run.
         """
-        progress = TrainingProgress(self.total_steps, self.global_step, enabled=self.is_main)
-        self.model.train()
-        stopped_early = False
-        while self.epoch < self.epochs and not stopped_early:
-            if self._resume_dataloader_state is None:
-                self.skips.start_epoch()
-            self.batches.start_epoch(self.epoch, self._resume_dataloader_state)
-            self._resume_dataloader_state = None
-            while self.steps_in_epoch < self.steps_per_epoch:
-                started = time.perf_counter()
-                step = self._optimizer_step()
-                self.train_seconds += time.perf_counter() - started
-                if step is None:  # this epoch's records ran out
-                    if self.steps_in_epoch == 0:
-                        raise self.skips.no_usable_record(self.epoch)
-                    self._report_epoch_skips(progress)
-                    break
-                self.global_step += 1
-                self.steps_in_epoch += 1
-                self._record(progress, *step)
-                stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
-                end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
-                if end_of_epoch:  # before the save, so a resumed run's history holds this report too
-                    self._report_epoch_skips(progress)
-                if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
-                    self.save_checkpoint()
-                if stopped_early:
-                    break
-            if not stopped_early:
-                self.epoch, self.steps_in_epoch = self.epoch + 1, 0
-        progress.close()
-        self.stopped_early = stopped_early
+        if self._resume_dataloader_state is None:
+            self.skips.start_epoch()
+        self.batches.start_epoch(self.epoch, self._resume_dataloader_state)
+        self._resume_dataloader_state = None
+        while self.steps_in_epoch < self.steps_per_epoch:
+            started = time.perf_counter()
+            step = self._optimizer_step()
+            self.train_seconds += time.perf_counter() - started
+            if step is None:  # this epoch's records ran out
+                if self.steps_in_epoch == 0:
+                    raise self.skips.no_usable_record(self.epoch)
+                self._report_epoch_skips(progress)
+                return False
+            self.global_step += 1
+            self.steps_in_epoch += 1
+            self._record(progress, *step)
+            stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
+            end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
+            if end_of_epoch:  # before the save, so a resumed run's history holds this report too
+                self._report_epoch_skips(progress)
+            if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
+                self.save_checkpoint()
+            if stopped_early:
+                return True
+        return False
 
     def _report_epoch_skips(self, progress: TrainingProgress) -> None:
         """Console, metrics.json and the metric logger: the epoch's skips by cause with example record ids."""
