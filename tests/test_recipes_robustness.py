@@ -2,7 +2,7 @@
 configs, non-finite losses, LoRA training-state size and file errors (the error is always the last line)."""
 
 import errno
-import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def test_metrics_json_gives_skips_by_cause_per_epoch_and_for_the_run(skipping_ru
 
 def test_progress_bar_and_metric_log_show_the_skips(skipping_run):
     out, stdout = skipping_run
-    assert "skipped=6" in stdout and "skipped=12" in stdout  # the bar's count so far
+    assert "skipped=12]" in stdout  # the bar's count so far, as it ends
     log = next((out / "logs").glob("*.txt")).read_text()
     assert "skipped/no_trained_token:1.0" in log and "skipped_records:12.0" in log
 
@@ -142,9 +142,10 @@ def test_more_skips_than_max_skip_fraction_stop_the_run_with_causes_and_ids(tmp_
             for i in range(110)]  # fmt: skip
     records = [_question(f"gone{i}", image="img/missing.png") if i % 10 == 9 else r for i, r in enumerate(good)]
     config = _jsonl_config(tmp_path, records)
-    message = r"10 of the 100 records read so far were skipped \(10.0% > max_skip_fraction=0.01\).*bad_image=10 \(e.g. gone9, gone19"
+    # the stop comes at the 100th record read, whatever the shuffle order put before it
+    message = r"(\d+) of the 100 records read so far were skipped .* > max_skip_fraction=0.01\).*bad_image=\1 \(e.g. gone\d+"
     with pytest.raises(TooManySkipsError, match=message):
-        _run_in_process(config, {"output_dir": str(tmp_path / "out"), "batch_size": 30})
+        _run_in_process(config, {"output_dir": str(tmp_path / "out"), "batch_size": 100})
     assert not (tmp_path / "out" / "hf_model").exists()
 
 
@@ -155,13 +156,13 @@ def test_all_bad_dataset_stops_at_once_with_its_causes(tmp_path):
     assert not (tmp_path / "out" / "hf_model").exists()
 
 
-NAN_OVERRIDES = {**TINY_OVERRIDES, "optimizer.lr": 1e6, "max_steps_per_epoch": 5, "eval_dataset.num_samples": 4,
-                 "checkpointer.save_every_n_steps": 1}  # fmt: skip
+NAN_OVERRIDES = {**TINY_OVERRIDES, "optimizer.lr": 1e6, "max_steps_per_epoch": 4}  # NaN from step 3
 
 
 def test_nonfinite_loss_stops_the_run_naming_the_step_and_writes_no_final_weights(tmp_path):
     out = tmp_path / "out"
-    last = _failing_run([*TUNE_FULL, "configs/tiny_synthetic.yaml", f"output_dir={out}", *as_cli(NAN_OVERRIDES)])
+    overrides = {**NAN_OVERRIDES, "checkpointer.save_every_n_steps": 1}
+    last = _failing_run([*TUNE_FULL, "configs/tiny_synthetic.yaml", f"output_dir={out}", *as_cli(overrides)])
     assert "NonFiniteLossError: step " in last and "the weights were not updated" in last
     step = int(last.split("step ")[1].split(":")[0])
     assert not (out / "hf_model").exists()
@@ -175,7 +176,7 @@ def test_nonfinite_steps_can_be_skipped_and_counted(tmp_path):
     recipe = load_recipe("full_finetune_single_device")
     recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, load_config("tiny_synthetic", overrides))
     run = metrics(out)
-    assert run["steps"] == 5 and run["nonfinite_steps_skipped"] == len(run["history"]["nonfinite_steps_skipped"]) > 0
+    assert run["steps"] == 4 and run["nonfinite_steps_skipped"] == len(run["history"]["nonfinite_steps_skipped"]) > 0
     weights = load_file(out / "hf_model" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -238,12 +239,14 @@ def test_a_write_limit_hit_by_tune_run_is_named_with_the_space_needed(tmp_path):
     """A real failed write (the file-size limit of the shell) while saving the first training state."""
     out = tmp_path / "out"
     overrides = {**TINY_OVERRIDES, "max_steps_per_epoch": 1, "eval_dataset.num_samples": 4}
-    tune = " ".join([*TUNE_FULL, "configs/tiny_synthetic.yaml", f"output_dir={out}", *as_cli(overrides)])
+    tune = shlex.join([*TUNE_FULL, "configs/tiny_synthetic.yaml", f"output_dir={out}", *as_cli(overrides)])
     result = subprocess.run(["bash", "-c", f"ulimit -f 4096; {tune} 2>&1"], cwd=REPO, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     last = result.stdout.strip().splitlines()[-1]
     assert result.returncode != 0
-    assert last.startswith("OSError: [Errno 27] writing ") and "training_state" in last and "The save needs about" in last
+    # torch.save's own message is "[enforce fail at inline_container.cc:...]", naming no file
+    assert last.startswith("OSError: [Errno ") and f"writing {out / 'training_state'}" in last
+    assert "The save needs about" in last and "MiB are free on that disk" in last
 
 
 def _lora_run(out: Path, **overrides) -> None:

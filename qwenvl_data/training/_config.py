@@ -165,6 +165,9 @@ def component_problems(cfg: DictConfig) -> list[str]:
     """
     problems = []
     for path, node in _component_nodes(cfg):
+        if not isinstance(node._component_, str):
+            problems.append(f"`{path}._component_` must name a callable, got {node._component_!r}")
+            continue
         try:
             component = _get_component_from_path(node._component_)
         except Exception as error:

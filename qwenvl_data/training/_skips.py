@@ -45,10 +45,9 @@ class SkipLedger:
         self.read_in_epoch += 1
         if outcome is None:  # a dataset that skips without saying why
             outcome = SkippedRecord(self.read_in_epoch - 1, None, "invalid_sample", "skipped by the dataset")
-        if not isinstance(outcome, SkippedRecord):
-            return outcome
-        self.run.add(outcome.cause, outcome.example)
-        self.epoch.add(outcome.cause, outcome.example)
+        if isinstance(outcome, SkippedRecord):
+            self.run.add(outcome.cause, outcome.example)
+            self.epoch.add(outcome.cause, outcome.example)
         skipped = self.run.total()
         if self.read_in_run >= MIN_RECORDS_FOR_FRACTION and skipped > self.max_skip_fraction * self.read_in_run:
             raise TooManySkipsError(
@@ -57,7 +56,7 @@ class SkipLedger:
                 f"{self.run.summary()}. Fix these records (`python -m qwenvl_data.inspect --config ...` lists "
                 "every one) or raise max_skip_fraction"
             )
-        return None
+        return None if isinstance(outcome, SkippedRecord) else outcome
 
     def no_usable_record(self, epoch: int) -> TooManySkipsError:
         """The error for an epoch whose records gave no usable sample at all."""
