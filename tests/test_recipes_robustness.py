@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from datasets_records import write_jsonl, write_photos
+from qwenvl_data.collate import Qwen2_5_VLCollator
 from qwenvl_data.datasets import multimodal_chat_dataset
 from qwenvl_data.models import load_hf_model, qwen2_5_vl_tiny, save_hf_model
 from qwenvl_data.training import TrainingCheckpointer, packaged_vocab_transform
@@ -322,3 +323,27 @@ def test_dataset_skip_stats_keep_example_ids_across_dataloader_workers(tmp_path)
         "bad_conversation": ["#4", "content_is_a_number"], "no_trained_token": ["no_assistant_turn"],
         "unexpected_error": ["video_fps_0 (ValueError)"],
     }  # fmt: skip
+
+
+def test_an_unexpected_exception_under_on_error_raise_names_the_record_index_and_id(tmp_path):
+    _jsonl_config(tmp_path, [_question("good"), _bad_records()[3]])
+    transform = packaged_vocab_transform(max_seq_len=256, max_pixels=3136)
+    dataset = multimodal_chat_dataset(transform, source="jsonl", data_files=str(tmp_path / "data.jsonl"))
+    with pytest.raises(ValueError, match="fps") as error:
+        dataset[1]
+    assert "while processing sample 1 (video_fps_0)" in error.value.__notes__
+
+
+def test_a_sample_the_collator_refuses_is_counted_and_its_place_refilled(tmp_path):
+    short = [_question(f"short{i}") for i in range(4)]
+    long = _question("long", question="<image>" + "Describe every detail. " * 20)
+    _jsonl_config(tmp_path, short[:1] + [long] + short[1:])
+    transform = packaged_vocab_transform(max_seq_len=256, max_pixels=3136)
+    dataset = multimodal_chat_dataset(transform, source="jsonl", data_files=str(tmp_path / "data.jsonl"))
+    assert len(dataset[1]["tokens"]) > 64 >= max(len(dataset[i]["tokens"]) for i in (0, 2, 3, 4))
+    ledger = SkipLedger(max_skip_fraction=1.0)
+    refill = RefillingBatches(dataset, Qwen2_5_VLCollator(max_seq_len=64), 2, ledger, shuffle=False, seed=0)
+    refill.start_epoch(0)
+    assert [refill.next_batch()["tokens"].shape for _ in range(2)] == [(2, 64), (2, 64)]
+    assert refill.next_batch() is None
+    assert ledger.report("epoch")["by_cause"] == {"too_long": {"count": 1, "examples": ["long"]}}

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets._processing import SkippedRecord
+from qwenvl_data.errors import SampleError
 from qwenvl_data.training._distributed import rank_and_world
 from qwenvl_data.training._skips import SkipLedger
 
@@ -111,8 +112,24 @@ class RefillingBatches:
         self._records = iter(self.loader)
 
     def next_batch(self) -> dict[str, torch.Tensor] | None:
-        """The next micro-batch, or None when this epoch's records ran out before one usable sample."""
-        samples = []
+        """The next micro-batch, or None when this epoch's records ran out before one usable sample.
+
+        A sample the collator refuses (``SampleError``, e.g. longer than its ``max_seq_len``) is counted as
+        skipped and replaced like any other.
+        """
+        samples = self._fill([])
+        while samples:
+            try:
+                return self.collate_fn(samples)
+            except SampleError:
+                usable = [sample for sample in samples if self._collates_alone(sample)]
+                if len(usable) == len(samples):
+                    raise  # no single sample is at fault: the batch as a whole is
+                samples = self._fill(usable)
+        return None
+
+    def _fill(self, samples: list[dict]) -> list[dict]:
+        """``samples`` topped up to ``batch_size`` from the next records (fewer when they run out)."""
         while len(samples) < self.batch_size:
             try:
                 outcome = next(self._records)
@@ -121,7 +138,15 @@ class RefillingBatches:
             sample = self.ledger.record(outcome)
             if sample is not None:
                 samples.append(sample)
-        return self.collate_fn(samples) if samples else None
+        return samples
+
+    def _collates_alone(self, sample: dict) -> bool:
+        try:
+            self.collate_fn([sample])
+        except SampleError as error:
+            self.ledger.reject(sample, error)
+            return False
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         """The position right after the last record consumed."""

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.datasets._stats import SkipCounts, describe_causes
+from qwenvl_data.errors import SampleError
 
 MIN_RECORDS_FOR_FRACTION = 100  # below this, a few bad records would be a large fraction by chance
 
@@ -46,17 +47,28 @@ class SkipLedger:
         if outcome is None:  # a dataset that skips without saying why
             outcome = SkippedRecord(self.read_in_epoch - 1, None, "invalid_sample", "skipped by the dataset")
         if isinstance(outcome, SkippedRecord):
-            self.run.add(outcome.cause, outcome.example)
-            self.epoch.add(outcome.cause, outcome.example)
+            self._add(outcome)
+        self._check_fraction()
+        return None if isinstance(outcome, SkippedRecord) else outcome
+
+    def reject(self, sample: dict, error: SampleError) -> None:
+        """Count a sample already read as skipped after all (the collator refused it: ``error``)."""
+        self._add(SkippedRecord(-1, sample.get("id", "unknown id"), error.cause, str(error)))
+        self._check_fraction()
+
+    def _add(self, skipped: SkippedRecord) -> None:
+        self.run.add(skipped.cause, skipped.example)
+        self.epoch.add(skipped.cause, skipped.example)
+
+    def _check_fraction(self) -> None:
         skipped = self.run.total()
         if self.read_in_run >= MIN_RECORDS_FOR_FRACTION and skipped > self.max_skip_fraction * self.read_in_run:
             raise TooManySkipsError(
                 f"stopping: {skipped} of the {self.read_in_run} records read so far were skipped "
                 f"({skipped / self.read_in_run:.1%} > max_skip_fraction={self.max_skip_fraction}); "
-                f"{self.run.summary()}. Fix these records (`python -m qwenvl_data.inspect --config ...` lists "
-                "every one) or raise max_skip_fraction"
+                f"{self.run.summary()}. Fix these records (dataset.on_error=raise stops at the first one with its "
+                "error) or raise max_skip_fraction"
             )
-        return None if isinstance(outcome, SkippedRecord) else outcome
 
     def no_usable_record(self, epoch: int) -> TooManySkipsError:
         """The error for an epoch whose records gave no usable sample at all."""
