@@ -53,8 +53,9 @@ class RecordProcessor:
             None returns the internal-form sample untransformed.
         format: one of ``FORMATS`` or None to detect per record.
         image_dir: directory media paths resolve under; paths escaping it are refused.
-        on_error: ``"raise"`` re-raises a bad sample's ``SampleError`` naming its index and id;
-            ``"skip"`` returns None and counts the cause in ``stats``.
+        on_error: ``"raise"`` re-raises a bad sample's error naming its index and id; ``"skip"`` returns
+            None (``process``: a ``SkippedRecord``) and counts the cause, with the record's id, in ``stats``.
+            Any exception raised for one record counts (see ``process``), not only ``SampleError``.
         max_tokens: token budget; a transformed sample with more ``tokens`` is a ``SampleTooLongError``.
         keep_fields: record fields copied into the sample (e.g. ``"answer"``).
         video_fps: frame rate assumed for videos given as frames (default ``VIDEO_FPS``).

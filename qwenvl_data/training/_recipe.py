@@ -417,7 +417,8 @@ class FinetuneRecipe:
         if before and after:
             title += f", held-out accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}"
         plot_path = plot_loss(self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title)
-        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {describe(self.history['skipped_in_run'])}; "
+        skipped = describe(self.history["skipped_in_run"])
+        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {skipped}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
         print(f"HF checkpoint: {final_dir}", flush=True)
 
