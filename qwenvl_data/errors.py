@@ -35,3 +35,17 @@ class UnsafePathError(SampleError):
     """A media path that resolves outside the configured ``image_dir``."""
 
     cause = "unsafe_path"
+
+
+class NoTrainedTokenError(SampleError):
+    """A sample whose labels are all ignored (no assistant turn, or every answer token masked or cut off):
+    it would add nothing to the loss, and a batch of only such samples has no gradient at all."""
+
+    cause = "no_trained_token"
+
+
+class UnexpectedSampleError(SampleError):
+    """Any other exception raised while turning one record into a sample (a ``KeyError`` from malformed text,
+    a ``ValueError`` from a video with fps 0, ...); the original is chained and its type kept in the message."""
+
+    cause = "unexpected_error"

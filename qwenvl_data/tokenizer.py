@@ -7,7 +7,6 @@ change ids where a turn's text starts with whitespace).
 """
 
 import importlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,7 @@ from qwenvl_data._constants import (
     PAD_ID,
     SPECIAL_TOKENS,
 )
+from qwenvl_data._files import read_json
 from qwenvl_data._messages import generation_prompt, normalise_conversation, sample_name
 from qwenvl_data._truncation import check_truncation_policy, fit_max_seq_len
 
@@ -42,8 +42,7 @@ _REQUIRED_IDS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
 
 def _added_tokens_from_json(tokenizer_json: str) -> list[tuple[str, int, bool]]:
     """``(content, id, special)`` of a ``tokenizer.json``'s added tokens."""
-    with open(tokenizer_json, encoding="utf-8") as f:
-        added = json.load(f)["added_tokens"]
+    added = read_json(tokenizer_json)["added_tokens"]
     return [(t["content"], t["id"], bool(t.get("special", True))) for t in added]
 
 

@@ -79,7 +79,8 @@ class _Media:
         """The part's own options win over the dataset-wide ``video_options``."""
         if payload is None:
             payload = self._next("video")
-        return {"type": "video", "video": resolve_video(payload, self.image_dir), **self.video_options, **(options or {})}
+        video = resolve_video(payload, self.image_dir)
+        return {"type": "video", "video": video, **self.video_options, **(options or {})}
 
     def _next(self, kind: str) -> Any:
         index = self.used[kind]

@@ -9,7 +9,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from qwenvl_data.datasets._processing import RecordProcessor, SkipReporting
+from qwenvl_data.datasets._processing import (
+    RecordProcessor,
+    SkippedRecord,
+    SkipReporting,
+)
 from qwenvl_data.datasets._sources import RecordSource, open_source, source_root
 
 logger = logging.getLogger(__name__)
@@ -88,11 +92,17 @@ class ChatDataset(SkipReporting, Dataset):
 
     def __getitem__(self, index: int) -> dict | None:
         """Sample ``index``, transformed; None when skipped under ``on_error="skip"``."""
+        sample = self.sample_or_skip(index)
+        return None if isinstance(sample, SkippedRecord) else sample
+
+    def sample_or_skip(self, index: int) -> dict | SkippedRecord:
+        """Sample ``index``, or, when skipped under ``on_error="skip"``, a ``SkippedRecord`` saying why (the
+        recipes count and show these)."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         index = index % len(self)
         record_index = index if self.indices is None else int(self.indices[index])
-        return self.processor(record_index, self.source[record_index])
+        return self.processor.process(record_index, self.source[record_index])
 
     @property
     def stats(self) -> dict[str, int]:

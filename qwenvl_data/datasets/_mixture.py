@@ -14,11 +14,14 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchdata.nodes import BaseNode, Mapper, MultiNodeWeightedSampler, SamplerWrapper, StopCriteria
 
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset
+from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.datasets._streaming import StreamingChatDataset
 
 
-def _fetch(dataset: Dataset, index: int) -> dict | None:
-    return dataset[index]
+def _fetch(dataset: Dataset, index: int) -> dict | SkippedRecord | None:
+    """``dataset[index]``, or why it was skipped when the dataset can say (``ChatDataset.sample_or_skip``)."""
+    sample_or_skip = getattr(dataset, "sample_or_skip", None)
+    return dataset[index] if sample_or_skip is None else sample_or_skip(index)
 
 
 class WeightedMixture(ReaderNodeDataset):
@@ -59,7 +62,7 @@ class WeightedMixture(ReaderNodeDataset):
 
     def _samples(self, number: int, dataset: Dataset, reader: int, num_readers: int) -> BaseNode:
         if isinstance(dataset, StreamingChatDataset):
-            return dataset.samples_node(dataset.records_node(reader, num_readers))
+            return dataset.samples_node(dataset.records_node(reader, num_readers), keep_skipped=True)
         if len(dataset) < num_readers:
             raise ValueError(f"a dataset of {len(dataset)} samples cannot be split over {num_readers} readers")
         sampler = DistributedSampler(  # seed + number: datasets of equal size are not read in the same order
@@ -75,7 +78,7 @@ class WeightedMixture(ReaderNodeDataset):
             sources, weights, stop_criteria=StopCriteria.CYCLE_FOREVER, rank=reader, world_size=num_readers,
             seed=self.seed,
         )  # fmt: skip
-        return DropSkipped(mixed)  # the datasets count their skips themselves
+        return DropSkipped(mixed, keep_skipped=self.keep_skipped)  # the datasets count their skips themselves
 
     @property
     def stats(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.nodes import BaseNode
 
 from qwenvl_data.datasets._distributed import rank_and_world_size
+from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.datasets._shard_stream import ShardStream
 from qwenvl_data.datasets._shards import Shard
 from qwenvl_data.datasets._stats import SkipCounts
@@ -52,19 +53,21 @@ class ShardRecordNode(BaseNode[tuple[str, Any]]):
 
 
 class DropSkipped(BaseNode[dict]):
-    """Passes samples through and drops the None a skipped sample becomes; logs ``stats`` (if given) at epoch end."""
+    """Passes samples through and drops skipped records (``SkippedRecord`` or None); logs ``stats`` (if given)
+    at epoch end. ``keep_skipped=True`` passes ``SkippedRecord`` s through instead, for a training loop that
+    counts and reports them (the recipes)."""
 
     SOURCE_KEY = "source"
 
-    def __init__(self, source: BaseNode, stats: SkipCounts | None = None) -> None:
+    def __init__(self, source: BaseNode, stats: SkipCounts | None = None, keep_skipped: bool = False) -> None:
         super().__init__()
-        self.source, self.stats = source, stats
+        self.source, self.stats, self.keep_skipped = source, stats, keep_skipped
 
     def reset(self, initial_state: dict | None = None) -> None:
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state[self.SOURCE_KEY])
 
-    def next(self) -> dict:
+    def next(self) -> dict | SkippedRecord:
         while True:
             try:
                 sample = next(self.source)
@@ -72,8 +75,9 @@ class DropSkipped(BaseNode[dict]):
                 if self.stats is not None:
                     logger.info("epoch finished; dataset %s", self.stats.summary())
                 raise
-            if sample is not None:
-                return sample
+            if sample is None or (isinstance(sample, SkippedRecord) and not self.keep_skipped):
+                continue
+            return sample
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict()}
@@ -97,6 +101,9 @@ class ReaderNodeDataset(IterableDataset):
     Args:
         rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
     """
+
+    #: True: skipped records come out as ``SkippedRecord`` (the recipes count them); False: they are dropped.
+    keep_skipped: bool = False
 
     def __init__(self, rank: int | None, world_size: int | None) -> None:
         self.rank, self.world_size = rank_and_world_size(rank, world_size)

@@ -4,17 +4,46 @@ the streaming datasets so that both convert, transform, budget-check and count s
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from qwenvl_data._constants import IGNORE_INDEX
 from qwenvl_data._messages import sample_name
 from qwenvl_data.datasets._formats import RecordToMessages
 from qwenvl_data.datasets._stats import SkipCounts
-from qwenvl_data.errors import InvalidConversationError, SampleError, SampleTooLongError
+from qwenvl_data.errors import (
+    InvalidConversationError,
+    NoTrainedTokenError,
+    SampleError,
+    SampleTooLongError,
+    UnexpectedSampleError,
+)
 from qwenvl_data.video import VideoOptions
 
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """Why record ``index`` gave no sample (under ``on_error="skip"``): what a training loop counts and shows.
+
+    ``example`` is how reports name the record: its id (``#index`` when it has none, e.g. a malformed JSON
+    line), with the exception type for an unexpected error.
+    """
+
+    index: int
+    sample_id: Any
+    cause: str
+    message: str
+
+    @property
+    def example(self) -> str:
+        name = f"#{self.index}" if self.sample_id is None else f"{self.sample_id}"
+        if self.cause == UnexpectedSampleError.cause:
+            name += f" ({self.message.split(':', 1)[0]})"
+        return name
 
 
 class RecordProcessor:
@@ -26,8 +55,9 @@ class RecordProcessor:
         format: a layout name (``FORMATS`` in ``_formats``) or None to detect per record.
         column_map: ``{expected field: your field}`` renames (see ``_formats``).
         image_dir: directory media paths resolve under; paths escaping it are refused.
-        on_error: ``"raise"`` re-raises a bad sample's ``SampleError`` naming its index and id;
-            ``"skip"`` returns None and counts the cause in ``stats``.
+        on_error: ``"raise"`` re-raises a bad sample's error naming its index and id; ``"skip"`` returns
+            None (``process``: a ``SkippedRecord``) and counts the cause, with the record's id, in ``stats``.
+            Any exception raised for one record counts (see ``process``), not only ``SampleError``.
         max_tokens: token budget; a transformed sample with more ``tokens`` is a ``SampleTooLongError``.
         keep_fields: record fields copied into the sample (e.g. ``"answer"``).
         video_options: ``VideoOptions`` keys applied to every video part that does not set them itself
@@ -92,12 +122,15 @@ class RecordProcessor:
         """The model transform and the token budget on an internal-form sample.
 
         Raises:
-            SampleError: from the model transform, or ``SampleTooLongError`` over ``max_tokens``.
+            SampleError: from the model transform, ``SampleTooLongError`` over ``max_tokens``, or
+                ``NoTrainedTokenError`` when the labels train no token.
         """
         if self.model_transform is not None:
             sample = self.model_transform(sample)
         if self.max_tokens is not None and len(sample["tokens"]) > self.max_tokens:
             raise SampleTooLongError(f"{len(sample['tokens'])} tokens, budget {self.max_tokens}")
+        if "labels" in sample and not _trains_a_token(sample["labels"]):
+            raise NoTrainedTokenError("no trained token (no assistant turn, or every answer token masked)")
         return sample
 
     def __call__(self, index: int, record: Any) -> dict | None:
@@ -105,6 +138,18 @@ class RecordProcessor:
 
         Returns:
             the transformed sample (with ``"id"``), or None when it was skipped under ``on_error="skip"``.
+        """
+        sample = self.process(index, record)
+        return None if isinstance(sample, SkippedRecord) else sample
+
+    def process(self, index: int, record: Any) -> dict | SkippedRecord:
+        """As ``__call__``, but a skipped record comes back as a ``SkippedRecord`` saying why.
+
+        Any exception raised while turning this one record into a sample is the record's fault here
+        (malformed text can fail deep inside a parser as ``KeyError``/``TypeError``, a video with fps 0 as
+        ``ValueError``): under ``"skip"`` it is counted with the cause ``unexpected_error`` and its type; under
+        ``"raise"`` it propagates with a note naming the sample index and id. ``MemoryError`` always propagates.
+        A sample whose labels train no token is a ``NoTrainedTokenError`` (cause ``no_trained_token``).
         """
         sample_id: Any = None
         try:
@@ -118,12 +163,27 @@ class RecordProcessor:
                 # The model transform already names the sample by id; say it once, with the index added.
                 detail = str(err).removeprefix(f"{sample_name({'id': sample_id})}: ")
                 raise type(err)(f"{where}: {detail}") from err
-            self.stats.add(err)
-            logger.info("skipping %s [%s]: %s", where, err.cause, err)
-            return None
-        except Exception as err:
-            err.add_note(f"while processing sample {index} ({sample_id})")
+            return self._skip(index, sample_id, err)
+        except MemoryError:
             raise
+        except Exception as err:
+            if self.on_error == "raise":
+                err.add_note(f"while processing sample {index} ({'id unknown' if sample_id is None else sample_id})")
+                raise
+            return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"))
+
+    def _skip(self, index: int, sample_id: Any, err: SampleError) -> SkippedRecord:
+        skipped = SkippedRecord(index, sample_id, err.cause, str(err))
+        self.stats.add(err, skipped.example)
+        logger.info("skipping sample %d (%s) [%s]: %s", index, sample_id, err.cause, err)
+        return skipped
+
+
+def _trains_a_token(labels: Any) -> bool:
+    """Whether a label other than IGNORE_INDEX predicts something: a label at position 0 has no position before
+    it to be predicted from, so it trains nothing (the loss pairs position i with label i + 1)."""
+    return any(int(label) != IGNORE_INDEX for label in labels[1:])
+
 
 
 class SkipReporting:
@@ -133,7 +193,9 @@ class SkipReporting:
     processor: RecordProcessor
 
     def log_stats(self, epoch: int | None = None) -> str:
-        """Log (INFO) and return the skip summary; recipes call it at the end of each epoch."""
+        """Log (INFO) and return the skip summary of this dataset object (every record any worker processed,
+        read-ahead included). The recipes report their own exact counts of the records their steps consumed
+        (see ``qwenvl_data.training``), at each epoch end and at the end of the run."""
         line = ("" if epoch is None else f"epoch {epoch}: ") + self.processor.stats.summary()
         logger.info(line)
         return line

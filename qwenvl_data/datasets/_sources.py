@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from qwenvl_data._files import read_json
+
 if TYPE_CHECKING:  # imported lazily: JSON Lines datasets (and their DataLoader workers) never need it
     import datasets
 
@@ -229,7 +231,25 @@ def load_hf_dataset(
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     if data_files is None and not os.path.isdir(path):
         raise ValueError(f"source {path!r} needs data_files (or pass a dataset directory / Dataset object)")
-    return datasets.load_dataset(path, data_files=data_files, split=split, **load_dataset_kwargs)
+    try:
+        return datasets.load_dataset(path, data_files=data_files, split=split, **load_dataset_kwargs)
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise _unreadable_data(path, data_files, error) from error
+
+
+def _unreadable_data(builder: str, data_files: Any, error: Exception) -> ValueError:
+    """The error for data files ``datasets`` could not read, naming the file (its own message does not)."""
+    files = [f for fs in data_files.values() for f in _as_paths(fs)] if isinstance(data_files, Mapping) else (
+        _as_paths(data_files) if data_files is not None else [])  # fmt: skip
+    cause = error.__cause__ or error
+    for file in files:
+        if file.endswith(".json"):
+            try:
+                read_json(file)
+            except ValueError as json_error:
+                return ValueError(f"cannot read data file {json_error}")
+    return ValueError(f"cannot read data files {files or builder} with the {builder!r} loader: "
+                      f"{type(cause).__name__}: {cause}")  # fmt: skip
 
 
 def open_source(

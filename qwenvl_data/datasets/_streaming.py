@@ -11,13 +11,13 @@ from typing import Any, Literal
 from torchdata.nodes import BaseNode, Mapper, ParallelMapper
 
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset, ShardRecordNode
-from qwenvl_data.datasets._processing import RecordProcessor, SkipReporting
+from qwenvl_data.datasets._processing import RecordProcessor, SkippedRecord, SkipReporting
 from qwenvl_data.datasets._shards import Shard, count_records, list_shards
 from qwenvl_data.datasets._sources import source_root
 
 
-def _process_item(processor: RecordProcessor, item: tuple[str, Any]) -> dict | None:
-    return processor(*item)
+def _process_item(processor: RecordProcessor, item: tuple[str, Any]) -> dict | SkippedRecord:
+    return processor.process(*item)
 
 
 class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
@@ -92,13 +92,21 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
         )  # fmt: skip
 
     def samples_node(
-        self, records: BaseNode, num_workers: int = 0, method: Literal["thread", "process"] = "thread"
+        self,
+        records: BaseNode,
+        num_workers: int = 0,
+        method: Literal["thread", "process"] = "thread",
+        keep_skipped: bool | None = None,
     ) -> DropSkipped:
-        """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``."""
+        """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``; skipped
+        records pass as ``SkippedRecord`` when ``keep_skipped`` (default: ``self.keep_skipped``)."""
         process = functools.partial(_process_item, self.processor)
         if num_workers > 0:
-            return DropSkipped(ParallelMapper(records, process, num_workers, method=method), self.processor.stats)
-        return DropSkipped(Mapper(records, process), self.processor.stats)
+            mapped = ParallelMapper(records, process, num_workers, method=method)
+        else:
+            mapped = Mapper(records, process)
+        keep = self.keep_skipped if keep_skipped is None else keep_skipped
+        return DropSkipped(mapped, self.processor.stats, keep_skipped=keep)
 
     def reader_node(self, reader: int, num_readers: int) -> BaseNode:
         self._records = self.records_node(reader, num_readers)

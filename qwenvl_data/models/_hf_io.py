@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torchtune.modules import TiedLinear
 from torchtune.training import set_default_dtype
 
@@ -16,6 +16,7 @@ from qwenvl_data.models._adapters import (
     is_adapted,
     merged_state_dict,
 )
+from qwenvl_data._files import read_json, read_safetensors
 from qwenvl_data.models._convert_weights import hf_config_from_model, hf_to_tune, tune_to_hf
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._model_builders import qwen2_5_vl_from_hf_config
@@ -36,10 +37,11 @@ def load_hf_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: if the directory has neither file, or a shard named by the index is missing.
+        ValueError: a corrupt safetensors file or malformed index JSON (naming the file).
     """
     model_dir = Path(model_dir)
     if (model_dir / _INDEX_FILE).is_file():
-        weight_map = json.loads((model_dir / _INDEX_FILE).read_text())["weight_map"]
+        weight_map = read_json(model_dir / _INDEX_FILE)["weight_map"]
         files = sorted(set(weight_map.values()))
     elif (model_dir / _SINGLE_FILE).is_file():
         files = [_SINGLE_FILE]
@@ -49,7 +51,7 @@ def load_hf_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     for name in files:
         if not (model_dir / name).is_file():
             raise FileNotFoundError(f"{model_dir}: shard {name} listed in {_INDEX_FILE} is missing")
-        state_dict.update(load_file(model_dir / name))
+        state_dict.update(read_safetensors(model_dir / name))
     return state_dict
 
 
@@ -81,7 +83,7 @@ def load_hf_model(
         torch.bfloat16
     """
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_json(model_dir / "config.json")
     # An NF4 (QLoRA) weight cannot be materialized from the meta device (torchao 0.13): build those on CPU.
     build_device = "cpu" if lora_args.get("quantize_base") else "meta"
     with set_default_dtype(dtype), torch.device(build_device):

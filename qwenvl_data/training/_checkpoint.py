@@ -1,12 +1,16 @@
 """Checkpoints of a run: pretrained weights in, atomic resumable training states, final HF weights out.
 
-A training state is one directory `output_dir/training_state/step_<k>` holding the model and
-optimizer (torch.distributed.checkpoint, so sharded FSDP2 states save without gathering) and one
-`trainer_rank<r>.pt` per rank (LR scheduler, RNG states, data-loader position, counters). It is
+A training state is one directory `output_dir/training_state/step_<k>` holding the trained parameters
+and the optimizer (torch.distributed.checkpoint, so sharded FSDP2 states save without gathering) and one
+`trainer_rank<r>.pt` per rank (LR scheduler, RNG states, data-loader position, counters). Frozen
+parameters (a LoRA run's base model, a frozen vision tower) are not saved: a resumed run rebuilds them
+exactly as the first run did (from `checkpoint_dir`, or the seeded init), so a LoRA state holds the
+adapters, the modules trained in full and their optimizer state only. It is
 written under a `.partial` name and renamed with os.replace once every rank is done, so a run
 killed mid-save leaves the previous state intact and never a half-written one.
 """
 
+import errno
 import json
 import os
 import random
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -35,6 +40,7 @@ from qwenvl_data.training._distributed import barrier, rank_and_world
 
 _STATE_DIR_PATTERN = re.compile(r"^step_(\d+)$")
 _COMPLETE_MARKER = "complete.json"
+_TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -78,6 +84,52 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)  # nothing half-written is left behind
         raise
     _publish_dir(partial, final)
+
+
+def _nbytes(*state_dicts: dict[str, Any]) -> int:
+    """Bytes of every tensor in (nested) state dicts: what writing them needs on disk (this rank's shards)."""
+
+    def size(value: Any) -> int:
+        if isinstance(value, DTensor):
+            value = value.to_local()
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 0
+
+    return sum(size(sd) for sd in state_dicts)
+
+
+@contextmanager
+def naming_failed_writes(directory: Path, needed_bytes: int) -> Iterator[None]:
+    """Re-raise a failed write (a full disk, a file-size limit, an I/O error) as an OSError that names
+    ``directory``, the space the save needs and the space left, instead of torch's bare
+    ``[enforce fail at inline_container.cc]``, DCP's multi-line ``CheckpointException`` or an unnamed
+    ``No space left on device``."""
+    try:
+        yield
+    except (OSError, RuntimeError, CheckpointException) as error:
+        cause = _first_failure(error)
+        free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
+        code = getattr(cause, "errno", None)
+        if code is None and free < needed_bytes:
+            code = errno.ENOSPC
+        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).splitlines()[0]
+        raise OSError(
+            code or errno.EIO,
+            f"writing {directory} failed: {detail}. The save needs about {needed_bytes / 2**20:.1f} MiB; "
+            f"{free / 2**20:.1f} MiB are free on that disk",
+        ) from error
+
+
+def _first_failure(error: BaseException) -> BaseException:
+    """The exception behind DCP's CheckpointException (which wraps each rank's), or ``error`` itself."""
+    if isinstance(error, CheckpointException) and error.failures:
+        return next(iter(error.failures.values()))[0]
+    return error
 
 
 @contextmanager
@@ -235,10 +287,10 @@ class TrainingCheckpointer:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        with _single_process_dcp_is_intended():
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINED_ONLY)
+        with _single_process_dcp_is_intended(), naming_failed_writes(partial, _nbytes(model_sd, optim_sd)):
             dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=partial / "model_optimizer")
-        torch.save({**trainer_state, "rng": capture_rng_state()}, partial / f"trainer_rank{rank}.pt")
+            torch.save({**trainer_state, "rng": capture_rng_state()}, partial / f"trainer_rank{rank}.pt")
         barrier()
         if rank == 0:
             (partial / _COMPLETE_MARKER).write_text(json.dumps({"step": step, "world_size": world}))
@@ -260,11 +312,12 @@ class TrainingCheckpointer:
                 f"{path} was saved by {saved_world} rank(s); resuming needs the same number, got {world} "
                 "(the data-loader position is per rank)"
             )
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINED_ONLY)
         state = {"model": model_sd, "optimizer": optim_sd}
         with _single_process_dcp_is_intended():
             dcp.load(state, checkpoint_id=path / "model_optimizer")
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(ignore_frozen_params=True, strict=False))  # fmt: skip
         trainer_state = torch.load(path / f"trainer_rank{rank}.pt", weights_only=False)
         restore_rng_state(trainer_state.pop("rng"))
         return trainer_state
@@ -317,7 +370,7 @@ class TrainingCheckpointer:
                 with torch.device("meta"):
                     to_save = build_plain_model()
                 to_save.load_state_dict(state_dict, assign=True)
-            with atomic_directory(out_dir) as partial:
+            with atomic_directory(out_dir) as partial, naming_failed_writes(partial, _nbytes(to_save.state_dict())):
                 save_hf_model(to_save, partial, transform=self.transform, source_dir=self.checkpoint_dir)
         barrier()
         return out_dir if rank == 0 else None

@@ -1,13 +1,17 @@
 """Config checks and component building with errors that name the offending config key."""
 
 import difflib
+import inspect
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchtune import config
 from torchtune.config._errors import InstantiationError
+from torchtune.config._utils import _get_component_from_path
 
 _INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w]*)")
 
@@ -23,14 +27,24 @@ def _interpolated_names(node: Any) -> set[str]:
     return set()
 
 
-def check_config_keys(cfg: DictConfig, recipe: str, required: Iterable[str], optional: Iterable[str]) -> None:
-    """Reject unknown or missing top-level keys, naming them (and the nearest valid key for typos).
+def check_config_keys(
+    cfg: DictConfig,
+    recipe: str,
+    required: Iterable[str],
+    optional: Iterable[str],
+    rules: "Mapping[str, Rule] | None" = None,
+) -> None:
+    """Check a whole config at start, before anything is built, and report every problem at once.
 
-    A top-level key the recipe does not read is still accepted when another value interpolates
-    it (`checkpoint_dir: ...` used as `${checkpoint_dir}`): that is how configs share one value.
+    - top-level keys: unknown ones (with the nearest valid key for typos) and missing required ones. A key
+      the recipe does not read is still accepted when another value interpolates it (`checkpoint_dir: ...`
+      used as `${checkpoint_dir}`): that is how configs share one value;
+    - top-level values with a ``rules`` entry: type, null, range, choices;
+    - every ``_component_``'s keys against its signature (``component_problems``);
+    - ``device``: it must exist on this machine.
 
     Raises:
-        ValueError: listing every unknown key with a suggestion, or every missing required key.
+        ValueError: ``"<recipe>: bad config: <problem>; <problem>..."``.
     """
     required, optional = set(required), set(optional)
     known = required | optional
@@ -44,10 +58,13 @@ def check_config_keys(cfg: DictConfig, recipe: str, required: Iterable[str], opt
         problems.append(f"unknown key `{key}`{hint}")
     missing = sorted(required - set(raw))
     problems += [f"missing required key `{key}`" for key in missing]
+    problems += value_problems(cfg, rules or {})
+    problems += component_problems(cfg)
+    if isinstance(cfg.get("device"), str):
+        problems += device_problems(cfg.device)
     if problems:
-        raise ValueError(
-            f"{recipe}: bad config: " + "; ".join(problems) + f". Valid keys: {', '.join(sorted(known))}"
-        )
+        valid = f". Valid keys: {', '.join(sorted(known))}" if unknown else ""
+        raise ValueError(f"{recipe}: bad config: " + "; ".join(problems) + valid)
 
 
 def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
@@ -63,3 +80,134 @@ def build_node(node: Any, key: str, *args: Any, **kwargs: Any) -> Any:
         return config.instantiate(node, *args, **kwargs)
     except (TypeError, InstantiationError) as error:
         raise ValueError(f"config key `{key}` ({node._component_}): {error}") from error
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be: its type(s), whether null is allowed, and a range or choice check.
+
+    ``int`` never accepts a bool or a float (``batch_size=2.7`` is refused, not truncated); ``float`` accepts ints.
+    """
+
+    types: tuple[type, ...]
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.nullable else "must not be null"
+        if not _has_type(value, self.types):
+            names = " or ".join(t.__name__ for t in self.types) + (" or null" if self.nullable else "")
+            return f"must be {names}, got {type(value).__name__} {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {list(self.choices)}, got {value!r}"
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            return f"must be >= {self.minimum}, got {value!r}"
+        if self.maximum is not None and isinstance(value, (int, float)) and value > self.maximum:
+            return f"must be <= {self.maximum}, got {value!r}"
+        return None
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def value_problems(cfg: DictConfig, rules: Mapping[str, Rule]) -> list[str]:
+    """Every top-level value that breaks its rule (type, null, range, choices), with its key."""
+    problems = []
+    for key, rule in rules.items():
+        if key not in cfg:
+            continue
+        try:
+            value = cfg[key]  # resolves ${...} interpolations
+        except Exception as error:  # an interpolation that does not resolve, a missing mandatory value
+            problems.append(f"`{key}`: {error}")
+            continue
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        if (problem := rule.problem(value)) is not None:
+            problems.append(f"`{key}` {problem}")
+    return problems
+
+
+def _component_nodes(node: Any, path: str = "") -> Iterable[tuple[str, DictConfig]]:
+    """Every mapping with a ``_component_`` in the config, with its dotted key."""
+    if isinstance(node, DictConfig):
+        if "_component_" in node:
+            yield path, node
+        for key in node:
+            yield from _component_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _component_nodes(item, f"{path}[{i}]")
+
+
+def _parameters(component: Callable) -> tuple[set[str], bool]:
+    """The keyword names a component accepts, and whether it takes ``**kwargs`` besides."""
+    target = component.__init__ if inspect.isclass(component) else component
+    params = inspect.signature(target).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+# Keys the recipe takes off a `dataset` entry before building it: a mixture item's weight, the packing switch.
+RECIPE_DATASET_KEYS = frozenset({"weight", "packed", "packed_buffer_size"})
+
+
+def component_problems(cfg: DictConfig) -> list[str]:
+    """Each ``_component_``'s keys checked against its signature, before anything is built.
+
+    A key the component does not take is refused with the nearest parameter name, as top-level typos are.
+    A component that forwards ``**kwargs`` (e.g. to ``datasets.load_dataset``) cannot refuse unknown keys,
+    but a near miss of one of its own parameters (``data_file`` for ``data_files``) is still a typo.
+
+    Returns:
+        a problem naming every bad key (``dataset.data_file``) with a suggestion, and every component
+        that cannot be imported.
+    """
+    problems = []
+    for path, node in _component_nodes(cfg):
+        if not isinstance(node._component_, str):
+            problems.append(f"`{path}._component_` must name a callable, got {node._component_!r}")
+            continue
+        try:
+            component = _get_component_from_path(node._component_)
+        except Exception as error:
+            problems.append(f"`{path}._component_`: cannot import {node._component_!r} ({error})")
+            continue
+        try:
+            names, takes_kwargs = _parameters(component)
+        except (TypeError, ValueError):  # a builtin without an inspectable signature
+            continue
+        for key in node:
+            if key == "_component_" or key in names or (path.startswith("dataset") and key in RECIPE_DATASET_KEYS):
+                continue
+            close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.8 if takes_kwargs else 0.6)
+            if takes_kwargs and not close:
+                continue
+            hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""
+            problems.append(f"unknown key `{path}.{key}` for {node._component_}{hint}")
+    return problems
+
+
+def device_problems(name: str) -> list[str]:
+    """Why the requested device cannot be used here (never a silent fall-back to CPU); empty when it can."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        return [f"`device={name}`: {error}"]
+    if device.type == "cpu":
+        return []
+    backend = getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        return [f"`device={name}` but this machine has no {device.type} device (use device=cpu)"]
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        return [f"`device={name}` but this machine has {count} {device.type} device(s)"]
+    return []

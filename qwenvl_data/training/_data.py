@@ -1,6 +1,14 @@
-"""Data loading for the recipes: rank-sharded, resumable (StatefulDataLoader) batches on the right device."""
+"""Data loading for the recipes: rank-sharded, resumable micro-batches that skipped records never empty.
 
-from collections.abc import Callable
+Workers turn records into samples one at a time (a StatefulDataLoader with ``batch_size=None``, over a
+map-style dataset in ``DistributedSampler`` order, or over a stream: ``stream_outcomes``); the main
+process fills each micro-batch with the next usable samples, counting the skipped records it passes, and
+collates it. The loader's position therefore always sits right after the last record a step consumed, so a
+saved state resumes exactly: no record is seen twice or skipped, whatever was skipped before.
+"""
+
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -9,9 +17,12 @@ from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import WeightedMixture
+from qwenvl_data.datasets._processing import SkippedRecord
+from qwenvl_data.errors import SampleError
 from qwenvl_data.training._config import build, build_node
 from qwenvl_data.training._distributed import rank_and_world
-from qwenvl_data.training._stream_loader import StreamLoader
+from qwenvl_data.training._skips import SkipLedger
+from qwenvl_data.training._stream_loader import stream_outcomes
 
 
 def build_dataset(cfg: DictConfig, model_transform: Any, *, seed: int, shuffle: bool = True) -> Dataset:
@@ -34,17 +45,14 @@ def build_dataset(cfg: DictConfig, model_transform: Any, *, seed: int, shuffle: 
 
 def build_dataloader(
     dataset: Dataset,
-    collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]],
-    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any] | None,
+    batch_size: int | None,
     *,
     shuffle: bool,
     seed: int,
     num_workers: int = 0,
-) -> StatefulDataLoader | StreamLoader:
-    """Per-rank loader whose position can be saved and restored exactly.
-
-    Streaming datasets and mixtures (``IterableDataset``) get a ``StreamLoader``: one unbounded stream.
-    Map-style datasets get the loader below.
+) -> StatefulDataLoader:
+    """Per-rank loader of a map-style dataset whose position can be saved and restored exactly.
 
     The sampler is a DistributedSampler on every world size (also 1), so the global batch of step
     s over N ranks holds the same samples as one rank with N times the batch size, and the
@@ -52,27 +60,136 @@ def build_dataloader(
     Tail samples that do not fill one sample per rank are dropped, never repeated.
 
     Args:
-        batch_size: samples per rank per micro-batch.
+        batch_size: samples per rank per micro-batch; None yields single samples, uncollated.
     """
-    if isinstance(dataset, IterableDataset):
-        return StreamLoader(dataset, collate_fn, batch_size, seed=seed, shuffle=shuffle, num_workers=num_workers)
     rank, world = rank_and_world()
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
     return StatefulDataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
         drop_last=False,
-    )
+    )  # fmt: skip
 
 
-def batches_per_epoch(loader: StatefulDataLoader | StreamLoader) -> int | None:
-    """Micro-batches per rank in one pass over the data; None for a stream of unknown length."""
-    return loader.batches_per_epoch() if isinstance(loader, StreamLoader) else len(loader)
+class _Outcomes(Dataset):
+    """``dataset[i]`` as the training loop needs it: the sample, or a ``SkippedRecord`` saying why there is none
+    (``ChatDataset.sample_or_skip``); a dataset without that method skips by returning None."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | SkippedRecord | None:
+        sample_or_skip = getattr(self.dataset, "sample_or_skip", None)
+        return self.dataset[index] if sample_or_skip is None else sample_or_skip(index)
 
 
-def start_epoch(loader: StatefulDataLoader | StreamLoader, epoch: int) -> None:
-    """Map-style: reshuffle for ``epoch``. Streams: nothing (the stream reads on; see ``StreamLoader``)."""
-    if not isinstance(loader, StreamLoader):
-        loader.sampler.set_epoch(epoch)
+def _single(outcome: Any) -> Any:
+    return outcome  # batch_size=None: each record's outcome travels from the worker as it is
+
+
+class RefillingBatches:
+    """Micro-batches of ``batch_size`` usable samples per rank, each refilled past skipped records.
+
+    Steps per epoch: an epoch plans ``ceil(records per rank / batch_size)`` micro-batches (what it gives when
+    nothing is skipped; a stream of unknown length plans none: the recipe's ``max_steps_per_epoch`` decides);
+    a skipped record is replaced by the next one, so with skips the records run out earlier (a stream never
+    runs out), and the epoch ends there: its last micro-batch can hold fewer samples, and it has fewer steps
+    than planned (the LR schedule and progress bar keep the plan).
+
+    Args:
+        dataset: map-style dataset (``ChatDataset``, synthetic, or any that returns None for a skipped record),
+            or a ``StreamingChatDataset`` / ``WeightedMixture`` (read as one unbounded stream).
+        collate_fn: list of samples -> batch.
+        batch_size: usable samples per micro-batch.
+        ledger: counts every record consumed (and stops the run past ``max_skip_fraction``).
+        shuffle, seed, num_workers: as ``build_dataloader``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]],
+        batch_size: int,
+        ledger: SkipLedger,
+        *,
+        shuffle: bool,
+        seed: int,
+        num_workers: int = 0,
+    ) -> None:
+        self.stream = isinstance(dataset, IterableDataset)
+        if self.stream:
+            self.loader, self._stream_records = stream_outcomes(
+                dataset, seed=seed, shuffle=shuffle, num_workers=num_workers
+            )
+        else:
+            self.loader = build_dataloader(
+                _Outcomes(dataset), _single, None, shuffle=shuffle, seed=seed, num_workers=num_workers
+            )
+        self.collate_fn, self.batch_size, self.ledger = collate_fn, batch_size, ledger
+        self._records: Iterator[Any] | None = None
+
+    @property
+    def planned_batches(self) -> int | None:
+        """Micro-batches per epoch on this rank when no record is skipped; None for a stream of unknown length."""
+        if not self.stream:
+            return math.ceil(len(self.loader.sampler) / self.batch_size)
+        if self._stream_records is None:
+            return None
+        return self._stream_records // (rank_and_world()[1] * self.batch_size)
+
+    def start_epoch(self, epoch: int, state: dict[str, Any] | None = None) -> None:
+        """Begin ``epoch``'s records, or continue from ``state_dict()`` of a saved run. A stream is never
+        restarted: its epochs read on where the last one stopped (see ``stream_outcomes``)."""
+        if not self.stream:
+            self.loader.sampler.set_epoch(epoch)
+        if state is not None:
+            self.loader.load_state_dict(state)
+            self._records = None
+        if self._records is None or not self.stream:
+            self._records = iter(self.loader)
+
+    def next_batch(self) -> dict[str, torch.Tensor] | None:
+        """The next micro-batch, or None when this epoch's records ran out before one usable sample.
+
+        A sample the collator refuses (``SampleError``, e.g. longer than its ``max_seq_len``) is counted as
+        skipped and replaced like any other.
+        """
+        samples = self._fill([])
+        while samples:
+            try:
+                return self.collate_fn(samples)
+            except SampleError:
+                usable = [sample for sample in samples if self._collates_alone(sample)]
+                if len(usable) == len(samples):
+                    raise  # no single sample is at fault: the batch as a whole is
+                samples = self._fill(usable)
+        return None
+
+    def _fill(self, samples: list[dict]) -> list[dict]:
+        """``samples`` topped up to ``batch_size`` from the next records (fewer when they run out)."""
+        while len(samples) < self.batch_size:
+            try:
+                outcome = next(self._records)
+            except StopIteration:
+                break
+            sample = self.ledger.record(outcome)
+            if sample is not None:
+                samples.append(sample)
+        return samples
+
+    def _collates_alone(self, sample: dict) -> bool:
+        try:
+            self.collate_fn([sample])
+        except SampleError as error:
+            self.ledger.reject(sample, error)
+            return False
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position right after the last record consumed."""
+        return self.loader.state_dict()
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:

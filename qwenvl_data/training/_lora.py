@@ -7,7 +7,7 @@ from torch import nn
 from torchtune.modules.peft import get_adapter_params, set_trainable_params
 
 from qwenvl_data.models import peft_adapter_config, write_peft_adapter
-from qwenvl_data.training._checkpoint import atomic_directory
+from qwenvl_data.training._checkpoint import atomic_directory, naming_failed_writes
 
 
 def train_adapters_only(model: nn.Module) -> None:
@@ -52,7 +52,9 @@ def save_adapter(
     Returns:
         out_dir, holding adapter_model.safetensors and adapter_config.json.
     """
-    with atomic_directory(out_dir) as partial:
+    trained = set(get_adapter_params(model))
+    needed = sum(t.numel() * t.element_size() for name, t in full_state_dict.items() if name in trained)
+    with atomic_directory(out_dir) as partial, naming_failed_writes(partial, needed):
         write_peft_adapter(
             model, full_state_dict, partial, trained_modules=trained_full_modules(model), base_model=base_model
         )

@@ -1,4 +1,4 @@
-"""A tqdm bar that shows the loss and the throughput of a training run."""
+"""A tqdm bar that shows the loss, the throughput and the records skipped so far of a training run."""
 
 import sys
 import time
@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 
 class TrainingProgress:
-    """Progress over optimizer steps, with loss, tokens/s and samples/s in the bar.
+    """Progress over optimizer steps, with loss, tokens/s, samples/s and skips so far in the bar.
 
     Args:
         total_steps: steps the run will take (bar length).
@@ -22,16 +22,32 @@ class TrainingProgress:
         )
         self._last_time = time.perf_counter()
 
-    def step(self, loss: float, num_tokens: int, num_samples: int) -> dict[str, float]:
-        """Advance one optimizer step; returns the throughput figures shown (for the metric log)."""
+    def step(
+        self, loss: float, num_tokens: int, num_samples: int, skipped: int = 0, nonfinite: int = 0
+    ) -> dict[str, float]:
+        """Advance one optimizer step; returns the throughput figures shown (for the metric log).
+
+        Args:
+            skipped: records skipped so far in the run (shown as ``skipped=``).
+            nonfinite: steps skipped so far for a non-finite loss (shown as ``nonfinite_steps=`` when any).
+        """
         now = time.perf_counter()
         elapsed = max(now - self._last_time, 1e-9)
         self._last_time = now
         figures = {"tokens_per_s": num_tokens / elapsed, "samples_per_s": num_samples / elapsed}
-        self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{figures['tokens_per_s']:.0f}",
-                              samples_s=f"{figures['samples_per_s']:.2f}")
+        postfix = {"loss": f"{loss:.4f}", "tok_s": f"{figures['tokens_per_s']:.0f}",
+                   "samples_s": f"{figures['samples_per_s']:.2f}", "skipped": skipped}  # fmt: skip
+        if nonfinite:
+            postfix["nonfinite_steps"] = nonfinite
+        self._bar.set_postfix(postfix)
         self._bar.update(1)
         return figures
+
+    def write(self, line: str) -> None:
+        """Print a line above the bar (the bar stays the last line while running); silent where disabled."""
+        if not self._bar.disable:
+            self._bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
 
     def close(self) -> None:
         self._bar.close()

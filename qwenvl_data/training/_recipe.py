@@ -5,6 +5,7 @@ how long to train, where to save) comes from the YAML config through config.inst
 """
 
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,7 @@ from torchtune import training, utils
 from qwenvl_data.models import initialize_dora_magnitudes
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build, check_config_keys
-from qwenvl_data.training._data import (
-    StreamLoader,
-    batches_per_epoch,
-    build_dataloader,
-    build_dataset,
-    move_to_device,
-    start_epoch,
-)
+from qwenvl_data.training._data import RefillingBatches, build_dataset, move_to_device
 from qwenvl_data.training._distributed import (
     all_reduce_sum,
     apply_activation_checkpointing,
@@ -38,8 +32,16 @@ from qwenvl_data.training._distributed import (
 from qwenvl_data.training._eval import answer_accuracy
 from qwenvl_data.training._loss import output_loss, trained_rows
 from qwenvl_data.training._lora import has_adapters, save_adapter, train_adapters_only
+from qwenvl_data.training._nonfinite import (
+    NonFiniteLossError,
+    check_weights_finite,
+    gradient_norm,
+    nonfinite_message,
+)
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
+from qwenvl_data.training._settings import VALUE_RULES
+from qwenvl_data.training._skips import SkipLedger, describe, skipped_scalars
 
 REQUIRED_KEYS = (
     "output_dir", "model", "tokenizer", "dataset", "collate_fn", "optimizer", "loss", "checkpointer",
@@ -50,6 +52,7 @@ OPTIONAL_KEYS = (
     "device", "dtype", "lr_scheduler", "metric_logger", "eval_dataset", "eval_batch_size", "eval_max_samples",
     "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
     "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward", "init_std",
+    "max_skip_fraction", "on_nonfinite_loss",
 )  # fmt: skip
 LORA_KEYS = ("save_merged_weights",)
 VISION_TOWER_PREFIX = "visual."
@@ -67,8 +70,9 @@ class FinetuneRecipe:
     lora: bool = False
 
     def __init__(self, cfg: DictConfig) -> None:
+        self.metric_logger = None  # cleanup() runs even when __init__ or setup() fails
         name = type(self).__name__
-        check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()))
+        check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()), VALUE_RULES)
         self.device = utils.get_device(cfg.get("device", "cpu"))
         if self.distributed:
             init_distributed(self.device)
@@ -83,10 +87,8 @@ class FinetuneRecipe:
         self.stop_after_step = cfg.get("stop_after_step")
         self.clip_grad_norm = cfg.get("clip_grad_norm")
         self.log_every = int(cfg.get("log_every_n_steps", 1))
-        for key, value in (("batch_size", self.batch_size), ("epochs", self.epochs),
-                           ("gradient_accumulation_steps", self.grad_accum)):  # fmt: skip
-            if value < 1:
-                raise ValueError(f"{name}: `{key}` must be >= 1, got {value}")
+        self.skip_nonfinite = cfg.get("on_nonfinite_loss", "stop") == "skip_step"
+        self.skips = SkipLedger(float(cfg.get("max_skip_fraction", 0.01)))
         self.output_dir = Path(cfg.output_dir)
 
     # ---- setup --------------------------------------------------------------------------------
@@ -106,15 +108,15 @@ class FinetuneRecipe:
             raise ValueError("no trainable parameters: check freeze_vision_tower / freeze_merger / the LoRA settings")
         self.optimizer = build(cfg, "optimizer", trainable)
         self.loss_fn = build(cfg, "loss")
-        self.dataloader = build_dataloader(
-            self.dataset, self.collate_fn, self.batch_size, shuffle=bool(cfg.get("shuffle", True)), seed=self.seed,
-            num_workers=int(cfg.get("num_workers", 0)),
+        self.batches = RefillingBatches(
+            self.dataset, self.collate_fn, self.batch_size, self.skips, shuffle=bool(cfg.get("shuffle", True)),
+            seed=self.seed, num_workers=int(cfg.get("num_workers", 0)),
         )  # fmt: skip
-        batches = batches_per_epoch(self.dataloader)
-        if batches is None and not self.max_steps_per_epoch:
+        planned = self.batches.planned_batches
+        if planned is None and not self.max_steps_per_epoch:
             raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
                              "mixture): set `max_steps_per_epoch`")  # fmt: skip
-        batches = (self.max_steps_per_epoch * self.grad_accum if batches is None else batches) // self.grad_accum
+        batches = (self.max_steps_per_epoch * self.grad_accum if planned is None else planned) // self.grad_accum
         if batches == 0:
             raise ValueError(
                 f"the dataset holds fewer than one step of {self.batch_size} x {self.grad_accum} x "
@@ -128,7 +130,8 @@ class FinetuneRecipe:
         )  # fmt: skip
         self.metric_logger = build(cfg, "metric_logger") if cfg.get("metric_logger") and self.is_main else None
         self.epoch = self.steps_in_epoch = self.global_step = 0
-        self.history: dict[str, Any] = {"steps": [], "loss": [], "tokens_per_s": [], "samples_per_s": []}
+        self.history: dict[str, Any] = {"steps": [], "loss": [], "tokens_per_s": [], "samples_per_s": [],
+                                        "skipped_by_epoch": [], "nonfinite_steps_skipped": []}  # fmt: skip
         self.train_seconds = 0.0
         self._resume_dataloader_state = None
         resume = cfg.get("resume_from_checkpoint", False)
@@ -213,9 +216,10 @@ class FinetuneRecipe:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.epoch, self.steps_in_epoch, self.global_step = state["epoch"], state["steps_in_epoch"], state["global_step"]
         self.history, self.train_seconds = state["history"], state["train_seconds"]
+        self.skips.load_state_dict(state["skips"])
         if self.steps_in_epoch >= self.steps_per_epoch:
             self.epoch, self.steps_in_epoch = self.epoch + 1, 0
-        if self.steps_in_epoch or isinstance(self.dataloader, StreamLoader):  # a stream reads on across epochs
+        if self.steps_in_epoch or self.batches.stream:  # a stream reads on across epochs
             self._resume_dataloader_state = state["dataloader"]
         if self.is_main:
             print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
@@ -239,41 +243,80 @@ class FinetuneRecipe:
         progress = TrainingProgress(self.total_steps, self.global_step, enabled=self.is_main)
         self.model.train()
         stopped_early = False
-        while self.epoch < self.epochs and not stopped_early:
-            start_epoch(self.dataloader, self.epoch)
-            if self._resume_dataloader_state is not None:
-                self.dataloader.load_state_dict(self._resume_dataloader_state)
-                self._resume_dataloader_state = None
-            batches = iter(self.dataloader)
-            while self.steps_in_epoch < self.steps_per_epoch:
-                started = time.perf_counter()
-                loss, tokens, samples = self._optimizer_step(batches)
-                self.train_seconds += time.perf_counter() - started
-                self.global_step += 1
-                self.steps_in_epoch += 1
-                self._record(progress, loss, tokens, samples)
-                stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
-                end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
-                if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
-                    self.save_checkpoint()
-                if stopped_early:
-                    break
-            if not stopped_early:
-                self.epoch, self.steps_in_epoch = self.epoch + 1, 0
-        progress.close()
+        try:
+            while self.epoch < self.epochs and not stopped_early:
+                stopped_early = self._train_epoch(progress)
+                if not stopped_early:
+                    self.epoch, self.steps_in_epoch = self.epoch + 1, 0
+        finally:  # the bar ends before any error is printed, so the error stays the last line
+            progress.close()
         self.stopped_early = stopped_early
 
-    def _optimizer_step(self, batches: Any) -> tuple[float, int, int]:
+    def _train_epoch(self, progress: TrainingProgress) -> bool:
+        """The current epoch's remaining steps; True when ``stop_after_step`` ended the run in it.
+
+        An epoch ends after its planned steps, or earlier when skipped records made its records run out
+        (see ``RefillingBatches``); an epoch with no usable record at all stops the run.
+        """
+        if self.steps_in_epoch == 0:
+            self.skips.start_epoch()
+        self.batches.start_epoch(self.epoch, self._resume_dataloader_state)
+        self._resume_dataloader_state = None
+        while self.steps_in_epoch < self.steps_per_epoch:
+            started = time.perf_counter()
+            step = self._optimizer_step()
+            self.train_seconds += time.perf_counter() - started
+            if step is None:  # this epoch's records ran out
+                if self.steps_in_epoch == 0:
+                    raise self.skips.no_usable_record(self.epoch)
+                self._report_epoch_skips(progress)
+                return False
+            self.global_step += 1
+            self.steps_in_epoch += 1
+            self._record(progress, *step)
+            stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
+            end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
+            if end_of_epoch:  # before the save, so a resumed run's history holds this report too
+                self._report_epoch_skips(progress)
+            if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
+                self.save_checkpoint()
+            if stopped_early:
+                return True
+        return False
+
+    def _report_epoch_skips(self, progress: TrainingProgress) -> None:
+        """Console, metrics.json and the metric logger: the epoch's skips by cause with example record ids."""
+        report = {"epoch": self.epoch, **self.skips.report("epoch")}
+        self.history["skipped_by_epoch"].append(report)
+        if self.is_main:
+            progress.write(f"epoch {self.epoch}: {describe(report)}")
+            if self.metric_logger is not None:
+                self.metric_logger.log_dict(skipped_scalars(report), step=self.global_step)
+            write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir=None))
+
+    def _optimizer_step(self) -> tuple[float, int, int] | None:
         """Accumulate gradients over micro-batches, normalise by the global token count, step.
 
+        Every rank takes the same number of micro-batches: the step stops accumulating as soon as one rank's
+        records run out (a step with fewer micro-batches is still exact: it divides by its own token count).
+
         Returns:
-            (mean loss per trained token over the global batch, input tokens, samples) over all ranks.
+            (mean loss per trained token over the global batch, input tokens, samples) over all ranks, or
+            None when the epoch's records ran out before this step's first micro-batch.
+
+        Raises:
+            NonFiniteLossError: the loss or gradient norm is NaN/inf and ``on_nonfinite_loss`` is ``stop``.
         """
         loss_sum = torch.zeros((), device=self.device)
         tokens = torch.zeros((), dtype=torch.int64, device=self.device)
         counts = torch.zeros(2, dtype=torch.int64, device=self.device)  # samples, input tokens
+        micro_batches = 0
         for _ in range(self.grad_accum):
-            batch = move_to_device(next(batches), self.device, self.dtype)
+            batch = self.batches.next_batch()
+            if not self._every_rank_has(batch):
+                break
+            batch = move_to_device(batch, self.device, self.dtype)
+            micro_batches += 1
             rows, targets = trained_rows(batch["labels"])
             with output_loss(self.model, rows, targets, self.loss_fn):
                 micro_loss = self.model(**batch)
@@ -283,38 +326,55 @@ class FinetuneRecipe:
             counts[0] += batch["tokens"].shape[0]
             counts[1] += batch["attention_mask"].sum() if "attention_mask" in batch else batch["tokens"].numel()
             del micro_loss
+        if micro_batches == 0:
+            return None
         global_tokens = all_reduce_sum(tokens)
         # FSDP2 averages gradients over ranks; scaling by world/tokens turns that into sum/tokens.
         scale = self.world_size / max(int(global_tokens), 1)
         for param in self.model.parameters():
             if param.grad is not None:
                 param.grad.mul_(scale)
-        if self.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.clip_grad_norm))
-        self.optimizer.step()
+        grad_norm = gradient_norm(self.model, None if self.clip_grad_norm is None else float(self.clip_grad_norm))
+        global_loss = float(all_reduce_sum(loss_sum)) / max(int(global_tokens), 1)
+        problem = nonfinite_message(self.global_step + 1, global_loss, grad_norm)
+        if problem is not None and not self.skip_nonfinite:
+            raise NonFiniteLossError(problem)
+        if problem is None:
+            self.optimizer.step()
+        else:
+            self.history["nonfinite_steps_skipped"].append(self.global_step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
-        global_loss = float(all_reduce_sum(loss_sum)) / max(int(global_tokens), 1)
         samples, input_tokens = all_reduce_sum(counts).tolist()
         return global_loss, input_tokens, samples
 
+    def _every_rank_has(self, batch: dict[str, torch.Tensor] | None) -> bool:
+        """Whether every rank got a micro-batch (the forward pass is collective under FSDP2)."""
+        if self.world_size == 1:
+            return batch is not None
+        have = torch.tensor(int(batch is not None), device=self.device)
+        return int(all_reduce_sum(have)) == self.world_size
+
     def _record(self, progress: TrainingProgress, loss: float, tokens: int, samples: int) -> None:
-        figures = progress.step(loss, tokens, samples)
+        figures = progress.step(loss, tokens, samples, skipped=self.skips.skipped_in_run,
+                                nonfinite=len(self.history["nonfinite_steps_skipped"]))
         self.history["steps"].append(self.global_step)
         self.history["loss"].append(loss)
         self.history["tokens_per_s"].append(figures["tokens_per_s"])
         self.history["samples_per_s"].append(figures["samples_per_s"])
         if self.metric_logger is not None and self.global_step % self.log_every == 0:
             lr = self.optimizer.param_groups[0]["lr"]
-            self.metric_logger.log_dict({"loss": loss, "lr": lr, **figures}, step=self.global_step)
+            skipped = {"skipped_records": float(self.skips.skipped_in_run)}
+            self.metric_logger.log_dict({"loss": loss, "lr": lr, **figures, **skipped}, step=self.global_step)
 
     # ---- saving -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Atomically save everything needed to continue this run bit-identically."""
         trainer_state = {
             "epoch": self.epoch, "steps_in_epoch": self.steps_in_epoch, "global_step": self.global_step,
-            "dataloader": self.dataloader.state_dict(), "history": self.history, "train_seconds": self.train_seconds,
+            "dataloader": self.batches.state_dict(), "history": self.history, "train_seconds": self.train_seconds,
+            "skips": self.skips.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
         }  # fmt: skip
         return self.checkpointer.save_state(self.global_step, self.model, self.optimizer, trainer_state)
@@ -327,6 +387,8 @@ class FinetuneRecipe:
                       f"resume_from_checkpoint=true output_dir={self.output_dir}", flush=True)  # fmt: skip
             return None
         self.history["eval_after"] = self._evaluate("after training")
+        self.history["skipped_in_run"] = self.skips.report("run")
+        check_weights_finite(self.model)
         final_dir = self._save_final_weights()
         if self.is_main:
             self._write_report(final_dir)
@@ -346,23 +408,30 @@ class FinetuneRecipe:
             return self.output_dir / "adapter"
         return self.checkpointer.save_hf(self.model, build_model, state_dict=full)
 
-    def _write_report(self, final_dir: Path | None) -> None:
+    def _metrics(self, final_dir: Path | None) -> dict[str, Any]:
+        """metrics.json's content so far: steps, losses, accuracies, skipped records, config."""
         before, after = self.history.get("eval_before"), self.history.get("eval_after")
-        metrics = {
+        return {
             "steps": self.global_step, "world_size": self.world_size, "train_seconds": self.train_seconds,
             "final_loss": self.history["loss"][-1] if self.history["loss"] else None,
             "accuracy_before": before["accuracy"] if before else None,
             "accuracy_after": after["accuracy"] if after else None,
             "accuracy_chance": after["chance"] if after else None,
+            "skipped": self.history.get("skipped_in_run"),
+            "nonfinite_steps_skipped": len(self.history["nonfinite_steps_skipped"]),
             "history": self.history, "hf_checkpoint": str(final_dir) if final_dir else None,
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }  # fmt: skip
-        metrics_path = write_metrics(self.output_dir / "metrics.json", metrics)
+
+    def _write_report(self, final_dir: Path | None) -> None:
+        before, after = self.history.get("eval_before"), self.history.get("eval_after")
+        metrics_path = write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir))
         title = f"{type(self).__name__}: {self.global_step} steps"
         if before and after:
             title += f", held-out accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}"
         plot_path = plot_loss(self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title)
-        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; "
+        skipped = describe(self.history["skipped_in_run"])
+        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {skipped}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
         print(f"HF checkpoint: {final_dir}", flush=True)
 
@@ -401,6 +470,15 @@ def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
         recipe.setup(cfg)
         recipe.train()
         recipe.finish()
-    finally:
+    except BaseException:
+        _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
+        raise
+    recipe.cleanup()
+
+
+def _cleanup_quietly(recipe: FinetuneRecipe) -> None:
+    try:
         recipe.cleanup()
+    except Exception as error:  # reported, but never raised over the error that ended the run
+        print(f"(cleanup after the error below also failed: {type(error).__name__}: {error})", file=sys.stderr)
 

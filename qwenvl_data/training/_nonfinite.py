@@ -1,0 +1,61 @@
+"""Non-finite losses and gradients: stop the run naming the step (default), or skip that step and count it.
+
+The check runs before ``optimizer.step()``, so the weights never take a non-finite update: the training
+states saved before the stop, and the final weights of a run that skipped such steps, stay finite.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+ON_NONFINITE = ("stop", "skip_step")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step's loss or gradient norm is NaN or infinite (``on_nonfinite_loss: stop``)."""
+
+
+def gradient_norm(model: nn.Module, max_norm: float | None) -> float:
+    """Total L2 norm of the gradients over all ranks, clipping them to ``max_norm`` when given.
+
+    Without ``max_norm`` the gradients are left exactly as they are (the norm is only measured).
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def nonfinite_message(step: int, loss: float, grad_norm: float) -> str | None:
+    """Why step ``step`` must not update the weights, or None when its loss and gradient norm are finite."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return None
+    return (
+        f"step {step}: non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
+        f"(loss {loss}, gradient norm {grad_norm}); the weights were not updated. Lower optimizer.lr, set "
+        "clip_grad_norm, check the data, or set on_nonfinite_loss=skip_step to skip such steps"
+    )
+
+
+def check_weights_finite(model: nn.Module) -> None:
+    """Refuse to write final weights whose trained parameters hold NaN or infinity (collective under FSDP2: each
+    rank checks its shards, and all agree).
+
+    Raises:
+        NonFiniteLossError: naming the first such parameters (on the ranks that hold them).
+    """
+    # Only trained parameters can have become non-finite (a frozen NF4 base cannot even be checked elementwise).
+    bad = [name for name, param in model.named_parameters() if param.requires_grad
+           and not torch.isfinite(param.to_local() if isinstance(param, DTensor) else param).all()]  # fmt: skip
+    count = torch.tensor(len(bad), device=next(model.parameters()).device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+    if int(count):
+        raise NonFiniteLossError(f"the trained weights hold NaN/inf (in {bad[:5]} here); no final weights written")

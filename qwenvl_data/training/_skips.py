@@ -1,0 +1,126 @@
+"""What the training loop read and skipped: counts by cause with the first record ids, per epoch and for the
+run, and the ``max_skip_fraction`` stop.
+
+The loop counts the outcomes its steps consume, in the main process, so the figures are exact (read-ahead
+by DataLoader workers is not counted), identical across a resume (the ledger is saved with each training
+state) and summed over ranks for the report.
+"""
+
+from typing import Any
+
+import torch.distributed as dist
+
+from qwenvl_data.datasets._processing import SkippedRecord
+from qwenvl_data.datasets._stats import SkipCounts, describe_causes
+from qwenvl_data.errors import SampleError
+
+MIN_RECORDS_FOR_FRACTION = 100  # below this, a few bad records would be a large fraction by chance
+
+
+class TooManySkipsError(RuntimeError):
+    """More records were skipped than ``max_skip_fraction`` allows, or an epoch had no usable record at all."""
+
+
+class SkipLedger:
+    """Records read and skipped by this rank's loop, for the current epoch and for the whole run.
+
+    Args:
+        max_skip_fraction: stop once at least ``MIN_RECORDS_FOR_FRACTION`` records were read in the run and
+            more than this fraction of them were skipped (0 stops at the first skip, 1 never stops).
+    """
+
+    def __init__(self, max_skip_fraction: float) -> None:
+        if not 0.0 <= max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
+        self.max_skip_fraction = max_skip_fraction
+        self.run, self.epoch = SkipCounts(max_workers=0), SkipCounts(max_workers=0)
+        self.read_in_run = self.read_in_epoch = 0
+
+    def record(self, outcome: dict | SkippedRecord | None) -> dict | None:
+        """Count one consumed record; returns the sample, or None when it was skipped.
+
+        Raises:
+            TooManySkipsError: the run's skip fraction is now over ``max_skip_fraction``.
+        """
+        self.read_in_run += 1
+        self.read_in_epoch += 1
+        if outcome is None:  # a dataset that skips without saying why
+            outcome = SkippedRecord(self.read_in_epoch - 1, None, "invalid_sample", "skipped by the dataset")
+        if isinstance(outcome, SkippedRecord):
+            self._add(outcome)
+        self._check_fraction()
+        return None if isinstance(outcome, SkippedRecord) else outcome
+
+    def reject(self, sample: dict, error: SampleError) -> None:
+        """Count a sample already read as skipped after all (the collator refused it: ``error``)."""
+        self._add(SkippedRecord(-1, sample.get("id", "unknown id"), error.cause, str(error)))
+        self._check_fraction()
+
+    def _add(self, skipped: SkippedRecord) -> None:
+        self.run.add(skipped.cause, skipped.example)
+        self.epoch.add(skipped.cause, skipped.example)
+
+    def _check_fraction(self) -> None:
+        skipped = self.run.total()
+        if self.read_in_run >= MIN_RECORDS_FOR_FRACTION and skipped > self.max_skip_fraction * self.read_in_run:
+            raise TooManySkipsError(
+                f"stopping: {skipped} of the {self.read_in_run} records read so far were skipped "
+                f"({skipped / self.read_in_run:.1%} > max_skip_fraction={self.max_skip_fraction}); "
+                f"{self.run.summary()}. Fix these records (dataset.on_error=raise stops at the first one with its "
+                "error) or raise max_skip_fraction"
+            )
+
+    def no_usable_record(self, epoch: int) -> TooManySkipsError:
+        """The error for an epoch whose records gave no usable sample at all."""
+        return TooManySkipsError(
+            f"epoch {epoch}: no usable sample: all {self.read_in_epoch} records read were skipped; "
+            f"{self.epoch.summary()}"
+        )
+
+    def start_epoch(self) -> None:
+        self.epoch.reset()
+        self.read_in_epoch = 0
+
+    @property
+    def skipped_in_run(self) -> int:
+        return self.run.total()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run": self.run.state_dict(), "epoch": self.epoch.state_dict(),
+                "read_in_run": self.read_in_run, "read_in_epoch": self.read_in_epoch}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run.load_state_dict(state["run"])
+        self.epoch.load_state_dict(state["epoch"])
+        self.read_in_run, self.read_in_epoch = state["read_in_run"], state["read_in_epoch"]
+
+    def report(self, scope: str) -> dict[str, Any]:
+        """``{"read", "skipped", "by_cause": {cause: {"count", "examples"}}}`` of ``scope`` ("run" or "epoch"),
+        summed over all ranks (collective under torch.distributed: every rank calls it)."""
+        counts, read = (self.run, self.read_in_run) if scope == "run" else (self.epoch, self.read_in_epoch)
+        reports = [(read, counts.report())]
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, reports[0])
+            reports = gathered
+        by_cause: dict[str, dict[str, Any]] = {}
+        for _, rank_report in reports:
+            for cause, entry in rank_report.items():
+                merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
+                merged["count"] += entry["count"]
+                new = [e for e in entry["examples"] if e not in merged["examples"]]
+                merged["examples"] = (merged["examples"] + new)[: counts.max_examples]
+        return {"read": sum(r for r, _ in reports), "skipped": sum(e["count"] for e in by_cause.values()),
+                "by_cause": by_cause}  # fmt: skip
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for the console: records skipped of those read, by cause with example ids."""
+    return f"skipped {report['skipped']} of {report['read']} records" + describe_causes(report["by_cause"])
+
+
+def skipped_scalars(report: dict[str, Any]) -> dict[str, float]:
+    """The report as flat scalars for a metric logger: ``skipped/<cause>`` and ``skipped/total``."""
+    scalars = {f"skipped/{cause}": float(entry["count"]) for cause, entry in report["by_cause"].items()}
+    return {**scalars, "skipped/total": float(report["skipped"]), "records_read": float(report["read"])}
+
