@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data._messages import sample_name
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
+from qwenvl_data.training._distributed import rank_and_world
 
 PACKING_KEYS = ("packed", "packed_buffer_size")
 DEFAULT_BUFFER_SIZE = 64
@@ -215,3 +217,41 @@ class PackedBatches:
                 self._emitted.add(item.offset)
             else:
                 self._pending.append(item)
+
+
+def build_packed_dataloader(
+    dataset: Any,
+    transform: Any,
+    batch_size: int,
+    *,
+    buffer_size: int,
+    max_steps_per_epoch: int | None,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+) -> tuple[PackedBatches, int]:
+    """The recipes' loader for ``dataset.packed: true``: rows of ``transform.max_seq_len`` tokens.
+
+    Map-style datasets are read through a DistributedSampler (this rank's share, reshuffled each
+    pass); an IterableDataset (streaming) is read as it shards itself.
+
+    Returns:
+        (the loader, steps per epoch = ``max_steps_per_epoch``).
+
+    Raises:
+        ValueError: no ``tokenizer.max_seq_len`` (the row length), or no ``max_steps_per_epoch``.
+    """
+    max_seq_len = getattr(transform, "max_seq_len", None)
+    if not max_seq_len:
+        raise ValueError("dataset.packed=true packs rows of tokenizer.max_seq_len tokens: set tokenizer.max_seq_len")
+    if not max_steps_per_epoch:
+        raise ValueError(
+            "dataset.packed=true needs max_steps_per_epoch: how many rows a pass over the data packs into is only "
+            "known after packing it, so a packed run counts steps (the packer starts the next pass by itself)"
+        )
+    sampler = None
+    if not isinstance(dataset, torch.utils.data.IterableDataset):
+        rank, world = rank_and_world()
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+    loader = PackedBatches(sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size)
+    return loader, int(max_steps_per_epoch)
