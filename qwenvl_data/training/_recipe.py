@@ -391,7 +391,7 @@ class FinetuneRecipe:
         print(f"HF checkpoint: {final_dir}", flush=True)
 
     def cleanup(self) -> None:
-        if self.metric_logger is not None:
+        if getattr(self, "metric_logger", None) is not None:  # None too when setup failed before building it
             self.metric_logger.close()
         destroy_distributed()
 
