@@ -1,20 +1,23 @@
 """Packed vs padded training on the same samples: padding fraction and trained tokens per second.
 
-Samples: a length mix like real instruction data (``--samples``, default 96, fixed seed): most are
-text-only with 100-600 tokens, about a third carry 1-4 images of 64-1024 vision tokens each, and one
-in twenty is a long one near ``--max-seq-len`` (default 4096). Built with tests/vl_samples.py (the
+Samples: a length mix like real instruction data (``--samples``, default 48, fixed seed): most are
+text-only with 100-600 tokens, about a third carry 1-4 images of 64-1024 vision tokens each (the last
+images dropped while a sample exceeds the limit), and one in twenty is a long one near ``--max-seq-len``
+(default 2048). Built with tests/vl_samples.py (the
 transform's exact token layout, random pixels of the real patch size).
 
-Both sides train the tiny model (``qwen2_5_vl_tiny``, AdamW) with the recipe's loss path
+Both sides train the tiny model (``qwen2_5_vl_tiny``; ``--model wide``: its decoder with 8 layers of 512, AdamW) with the recipe's loss path
 (``trained_rows`` + ``project_trained_rows`` + ``NextTokenCrossEntropy``), one optimizer step per batch:
 - padded: ``Qwen2_5_VLCollator`` batches of ``--batch-size`` samples (default 8) in dataset order;
 - packed: ``PackedBatches`` (the recipes' ``dataset.packed: true``) over the same samples in the same
-  order, ``--rows`` rows of ``max_seq_len`` tokens per batch (default 2), buffer of 64 samples,
+  order, ``--rows`` rows of ``max_seq_len`` tokens per batch (default 2), ``--buffer-size`` samples waiting
+  (default 16, small against the sample count so that the last rows hold few samples of the next pass),
   until every sample was trained once.
 Padding fraction = 1 - real tokens / tokens in the batches. Trained tokens/s = targets of the loss / time of
 forward + backward + optimizer step (collation excluded on both sides).
 
-Run: python bench/packing.py [--samples 96] [--max-seq-len 4096] [--batch-size 8] [--rows 2] [--threads 2]
+Run: python bench/packing.py [--model tiny] [--samples 48] [--max-seq-len 2048] [--batch-size 8] [--rows 2] [--buffer-size 16]
+     [--threads 2]
 """
 
 import argparse
@@ -30,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from vl_samples import vl_sample  # noqa: E402
 
 from qwenvl_data.collate import Qwen2_5_VLCollator  # noqa: E402
-from qwenvl_data.models import qwen2_5_vl_tiny  # noqa: E402
+from qwenvl_data.models._component_builders import qwen2_5_vl  # noqa: E402
+from qwenvl_data.models._model_builders import QWEN2_5_VL_TINY  # noqa: E402
 from qwenvl_data.training import NextTokenCrossEntropy  # noqa: E402
 from qwenvl_data.training._loss import project_trained_rows, trained_rows  # noqa: E402
 from qwenvl_data.training._packed_data import PackedBatches, sample_loader  # noqa: E402
@@ -62,17 +66,28 @@ def make_samples(count: int, max_seq_len: int, seed: int = 0) -> list[dict]:
             media = []
             text = rng.randint(100, 600) - OVERHEAD
         answer = max(8, text // 3)
-        sample = vl_sample(media, question_len=text - answer, answer_len=answer, seed=index, sample_id=str(index))
-        if len(sample["tokens"]) > max_seq_len:  # many large images: keep the sample, drop its last image
-            sample = vl_sample(media[:-1], question_len=text - answer, answer_len=answer, seed=index, sample_id=str(index))
+        while True:
+            sample = vl_sample(media, question_len=text - answer, answer_len=answer, seed=index, sample_id=str(index))
+            if len(sample["tokens"]) <= max_seq_len:
+                break
+            media = media[:-1]  # many large images: keep the sample, drop its last image
         samples.append(sample)
     return samples
 
 
-def train(batches: list[dict]) -> dict[str, float]:
-    """One optimizer step per batch on a fresh tiny model; returns the figures of the run."""
+# The tiny model's cost is mostly the 151,936-way projection of trained tokens and the vision tower, which
+# padding does not change; "--model wide" gives the decoder the weight it has in real models (8 layers of 512).
+MODELS = {
+    "tiny": QWEN2_5_VL_TINY,
+    "wide": {**QWEN2_5_VL_TINY, "num_layers": 8, "embed_dim": 512, "num_heads": 8, "intermediate_dim": 1024,
+             "mrope_section": (8, 12, 12)},
+}  # fmt: skip
+
+
+def train(batches: list[dict], model_name: str) -> dict[str, float]:
+    """One optimizer step per batch on a fresh model; returns the figures of the run."""
     torch.manual_seed(0)
-    model = qwen2_5_vl_tiny()
+    model = qwen2_5_vl(**MODELS[model_name])
     init_weights(model, 0.02)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = NextTokenCrossEntropy()
@@ -99,9 +114,9 @@ def padded_batches(samples: list[dict], batch_size: int) -> list[dict]:
     return [collate(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
 
 
-def packed_batches(samples: list[dict], max_seq_len: int, rows: int) -> list[dict]:
+def packed_batches(samples: list[dict], max_seq_len: int, rows: int, buffer_size: int) -> list[dict]:
     """Batches from the recipes' packer until every sample has been in a row once (the stream goes on)."""
-    packer = PackedBatches(sample_loader(samples, SequentialSampler(samples), 0), max_seq_len, rows, buffer_size=64)
+    packer = PackedBatches(sample_loader(samples, SequentialSampler(samples), 0), max_seq_len, rows, buffer_size)
     batches = []
     while True:
         batches.append(next(packer))
@@ -113,20 +128,22 @@ def packed_batches(samples: list[dict], max_seq_len: int, rows: int) -> list[dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=96)
-    parser.add_argument("--max-seq-len", type=int, default=4096)
+    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--max-seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rows", type=int, default=2)
+    parser.add_argument("--buffer-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     samples = make_samples(args.samples, args.max_seq_len)
     lengths = sorted(len(s["tokens"]) for s in samples)
     with_images = sum("pixel_values" in s for s in samples)
-    print(f"{len(samples)} samples, {with_images} with images; tokens: median {lengths[len(lengths) // 2]}, "
+    print(f"model {args.model}; {len(samples)} samples, {with_images} with images; tokens: median {lengths[len(lengths) // 2]}, "
           f"min {lengths[0]}, max {lengths[-1]}, total {sum(lengths)}; max_seq_len {args.max_seq_len}")  # fmt: skip
-    padded = train(padded_batches(samples, args.batch_size))
-    packed = train(packed_batches(samples, args.max_seq_len, args.rows))
+    padded = train(padded_batches(samples, args.batch_size), args.model)
+    packed = train(packed_batches(samples, args.max_seq_len, args.rows, args.buffer_size), args.model)
     for name, figures in (("padded", padded), ("packed", packed)):
         print(f"{name}: {figures['batches']} batches, {figures['rows']} rows, padding {figures['padding']:.1%}, "
               f"{figures['trained']} trained tokens in {figures['seconds']:.1f}s = "

@@ -195,3 +195,30 @@ def test_packed_labels_ignore_only_each_samples_first_token():
     real = batch["attention_mask"]
     assert (batch["labels"][starts & real] == IGNORE_INDEX).all()
     assert (batch["labels"][~starts & real] == batch["tokens"][~starts & real]).sum() > 0
+
+
+def test_online_packer_over_a_streaming_dataset_resumes_exactly(tmp_path):
+    """The same packer on an IterableDataset: its own state (shard position, shuffle buffer) is the anchor."""
+    from datasets_records import text_record, write_jsonl
+
+    from qwenvl_data.datasets import streaming_chat_dataset
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [text_record(i) for i in range(23)])
+    transform = packaged_vocab_transform(max_seq_len=64)
+
+    def packer():
+        dataset = streaming_chat_dataset(transform, data_files=str(corpus), seed=7, shuffle_buffer_size=4)
+        return PackedBatches(sample_loader(dataset, None, 0), 96, 1, buffer_size=4)
+
+    def ids(batch):  # "answer {i}": the tokens after each sample's last "answer"
+        return batch["document_ids"].max(dim=1).values.tolist(), batch["tokens"][batch["attention_mask"]].tolist()
+
+    reference = [ids(next(p)) for p in [packer()] for _ in range(20)]  # 20 rows: across the end of a pass
+    assert max(count for count, _ in reference)[0] >= 1  # rows hold two samples or more
+    for stop in (3, 11):
+        interrupted = packer()
+        for _ in range(stop):
+            next(interrupted)
+        resumed = packer()
+        resumed.load_state_dict(interrupted.state_dict())
+        assert [ids(next(resumed)) for _ in range(20 - stop)] == reference[stop:]
