@@ -15,8 +15,8 @@ from qwenvl_data.models._packed_attention import PackedRows
 from qwenvl_data.packing import packed_attention_mask, packed_block_mask, packed_collate_qwen2_5_vl
 from qwenvl_data.training import NextTokenCrossEntropy, packaged_vocab_transform
 from qwenvl_data.training._packed_data import PackedBatches, sample_loader
-from qwenvl_data.training._recipe import init_weights
 from qwenvl_data.training._loss import project_trained_rows, trained_rows
+from qwenvl_data.training._recipe import init_weights
 
 MAX_SEQ_LEN = 160
 

@@ -27,7 +27,6 @@ from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
 from qwenvl_data.training._distributed import rank_and_world
 
-PACKING_KEYS = ("packed", "packed_buffer_size")
 DEFAULT_BUFFER_SIZE = 64
 
 
