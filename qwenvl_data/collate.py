@@ -73,6 +73,21 @@ def _as_ids(value: Any, key: str, name: str) -> torch.Tensor:
     return ids
 
 
+def _first_label_ignored(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` with its first entry set to IGNORE_INDEX.
+
+    Losses shift labels (position i predicts label i + 1), so a sample's first label can only be
+    predicted by whatever sits before the sample in its row: left padding, or the previous sample
+    of a packed row. No position of the sample itself predicts it, so on its own it is never a
+    target; ignoring it keeps every shift inside one sample whatever ``train_on_input`` trains.
+    """
+    if labels.numel() == 0 or labels[0] == IGNORE_INDEX:
+        return labels
+    labels = labels.clone()
+    labels[0] = IGNORE_INDEX
+    return labels
+
+
 def _pad_token_counts(tokens: list[torch.Tensor]) -> list[list[int]]:
     """Per sample, its number of pad tokens of each modality (in MODALITIES order), in one batched pass."""
     last = torch.tensor([ids.numel() for ids in tokens]).cumsum(0) - 1
@@ -143,6 +158,8 @@ def check_samples(batch: list[dict | None]) -> list[CheckedSample]:
         labels = _as_ids(sample["labels"], "labels", name) if has_labels else None
         if labels is not None and labels.shape != tokens.shape:
             raise SampleError(f"{name}: {labels.numel()} labels for {tokens.numel()} tokens")
+        if labels is not None:
+            labels = _first_label_ignored(labels)
         checked.append(CheckedSample(name, tokens, labels, {}))
     pad_counts = _pad_token_counts([sample.tokens for sample in checked])
     for sample, (_, raw), counts in zip(checked, indexed, pad_counts):
@@ -215,7 +232,8 @@ def padded_collate_qwen2_5_vl(
     Returns:
         A dict with
         - ``tokens``: int64 [B, L], padded with ``<|endoftext|>`` (PAD_ID).
-        - ``labels``: int64 [B, L], -100 on padding (omitted when no sample has labels).
+        - ``labels``: int64 [B, L], -100 on padding and on each sample's first token (which no position of
+          the sample predicts; see ``_first_label_ignored``); omitted when no sample has labels.
         - ``attention_mask``: bool [B, L], True on real tokens.
         - ``position_ids``: int64 [3, B, L], MRoPE (temporal, height, width); 0 on padding.
         - ``rope_deltas``: int64 [B, 1], largest position + 1 - real length (for generation).

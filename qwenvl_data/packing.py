@@ -10,10 +10,12 @@ let a token attend only to earlier tokens of its own sample.
 import torch
 
 from qwenvl_data._constants import IGNORE_INDEX, PAD_ID
-from qwenvl_data.collate import assemble_batch, check_fits, check_samples, pad_rows
+from qwenvl_data.collate import CheckedSample, assemble_batch, check_fits, check_samples, pad_rows
+from qwenvl_data.errors import SampleError
 
 __all__ = [
     "Qwen2_5_VLPackedCollator",
+    "collate_packed_rows",
     "first_fit_rows",
     "packed_attention_mask",
     "packed_block_mask",
@@ -57,7 +59,8 @@ def packed_collate_qwen2_5_vl(batch: list[dict | None], max_seq_len: int) -> dic
         max_seq_len: row length; a longer sample raises SampleTooLongError.
 
     Returns:
-        The keys of ``padded_collate_qwen2_5_vl`` (right padding, L = max_seq_len) with
+        The keys of ``padded_collate_qwen2_5_vl`` (right padding, L = max_seq_len; each sample's first
+        label is -100, so no shifted target pairs two samples) with
         ``position_ids`` restarting at 0 at every sample, plus
         - ``document_ids``: int64 [B, L], index of the sample inside its row, -1 on padding.
         - ``seq_lens``: int64 [B, max samples per row], each sample's length, 0 past a row's last.
@@ -67,9 +70,38 @@ def packed_collate_qwen2_5_vl(batch: list[dict | None], max_seq_len: int) -> dic
     samples = check_samples(batch)
     check_fits(samples, max_seq_len)
     rows = first_fit_rows([s.tokens.numel() for s in samples], max_seq_len)
-    packed = [[samples[i] for i in row] for row in rows]
-    ordered = [sample for row in packed for sample in row]
+    return _assemble_rows([[samples[i] for i in row] for row in rows], max_seq_len)
 
+
+def collate_packed_rows(rows: list[list[dict]], max_seq_len: int) -> dict[str, torch.Tensor]:
+    """Collate rows whose samples were already chosen (by ``SamplePacker``), one output row per row.
+
+    Args:
+        rows: per row, its samples in order; each row's tokens must fit in ``max_seq_len``.
+        max_seq_len: row length.
+
+    Returns:
+        The keys of ``packed_collate_qwen2_5_vl``, with B = ``len(rows)``.
+
+    Raises:
+        SampleError: a malformed sample (named by its index in the flattened rows), or a row over
+            ``max_seq_len``.
+    """
+    samples = check_samples([sample for row in rows for sample in row])
+    check_fits(samples, max_seq_len)
+    packed, start = [], 0
+    for row in rows:
+        packed.append(samples[start : start + len(row)])
+        start += len(row)
+        total = sum(s.tokens.numel() for s in packed[-1])
+        if total > max_seq_len:
+            raise SampleError(f"a packed row of {[s.name for s in packed[-1]]} holds {total} > {max_seq_len} tokens")
+    return _assemble_rows(packed, max_seq_len)
+
+
+def _assemble_rows(packed: list[list[CheckedSample]], max_seq_len: int) -> dict[str, torch.Tensor]:
+    """Concatenate each row's samples, pad to ``max_seq_len``, add document ids, positions and media."""
+    ordered = [sample for row in packed for sample in row]
     tokens = pad_rows([torch.cat([s.tokens for s in row]) for row in packed], max_seq_len, PAD_ID)
     document_ids = pad_rows(
         [torch.cat([torch.full_like(s.tokens, doc) for doc, s in enumerate(row)]) for row in packed], max_seq_len, -1

@@ -8,9 +8,9 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
 from qwenvl_data.collate import Qwen2_5_VLCollator
-from qwenvl_data.datasets import synthetic_vqa_dataset
 from qwenvl_data.models import load_hf_model, qwen2_5_vl_tiny
 from qwenvl_data.training import answer_accuracy, packaged_vocab_transform, run_recipe
+from qwenvl_data.training._config import build
 from recipes_support import TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -62,9 +62,7 @@ def test_reloaded_checkpoint_scores_the_reported_accuracy(tiny_run):
     out, _ = tiny_run
     cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES})
     transform = packaged_vocab_transform(max_seq_len=256, max_pixels=cfg.max_pixels)
-    eval_set = synthetic_vqa_dataset(
-        transform, num_samples=8, seed=1, image_size=[56, 56], question_types=list(cfg.eval_dataset.question_types)
-    )
+    eval_set = build(cfg, "eval_dataset", transform)  # the run's held-out set, every option as configured
     result = answer_accuracy(
         load_hf_model(out / "hf_model"), eval_set, Qwen2_5_VLCollator(), batch_size=8,
         device=torch.device("cpu"), dtype=torch.float32,

@@ -1,5 +1,7 @@
 """Training pieces against independent references: the loss, the trained-row projection, evaluation."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,8 +133,11 @@ def test_answer_accuracy_counts_a_sample_right_only_when_every_answer_token_is_p
 
     kwargs = dict(batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
     chance = sum(dataset[i]["chance"] for i in range(6)) / 6  # the accuracy of guessing, reported beside
+    # Logits 1 on the reference token, 0 on the other 151935: cross-entropy log(e + 151935) - 1 per token.
+    oracle_loss = math.log(math.e + 151935) - 1
     assert answer_accuracy(Oracle(None), dataset, Qwen2_5_VLCollator(), **kwargs) == {
-        "accuracy": 1.0, "correct": 6, "total": 6, "chance": pytest.approx(chance)
+        "accuracy": 1.0, "correct": 6, "total": 6, "chance": pytest.approx(chance),
+        "loss": pytest.approx(oracle_loss, rel=1e-5),  # a float32 softmax over 151,936 logits
     }
     result = answer_accuracy(Oracle(wrong=1), dataset, Qwen2_5_VLCollator(), **kwargs)
     assert (result["correct"], result["total"]) == (4, 6)  # sample 1 of each of the two batches

@@ -9,8 +9,8 @@ from torchtune.modules import TransformerDecoder
 
 from qwenvl_data._constants import IMAGE_PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError
+from qwenvl_data.models._packed_attention import make_packed_aware, packed_mask
 from qwenvl_data.models._vision import Qwen2_5_VisionTransformer
-from qwenvl_data.packing import packed_attention_mask
 from qwenvl_data.rope import mrope_position_ids
 
 
@@ -45,6 +45,7 @@ class Qwen2_5_VLModel(nn.Module):
         super().__init__()
         self.tok_embeddings = tok_embeddings
         decoder.tok_embeddings = nn.Identity()
+        make_packed_aware(decoder)
         self.decoder = decoder
         self.visual = visual
         self.tokens_per_second = tokens_per_second
@@ -116,10 +117,12 @@ class Qwen2_5_VLModel(nn.Module):
             attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L] or
                 [B, cache size], covering every token seen so far).
             document_ids: int64 [B, L] for packed rows: sample index inside its row, -1 on padding;
-                tokens attend only within their own sample.
+                tokens attend only within their own sample, by flex attention or varlen SDPA (the
+                blocks between samples are never computed).
             second_per_grid_ts: float32 [num_videos], only used to compute missing ``position_ids``.
-            mask: bool [B, L, L] (or [B, L, cache size]) attention mask, True = attend; overrides
-                the one built from ``attention_mask``/``document_ids`` (torchtune's convention).
+            mask: bool [B, L, L] (or [B, L, cache size]) attention mask, True = attend, a flex
+                ``BlockMask`` or ``PackedRows``; overrides the one built from ``attention_mask``/``document_ids``
+                (torchtune's convention).
             **batch_extras: other collator keys (``labels``, ``rope_deltas``, ``seq_lens``, ...),
                 ignored so that ``model(**batch)`` works.
 
@@ -207,8 +210,10 @@ class Qwen2_5_VLModel(nn.Module):
         attention_mask: torch.Tensor | None,
         document_ids: torch.Tensor | None,
         past: int | None,
-    ) -> torch.Tensor | None:
-        """Causal mask combined with padding and packing, or None when plain causal suffices.
+    ) -> object:
+        """Causal mask combined with padding, or None when plain causal suffices; for packed rows
+        (``document_ids``) the layout the fast kernels read (``packed_mask``: a flex BlockMask on GPUs,
+        varlen ``PackedRows`` elsewhere), never a dense [B, L, L] tensor.
 
         Right padding needs no mask: causal attention already keeps real tokens from the padding
         after them, and SDPA's causal path is the fast one without a [B, L, L] mask.
@@ -216,7 +221,11 @@ class Qwen2_5_VLModel(nn.Module):
         the NaNs an all-masked softmax gives, which would leak into gradients.
         """
         batch_size, seq_len = tokens.shape
-        if past is None and document_ids is None:
+        if document_ids is not None:
+            if past is not None:
+                raise ValueError("packed batches (document_ids) cannot be decoded with KV caches")
+            return packed_mask(document_ids)
+        if past is None:
             if attention_mask is None:
                 return None
             real_after_padding = attention_mask[:, 1:].bool() & ~attention_mask[:, :-1].bool()
@@ -232,10 +241,6 @@ class Qwen2_5_VLModel(nn.Module):
             if key_valid.shape[1] < total:  # cache slots not filled yet
                 key_valid = torch.nn.functional.pad(key_valid, (0, total - key_valid.shape[1]), value=False)
             allowed = allowed & key_valid[:, None, :]
-        if document_ids is not None:
-            if past is not None:
-                raise ValueError("packed batches (document_ids) cannot be decoded with KV caches")
-            allowed = allowed & packed_attention_mask(document_ids).squeeze(1)
         return allowed | (key_pos[None, :] == query_pos[:, None])
 
     def _cached_length(self) -> int | None:

@@ -372,8 +372,19 @@ class TrainingCheckpointer:
                 to_save.load_state_dict(state_dict, assign=True)
             with atomic_directory(out_dir) as partial, naming_failed_writes(partial, _nbytes(to_save.state_dict())):
                 save_hf_model(to_save, partial, transform=self.transform, source_dir=self.checkpoint_dir)
+                if out_dir == self.final_dir:
+                    _carry_step_dirs(out_dir, partial)
         barrier()
         return out_dir if rank == 0 else None
+
+
+def _carry_step_dirs(final_dir: Path, partial: Path) -> None:
+    """Keep the intermediate ``step_<k>`` HF directories (save_hf_every_n_steps) that live inside the final
+    directory when the final weights replace it: moved (renamed, not copied) into the new directory."""
+    from qwenvl_data.training._periodic import hf_step_dirs
+
+    for step_dir in hf_step_dirs(final_dir):
+        os.replace(step_dir, partial / step_dir.name)
 
 
 def _is_adapter_key(key: str) -> bool:

@@ -70,7 +70,7 @@ def build_dataloader(
     )  # fmt: skip
 
 
-class _Outcomes(Dataset):
+class Outcomes(Dataset):
     """``dataset[i]`` as the training loop needs it: the sample, or a ``SkippedRecord`` saying why there is none
     (``ChatDataset.sample_or_skip``); a dataset without that method skips by returning None."""
 
@@ -125,7 +125,7 @@ class RefillingBatches:
             )
         else:
             self.loader = build_dataloader(
-                _Outcomes(dataset), _single, None, shuffle=shuffle, seed=seed, num_workers=num_workers
+                Outcomes(dataset), _single, None, shuffle=shuffle, seed=seed, num_workers=num_workers
             )
         self.collate_fn, self.batch_size, self.ledger = collate_fn, batch_size, ledger
         self._records: Iterator[Any] | None = None

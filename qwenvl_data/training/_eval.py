@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -37,13 +38,15 @@ def answer_accuracy(
         max_samples: evaluate only the first this many samples.
 
     Returns:
-        {"accuracy": float in [0, 1], "correct": int, "total": int, "chance": float | None}; ``chance`` is the
-        mean of the samples' ``chance`` (accuracy of guessing, as synthetic samples carry it), None without it.
+        {"accuracy": float in [0, 1], "correct": int, "total": int, "chance": float | None, "loss": float | None};
+        ``chance`` is the mean of the samples' ``chance`` (accuracy of guessing, as synthetic samples carry it),
+        None without it; ``loss`` is the cross-entropy per trained token (None when no token is trained).
     """
     was_training = model.training
     model.eval()
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-    correct = total = 0
+    correct = total = trained = 0
+    loss_sum = 0.0
     chances = []
     for start in range(0, count, batch_size):
         samples = [s for s in (dataset[i] for i in range(start, min(start + batch_size, count))) if s is not None]
@@ -53,7 +56,10 @@ def answer_accuracy(
         batch = move_to_device(collate_fn(samples), device, dtype)
         rows, targets = trained_rows(batch["labels"])
         with project_trained_rows(model, rows):
-            predicted = model(**batch).argmax(dim=-1)
+            logits = model(**batch)
+        predicted = logits.argmax(dim=-1)
+        loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+        trained += targets.numel()
         # A sample is right when none of its answer positions is wrong (and it has an answer).
         sample_of_row = rows.nonzero()[:, 0]
         wrong = torch.zeros(len(samples), device=device).index_add_(0, sample_of_row, (predicted != targets).float())
@@ -62,7 +68,10 @@ def answer_accuracy(
         total += len(samples)
     model.train(was_training)
     chance = sum(chances) / len(chances) if chances and len(chances) == total else None
-    return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total, "chance": chance}
+    return {
+        "accuracy": correct / total if total else 0.0, "correct": correct, "total": total, "chance": chance,
+        "loss": loss_sum / trained if trained else None,
+    }  # fmt: skip
 
 
 def split_prompt_and_answer(sample: dict[str, Any]) -> tuple[list[int], list[int]]:

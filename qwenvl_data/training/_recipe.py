@@ -38,6 +38,8 @@ from qwenvl_data.training._nonfinite import (
     gradient_norm,
     nonfinite_message,
 )
+from qwenvl_data.training._packed_data import build_packed_dataloader, split_packing_options
+from qwenvl_data.training._periodic import PeriodicSchedule, hf_step_dir, prune_hf_step_dirs
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import VALUE_RULES
@@ -52,7 +54,7 @@ OPTIONAL_KEYS = (
     "device", "dtype", "lr_scheduler", "metric_logger", "eval_dataset", "eval_batch_size", "eval_max_samples",
     "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
     "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward", "init_std",
-    "max_skip_fraction", "on_nonfinite_loss",
+    "max_skip_fraction", "on_nonfinite_loss", "eval_every_n_steps", "save_hf_every_n_steps", "keep_last_n_hf",
 )  # fmt: skip
 LORA_KEYS = ("save_merged_weights",)
 VISION_TOWER_PREFIX = "visual."
@@ -89,6 +91,7 @@ class FinetuneRecipe:
         self.log_every = int(cfg.get("log_every_n_steps", 1))
         self.skip_nonfinite = cfg.get("on_nonfinite_loss", "stop") == "skip_step"
         self.skips = SkipLedger(float(cfg.get("max_skip_fraction", 0.01)))
+        self.periodic = PeriodicSchedule.from_config(cfg, name)
         self.output_dir = Path(cfg.output_dir)
 
     # ---- setup --------------------------------------------------------------------------------
@@ -98,8 +101,16 @@ class FinetuneRecipe:
         _seed_everything(self.seed)
         self.transform = build(cfg, "tokenizer")
         self.collate_fn = build(cfg, "collate_fn")
-        self.dataset = build_dataset(cfg, self.transform, seed=self.seed, shuffle=bool(cfg.get("shuffle", True)))
+        dataset_cfg, self.packed_buffer_size = cfg.dataset, None
+        if isinstance(cfg.dataset, DictConfig):
+            dataset_cfg, self.packed_buffer_size = split_packing_options(cfg.dataset)
+        self.packed = self.packed_buffer_size is not None
+        shuffle = bool(cfg.get("shuffle", True))
+        self.dataset = build_dataset(OmegaConf.create({"dataset": dataset_cfg}), self.transform, seed=self.seed,
+                                     shuffle=shuffle)  # fmt: skip
         self.eval_dataset = build(cfg, "eval_dataset", self.transform) if cfg.get("eval_dataset") else None
+        if self.periodic.eval_every is not None and self.eval_dataset is None:
+            raise ValueError(f"{type(self).__name__}: `eval_every_n_steps` needs an `eval_dataset` to validate on")
         self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
         self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
         self.model = self._build_model(cfg)
@@ -108,21 +119,28 @@ class FinetuneRecipe:
             raise ValueError("no trainable parameters: check freeze_vision_tower / freeze_merger / the LoRA settings")
         self.optimizer = build(cfg, "optimizer", trainable)
         self.loss_fn = build(cfg, "loss")
-        self.batches = RefillingBatches(
-            self.dataset, self.collate_fn, self.batch_size, self.skips, shuffle=bool(cfg.get("shuffle", True)),
-            seed=self.seed, num_workers=int(cfg.get("num_workers", 0)),
-        )  # fmt: skip
-        planned = self.batches.planned_batches
-        if planned is None and not self.max_steps_per_epoch:
-            raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
-                             "mixture): set `max_steps_per_epoch`")  # fmt: skip
-        batches = (self.max_steps_per_epoch * self.grad_accum if planned is None else planned) // self.grad_accum
-        if batches == 0:
-            raise ValueError(
-                f"the dataset holds fewer than one step of {self.batch_size} x {self.grad_accum} x "
-                f"{self.world_size} ranks samples"
-            )
-        self.steps_per_epoch = min(batches, self.max_steps_per_epoch or batches)
+        if self.packed:
+            self.batches, self.steps_per_epoch = build_packed_dataloader(
+                self.dataset, self.transform, self.batch_size, buffer_size=self.packed_buffer_size,
+                max_steps_per_epoch=self.max_steps_per_epoch, shuffle=shuffle, seed=self.seed,
+                num_workers=int(cfg.get("num_workers", 0)), ledger=self.skips,
+            )  # fmt: skip
+        else:
+            self.batches = RefillingBatches(
+                self.dataset, self.collate_fn, self.batch_size, self.skips, shuffle=shuffle, seed=self.seed,
+                num_workers=int(cfg.get("num_workers", 0)),
+            )  # fmt: skip
+            planned = self.batches.planned_batches
+            if planned is None and not self.max_steps_per_epoch:
+                raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
+                                 "mixture): set `max_steps_per_epoch`")  # fmt: skip
+            batches = (self.max_steps_per_epoch * self.grad_accum if planned is None else planned) // self.grad_accum
+            if batches == 0:
+                raise ValueError(
+                    f"the dataset holds fewer than one step of {self.batch_size} x {self.grad_accum} x "
+                    f"{self.world_size} ranks samples"
+                )
+            self.steps_per_epoch = min(batches, self.max_steps_per_epoch or batches)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.lr_scheduler = (
             build(cfg, "lr_scheduler", self.optimizer, num_training_steps=self.total_steps)
@@ -233,8 +251,9 @@ class FinetuneRecipe:
         )  # fmt: skip
         if self.is_main:
             chance = "" if result["chance"] is None else f", chance {result['chance']:.1%}"
+            loss = "" if result["loss"] is None else f", loss {result['loss']:.4f}"
             print(f"held-out answer accuracy {when}: {result['accuracy']:.1%} "
-                  f"({result['correct']}/{result['total']}{chance})", flush=True)  # fmt: skip
+                  f"({result['correct']}/{result['total']}{chance}){loss}", flush=True)  # fmt: skip
         return result
 
     # ---- training -----------------------------------------------------------------------------
@@ -274,6 +293,7 @@ class FinetuneRecipe:
             self.global_step += 1
             self.steps_in_epoch += 1
             self._record(progress, *step)
+            self._periodic_work()
             stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
             end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
             if end_of_epoch:  # before the save, so a resumed run's history holds this report too
@@ -323,7 +343,7 @@ class FinetuneRecipe:
             micro_loss.backward()
             loss_sum += micro_loss.detach()
             tokens += targets.numel()
-            counts[0] += batch["tokens"].shape[0]
+            counts[0] += int((batch["seq_lens"] > 0).sum()) if "seq_lens" in batch else batch["tokens"].shape[0]
             counts[1] += batch["attention_mask"].sum() if "attention_mask" in batch else batch["tokens"].numel()
             del micro_loss
         if micro_batches == 0:
@@ -368,6 +388,24 @@ class FinetuneRecipe:
             skipped = {"skipped_records": float(self.skips.skipped_in_run)}
             self.metric_logger.log_dict({"loss": loss, "lr": lr, **figures, **skipped}, step=self.global_step)
 
+    def _periodic_work(self) -> None:
+        """Validation and intermediate HF directories due after this step (see training/_periodic.py)."""
+        step = self.global_step
+        if self.periodic.eval_due(step):
+            result = self._evaluate(f"at step {step}")
+            if result is not None:
+                record = {"step": step, "loss": result["loss"], "accuracy": result["accuracy"]}
+                self.history.setdefault("eval", []).append(record)
+                if self.metric_logger is not None:
+                    self.metric_logger.log_dict({"eval_loss": record["loss"], "eval_accuracy": record["accuracy"]},
+                                                step=step)  # fmt: skip
+        if self.periodic.save_hf_due(step):
+            full = self.checkpointer.full_state_dict(self.model) if self.lora else None
+            out_dir = self._save_hf(hf_step_dir(self.checkpointer.final_dir, step), full)
+            if self.is_main:
+                prune_hf_step_dirs(self.checkpointer.final_dir, self.periodic.keep_last_n_hf)
+                print(f"HF checkpoint at step {step}: {out_dir}", flush=True)
+
     # ---- saving -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Atomically save everything needed to continue this run bit-identically."""
@@ -396,9 +434,8 @@ class FinetuneRecipe:
 
     def _save_final_weights(self) -> Path | None:
         """HF weights (LoRA: merged by save_hf_model) and, for LoRA, the adapter on its own (PEFT's format)."""
-        build_model = lambda: build(self.cfg, "model")  # noqa: E731 (rebuilt on rank 0 when sharded)
         if not self.lora:
-            return self.checkpointer.save_hf(self.model, build_model)
+            return self._save_hf()
         full = self.checkpointer.full_state_dict(self.model)
         if self.is_main:
             base = str(self.checkpointer.checkpoint_dir) if self.checkpointer.checkpoint_dir else None
@@ -406,7 +443,12 @@ class FinetuneRecipe:
             print(f"LoRA adapter: {adapter_dir}", flush=True)
         if not self.cfg.get("save_merged_weights", True):
             return self.output_dir / "adapter"
-        return self.checkpointer.save_hf(self.model, build_model, state_dict=full)
+        return self._save_hf(state_dict=full)
+
+    def _save_hf(self, out_dir: Path | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> Path | None:
+        """A complete HF directory (LoRA: ``state_dict`` holds the adapters, merged on save); collective."""
+        build_model = lambda: build(self.cfg, "model")  # noqa: E731 (rebuilt on rank 0 when sharded)
+        return self.checkpointer.save_hf(self.model, build_model, out_dir=out_dir, state_dict=state_dict)
 
     def _metrics(self, final_dir: Path | None) -> dict[str, Any]:
         """metrics.json's content so far: steps, losses, accuracies, skipped records, config."""
@@ -429,11 +471,16 @@ class FinetuneRecipe:
         title = f"{type(self).__name__}: {self.global_step} steps"
         if before and after:
             title += f", held-out accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}"
-        plot_path = plot_loss(self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title)
+        evals = self.history.get("eval", [])
+        plot_path = plot_loss(
+            self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title,
+            eval_steps=[e["step"] for e in evals], eval_losses=[e["loss"] for e in evals],
+        )  # fmt: skip
         skipped = describe(self.history["skipped_in_run"])
         print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {skipped}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
-        print(f"HF checkpoint: {final_dir}", flush=True)
+        adapter_only = self.lora and not self.cfg.get("save_merged_weights", True)
+        print(f"{'LoRA adapter (PEFT format)' if adapter_only else 'HF checkpoint'}: {final_dir}", flush=True)
 
     def cleanup(self) -> None:
         if getattr(self, "metric_logger", None) is not None:  # None too when setup failed before building it
