@@ -174,3 +174,22 @@ def test_freeze_options_freeze_the_vision_tower_and_the_merger_separately(freeze
     expected = (tower if freeze_tower else set()) | (merger if freeze_merger else set())
     assert {name for name, p in model.named_parameters() if not p.requires_grad} == expected
     assert any(p.requires_grad for p in model.decoder.parameters())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tower", "merger"),
+    [
+        ({}, False, True),  # LoRA's default: adapters and the merger
+        ({"freeze_merger": True}, False, False),
+        ({"freeze_vision_tower": False}, True, True),
+        ({"model.train_merger": False}, False, False),  # the older spelling in the model section still works
+    ],
+)
+def test_lora_trainability_uses_the_same_freeze_keys_as_full_fine_tunes(tmp_path, overrides, tower, merger):
+    cfg = load_config("tiny_synthetic_lora", {**TINY_OVERRIDES, "output_dir": str(tmp_path), **overrides})
+    recipe = load_recipe("lora_finetune_single_device").LoRAFinetuneRecipeSingleDevice(cfg)
+    recipe.setup(cfg)
+    trainable = {name for name, p in recipe.model.named_parameters() if p.requires_grad}
+    assert any(".lora_" in name for name in trainable)
+    assert any(n.startswith("visual.merger.") for n in trainable) == merger
+    assert any(n.startswith("visual.") and not n.startswith("visual.merger.") for n in trainable) == tower

@@ -196,6 +196,15 @@ class HFSource:
         return self._rows[int(index)].to_pylist()[0]
 
 
+def _load_dataset_parameters() -> set[str]:
+    """The keyword names ``datasets.load_dataset`` takes (accepted, and unused, with JSON Lines files)."""
+    import inspect
+
+    import datasets
+
+    return set(inspect.signature(datasets.load_dataset).parameters)
+
+
 def _is_saved_dataset(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, n)) for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
@@ -268,10 +277,11 @@ def open_source(
         paths = data_files[split] if isinstance(data_files, dict) else _as_paths(data_files)
         plain = all(p.endswith((".json", ".jsonl")) for p in paths)
         if source == "jsonl" or (plain and not load_dataset_kwargs):
-            if load_dataset_kwargs:
+            unknown = sorted(set(load_dataset_kwargs) - _load_dataset_parameters())
+            if unknown:  # a misspelled option would otherwise vanish: nothing here reads it
                 raise TypeError(
-                    f"unexpected keyword argument(s) {sorted(load_dataset_kwargs)}: with source='jsonl' no "
-                    f"datasets.load_dataset options apply (check the spelling of the dataset's options)"
+                    f"unexpected keyword argument(s) {unknown}: neither this dataset's options nor "
+                    f"datasets.load_dataset's (check their spelling)"
                 )
             return JsonlSource(paths)
     return HFSource(load_hf_dataset(source, data_files, split, **load_dataset_kwargs))

@@ -160,6 +160,12 @@ def _parameters(component: Callable) -> tuple[set[str], bool]:
 RECIPE_DATASET_KEYS = frozenset({"weight", "packed", "packed_buffer_size"})
 
 
+def accepts_keyword(component_path: str, name: str) -> bool:
+    """Whether the callable at ``component_path`` takes the keyword ``name`` (by name or through ``**kwargs``)."""
+    names, takes_kwargs = _parameters(_get_component_from_path(component_path))
+    return takes_kwargs or name in names
+
+
 def component_problems(cfg: DictConfig) -> list[str]:
     """Each ``_component_``'s keys checked against its signature, before anything is built.
 

@@ -18,7 +18,7 @@ from torchtune import training, utils
 
 from qwenvl_data.models import initialize_dora_magnitudes
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
-from qwenvl_data.training._config import build, check_config_keys
+from qwenvl_data.training._config import accepts_keyword, build, check_config_keys
 from qwenvl_data.training._data import RefillingBatches, build_dataset, move_to_device
 from qwenvl_data.training._distributed import (
     all_reduce_sum,
@@ -163,7 +163,7 @@ class FinetuneRecipe:
         if self.distributed and pretrained:
             return self._build_sharded_pretrained(cfg)
         with training.set_default_dtype(self.dtype), self.device:
-            model = build(cfg, "model")
+            model = build(cfg, "model", **self._trained_in_full(cfg))
         self._check_adapters(model, cfg)
         if cfg.get("init_std") is not None:
             if pretrained:
@@ -181,7 +181,7 @@ class FinetuneRecipe:
         Only rank 0 ever holds the full weights (on CPU), so a 72B model fits on a node.
         """
         with training.set_default_dtype(self.dtype), torch.device("meta"):
-            model = build(cfg, "model")
+            model = build(cfg, "model", **self._trained_in_full(cfg))
         self._check_adapters(model, cfg)
         self._prepare(model, cfg)
         shard_model(model, reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)))
@@ -207,6 +207,17 @@ class FinetuneRecipe:
                 f"{'with' if adapted else 'without'} LoRA/DoRA adapters: run it with a "
                 f"{'lora' if adapted else 'full'}_finetune_* recipe"
             )
+
+    def _trained_in_full(self, cfg: DictConfig) -> dict[str, bool]:
+        """LoRA builders' ``train_vision_tower`` / ``train_merger`` from the recipe's ``freeze_vision_tower`` /
+        ``freeze_merger``, the one vocabulary of trainability in every config: a LoRA run trains its adapters
+        and the merger, not the tower, unless told otherwise. A value the ``model`` section sets itself (the
+        older spelling) wins; builders without these arguments get nothing."""
+        if not self.lora:
+            return {}
+        wanted = {"train_vision_tower": not cfg.get("freeze_vision_tower", True),
+                  "train_merger": not cfg.get("freeze_merger", False)}  # fmt: skip
+        return {k: v for k, v in wanted.items() if k not in cfg.model and accepts_keyword(cfg.model._component_, k)}
 
     def _prepare(self, model: torch.nn.Module, cfg: DictConfig) -> None:
         """Trainable set, activation checkpointing and compilation (before sharding, names unchanged)."""
