@@ -7,12 +7,25 @@ import os
 import datasets
 import pytest
 import torch
-from datasets_records import byte_tokens, llava_turns, text_record, write_jsonl, write_photos
+from datasets_records import (
+    byte_tokens,
+    llava_turns,
+    text_record,
+    write_jsonl,
+    write_photos,
+)
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import ChatDataset, JsonlSource, multimodal_chat_dataset
-from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError, SampleTooLongError, UnsafePathError
+from qwenvl_data.errors import (
+    InvalidConversationError,
+    PlaceholderMismatchError,
+    SampleTooLongError,
+    UnsafePathError,
+)
+from qwenvl_data.image import load_image
+from qwenvl_data.training import packaged_vocab_transform
 
 
 def llava_record(i: int) -> dict:
@@ -100,7 +113,9 @@ def test_hf_dataset_object_and_saved_directory(llava_dir, tmp_path):
         sample = ds[2]
         assert sample["id"] == 2 and sample["tokens"] == [256] + list(b"q2a2")
         image = sample["messages"][0]["content"][0]["image"]
-        assert image.size == (64, 48)  # decoded by datasets from the Arrow table
+        # Image columns reach our resolver undecoded (a path, or the bytes save_to_disk embedded); the transform
+        # loads them lazily
+        assert load_image(image).size == (64, 48)
 
 
 BAD_RECORDS = {  # record -> expected cause
@@ -215,3 +230,24 @@ def test_builders_instantiate_from_yaml_like_torchtunes(llava_dir, tmp_path):
     assert sorted(s["id"] for s in config.instantiate(cfg.streaming, byte_tokens)) == sorted(f"l{i}" for i in range(12))
     synthetic = config.instantiate(cfg.synthetic, None)
     assert len(synthetic) == 5 and {synthetic[i]["question_type"] for i in range(5)} <= {"color", "count"}
+
+
+@pytest.mark.timeout(60)
+def test_path_only_image_columns_of_a_dataset_object_go_through_the_media_checks(llava_dir, tmp_path):
+    """datasets would open a FIFO itself (and hang); our resolver refuses it, and confines paths to image_dir."""
+    fifo = tmp_path / "stream.png"
+    os.mkfifo(fifo)
+    paths = [str(sorted(llava_dir.glob("img*.png"))[0]), str(fifo), str(tmp_path / "missing.png")]
+    turns = [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "q"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]  # fmt: skip
+    string = datasets.Value("string")
+    features = datasets.Features({"images": datasets.Sequence(datasets.Image()),
+                                  "messages": [{"role": string, "content": [{"type": string, "text": string}]}]})
+    table = datasets.Dataset.from_dict({"images": [[p] for p in paths], "messages": [turns] * 3}, features=features)
+    transform = packaged_vocab_transform(max_pixels=56 * 56)
+    ds = multimodal_chat_dataset(transform, source=table, on_error="skip")
+    assert ds[0]["image_grid_thw"].tolist() == [[1, 4, 4]] and ds[1] is None and ds[2] is None
+    assert ds.stats["bad_image"] == 2
+    (tmp_path / "confined").mkdir()
+    confined = multimodal_chat_dataset(transform, source=table, image_dir=str(tmp_path / "confined"), on_error="skip")
+    assert confined[0] is None and confined.stats["unsafe_path"] == 1

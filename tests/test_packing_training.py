@@ -15,7 +15,7 @@ from qwenvl_data.models._packed_attention import PackedRows
 from qwenvl_data.packing import packed_attention_mask, packed_block_mask, packed_collate_qwen2_5_vl
 from qwenvl_data.training import NextTokenCrossEntropy, packaged_vocab_transform
 from qwenvl_data.training._packed_data import PackedBatches, sample_loader
-from qwenvl_data.training._loss import project_trained_rows, trained_rows
+from qwenvl_data.training._loss import output_loss, project_trained_rows, trained_rows
 from qwenvl_data.training._recipe import init_weights
 
 MAX_SEQ_LEN = 160
@@ -66,9 +66,9 @@ def _model() -> torch.nn.Module:
 
 def _summed_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
     rows, targets = trained_rows(batch["labels"])
-    with torch.no_grad(), project_trained_rows(model, rows):
-        logits = model(**batch)
-    return NextTokenCrossEntropy()(logits, targets), targets.numel()
+    with torch.no_grad(), output_loss(model, rows, targets, NextTokenCrossEntropy()):
+        loss = model(**batch)  # the recipes' path: the loss inside the forward
+    return loss, targets.numel()
 
 
 @pytest.mark.parametrize("train_on_input", [False, True])
@@ -110,7 +110,7 @@ def test_default_packed_attention_is_varlen_and_equals_the_dense_mask_and_flex()
     samples = _samples(train_on_input=False)
     batch = packed_collate_qwen2_5_vl(samples, MAX_SEQ_LEN)
     model = _model()
-    assert isinstance(model._attention_mask(batch["tokens"], batch["attention_mask"], batch["document_ids"]), PackedRows)
+    assert isinstance(model._attention_mask(batch["tokens"], batch["attention_mask"], batch["document_ids"], None), PackedRows)
     real = batch["attention_mask"]
     with torch.no_grad(), project_trained_rows(model, real):  # every real position, not the vocab x padding
         fast = model(**batch)

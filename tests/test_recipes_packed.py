@@ -95,13 +95,14 @@ def test_packed_run_without_max_steps_per_epoch_is_a_clear_error(tmp_path):
 
 
 def test_truncate_text_is_reachable_from_the_config_and_never_cuts_an_image():
-    cut = load_config("tiny_synthetic", {**TINY_OVERRIDES, "tokenizer.max_seq_len": 30,
+    # the first sample has 33 tokens, its answer at 30-31: 31 keeps the answer's first token and cuts the rest
+    cut = load_config("tiny_synthetic", {**TINY_OVERRIDES, "tokenizer.max_seq_len": 31,
                                          "tokenizer.truncation": "truncate_text"})  # fmt: skip
     dataset = build(cut, "dataset", build(cut, "tokenizer"))
     sample = dataset[0]
-    assert len(sample["tokens"]) == 30 and len(sample["labels"]) == 30
+    assert len(sample["tokens"]) == 31 and len(sample["labels"]) == 31
     assert sample["tokens"].count(151655) * 4 == sample["pixel_values"].shape[0]  # the image is whole
-    strict = load_config("tiny_synthetic", {**TINY_OVERRIDES, "tokenizer.max_seq_len": 30})
+    strict = load_config("tiny_synthetic", {**TINY_OVERRIDES, "tokenizer.max_seq_len": 31})
     with pytest.raises(SampleTooLongError):
         build(strict, "dataset", build(strict, "tokenizer"))[0]
     into_image = load_config("tiny_synthetic", {**TINY_OVERRIDES, "tokenizer.max_seq_len": 14,

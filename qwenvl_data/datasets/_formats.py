@@ -65,7 +65,7 @@ def _turn_list(value: Any, field: str) -> list[dict]:
 class _Media:
     """Resolves the record's media lists in slot order and checks each is used exactly once."""
 
-    def __init__(self, images: list, videos: list, image_dir: str, video_options: Mapping[str, Any] | None) -> None:
+    def __init__(self, images: list, videos: list, image_dir: str | None, video_options: Mapping[str, Any] | None) -> None:
         self.given = {"image": images, "video": videos}
         self.image_dir, self.video_options = image_dir, dict(video_options or {})
         self.used = {"image": 0, "video": 0}
@@ -164,7 +164,7 @@ def _media_first(messages: list[dict], media: _Media) -> None:
 
 
 def assemble(
-    turns: list[dict], fields: RecordFields, image_dir: str, video_options: Mapping[str, Any] | None
+    turns: list[dict], fields: RecordFields, image_dir: str | None, video_options: Mapping[str, Any] | None
 ) -> list[dict]:
     """``{"role", "content": str | parts}`` turns plus the record's media and system -> internal messages.
 
@@ -314,7 +314,7 @@ class RecordToMessages:
         format: str | None = None,
         column_map: Mapping[str, str] | None = None,
         *,
-        image_dir: str,
+        image_dir: str | None,
         video_options: Mapping[str, Any] | None = None,
     ) -> None:
         check_format(format)
@@ -361,7 +361,7 @@ def detect_format(record: Mapping, column_map: Mapping[str, str] | None = None) 
 def to_conversation(
     record: Any,
     fmt: str | None,
-    image_dir: str,
+    image_dir: str | None,
     video_options: Mapping[str, Any] | None = None,
     column_map: Mapping[str, str] | None = None,
 ) -> list[dict]:

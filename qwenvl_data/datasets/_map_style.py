@@ -45,7 +45,7 @@ class ChatDataset(SkipReporting, Dataset):
         source: RecordSource,
         model_transform: Callable[[dict], dict] | None,
         *,
-        image_dir: str | os.PathLike,
+        image_dir: str | os.PathLike | None,
         format: str | None = None,
         column_map: Mapping[str, str] | None = None,
         on_error: str = "raise",
@@ -59,7 +59,7 @@ class ChatDataset(SkipReporting, Dataset):
         self.processor = RecordProcessor(
             model_transform,
             format=format,
-            image_dir=os.fspath(image_dir),
+            image_dir=None if image_dir is None else os.fspath(image_dir),
             on_error=on_error,
             max_tokens=max_tokens,
             keep_fields=keep_fields,
@@ -137,7 +137,7 @@ def multimodal_chat_dataset(
         data_files: file path(s) for a builder-name source.
         split: split to use from a dataset dict.
         image_dir: where media paths resolve; default the first data file's directory
-            (or the dataset directory, or the working directory for a ``Dataset`` object).
+            (or the dataset directory); a ``Dataset`` object's paths are used as given unless it is set.
         format: a layout name (see ``ChatDataset``) or None to detect per record.
         column_map: ``{expected field: your field}`` renames applied before the layout reads the record.
         on_error: ``"raise"`` | ``"skip"``.

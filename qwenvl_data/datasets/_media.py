@@ -20,7 +20,7 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".flv", ".mpeg", ".mpg")
 
 
-def resolve_image(value: Any, image_dir: str) -> ResolvedMedia:
+def resolve_image(value: Any, image_dir: str | None) -> ResolvedMedia:
     """One image reference from a record -> PIL image, bytes, uint8 tensor, or a safe absolute path.
 
     Args:
@@ -44,7 +44,7 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def resolve_video(value: Any, image_dir: str) -> list | torch.Tensor | str:
+def resolve_video(value: Any, image_dir: str | None) -> list | torch.Tensor | str:
     """One video reference -> what the transform's ``{"type": "video", "video": ...}`` takes.
 
     Video files are only located here; the model transform decodes the frames it keeps, lazily, with the

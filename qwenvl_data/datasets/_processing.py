@@ -71,7 +71,7 @@ class RecordProcessor:
         model_transform: Callable[[dict], dict] | None,
         *,
         format: str | None,
-        image_dir: str,
+        image_dir: str | None,
         on_error: str = "raise",
         max_tokens: int | None = None,
         keep_fields: Sequence[str] = (),

@@ -287,10 +287,14 @@ def open_source(
     return HFSource(load_hf_dataset(source, data_files, split, **load_dataset_kwargs))
 
 
-def source_root(source: Any, data_files: Any) -> str:
-    """The directory relative media paths default to: the first data file's, else the source directory's."""
+def source_root(source: Any, data_files: Any) -> str | None:
+    """The directory media paths are confined to by default: the first data file's, else the source directory's.
+
+    None for an in-memory ``datasets.Dataset``: its paths were written by the caller's own code and are used as
+    given, as in a sample built in code (pass ``image_dir`` to confine them).
+    """
     if data_files is not None and not isinstance(data_files, Mapping):
         return os.path.dirname(os.path.abspath(_as_paths(data_files)[0]))
-    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        return os.path.abspath(source)
-    return os.getcwd()
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.abspath(source) if os.path.isdir(source) else os.getcwd()
+    return None
