@@ -8,6 +8,7 @@ config's budgets, ``GenerationConfig``. That ``Qwen2_5_VLForConditionalGeneratio
 gives our logits is tested in test_models_peft.py.
 """
 
+import copy
 import json
 
 import pytest
@@ -109,3 +110,18 @@ def test_a_source_checkpoints_own_files_are_copied_and_its_budgets_kept(transfor
         assert (out / name).read_bytes() == (source / name).read_bytes(), name
     budgets = json.loads((out / "preprocessor_config.json").read_text())
     assert (budgets["min_pixels"], budgets["max_pixels"]) == (BUDGETS["min_pixels"], BUDGETS["max_pixels"])
+
+
+def test_checkpoint_transform_tokenizes_as_the_run_did(hf_dir, transform):
+    """What configs/generate.yaml builds: the directory's own vocabulary and budgets, not the defaults."""
+    from qwenvl_data.training import checkpoint_transform
+
+    rebuilt = checkpoint_transform(hf_dir)
+    image = drawn_image((300, 200))
+    messages = {"messages": [{"role": "user", "content": [{"type": "image", "image": image},
+                                                            {"type": "text", "text": "What is it?"}]},
+                             {"role": "assistant", "content": "A drawing."}]}  # fmt: skip
+    ours, theirs = rebuilt(copy.deepcopy(messages)), transform(copy.deepcopy(messages))
+    assert ours["tokens"] == theirs["tokens"] and torch.equal(ours["pixel_values"], theirs["pixel_values"])
+    assert rebuilt.image_transform.video_options == transform.image_transform.video_options
+    assert checkpoint_transform(hf_dir, max_pixels=28 * 28 * 4).image_transform.max_pixels == 28 * 28 * 4

@@ -93,6 +93,9 @@ def test_batch_size_one_with_bad_records_trains_every_good_record_and_finishes(s
     run = metrics(out)
     assert run["steps"] == 2 * 4  # one step per good record, per epoch
     assert stdout.strip().splitlines()[-1] == f"HF checkpoint: {out / 'hf_model'}"
+    # an epoch that skips cut short still ends with a saved state, from which a resume starts the next epoch
+    states = sorted(p.name for p in (out / "training_state").iterdir())
+    assert states[-1].endswith("8") and int(states[-1].rsplit("_", 1)[-1]) == 8
 
 
 def test_every_epoch_end_prints_skips_by_cause_with_record_ids(skipping_run):

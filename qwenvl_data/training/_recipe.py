@@ -296,10 +296,12 @@ class FinetuneRecipe:
             started = time.perf_counter()
             step = self._optimizer_step()
             self.train_seconds += time.perf_counter() - started
-            if step is None:  # this epoch's records ran out
+            if step is None:  # this epoch's records ran out (skips made it shorter than planned)
                 if self.steps_in_epoch == 0:
                     raise self.skips.no_usable_record(self.epoch)
+                self.steps_in_epoch = self.steps_per_epoch  # the epoch is complete: a resume starts the next
                 self._report_epoch_skips(progress)
+                self.save_checkpoint()
                 return False
             self.global_step += 1
             self.steps_in_epoch += 1
@@ -451,7 +453,9 @@ class FinetuneRecipe:
         if self.is_main:
             base = str(self.checkpointer.checkpoint_dir) if self.checkpointer.checkpoint_dir else None
             adapter_dir = save_adapter(self.model, full, self.output_dir / "adapter", base_model=base)
-            print(f"LoRA adapter: {adapter_dir}", flush=True)
+            # From scratch there is no base checkpoint to apply the adapter to; hf_model/ has it merged already.
+            note = "" if base else " (its base is this run's random init, not saved: use the merged hf_model/)"
+            print(f"LoRA adapter: {adapter_dir}{note}", flush=True)
         if not self.cfg.get("save_merged_weights", True):
             return self.output_dir / "adapter"
         return self._save_hf(state_dict=full)
