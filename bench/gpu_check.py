@@ -31,6 +31,7 @@ Run: bash bench/gpu_check.sh [--smoke] [--out outputs/gpu_check.json]
 """
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -267,9 +268,9 @@ def case_full(args, device, dtype, work: Path, report: dict) -> str:
         ours_logits = model(**move_to_device(parity_batch, device, dtype)).float().cpu()
     prompts = generation_prompts(args)
     if "3b_generate" not in args.skip:
-        report["3b_generate"] = {"ours": timed_generation(
-            lambda: generate(model, move_to_device(prompts, device, dtype), max_generated_tokens=args.new_tokens,
-                             stop_tokens=()), prompts, args.new_tokens, device)}  # fmt: skip
+        run = functools.partial(generate, model, move_to_device(prompts, device, dtype),
+                                max_generated_tokens=args.new_tokens, stop_tokens=())  # fmt: skip
+        report["3b_generate"] = {"ours": timed_generation(run, prompts, args.new_tokens, device)}
     model.train()
     apply_activation_checkpointing(model)
     flops = model_flops(model, batches, lora=False)
@@ -297,10 +298,8 @@ def case_full(args, device, dtype, work: Path, report: dict) -> str:
     error = (ours_logits[real] - hf_logits[real]).norm() / hf_logits[real].norm()
     report["3b_parity"] = {"relative_error": float(error), "tokens": int(real.sum())}
     if "3b_generate" not in args.skip:
-        report["3b_generate"]["transformers"] = timed_generation(
-            lambda: hf_generate(hf, move_to_device(prompts, device, dtype), args.new_tokens), prompts,
-            args.new_tokens, device,
-        )  # fmt: skip
+        run = functools.partial(hf_generate, hf, move_to_device(prompts, device, dtype), args.new_tokens)
+        report["3b_generate"]["transformers"] = timed_generation(run, prompts, args.new_tokens, device)
     hf.train()
     hf.gradient_checkpointing_enable()
     theirs = timed_steps(hf_step(hf, device, dtype), batches, args.steps, device)
