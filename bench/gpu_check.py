@@ -300,13 +300,19 @@ def case_full(args, device, dtype, work: Path, report: dict) -> str:
     if "3b_generate" not in args.skip:
         run = functools.partial(hf_generate, hf, move_to_device(prompts, device, dtype), args.new_tokens)
         report["3b_generate"]["transformers"] = timed_generation(run, prompts, args.new_tokens, device)
-    hf.train()
-    hf.gradient_checkpointing_enable()
-    theirs = timed_steps(hf_step(hf, device, dtype), batches, args.steps, device)
-    report["3b_full"]["transformers"] = {**theirs, "mfu": mfu(flops, theirs["seconds"], device)}
+    report["3b_full"]["transformers"] = transformers_training(hf, batches, args.steps, device, dtype, flops)
     del hf
     _peak_reset(device)
     return model_dir
+
+
+def transformers_training(hf, batches: list[dict], steps: int, device, dtype, flops: float) -> dict:
+    """The transformers side of a training case, with gradient checkpointing as ours has activation checkpointing."""
+    hf.train()
+    hf.gradient_checkpointing_enable()
+    hf.enable_input_require_grads()  # PEFT's frozen embeddings would otherwise cut the checkpointed graph
+    theirs = timed_steps(hf_step(hf, device, dtype), batches, steps, device)
+    return {**theirs, "mfu": mfu(flops, theirs["seconds"], device)}
 
 
 def case_lora(args, device, dtype, work: Path, report: dict) -> None:
@@ -333,11 +339,7 @@ def case_lora(args, device, dtype, work: Path, report: dict) -> None:
         return
     hf = load_transformers(None, config, device, dtype)
     hf = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, target_modules=PEFT_TARGETS, lora_dropout=0.0))
-    hf.train()
-    hf.gradient_checkpointing_enable()
-    hf.enable_input_require_grads()
-    theirs = timed_steps(hf_step(hf, device, dtype), batches, args.steps, device)
-    report["7b_lora"]["transformers"] = {**theirs, "mfu": mfu(flops, theirs["seconds"], device)}
+    report["7b_lora"]["transformers"] = transformers_training(hf, batches, args.steps, device, dtype, flops)
     del hf
     _peak_reset(device)
 
