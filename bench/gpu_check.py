@@ -11,6 +11,8 @@ JSON report:
   transformers + PEFT with the same adapter layout. Each side has its own random init: speed and
   memory do not depend on the weights' values (parity is checked at 3B).
 - ``3b_packed``: tokens/s of the 3B step on a length mix, packed rows vs padded rows, same samples.
+- ``3b_generate``: KV-cached greedy generation (``qwenvl_data.generation.generate``) of ``--new-tokens`` tokens
+  for 8 left-padded prompts with one image each, no stop token, vs transformers' ``generate``; tokens/s.
 - ``3b_fsdp2_tune_run``: ``tune run --nproc_per_node 1 recipes/full_finetune_distributed.py`` with
   ``configs/qwen2_5_vl_3b_full_single_device.yaml`` for a few steps on a small generated JSONL dataset.
 
@@ -29,6 +31,7 @@ Run: bash bench/gpu_check.sh [--smoke] [--out outputs/gpu_check.json]
 """
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -43,11 +46,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from vl_samples import vl_sample  # noqa: E402
+from models_reference import hf_generate  # noqa: E402
+from vl_samples import vl_prompt, vl_sample  # noqa: E402
 
 from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402
+from qwenvl_data.generation import generate  # noqa: E402
 from qwenvl_data.models import (  # noqa: E402
-    load_hf_model,
     lora_qwen2_5_vl_7b,
     lora_qwen2_5_vl_tiny,
     qwen2_5_vl_3b,
@@ -79,11 +83,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images-per-row", type=int, default=4)
     parser.add_argument("--image-tokens", type=int, default=256, help="merged vision tokens per image (square)")
     parser.add_argument("--answer-len", type=int, default=512, help="trained tokens per row")
+    parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated per prompt (3b_generate)")
     parser.add_argument("--skip", nargs="*", default=[], help="case names to leave out")
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.seq_len, args.images_per_row, args.image_tokens, args.answer_len = 2, 160, 1, 16, 24
-        args.steps = 1
+        args.steps, args.new_tokens = 1, 8
     return args
 
 
@@ -144,6 +149,25 @@ def timed_steps(step: Callable[[dict], None], batches: list[dict], steps: int, d
         best = min(best, time.perf_counter() - start)
     return {"seconds": best, "tokens_per_s": tokens / best, "padding": 1 - tokens / padded,
             "peak_gib": _peak_gib(device)}  # fmt: skip
+
+
+def generation_prompts(args: argparse.Namespace) -> dict:
+    """8 prompts of different lengths, one image each, left padded (what ``generate`` takes)."""
+    side = 2 * round(args.image_tokens**0.5)
+    prompts = [vl_prompt((("image", side, side),), question_len=8 + 5 * i, seed=i) for i in range(8)]
+    return padded_collate_qwen2_5_vl(prompts, padding_side="left")
+
+
+def timed_generation(run: Callable[[], object], prompts: dict, new_tokens: int, device: torch.device) -> dict:
+    """One warm-up call, then one timed: generated tokens per second over the batch."""
+    with torch.no_grad():
+        run()
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens_per_s": prompts["tokens"].shape[0] * new_tokens / seconds}
 
 
 def model_flops(model: torch.nn.Module, batches: list[dict], lora: bool) -> float:
@@ -242,6 +266,11 @@ def case_full(args, device, dtype, work: Path, report: dict) -> str:
     model.eval()
     with torch.no_grad():
         ours_logits = model(**move_to_device(parity_batch, device, dtype)).float().cpu()
+    prompts = generation_prompts(args)
+    if "3b_generate" not in args.skip:
+        run = functools.partial(generate, model, move_to_device(prompts, device, dtype),
+                                max_generated_tokens=args.new_tokens, stop_tokens=())  # fmt: skip
+        report["3b_generate"] = {"ours": timed_generation(run, prompts, args.new_tokens, device)}
     model.train()
     apply_activation_checkpointing(model)
     flops = model_flops(model, batches, lora=False)
@@ -268,13 +297,22 @@ def case_full(args, device, dtype, work: Path, report: dict) -> str:
     real = parity_batch["attention_mask"].bool()
     error = (ours_logits[real] - hf_logits[real]).norm() / hf_logits[real].norm()
     report["3b_parity"] = {"relative_error": float(error), "tokens": int(real.sum())}
-    hf.train()
-    hf.gradient_checkpointing_enable()
-    theirs = timed_steps(hf_step(hf, device, dtype), batches, args.steps, device)
-    report["3b_full"]["transformers"] = {**theirs, "mfu": mfu(flops, theirs["seconds"], device)}
+    if "3b_generate" not in args.skip:
+        run = functools.partial(hf_generate, hf, move_to_device(prompts, device, dtype), args.new_tokens)
+        report["3b_generate"]["transformers"] = timed_generation(run, prompts, args.new_tokens, device)
+    report["3b_full"]["transformers"] = transformers_training(hf, batches, args.steps, device, dtype, flops)
     del hf
     _peak_reset(device)
     return model_dir
+
+
+def transformers_training(hf, batches: list[dict], steps: int, device, dtype, flops: float) -> dict:
+    """The transformers side of a training case, with gradient checkpointing as ours has activation checkpointing."""
+    hf.train()
+    hf.gradient_checkpointing_enable()
+    hf.enable_input_require_grads()  # PEFT's frozen embeddings would otherwise cut the checkpointed graph
+    theirs = timed_steps(hf_step(hf, device, dtype), batches, steps, device)
+    return {**theirs, "mfu": mfu(flops, theirs["seconds"], device)}
 
 
 def case_lora(args, device, dtype, work: Path, report: dict) -> None:
@@ -301,11 +339,7 @@ def case_lora(args, device, dtype, work: Path, report: dict) -> None:
         return
     hf = load_transformers(None, config, device, dtype)
     hf = get_peft_model(hf, LoraConfig(r=16, lora_alpha=32, target_modules=PEFT_TARGETS, lora_dropout=0.0))
-    hf.train()
-    hf.gradient_checkpointing_enable()
-    hf.enable_input_require_grads()
-    theirs = timed_steps(hf_step(hf, device, dtype), batches, args.steps, device)
-    report["7b_lora"]["transformers"] = {**theirs, "mfu": mfu(flops, theirs["seconds"], device)}
+    report["7b_lora"]["transformers"] = transformers_training(hf, batches, args.steps, device, dtype, flops)
     del hf
     _peak_reset(device)
 
@@ -348,19 +382,20 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(report: dict) -> None:
     print(f"{'case':<28} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'padding':>8}")
-    for case in ("3b_full", "7b_lora", "3b_packed"):
+    for case in ("3b_full", "7b_lora", "3b_packed", "3b_generate"):
         for side, row in report.get(case, {}).items():
             if isinstance(row, str):
                 print(f"{case + ' ' + side:<28} {row}")
                 continue
             print(f"{case + ' ' + side:<28} {row['tokens_per_s']:>10.0f} {_fmt(row.get('mfu'), '.1%'):>6} "
-                  f"{_fmt(row['peak_gib'], '.1f'):>9} {row['padding']:>8.1%}")  # fmt: skip
+                  f"{_fmt(row.get('peak_gib'), '.1f'):>9} {_fmt(row.get('padding'), '.1%'):>8}")  # fmt: skip
     for case, (num, den, what) in {"3b_full": ("ours", "transformers", "ours/transformers"),
                                    "7b_lora": ("ours", "transformers", "ours/transformers"),
-                                   "3b_packed": ("packed", "padded", "packed/padded")}.items():  # fmt: skip
+                                   "3b_packed": ("packed", "padded", "packed/padded"),
+                                   "3b_generate": ("ours", "transformers", "ours/transformers")}.items():  # fmt: skip
         a, b = report.get(case, {}).get(num), report.get(case, {}).get(den)
         if isinstance(a, dict) and isinstance(b, dict):
-            memory = "" if a["peak_gib"] is None else f", peak memory {a['peak_gib'] / b['peak_gib']:.2f}x"
+            memory = "" if a.get("peak_gib") is None else f", peak memory {a['peak_gib'] / b['peak_gib']:.2f}x"
             print(f"{case} ratio {what}: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.2f}x{memory}")
     if "3b_parity" in report:
         print(f"3b_parity bf16 logits relative error: {report['3b_parity']['relative_error']:.2e}")

@@ -12,7 +12,8 @@ when a generation prompt is asked for.
 
 Trained spans: an assistant message's content and its closing ``<|im_end|>``. The ``\\n`` after
 ``<|im_end|>`` belongs to the template's separator, not to the answer: the model stops at ``<|im_end|>``,
-so nothing after it is a target.
+so nothing after it is a target by default. Qwen's own fine-tuning code and LLaMA-Factory train it
+(``train_newline_after_im_end``), so their losses count one more token per turn.
 """
 
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ def render_chat(
     add_generation_prompt: bool = False,
     train_on_input: bool = False,
     add_default_system: bool = True,
+    train_newline_after_im_end: bool = False,
 ) -> RenderedChat:
     """Render normalised messages exactly as the official Qwen2.5-VL chat template does.
 
@@ -60,6 +62,8 @@ def render_chat(
             counted over the whole conversation.
         add_generation_prompt: end with an open ``<|im_start|>assistant\\n`` turn (inference).
         train_on_input: mark every character as trained, not only the assistant's answers.
+        train_newline_after_im_end: also mark the ``\\n`` after a trained ``<|im_end|>`` (Qwen's and
+            LLaMA-Factory's labels).
         add_default_system: prepend the default system turn when the first message is not a system
             message, as the template does for a whole conversation; False renders the messages' turns only.
 
@@ -84,7 +88,7 @@ def render_chat(
             pad = IMAGE_PAD if part["type"] == "image" else VIDEO_PAD
             chat.append(f"{VISION_START}{pad}{VISION_END}", answer)
         chat.append(IM_END, answer)
-        chat.append("\n", train_on_input)
+        chat.append("\n", train_on_input or (answer and train_newline_after_im_end))
     if add_generation_prompt:
         chat.append(f"{IM_START}assistant\n", train_on_input)
     return chat

@@ -33,7 +33,10 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
 
     Token ids equal transformers' Qwen2.5-VL processor output (official chat template, expanded pads).
     Labels train the assistant's content and its closing ``<|im_end|>``; the rest is ``IGNORE_INDEX``
-    (-100). Image/video pad tokens are never trained.
+    (-100). Image/video pad tokens are never trained. The ``\n`` after ``<|im_end|>`` is not trained by
+    default: it belongs to the template's separator, and generation stops at ``<|im_end|>``. Qwen's own
+    fine-tuning code and LLaMA-Factory train it (their assistant turn ends in ``<|im_end|>\n``);
+    ``train_newline_after_im_end=True`` does the same, so that losses compare with theirs.
 
     Args:
         path (str): ``vocab.json`` (or a ``tokenizer.json`` when ``merges_file`` is None).
@@ -42,6 +45,8 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         special_tokens_path (str | None): see ``Qwen2_5_VLTokenizer``.
         prompt_template (PromptTemplateInterface | str | dict | None): see ``Qwen2_5_VLTokenizer``.
         train_on_input (bool): train on every token (system, user, headers), not only the answers.
+        train_newline_after_im_end (bool): also train the ``\n`` that follows each trained ``<|im_end|>``
+            (Qwen's fine-tuning code's and LLaMA-Factory's labels). Default False.
         add_vision_id (bool): prefix media with ``Picture {n}: `` / ``Video {n}: `` as the template's option.
         truncation (str): "raise" (default): SampleTooLongError for samples over ``max_seq_len``
             (datasets with ``on_error="skip"`` drop them); "truncate_text": cut trailing text when no
@@ -70,6 +75,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         special_tokens_path: str | None = None,
         prompt_template: PromptTemplateInterface | str | Mapping | None = None,
         train_on_input: bool = False,
+        train_newline_after_im_end: bool = False,
         add_vision_id: bool = False,
         truncation: str = "raise",
         **image_kwargs: Any,
@@ -80,6 +86,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         self.image_transform = Qwen2_5_VLImageTransform(**image_kwargs)
         self.merge_factor = self.image_transform.merge_size**2
         self.train_on_input = train_on_input
+        self.train_newline_after_im_end = train_newline_after_im_end
         self.add_vision_id = add_vision_id
         self.truncation = truncation
         self.special_tokens = self.tokenizer.special_tokens
@@ -147,6 +154,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
             add_vision_id=self.add_vision_id,
             add_generation_prompt=add_generation_prompt,
             train_on_input=self.train_on_input,
+            train_newline_after_im_end=self.train_newline_after_im_end,
         )
         tokens, mask = self.tokenizer.tokenize_rendered(chat)
         for kind, outputs in media.items():

@@ -295,3 +295,22 @@ def test_json_data_files_by_split_read_the_split_asked_for(tmp_path):
     assert len(multimodal_chat_dataset(None, source="json", data_files=files, split="test")) == 2
     with pytest.raises(ValueError, match="no split 'validation'"):
         multimodal_chat_dataset(None, source="json", data_files=files, split="validation")
+
+
+@pytest.mark.parametrize("name", ["train.json", "train.jsonl"])
+def test_files_starting_with_a_utf8_bom_load_as_an_array_or_as_lines(tmp_path, name):
+    """Windows editors (and encoding="utf-8-sig") put a byte-order mark before the first `[` or `{`."""
+    records = [{"id": str(i), "conversations": [{"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": "A"}]}
+               for i in range(3)]  # fmt: skip
+    text = json.dumps(records, indent=1) if name.endswith(".json") else "\n".join(map(json.dumps, records))
+    (tmp_path / name).write_text(text, encoding="utf-8-sig")
+    dataset = multimodal_chat_dataset(None, source="jsonl", data_files=str(tmp_path / name))
+    assert [dataset[i]["messages"][0]["content"] for i in range(len(dataset))] == ["Q0", "Q1", "Q2"]
+
+
+def test_a_placeholder_inside_a_typed_text_part_is_refused_not_trained_as_text(tmp_path):
+    record = {"messages": [{"role": "user", "content": [{"type": "text", "text": "<image>What is it?"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}],
+              "images": ["cat.png"]}  # fmt: skip
+    with pytest.raises(Exception, match=r"text part holds a <image> placeholder"):
+        to_conversation(record, None, str(tmp_path))

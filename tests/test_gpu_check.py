@@ -16,7 +16,7 @@ def test_gpu_check_smoke_runs_every_case_and_writes_the_report(tmp_path):
                             capture_output=True, text=True, timeout=850)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     report = json.loads(out.read_text())
-    for case in ("3b_full", "7b_lora"):
+    for case in ("3b_full", "7b_lora", "3b_generate"):
         for side in ("ours", "transformers"):
             assert report[case][side]["tokens_per_s"] > 0, (case, side)
     assert report["3b_full"]["ours_compiled"]["tokens_per_s"] > 0

@@ -193,3 +193,10 @@ def test_lora_trainability_uses_the_same_freeze_keys_as_full_fine_tunes(tmp_path
     assert any(".lora_" in name for name in trainable)
     assert any(n.startswith("visual.merger.") for n in trainable) == merger
     assert any(n.startswith("visual.") and not n.startswith("visual.merger.") for n in trainable) == tower
+
+
+@pytest.mark.parametrize("loss", ["torch.nn.CrossEntropyLoss", "torchtune.modules.loss.CEWithChunkedOutputLoss"])
+def test_a_loss_of_another_contract_is_refused_before_training(tmp_path, loss):
+    """(logits, labels) losses would fail only at the first step, after the pre-training evaluation."""
+    message = _setup_error("full_finetune_single_device", "tiny_synthetic", {"loss._component_": loss}, tmp_path)
+    assert f"config key `loss` ({loss}) takes" in message and "loss_fn(hidden [N, dim], output_projection" in message

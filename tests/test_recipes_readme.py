@@ -1,8 +1,12 @@
 """README.md: the quick-start commands match CI and the repo, and the training-loop snippet runs."""
 
 import re
+import shlex
 
-from recipes_support import REPO
+from omegaconf import OmegaConf
+from recipes_support import REPO, load_recipe
+
+from qwenvl_data.training._config import check_config_keys
 
 README = (REPO / "README.md").read_text()
 
@@ -43,3 +47,47 @@ def test_generation_snippet_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     answers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("answer ")]
     assert len(answers) == 2
+
+
+def _tune_run_commands() -> list[list[str]]:
+    """Every `tune run ...` command of README's bash blocks, continuation lines joined, as argv lists."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].split("&& ")[-1].strip()
+            if line.startswith("tune run"):
+                commands.append(shlex.split(line))
+    return commands
+
+
+def test_every_tune_run_command_passes_its_recipes_config_checks():
+    """The released configs with README's overrides: keys, nested keys and values as the recipe checks them."""
+    commands = _tune_run_commands()
+    assert len(commands) >= 8
+    for argv in commands:
+        recipe_name = next(a for a in argv if a.startswith("recipes/")).removeprefix("recipes/").removesuffix(".py")
+        config = argv[argv.index("--config") + 1]
+        overrides = [a for a in argv[argv.index("--config") + 2 :] if "=" in a]
+        cfg = OmegaConf.merge(OmegaConf.load(REPO / config), OmegaConf.from_dotlist([*overrides, "device=cpu"]))
+        module = load_recipe(recipe_name)
+        recipe = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "setup")
+                      and v.__module__ == module.__name__)  # fmt: skip
+        if recipe_name == "generate":
+            recipe(cfg)  # its __init__ only checks the config
+            continue
+        from qwenvl_data.training._recipe import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
+        from qwenvl_data.training._settings import VALUE_RULES
+
+        optional = OPTIONAL_KEYS + (LORA_KEYS if recipe.lora else ())
+        check_config_keys(cfg, " ".join(argv), REQUIRED_KEYS, optional, VALUE_RULES)
+
+
+def test_the_useful_keys_are_in_every_released_config():
+    sentence = README[README.index("Useful keys (all in the released configs):") :].split("\n\n")[0]
+    keys = {k.split("=")[0] for k in re.findall(r"`([\w.]+(?:=\w+)?)`", sentence)} - {"video_total_pixels"}
+    keys = {k for k in keys if not k.startswith("dataset.")}  # dataset options are shown, not set, there
+    assert {"freeze_vision_tower", "freeze_merger", "tokenizer.max_seq_len", "max_skip_fraction"} <= keys
+    for config in sorted((REPO / "configs").glob("qwen2_5_vl_*.yaml")):
+        cfg = OmegaConf.load(config)
+        missing = [k for k in keys if OmegaConf.select(cfg, k, default="__missing__") == "__missing__"]
+        assert not missing, (config.name, missing)

@@ -210,6 +210,19 @@ def test_train_on_input_trains_every_token_but_vision_pads(vocab_files):
     assert out["labels"] == expected
 
 
+@pytest.mark.parametrize("train_newline", [False, True])
+def test_the_newline_after_each_answers_im_end_is_trained_only_when_asked(vocab_files, train_newline):
+    """Qwen's fine-tuning code and LLaMA-Factory label each assistant turn as ``answer<|im_end|>\\n``."""
+    transform = Qwen2_5_VLTransform(*vocab_files, train_newline_after_im_end=train_newline)
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}]  # fmt: skip
+    out = transform({"messages": turns})
+    trained = transform.decode([label for label in out["labels"] if label != IGNORE_INDEX])
+    newline = "\n" if train_newline else ""
+    assert trained == f"Hello.<|im_end|>{newline}Bye.<|im_end|>{newline}"
+    assert out["tokens"] == Qwen2_5_VLTransform(*vocab_files)({"messages": turns})["tokens"]
+
+
 def test_torchtune_messages_equal_the_dict_form(transform):
     messages = [
         Message(role="user", content=[{"type": "image", "content": IMG_A}, {"type": "text", "content": "compare"},

@@ -135,7 +135,14 @@ def _part(part: Any, media: _Media) -> dict | None:
     if not _is_media_part(part):
         if part.get("type") != "text":
             raise InvalidConversationError(f"unknown content part type {part.get('type')!r}")
-        return {"type": "text", "text": part["text"]} if part.get("text") else None
+        text = part.get("text")
+        if isinstance(text, str) and PLACEHOLDER.search(text):
+            # Typed content places media with its own parts; a placeholder here would be trained as literal text.
+            raise PlaceholderMismatchError(
+                f"a text part holds a {PLACEHOLDER.search(text).group()} placeholder: in typed content, put each "
+                f'image or video in its own {{"type": "image"}} / {{"type": "video"}} part'
+            )
+        return {"type": "text", "text": text} if text else None
     if _part_kind(part) == "image":
         return media.image_part(_part_payload(part))
     options = {key: part[key] for key in VIDEO_OPTION_KEYS if part.get(key) is not None}

@@ -46,13 +46,14 @@ def _plain_data_files(data_files: Any) -> str | list[str] | dict[str, list[str]]
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
+UTF8_BOM = b"\xef\xbb\xbf"  # editors on Windows (and encoding="utf-8-sig") start files with it
 
 
 def is_json_array_file(path: str) -> bool:
     """True when the file's first non-whitespace byte is ``[`` (a JSON array), False for JSON Lines."""
     with open(path, "rb") as f:
         while chunk := f.read(4096):
-            stripped = chunk.lstrip()
+            stripped = chunk.removeprefix(UTF8_BOM).lstrip() if f.tell() == len(chunk) else chunk.lstrip()
             if stripped:
                 return stripped.startswith(b"[")
     return False

@@ -17,8 +17,10 @@ adapted module under LoRA), and ``targets`` is int64 [N]. It returns the SUM ove
 the recipe divides by the trained tokens of the whole global batch.
 """
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +78,28 @@ def output_loss(model: nn.Module, rows: torch.Tensor, targets: torch.Tensor, los
         yield
     finally:
         del decoder.unembed
+
+
+def check_loss_contract(loss_fn: Any, component: str) -> None:
+    """Refuse, before training, a loss that cannot be called as this module's contract says.
+
+    torchtune's and torch's losses take (logits, labels): they would fail only at the first step.
+
+    Raises:
+        ValueError: naming the component, its signature and the contract.
+    """
+    target = loss_fn.forward if isinstance(loss_fn, nn.Module) else loss_fn
+    try:
+        signature = inspect.signature(target)
+        signature.bind(None, None, None)
+    except TypeError:
+        raise ValueError(
+            f"config key `loss` ({component}) takes {signature}: the recipes call a loss as loss_fn(hidden "
+            f"[N, dim], output_projection, targets [N]) inside the model's forward and expect the summed loss "
+            f"(see qwenvl_data.training.NextTokenCrossEntropy, which runs the output projection in chunks)"
+        ) from None
+    except ValueError:  # a builtin without an inspectable signature: the first step will tell
+        pass
 
 
 def _plain_weight(output: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:

@@ -13,7 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    set_model_state_dict,
+)
 from torchtune import training, utils
 
 from qwenvl_data.models import initialize_dora_magnitudes
@@ -30,16 +33,23 @@ from qwenvl_data.training._distributed import (
     shard_model,
 )
 from qwenvl_data.training._eval import answer_accuracy
-from qwenvl_data.training._loss import output_loss, trained_rows
 from qwenvl_data.training._lora import has_adapters, save_adapter, train_adapters_only
+from qwenvl_data.training._loss import check_loss_contract, output_loss, trained_rows
 from qwenvl_data.training._nonfinite import (
     NonFiniteLossError,
     check_weights_finite,
     gradient_norm,
     nonfinite_message,
 )
-from qwenvl_data.training._packed_data import build_packed_dataloader, split_packing_options
-from qwenvl_data.training._periodic import PeriodicSchedule, hf_step_dir, prune_hf_step_dirs
+from qwenvl_data.training._packed_data import (
+    build_packed_dataloader,
+    split_packing_options,
+)
+from qwenvl_data.training._periodic import (
+    PeriodicSchedule,
+    hf_step_dir,
+    prune_hf_step_dirs,
+)
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import VALUE_RULES
@@ -101,6 +111,8 @@ class FinetuneRecipe:
         _seed_everything(self.seed)
         self.transform = build(cfg, "tokenizer")
         self.collate_fn = build(cfg, "collate_fn")
+        self.loss_fn = build(cfg, "loss")
+        check_loss_contract(self.loss_fn, cfg.loss._component_)
         dataset_cfg, self.packed_buffer_size = cfg.dataset, None
         if isinstance(cfg.dataset, DictConfig):
             dataset_cfg, self.packed_buffer_size = split_packing_options(cfg.dataset)
@@ -118,7 +130,6 @@ class FinetuneRecipe:
         if not trainable:
             raise ValueError("no trainable parameters: check freeze_vision_tower / freeze_merger / the LoRA settings")
         self.optimizer = build(cfg, "optimizer", trainable)
-        self.loss_fn = build(cfg, "loss")
         if self.packed:
             self.batches, self.steps_per_epoch = build_packed_dataloader(
                 self.dataset, self.transform, self.batch_size, buffer_size=self.packed_buffer_size,
