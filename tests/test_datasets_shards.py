@@ -63,7 +63,8 @@ def layouts(tmp_path_factory):
 
     hf_dir = root / "hf"
     datasets.Dataset.from_list(_rows(0, NUM_RECORDS)).save_to_disk(str(hf_dir), num_shards=2)
-    tars = [write_tar(root / f"shard{p}.tar", p * 15, p * 15 + 15) for p in range(2)]
+    for p in range(2):
+        write_tar(root / f"shard{p}.tar", p * 15, p * 15 + 15)
     return {
         "jsonl": ("jsonl", [str(p) for p in jsonl]),
         "parquet": ("parquet", str(parquet)),
