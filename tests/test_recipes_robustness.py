@@ -27,7 +27,7 @@ BAD_CAUSES = {
     "two_placeholders_one_image": "placeholder_mismatch",
     "no_assistant_turn": "no_trained_token",
     "video_fps_text": "unexpected_error",  # fps "fast": a TypeError, not a SampleError
-    "#5": "bad_conversation",  # a malformed JSON line: no id, named by its line number
+    "data.jsonl line 6": "bad_conversation",  # a malformed JSON line: no id, named by its file and line
     "content_is_a_number": "bad_conversation",
 }
 
@@ -116,7 +116,8 @@ def test_metrics_json_gives_skips_by_cause_per_epoch_and_for_the_run(skipping_ru
         expected.setdefault(cause, []).append(record_id)
     for report in run["history"]["skipped_by_epoch"]:
         assert (report["read"], report["skipped"]) == (10, 6)
-        assert {c: sorted(e["examples"]) for c, e in report["by_cause"].items()} == {
+        # a record without an id is named by where it is: "<path>/data.jsonl line 6"
+        assert {c: sorted(x.rsplit("/", 1)[-1] for x in e["examples"]) for c, e in report["by_cause"].items()} == {
             c: sorted(ids if c != "unexpected_error" else [f"{i} (TypeError)" for i in ids]) for c, ids in expected.items()
         }
     assert [r["epoch"] for r in run["history"]["skipped_by_epoch"]] == [0, 1]
@@ -322,7 +323,8 @@ def test_dataset_skip_stats_keep_example_ids_across_dataloader_workers(tmp_path)
     # worker 0 reads records 0, 2, 4, 6 and worker 1 records 1, 3, 5: both rows are merged
     assert dataset.processor.stats.examples() == {
         "bad_image": ["missing_image"], "placeholder_mismatch": ["two_placeholders_one_image"],
-        "bad_conversation": ["#4", "content_is_a_number"], "no_trained_token": ["no_assistant_turn"],
+        "bad_conversation": [f"{tmp_path / 'data.jsonl'} line 5", "content_is_a_number"],
+        "no_trained_token": ["no_assistant_turn"],
         "unexpected_error": ["video_fps_text (TypeError)"],
     }  # fmt: skip
 

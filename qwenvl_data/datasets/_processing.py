@@ -29,18 +29,23 @@ ON_ERROR = ("raise", "skip")
 class SkippedRecord:
     """Why record ``index`` gave no sample (under ``on_error="skip"``): what a training loop counts and shows.
 
-    ``example`` is how reports name the record: its id (``#index`` when it has none, e.g. a malformed JSON
-    line), with the exception type for an unexpected error.
+    ``example`` is how reports name the record: its id; without one (e.g. a malformed JSON line) where it is
+    (``train.jsonl line 7``, or a stream's ``shard#record``), else ``#index``; with the exception type for an
+    unexpected error.
     """
 
-    index: int
+    index: int | str
     sample_id: Any
     cause: str
     message: str
+    location: str | None = None
 
     @property
     def example(self) -> str:
-        name = f"#{self.index}" if self.sample_id is None else f"{self.sample_id}"
+        if self.sample_id is not None:
+            name = f"{self.sample_id}"
+        else:
+            name = self.location or (f"#{self.index}" if isinstance(self.index, int) else str(self.index))
         if self.cause == UnexpectedSampleError.cause:
             name += f" ({self.message.split(':', 1)[0]})"
         return name
@@ -172,10 +177,11 @@ class RecordProcessor:
                 raise
             return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"))
 
-    def _skip(self, index: int, sample_id: Any, err: SampleError) -> SkippedRecord:
-        skipped = SkippedRecord(index, sample_id, err.cause, str(err))
+    def _skip(self, index: int | str, sample_id: Any, err: SampleError) -> SkippedRecord:
+        located = sample_id is None and self.locate is not None and isinstance(index, int)
+        skipped = SkippedRecord(index, sample_id, err.cause, str(err), self.locate(index) if located else None)
         self.stats.add(err, skipped.example)
-        logger.info("skipping sample %d (%s) [%s]: %s", index, sample_id, err.cause, err)
+        logger.info("skipping sample %s (%s) [%s]: %s", index, sample_id, err.cause, err)
         return skipped
 
 
