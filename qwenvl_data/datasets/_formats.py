@@ -65,7 +65,9 @@ def _turn_list(value: Any, field: str) -> list[dict]:
 class _Media:
     """Resolves the record's media lists in slot order and checks each is used exactly once."""
 
-    def __init__(self, images: list, videos: list, image_dir: str | None, video_options: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, images: list, videos: list, image_dir: str | None, video_options: Mapping[str, Any] | None
+    ) -> None:
         self.given = {"image": images, "video": videos}
         self.image_dir, self.video_options = image_dir, dict(video_options or {})
         self.used = {"image": 0, "video": 0}

@@ -14,14 +14,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchdata.nodes import BaseNode, Mapper, MultiNodeWeightedSampler, SamplerWrapper, StopCriteria
 
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset
-from qwenvl_data.datasets._processing import SkippedRecord
+from qwenvl_data.datasets._processing import sample_or_skip
 from qwenvl_data.datasets._streaming import StreamingChatDataset
-
-
-def _fetch(dataset: Dataset, index: int) -> dict | SkippedRecord | None:
-    """``dataset[index]``, or why it was skipped when the dataset can say (``ChatDataset.sample_or_skip``)."""
-    sample_or_skip = getattr(dataset, "sample_or_skip", None)
-    return dataset[index] if sample_or_skip is None else sample_or_skip(index)
 
 
 class WeightedMixture(ReaderNodeDataset):
@@ -69,7 +63,7 @@ class WeightedMixture(ReaderNodeDataset):
             dataset, num_replicas=num_readers, rank=reader, shuffle=self.shuffle, seed=self.seed + number,
             drop_last=True,
         )  # fmt: skip
-        return Mapper(SamplerWrapper(sampler), functools.partial(_fetch, dataset))
+        return Mapper(SamplerWrapper(sampler), functools.partial(sample_or_skip, dataset))
 
     def reader_node(self, reader: int, num_readers: int) -> BaseNode:
         sources = {str(i): self._samples(i, d, reader, num_readers) for i, d in enumerate(self.datasets)}

@@ -51,6 +51,13 @@ class SkippedRecord:
         return name
 
 
+def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord | None:
+    """``dataset[index]``, or why it was skipped when the dataset can say (``ChatDataset.sample_or_skip``);
+    a dataset that cannot skips by returning None."""
+    method = getattr(dataset, "sample_or_skip", None)
+    return dataset[index] if method is None else method(index)
+
+
 class RecordProcessor:
     """Converts a raw record to the internal form (``RecordToMessages``) and applies the model transform.
 

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -231,7 +231,11 @@ class TrainingCheckpointer:
         With `adapter_dir`, its adapter is loaded too (an error names the layers that do not match);
         without, DoRA magnitudes are initialized from the loaded weights (also for a from-scratch model).
         """
-        from qwenvl_data.models import initialize_dora_magnitudes, load_hf_model, load_peft_adapter
+        from qwenvl_data.models import (
+            initialize_dora_magnitudes,
+            load_hf_model,
+            load_peft_adapter,
+        )
 
         if self.checkpoint_dir is not None:
             base = load_hf_model(self.checkpoint_dir, dtype=dtype)

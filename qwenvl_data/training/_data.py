@@ -17,12 +17,12 @@ from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import WeightedMixture
-from qwenvl_data.datasets._processing import SkippedRecord
+from qwenvl_data.datasets._processing import SkippedRecord, sample_or_skip
 from qwenvl_data.errors import SampleError
 from qwenvl_data.training._config import build, build_node
 from qwenvl_data.training._distributed import rank_and_world
 from qwenvl_data.training._skips import SkipLedger
-from qwenvl_data.training._stream_loader import stream_outcomes
+from qwenvl_data.training._stream_loader import sample_loader, stream_outcomes
 
 
 def build_dataset(cfg: DictConfig, model_transform: Any, *, seed: int, shuffle: bool = True) -> Dataset:
@@ -41,6 +41,12 @@ def build_dataset(cfg: DictConfig, model_transform: Any, *, seed: int, shuffle: 
         weights.append(spec.pop("weight"))
         datasets.append(build_node(OmegaConf.create(spec), f"dataset[{i}]", model_transform))
     return WeightedMixture(datasets, weights, seed=seed, shuffle=shuffle)
+
+
+def rank_sampler(dataset: Dataset, shuffle: bool, seed: int) -> DistributedSampler:
+    """This rank's share of a map-style dataset, in an order that depends only on ``seed`` and the epoch."""
+    rank, world = rank_and_world()
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
 
 
 def build_dataloader(
@@ -62,10 +68,9 @@ def build_dataloader(
     Args:
         batch_size: samples per rank per micro-batch; None yields single samples, uncollated.
     """
-    rank, world = rank_and_world()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
     return StatefulDataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+        dataset, batch_size=batch_size, sampler=rank_sampler(dataset, shuffle, seed), collate_fn=collate_fn,
+        num_workers=num_workers,
         drop_last=False,
     )  # fmt: skip
 
@@ -81,12 +86,7 @@ class Outcomes(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict | SkippedRecord | None:
-        sample_or_skip = getattr(self.dataset, "sample_or_skip", None)
-        return self.dataset[index] if sample_or_skip is None else sample_or_skip(index)
-
-
-def _single(outcome: Any) -> Any:
-    return outcome  # batch_size=None: each record's outcome travels from the worker as it is
+        return sample_or_skip(self.dataset, index)
 
 
 class RefillingBatches:
@@ -124,9 +124,7 @@ class RefillingBatches:
                 dataset, seed=seed, shuffle=shuffle, num_workers=num_workers
             )
         else:
-            self.loader = build_dataloader(
-                Outcomes(dataset), _single, None, shuffle=shuffle, seed=seed, num_workers=num_workers
-            )
+            self.loader = sample_loader(Outcomes(dataset), rank_sampler(dataset, shuffle, seed), num_workers)
         self.collate_fn, self.batch_size, self.ledger = collate_fn, batch_size, ledger
         self._records: Iterator[Any] | None = None
 

@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data._messages import sample_name
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
-from qwenvl_data.training._data import Outcomes
-from qwenvl_data.training._distributed import rank_and_world
+from qwenvl_data.training._data import Outcomes, rank_sampler
 from qwenvl_data.training._skips import SkipLedger
+from qwenvl_data.training._stream_loader import sample_loader
 
 DEFAULT_BUFFER_SIZE = 64
 
@@ -60,18 +59,6 @@ def split_packing_options(node: DictConfig) -> tuple[DictConfig, int | None]:
     if buffer_size < 1:
         raise ValueError(f"dataset.packed_buffer_size must be >= 1, got {buffer_size}")
     return OmegaConf.create(container), buffer_size if packed else None
-
-
-def _keep_sample(sample: Any) -> Any:
-    """Loader collate for one sample at a time: hand it over as it is (module level: picklable for workers)."""
-    return sample
-
-
-def sample_loader(dataset: Any, sampler: Any, num_workers: int) -> StatefulDataLoader:
-    """A resumable loader of single samples for ``PackedBatches`` (no collation)."""
-    return StatefulDataLoader(
-        dataset, batch_size=None, sampler=sampler, collate_fn=_keep_sample, num_workers=num_workers
-    )
 
 
 class PackedBatches:
@@ -276,8 +263,7 @@ def build_packed_dataloader(
         dataset.keep_skipped = True  # skipped records reach the ledger
     else:
         dataset = Outcomes(dataset)
-        rank, world = rank_and_world()
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        sampler = rank_sampler(dataset, shuffle, seed)
     loader = PackedBatches(
         sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size, ledger=ledger
     )

@@ -13,8 +13,16 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from qwenvl_data.datasets import StreamingChatDataset, WeightedMixture
 
 
-def _single(outcome: Any) -> Any:
-    return outcome
+def _pass_through(item: Any) -> Any:
+    """Collate of a loader of single items: hand each over as it is (module level: picklable for workers)."""
+    return item
+
+
+def sample_loader(dataset: Any, sampler: Any = None, num_workers: int = 0) -> StatefulDataLoader:
+    """A resumable loader of single items, uncollated (samples, or ``SkippedRecord`` s of skipped records)."""
+    return StatefulDataLoader(
+        dataset, batch_size=None, sampler=sampler, collate_fn=_pass_through, num_workers=num_workers
+    )
 
 
 def stream_outcomes(
@@ -45,5 +53,4 @@ def stream_outcomes(
             f"{type(dataset).__name__}; wrap other data as a map-style Dataset"
         )
     dataset.keep_skipped = True  # the recipe's ledger counts and reports them
-    loader = StatefulDataLoader(dataset, batch_size=None, collate_fn=_single, num_workers=num_workers)
-    return loader, num_records
+    return sample_loader(dataset, num_workers=num_workers), num_records
