@@ -47,6 +47,13 @@ def load_recipe(name: str) -> ModuleType:
     return module
 
 
+def recipe_class(name: str) -> type:
+    """The recipe class that recipes/<name>.py defines (the one its recipe_main runs)."""
+    module = load_recipe(name)
+    return next(v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__
+                and hasattr(v, "setup"))  # fmt: skip
+
+
 def run_command(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run from the repo root; a timeout, because a failed rank leaves the other one waiting."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

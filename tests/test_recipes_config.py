@@ -4,11 +4,10 @@ import subprocess
 
 import pytest
 from omegaconf import OmegaConf
+from recipes_support import REPO, TINY_OVERRIDES, load_config, load_recipe, recipe_class
 from torchtune.config._utils import _get_component_from_path
 
-from qwenvl_data.training import FinetuneRecipe
 from qwenvl_data.training._config import check_config_keys
-from recipes_support import REPO, TINY_OVERRIDES, load_config, load_recipe
 
 CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 
@@ -40,16 +39,14 @@ def test_shipped_config_names_importable_components(name):
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n != "generate"])
 def test_shipped_config_keys_are_accepted_by_its_recipe(name):
-    module = load_recipe(_recipe_for(name))
-    recipe_class = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, FinetuneRecipe)
-                        and v is not FinetuneRecipe)  # fmt: skip
+    recipe = recipe_class(_recipe_for(name))
     from qwenvl_data.training._recipe import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
     from qwenvl_data.training._settings import VALUE_RULES
 
     cfg = OmegaConf.load(REPO / "configs" / f"{name}.yaml")
     cfg.device = "cpu"  # the released configs ask for cuda, which this machine may not have
-    check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if recipe_class.lora else ()), VALUE_RULES)
-    assert recipe_class.lora == ("lora" in name)
+    check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if recipe.lora else ()), VALUE_RULES)
+    assert recipe.lora == ("lora" in name)
 
 
 def test_released_configs_cover_every_size_full_and_lora():
@@ -102,11 +99,9 @@ def test_released_config_without_checkpoint_dir_says_so():
 
 
 def _setup_error(recipe_name: str, config_name: str, overrides: dict, tmp_path) -> str:
-    module = load_recipe(recipe_name)
-    recipe_class = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, FinetuneRecipe)
-                        and v is not FinetuneRecipe)  # fmt: skip
+    recipe_type = recipe_class(recipe_name)
     cfg = load_config(config_name, {**TINY_OVERRIDES, "output_dir": str(tmp_path), **overrides})
-    recipe = recipe_class(cfg)
+    recipe = recipe_type(cfg)
     with pytest.raises(ValueError) as error:
         recipe.setup(cfg)
     return str(error.value)

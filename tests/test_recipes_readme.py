@@ -4,7 +4,7 @@ import re
 import shlex
 
 from omegaconf import OmegaConf
-from recipes_support import REPO, load_recipe
+from recipes_support import REPO, recipe_class
 
 from qwenvl_data.training._config import check_config_keys
 
@@ -69,9 +69,7 @@ def test_every_tune_run_command_passes_its_recipes_config_checks():
         config = argv[argv.index("--config") + 1]
         overrides = [a for a in argv[argv.index("--config") + 2 :] if "=" in a]
         cfg = OmegaConf.merge(OmegaConf.load(REPO / config), OmegaConf.from_dotlist([*overrides, "device=cpu"]))
-        module = load_recipe(recipe_name)
-        recipe = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "setup")
-                      and v.__module__ == module.__name__)  # fmt: skip
+        recipe = recipe_class(recipe_name)
         if recipe_name == "generate":
             recipe(cfg)  # its __init__ only checks the config
             continue
