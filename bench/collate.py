@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from vl_samples import hf_rope_index, vl_sample  # noqa: E402
+from support.vl_samples import hf_rope_index, vl_sample  # noqa: E402
 
 from qwenvl_data._constants import IGNORE_INDEX, PAD_ID  # noqa: E402
 from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import CHAT_TEMPLATE_PATH  # noqa: E402
-from text_reference import hf_tokenizer, reference_ids  # noqa: E402
+from support.text_reference import hf_tokenizer, reference_ids  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
 
 from qwenvl_data.collate import Qwen2_5_VLCollator  # noqa: E402

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from models_reference import hf_generate, save_random_hf_model  # noqa: E402
-from vl_samples import vl_prompt  # noqa: E402
+from support.models_reference import hf_generate, save_random_hf_model  # noqa: E402
+from support.vl_samples import vl_prompt  # noqa: E402
 
 from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402
 from qwenvl_data.generation import generate  # noqa: E402

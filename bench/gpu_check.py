@@ -46,8 +46,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from models_reference import hf_generate  # noqa: E402
-from vl_samples import vl_prompt, vl_sample  # noqa: E402
+from support.models_reference import hf_generate  # noqa: E402
+from support.vl_samples import vl_prompt, vl_sample  # noqa: E402
 
 from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402
 from qwenvl_data.generation import generate  # noqa: E402

@@ -17,7 +17,7 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from media import photo  # noqa: E402
+from support.media import photo  # noqa: E402
 
 from qwenvl_data.image import Qwen2_5_VLImageTransform, smart_resize  # noqa: E402
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from media import photo  # noqa: E402
+from support.media import photo  # noqa: E402
 
 from qwenvl_data.inspect import RecordInspector, build_dataset, inspect_records  # noqa: E402
 

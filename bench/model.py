@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from vl_samples import vl_sample  # noqa: E402
+from support.vl_samples import vl_sample  # noqa: E402
 
 from qwenvl_data._constants import IGNORE_INDEX, TOKENS_PER_SECOND, VOCAB_SIZE  # noqa: E402
 from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402

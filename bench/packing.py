@@ -3,7 +3,7 @@
 Samples: a length mix like real instruction data (``--samples``, default 48, fixed seed): most are
 text-only with 100-600 tokens, about a third carry 1-4 images of 64-1024 vision tokens each (the last
 images dropped while a sample exceeds the limit), and one in twenty is a long one near ``--max-seq-len``
-(default 2048). Built with tests/vl_samples.py (the
+(default 2048). Built with tests/support/vl_samples.py (the
 transform's exact token layout, random pixels of the real patch size).
 
 Both sides train the tiny model (``qwen2_5_vl_tiny``; ``--model wide``: its decoder with 8 layers of 512, AdamW) with the recipe's loss path
@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import SequentialSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from vl_samples import vl_sample  # noqa: E402
+from support.vl_samples import vl_sample  # noqa: E402
 
 from qwenvl_data.collate import Qwen2_5_VLCollator  # noqa: E402
 from qwenvl_data.models._component_builders import qwen2_5_vl  # noqa: E402

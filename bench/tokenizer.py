@@ -20,15 +20,15 @@ from pathlib import Path
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from qwenvl_data._constants import IMAGE_PAD_ID
-from qwenvl_data._messages import normalise_conversation
+from qwenvl_data.conversation._messages import normalise_conversation
 from qwenvl_data.transform import Qwen2_5_VLTransform, expand_pads
 from qwenvl_data.vocab import qwen_vocab_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from media import photo  # noqa: E402
-from text_reference import hf_tokenizer, image_tokens  # noqa: E402
+from support.media import photo  # noqa: E402
+from support.text_reference import hf_tokenizer, image_tokens  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "tests" / "data" / "qwen2_5_vl_chat_template.jinja"
+TEMPLATE = Path(__file__).resolve().parents[1] / "tests" / "support" / "data" / "qwen2_5_vl_chat_template.jinja"
 SNIPPETS = [
     "Describe the image in detail.",
     "日本語で説明してください。中文也可以。",

@@ -71,8 +71,8 @@ def decode_all(path: str, nframes: int | None, keep_all: bool = True) -> tuple[l
     memory (for clips whose every frame would not fit in this machine's memory)."""
     import av
 
-    from qwenvl_data._resize import resize_rgb
-    from qwenvl_data._video_sampling import frame_count, pick_frames
+    from qwenvl_data.vision._resize import resize_rgb
+    from qwenvl_data.vision._video_sampling import frame_count, pick_frames
 
     chosen = options(nframes)
     with av.open(path) as container:
@@ -89,7 +89,7 @@ def decode_all(path: str, nframes: int | None, keep_all: bool = True) -> tuple[l
 
 
 def ours(path: str, nframes: int | None) -> tuple[list, float]:
-    from qwenvl_data._video_file import read_video_file
+    from qwenvl_data.vision._video_file import read_video_file
 
     return read_video_file(path, options(nframes), frame_size(nframes))
 
@@ -106,7 +106,7 @@ def run_case(which: str, path: str, nframes: int | None) -> None:
     """In the subprocess: load once, print JSON with seconds, peak RSS and a checksum of the kept frames."""
     import numpy as np
 
-    import qwenvl_data._video_file  # noqa: F401  (imports, torch included, are not what is timed)
+    import qwenvl_data.vision._video_file  # noqa: F401  (imports, torch included, are not what is timed)
     import qwenvl_data.image  # noqa: F401
 
     start = time.perf_counter()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qwenvl_data._concat import concat_rows
+from qwenvl_data.vision._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError
 from qwenvl_data.rope import mrope_position_ids

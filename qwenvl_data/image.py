@@ -25,12 +25,12 @@ from qwenvl_data._constants import (
     PATCH_SIZE,
     TEMPORAL_PATCH_SIZE,
 )
-from qwenvl_data._image_io import ImageSource, load_image, to_rgb
-from qwenvl_data._media_refs import media_file, shown
-from qwenvl_data._patchify import OUTPUT_DTYPES, patchify
-from qwenvl_data._resize import resize_rgb, smart_resize
-from qwenvl_data._video_file import read_video_file
-from qwenvl_data._video_sampling import frame_max_pixels
+from qwenvl_data.vision._image_io import ImageSource, load_image, to_rgb
+from qwenvl_data.vision._media_refs import media_file, shown
+from qwenvl_data.vision._patchify import OUTPUT_DTYPES, patchify
+from qwenvl_data.vision._resize import resize_rgb, smart_resize
+from qwenvl_data.vision._video_file import read_video_file
+from qwenvl_data.vision._video_sampling import frame_max_pixels
 from qwenvl_data.errors import ImageLoadError, SampleError
 from qwenvl_data.video import (
     FILE_ONLY_OPTIONS,

@@ -16,7 +16,7 @@ from torchtune.data import Message, PromptTemplate, PromptTemplateInterface
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
-from qwenvl_data._chat_template import RenderedChat, render_chat
+from qwenvl_data.text._chat_template import RenderedChat, render_chat
 from qwenvl_data._constants import (
     ENDOFTEXT_ID,
     IM_END_ID,
@@ -26,8 +26,8 @@ from qwenvl_data._constants import (
     SPECIAL_TOKENS,
 )
 from qwenvl_data._files import read_json
-from qwenvl_data._messages import generation_prompt, normalise_conversation, sample_name
-from qwenvl_data._truncation import check_truncation_policy, fit_max_seq_len
+from qwenvl_data.conversation._messages import generation_prompt, normalise_conversation, sample_name
+from qwenvl_data.text._truncation import check_truncation_policy, fit_max_seq_len
 
 # Qwen2's pre-tokenizer split: contractions, letter runs with one leading non-letter, single digits,
 # punctuation runs, newline runs and whitespace runs (a space before a word stays with the word).

@@ -12,10 +12,10 @@ from torchtune.data import Message, PromptTemplateInterface
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
-from qwenvl_data._concat import concat_rows
+from qwenvl_data.vision._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID
-from qwenvl_data._messages import generation_prompt, normalise_conversation, sample_name
-from qwenvl_data._truncation import fit_max_seq_len
+from qwenvl_data.conversation._messages import generation_prompt, normalise_conversation, sample_name
+from qwenvl_data.text._truncation import fit_max_seq_len
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError
 from qwenvl_data.image import Qwen2_5_VLImageTransform
 from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer

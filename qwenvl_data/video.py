@@ -17,7 +17,7 @@ from qwenvl_data._constants import (
     VIDEO_MIN_PIXELS,
     VIDEO_TOTAL_PIXELS,
 )
-from qwenvl_data._image_io import ImageSource, load_image, to_rgb
+from qwenvl_data.vision._image_io import ImageSource, load_image, to_rgb
 from qwenvl_data.errors import ImageLoadError
 
 VideoSource = Sequence[ImageSource] | torch.Tensor | str | os.PathLike

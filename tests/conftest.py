@@ -6,7 +6,7 @@ import pytest
 
 from qwenvl_data.vocab import qwen_vocab_files
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parent / "support" / "data"
 CHAT_TEMPLATE_PATH = DATA_DIR / "qwen2_5_vl_chat_template.jinja"
 
 

@@ -1,7 +1,7 @@
 """Datasets: raw conversation files (LLaVA / ShareGPT / LLaMA-Factory / qwen-vl-finetune, OpenAI/HF/TRL chat,
 the_cauldron, question/answer; JSON, JSON Lines, parquet, HF ``datasets``) or generated shapes VQA -> model-ready
 samples, lazily (map-style) or streamed (sharded, resumable, also as ``torchdata.nodes``). Record layouts: see
-``_formats``."""
+``qwenvl_data.conversation._layouts``."""
 
 from qwenvl_data.datasets._map_style import ChatDataset, multimodal_chat_dataset
 from qwenvl_data.datasets._mixture import WeightedMixture

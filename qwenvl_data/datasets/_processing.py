@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._constants import IGNORE_INDEX
-from qwenvl_data._messages import sample_name
-from qwenvl_data.datasets._formats import RecordToMessages
+from qwenvl_data.conversation._messages import sample_name
+from qwenvl_data.conversation._layouts import RecordToMessages
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import (
     InvalidConversationError,
@@ -64,8 +64,8 @@ class RecordProcessor:
     Args:
         model_transform: callable on ``{"id", "messages", ...}`` returning the sample with ``tokens`` etc.;
             None returns the internal-form sample untransformed.
-        format: a layout name (``FORMATS`` in ``_formats``) or None to detect per record.
-        column_map: ``{expected field: your field}`` renames (see ``_formats``).
+        format: a layout name (``FORMATS`` in ``qwenvl_data.conversation._layouts``) or None to detect per record.
+        column_map: ``{expected field: your field}`` renames (see ``qwenvl_data.conversation._layouts``).
         image_dir: directory media paths resolve under; paths escaping it are refused.
         on_error: ``"raise"`` re-raises a bad sample's error naming its index and id; ``"skip"`` returns
             None (``process``: a ``SkippedRecord``) and counts the cause, with the record's id, in ``stats``.

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from qwenvl_data.datasets._media import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
+from qwenvl_data.conversation._media import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
 
 STREAM_SOURCES = ("jsonl", "json", "parquet", "webdataset")
 _KIND_OF_EXTENSION = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".tar": "tar"}

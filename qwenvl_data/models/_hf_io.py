@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from torchtune.modules import TiedLinear
 from torchtune.training import set_default_dtype
 
-from qwenvl_data._processor_files import write_processor_files
+from qwenvl_data.models._processor_files import write_processor_files
 from qwenvl_data.models._adapters import (
     ADAPTER_PARAM_SUFFIXES,
     initialize_dora_magnitudes,
@@ -120,7 +120,7 @@ def save_hf_model(
     LoRA/DoRA adapters are merged into the saved weights (a QLoRA base is dequantized first), so the
     weights compute what the adapted model computes. Besides the weights and ``config.json``, the
     tokenizer, chat template, preprocessor and generation configs are written (see
-    ``qwenvl_data._processor_files.write_processor_files``).
+    ``qwenvl_data.models._processor_files.write_processor_files``).
 
     Args:
         model: a ``Qwen2_5_VLModel`` (LoRA or not).

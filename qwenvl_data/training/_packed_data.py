@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from qwenvl_data._messages import sample_name
+from qwenvl_data.conversation._messages import sample_name
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
 from qwenvl_data.training._data import Outcomes, rank_sampler
