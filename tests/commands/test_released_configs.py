@@ -1,0 +1,92 @@
+"""The released configs build what the checkpoint describes, take a config override over the checkpoint's value,
+and read your data from one override: `dataset.data_files=...` or `dataset.source=<saved dataset directory>`."""
+
+import json
+import shutil
+
+import datasets
+import pytest
+from omegaconf import OmegaConf
+from support.recipes_support import REPO, load_config
+
+from qwenvl_data.training._config import build
+from qwenvl_data.vocab import qwen_vocab_files
+
+RELEASED = sorted(p.stem for p in (REPO / "configs").glob("qwen2_5_vl_*.yaml"))
+RECORDS = [
+    {"id": f"r{i}", "messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                                 {"role": "assistant", "content": str(2 * i)}]}
+    for i in range(3)
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Tokenizer files whose tokenizer.json adds a token, and the released budgets in the `size` spelling."""
+    from tokenizers import AddedToken
+
+    from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
+
+    root = tmp_path_factory.mktemp("ckpt")
+    tokenizer = Qwen2_5_VLTokenizer(*qwen_vocab_files()).tokenizer
+    tokenizer.add_special_tokens([AddedToken("<|box_label|>", special=True, normalized=False)])
+    tokenizer.save(str(root / "tokenizer.json"))
+    for path in qwen_vocab_files():
+        shutil.copy(path, root)
+    config = {"size": {"shortest_edge": 3136, "longest_edge": 12845056}}
+    (root / "preprocessor_config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "generate"])
+def test_every_released_config_builds_its_transform_from_checkpoint_dir(name):
+    tokenizer = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / f"{name}.yaml").tokenizer, resolve=False)
+    assert tokenizer["_component_"] == "qwenvl_data.training.checkpoint_transform"
+    assert tokenizer["model_dir"] == "${checkpoint_dir}"
+
+
+def test_a_config_override_wins_over_the_checkpoint_and_null_keeps_the_checkpoints(checkpoint):
+    cfg = load_config(RELEASED[0], {"checkpoint_dir": str(checkpoint)})
+    transform = build(cfg, "tokenizer")
+    assert transform.encode("a<|box_label|>b", add_eos=False)[1] == 151665  # the checkpoint's added token
+    assert transform.image_transform.max_pixels == cfg.max_pixels == 1003520  # the config's, not 12845056
+    assert transform.max_seq_len == 4096
+    unset = build(load_config(RELEASED[0], {"checkpoint_dir": str(checkpoint), "max_pixels": None}), "tokenizer")
+    assert unset.image_transform.max_pixels == 12845056
+
+
+def test_the_old_vocab_and_merges_spelling_still_builds(checkpoint):
+    cfg = load_config(RELEASED[0], {"checkpoint_dir": str(checkpoint)})
+    cfg.tokenizer = OmegaConf.create({
+        "_component_": "qwenvl_data.transform.Qwen2_5_VLTransform", "path": "${checkpoint_dir}/vocab.json",
+        "merges_file": "${checkpoint_dir}/merges.txt", "max_seq_len": 4096, "max_pixels": "${max_pixels}",
+    })  # fmt: skip
+    transform = build(cfg, "tokenizer")
+    assert transform.image_transform.max_pixels == 1003520 and transform.max_seq_len == 4096
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved") / "train"
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(root))
+    return root
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "generate"])
+def test_a_saved_dataset_directory_is_one_override_on_every_released_config(name, saved_dataset):
+    cfg = load_config(name, {"dataset.source": str(saved_dataset)})
+    dataset = build(cfg, "dataset", None)  # None: records in their internal form, no tokenizer needed
+    assert [dataset[i]["id"] for i in range(len(dataset))] == [r["id"] for r in RECORDS]
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "generate"])
+def test_data_files_is_one_override_on_every_released_config(name, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    dataset = build(load_config(name, {"dataset.data_files": str(data)}), "dataset", None)
+    assert [dataset[i]["id"] for i in range(len(dataset))] == [r["id"] for r in RECORDS]
+
+
+def test_a_released_config_without_data_says_which_keys_to_set():
+    with pytest.raises(ValueError, match="data_files"):
+        build(load_config(RELEASED[0], {}), "dataset", None)
