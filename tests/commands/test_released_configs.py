@@ -6,8 +6,9 @@ import shutil
 
 import datasets
 import pytest
+import torch
 from omegaconf import OmegaConf
-from support.recipes_support import REPO, load_config
+from support.recipes_support import REPO, load_config, recipe_class
 
 from qwenvl_data.training._config import build
 from qwenvl_data.vocab import qwen_vocab_files
@@ -90,3 +91,46 @@ def test_data_files_is_one_override_on_every_released_config(name, tmp_path):
 def test_a_released_config_without_data_says_which_keys_to_set():
     with pytest.raises(ValueError, match="data_files"):
         build(load_config(RELEASED[0], {}), "dataset", None)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A complete HF directory of the tiny model (weights, config.json, tokenizer, preprocessor configs)."""
+    from qwenvl_data.models import qwen2_5_vl_tiny, save_hf_model
+
+    torch.manual_seed(0)
+    return save_hf_model(qwen2_5_vl_tiny(), tmp_path_factory.mktemp("tiny") / "hf_model")
+
+
+def _lora_setup(tiny_checkpoint, tmp_path, **overrides):
+    """setup() of the released 3B LoRA config on CPU with the tiny checkpoint and three records (no training)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
+        "checkpoint_dir": str(tiny_checkpoint), "dataset.data_files": str(data), "output_dir": str(tmp_path / "run"),
+        "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
+        "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1, **overrides,
+    })  # fmt: skip
+    recipe = recipe_class("lora_finetune_single_device")(cfg)
+    try:
+        recipe.setup(cfg)
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
+def test_a_released_config_takes_the_model_size_from_checkpoint_dir(tiny_checkpoint, tmp_path):
+    from qwenvl_data.models import load_hf_model
+
+    model = _lora_setup(tiny_checkpoint, tmp_path).model
+    base = load_hf_model(tiny_checkpoint).state_dict()
+    loaded = {name: value for name, value in model.state_dict().items() if name in base}
+    assert loaded.keys() == base.keys() and all(torch.equal(loaded[k], base[k]) for k in base)
+
+
+def test_a_named_builder_of_another_size_is_refused_naming_both(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError) as error:
+        _lora_setup(tiny_checkpoint, tmp_path, **{"model._component_": "qwenvl_data.models.lora_qwen2_5_vl_3b"})
+    message = str(error.value)
+    assert "qwenvl_data.models.lora_qwen2_5_vl_3b" in message and str(tiny_checkpoint / "config.json") in message
+    assert "fits qwenvl_data.models.lora_qwen2_5_vl_tiny" in message
