@@ -84,15 +84,20 @@ class GenerateRecipe:
 
     def _answer_prompt(self) -> dict[str, Any]:
         """Answer `prompt` (a question, or a list of questions asked as one batch) about `images` and `videos`."""
+        questions, prompts = self.prompt_samples()
+        answers = [self.transform.decode(ids) for ids in self._answer(prompts)]
+        for answer in answers:
+            print(answer, flush=True)
+        many = isinstance(self.cfg.prompt, (list, ListConfig))
+        return {"prompt": questions, "answer": answers} if many else {"prompt": questions[0], "answer": answers[0]}
+
+    def prompt_samples(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """(questions, their transformed prompts): each question after every file of `images`, then `videos`."""
         many = isinstance(self.cfg.prompt, (list, ListConfig))
         questions = [str(q) for q in self.cfg.prompt] if many else [str(self.cfg.prompt)]
         media = [{"type": kind, kind: str(path)} for kind in ("image", "video") for path in self.cfg.get(f"{kind}s") or []]
         conversations = [[{"role": "user", "content": [*media, {"type": "text", "text": q}]}] for q in questions]
-        prompts = [self.transform({"messages": messages}, inference=True) for messages in conversations]
-        answers = [self.transform.decode(ids) for ids in self._answer(prompts)]
-        for answer in answers:
-            print(answer, flush=True)
-        return {"prompt": questions, "answer": answers} if many else {"prompt": questions[0], "answer": answers[0]}
+        return questions, [self.transform({"messages": messages}, inference=True) for messages in conversations]
 
     def _score_dataset(self) -> dict[str, Any]:
         """Exact-match accuracy over the first `max_samples` records; a skipped record counts as a wrong answer."""

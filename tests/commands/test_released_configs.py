@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from support.recipes_support import REPO, load_config, recipe_class
 
+from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.training._config import build
 from qwenvl_data.vocab import qwen_vocab_files
 
@@ -134,3 +135,41 @@ def test_a_named_builder_of_another_size_is_refused_naming_both(tiny_checkpoint,
     message = str(error.value)
     assert "qwenvl_data.models.lora_qwen2_5_vl_3b" in message and str(tiny_checkpoint / "config.json") in message
     assert "fits qwenvl_data.models.lora_qwen2_5_vl_tiny" in message
+
+
+def _generate(tiny_checkpoint, tmp_path, **overrides):
+    cfg = load_config("generate", {"checkpoint_dir": str(tiny_checkpoint), "output_dir": str(tmp_path / "generate"),
+                                   "max_new_tokens": 2, **overrides})  # fmt: skip
+    recipe = recipe_class("generate")(cfg)
+    recipe.setup(cfg)
+    return recipe
+
+
+def test_generate_scores_your_records_with_one_override_and_counts_skips(tiny_checkpoint, tmp_path, capsys):
+    broken = {"id": "no-picture", "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "missing.png"}, {"type": "text", "text": "Color?"}]},
+        {"role": "assistant", "content": "red"}]}  # fmt: skip
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in [RECORDS[0], broken, *RECORDS[1:]]))
+    result = _generate(tiny_checkpoint, tmp_path, **{"dataset.data_files": str(data)}).generate()
+    assert [r["id"] for r in result["records"]] == ["r0", "no-picture", "r1", "r2"]
+    assert (result["total"], result["skipped"]) == (4, 1)
+    assert result["accuracy"] == result["correct"] / 4
+    skipped = result["records"][1]
+    assert skipped["correct"] is False and skipped["skipped"] == ImageLoadError.cause and "missing.png" in skipped["error"]
+    assert "1 of these 4 records could not be asked and count as wrong answers" in capsys.readouterr().out
+    lines = (tmp_path / "generate" / "answers.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["r0", "no-picture", "r1", "r2"]
+
+
+def test_generate_answers_a_question_about_a_video(tiny_checkpoint, tmp_path):
+    from support.media import write_video
+
+    from qwenvl_data._constants import VIDEO_PAD_ID
+
+    clip = write_video(tmp_path / "clip.mp4", num_frames=8, width=56, height=56, rate=4)
+    recipe = _generate(tiny_checkpoint, tmp_path, prompt="What happens?", videos=[clip])
+    _, (prompt,) = recipe.prompt_samples()
+    t, h, w = prompt["video_grid_thw"][0].tolist()
+    assert prompt["tokens"].count(VIDEO_PAD_ID) == t * h * w // 4 > 0
+    assert isinstance(recipe.generate()["answer"], str)
