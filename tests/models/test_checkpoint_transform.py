@@ -72,6 +72,8 @@ def test_an_added_token_is_one_id_as_transformers_reads_the_checkpoint(checkpoin
     for content, (token_id, _) in ADDED.items():
         assert ours.count(token_id) == TEXT_WITH_ADDED.count(content)
     assert SPECIAL_TOKENS["<tool_call>"] in ours
+    # The keyword's earlier name, as configs/generate.yaml spelled it, reads the same directory.
+    assert checkpoint_transform(checkpoint_dir=checkpoint).encode(TEXT_WITH_ADDED, add_eos=False) == ours
 
 
 def test_the_old_vocab_and_merges_spelling_still_builds_qwens_22_special_tokens(checkpoint):
@@ -137,6 +139,15 @@ def test_both_budget_spellings_give_the_same_transform_as_transformers(tmp_path,
     ours = image_transform({"image": image})
     assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
     assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
+
+
+def test_a_preprocessor_config_written_by_transformers_is_read(tmp_path, tokenizer_dir):
+    """transformers 5 writes only `size`; the released checkpoints both spellings (with all their other keys)."""
+    root = with_configs(tmp_path / "ckpt", tokenizer_dir)
+    Qwen2VLImageProcessorPil(**BUDGETS, image_mean=[0.5, 0.5, 0.5]).save_pretrained(root)
+    image_transform = checkpoint_transform(root).image_transform
+    assert (image_transform.min_pixels, image_transform.max_pixels) == (BUDGETS["min_pixels"], BUDGETS["max_pixels"])
+    assert image_transform.image_mean == (0.5, 0.5, 0.5)
 
 
 def test_video_budgets_are_read_in_both_spellings(tmp_path, tokenizer_dir):
