@@ -117,6 +117,9 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
             if special_tokens_path is not None:
                 raise ValueError("special_tokens_path goes with vocab.json + merges.txt; a tokenizer.json has its own")
             self.tokenizer = Tokenizer.from_file(path)
+            # A tokenizer.json may enable truncation or padding; lengths are this class's job (max_seq_len).
+            self.tokenizer.no_truncation()
+            self.tokenizer.no_padding()
         else:
             added = (
                 _added_tokens_from_json(special_tokens_path)

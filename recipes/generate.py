@@ -1,11 +1,11 @@
 """Answer questions about images with a fine-tuned Qwen2.5-VL checkpoint, and score it on a dataset.
 
 Run from the repository root:
-    # one question (or a list: prompt='[q1, q2]', answered as one batch)
+    # one question (or a list: prompt='[q1, q2]', answered as one batch) about images and/or videos
     tune run recipes/generate.py --config configs/generate.yaml \
         checkpoint_dir=outputs/tiny_synthetic/hf_model prompt="What color is the circle?" 'images=[photo.png]'
-    # accuracy on a dataset (exact match of the generated answer)
-    tune run recipes/generate.py --config configs/generate.yaml checkpoint_dir=... dataset.num_samples=64
+    # accuracy on your records (exact match of the generated answer); without data_files: synthetic questions
+    tune run recipes/generate.py --config configs/generate.yaml checkpoint_dir=... dataset.data_files=test.jsonl
 
 Prompts are decoded in batches of `batch_size` with KV caches (`qwenvl_data.generation.generate`):
 greedy by default, sampled with `temperature` > 0 (`top_k`, `top_p`, seeded by `seed`). It imports
@@ -20,6 +20,8 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torchtune import config, training, utils
 
+from qwenvl_data.datasets._processing import SkippedRecord, sample_or_skip
+from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.generation import generate
 from qwenvl_data.training import prompt_sample, split_prompt_and_answer
 from qwenvl_data.training._config import build, check_config_keys
@@ -27,7 +29,7 @@ from qwenvl_data.training._data import move_to_device
 
 REQUIRED_KEYS = ("checkpoint_dir", "model", "tokenizer", "collate_fn")
 OPTIONAL_KEYS = (
-    "device", "dtype", "seed", "prompt", "images", "dataset", "max_samples", "max_new_tokens", "output_dir",
+    "device", "dtype", "seed", "prompt", "images", "videos", "dataset", "max_samples", "max_new_tokens", "output_dir",
     "batch_size", "temperature", "top_k", "top_p",
 )  # fmt: skip
 
@@ -81,38 +83,56 @@ class GenerateRecipe:
         return self._score_dataset()
 
     def _answer_prompt(self) -> dict[str, Any]:
-        """Answer `prompt` (a question, or a list of questions asked as one batch) about `images`."""
-        many = isinstance(self.cfg.prompt, (list, ListConfig))
-        questions = [str(q) for q in self.cfg.prompt] if many else [str(self.cfg.prompt)]
-        images = [{"type": "image", "image": str(path)} for path in self.cfg.get("images") or []]
-        conversations = [[{"role": "user", "content": [*images, {"type": "text", "text": q}]}] for q in questions]
-        prompts = [self.transform({"messages": messages}, inference=True) for messages in conversations]
+        """Answer `prompt` (a question, or a list of questions asked as one batch) about `images` and `videos`."""
+        questions, prompts = self.prompt_samples()
         answers = [self.transform.decode(ids) for ids in self._answer(prompts)]
         for answer in answers:
             print(answer, flush=True)
+        many = isinstance(self.cfg.prompt, (list, ListConfig))
         return {"prompt": questions, "answer": answers} if many else {"prompt": questions[0], "answer": answers[0]}
 
+    def prompt_samples(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """(questions, their transformed prompts): each question after every file of `images`, then `videos`."""
+        many = isinstance(self.cfg.prompt, (list, ListConfig))
+        questions = [str(q) for q in self.cfg.prompt] if many else [str(self.cfg.prompt)]
+        media = [{"type": kind, kind: str(path)} for kind in ("image", "video") for path in self.cfg.get(f"{kind}s") or []]
+        conversations = [[{"role": "user", "content": [*media, {"type": "text", "text": q}]}] for q in questions]
+        return questions, [self.transform({"messages": messages}, inference=True) for messages in conversations]
+
     def _score_dataset(self) -> dict[str, Any]:
+        """Exact-match accuracy over the first `max_samples` records; a skipped record counts as a wrong answer."""
         limit = self.cfg.get("max_samples")
         count = len(self.dataset) if limit is None else min(int(limit), len(self.dataset))
-        records = []
+        records, skipped = [], SkipCounts(max_workers=0)
         for start in range(0, count, self.batch_size):  # one batch of samples in memory at a time
-            # None: skipped by the dataset (on_error="skip"), counted in its stats.
-            indices = range(start, min(start + self.batch_size, count))
-            samples = [(i, sample) for i in indices if (sample := self.dataset[i]) is not None]
+            entries, samples = {}, []
+            for index in range(start, min(start + self.batch_size, count)):
+                outcome = sample_or_skip(self.dataset, index)
+                if outcome is None:  # a dataset that skips without saying why
+                    outcome = SkippedRecord(index, None, "invalid_sample", "skipped by the dataset")
+                if isinstance(outcome, SkippedRecord):
+                    skipped.add(outcome.cause, outcome.example)
+                    entries[index] = {"id": outcome.example, "skipped": outcome.cause, "error": outcome.message,
+                                      "correct": False}  # fmt: skip
+                else:
+                    samples.append((index, outcome))
             splits = [split_prompt_and_answer(sample) for _, sample in samples]
             prompts = [prompt_sample(sample, prompt) for (_, sample), (prompt, _) in zip(samples, splits)]
-            generated = self._answer(prompts)
-            records += [
-                {
+            for (index, sample), (_, reference), answer in zip(samples, splits, self._answer(prompts)):
+                entries[index] = {
                     "id": sample.get("id", index), "answer": self.transform.decode(answer),
                     "reference": self.transform.decode(reference), "correct": answer == reference,
-                }
-                for (index, sample), (_, reference), answer in zip(samples, splits, generated)
-            ]  # fmt: skip
+                }  # fmt: skip
+            records += [entries[index] for index in sorted(entries)]
         correct = sum(r["correct"] for r in records)
-        result = {"accuracy": correct / len(records) if records else 0.0, "correct": correct, "total": len(records)}
+        result = {
+            "accuracy": correct / len(records) if records else 0.0, "correct": correct, "total": len(records),
+            "skipped": skipped.total(), "skipped_by_cause": skipped.report(),
+        }  # fmt: skip
         print(f"accuracy: {result['accuracy']:.1%} ({correct}/{len(records)} exact answers)", flush=True)
+        if skipped.total():
+            print(f"{skipped.total()} of these {len(records)} records could not be asked and count as wrong answers "
+                  f"(dataset.on_error=raise stops at the first with its error); {skipped.summary()}", flush=True)
         if self.cfg.get("output_dir"):
             out = Path(self.cfg.output_dir)
             out.mkdir(parents=True, exist_ok=True)

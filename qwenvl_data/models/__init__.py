@@ -1,6 +1,7 @@
 """Qwen2.5-VL in torchtune modules: builders, HF checkpoint conversion and I/O."""
 
 from qwenvl_data.models._adapters import DoRALinear, initialize_dora_magnitudes, merged_state_dict
+from qwenvl_data.models._checkpoint_builder import check_builder_fits_checkpoint, qwen2_5_vl_from_checkpoint
 from qwenvl_data.models._component_builders import (
     lora_qwen2_5_vl,
     qwen2_5_vl,
@@ -49,6 +50,7 @@ __all__ = [
     "Qwen2_5_VisionTransformer",
     "VisionBlock",
     "builder_args_from_hf_config",
+    "check_builder_fits_checkpoint",
     "hf_config_from_model",
     "hf_to_tune",
     "initialize_dora_magnitudes",
@@ -71,6 +73,7 @@ __all__ = [
     "qwen2_5_vl_7b",
     "qwen2_5_vl_32b",
     "qwen2_5_vl_72b",
+    "qwen2_5_vl_from_checkpoint",
     "qwen2_5_vl_from_hf_config",
     "qwen2_5_vl_text_decoder",
     "qwen2_5_vl_tiny",

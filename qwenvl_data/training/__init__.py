@@ -5,7 +5,11 @@ occupies), so they run the same under `tune run`, `torchrun` and plain `python`.
 """
 
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
-from qwenvl_data.training._components import checkpoint_transform, packaged_vocab_transform
+from qwenvl_data.training._components import (
+    checkpoint_transform,
+    packaged_vocab_transform,
+    records_or_synthetic_dataset,
+)
 from qwenvl_data.training._eval import answer_accuracy, greedy_answer, prompt_sample, split_prompt_and_answer
 from qwenvl_data.training._loss import NextTokenCrossEntropy
 from qwenvl_data.training._recipe import FinetuneRecipe, run_recipe
@@ -17,6 +21,7 @@ __all__ = [
     "answer_accuracy",
     "checkpoint_transform",
     "packaged_vocab_transform",
+    "records_or_synthetic_dataset",
     "greedy_answer",
     "prompt_sample",
     "run_recipe",

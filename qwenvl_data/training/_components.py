@@ -1,10 +1,12 @@
 """Builders the configs name as `_component_` when a piece needs a default that YAML cannot spell."""
 
+import inspect
 import os
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from qwenvl_data._files import read_json
+from qwenvl_data.datasets import ChatDataset, multimodal_chat_dataset, synthetic_vqa_dataset
+from qwenvl_data.models._processor_files import checkpoint_transform
 from qwenvl_data.transform import Qwen2_5_VLTransform
 from qwenvl_data.vocab import qwen_vocab_files
 
@@ -12,8 +14,8 @@ from qwenvl_data.vocab import qwen_vocab_files
 def packaged_vocab_transform(**transform_kwargs: Any) -> Qwen2_5_VLTransform:
     """Qwen2_5_VLTransform on the Qwen vocabulary shipped by `qwenvl_data[vocab]` (no checkpoint, no download).
 
-    Configs that start from a released checkpoint name `qwenvl_data.transform.Qwen2_5_VLTransform`
-    with the checkpoint's own vocab.json / merges.txt instead.
+    Configs that start from a checkpoint name `qwenvl_data.training.checkpoint_transform` instead (the
+    checkpoint's own tokenizer.json and preprocessor configs).
 
     Args:
         **transform_kwargs: the other Qwen2_5_VLTransform arguments (max_seq_len, min_pixels, max_pixels, ...).
@@ -22,38 +24,42 @@ def packaged_vocab_transform(**transform_kwargs: Any) -> Qwen2_5_VLTransform:
     return Qwen2_5_VLTransform(vocab, merges, **transform_kwargs)
 
 
-# preprocessor_config.json / video_preprocessor_config.json keys -> Qwen2_5_VLTransform arguments.
-_IMAGE_BUDGETS = {"min_pixels": "min_pixels", "max_pixels": "max_pixels"}
-_VIDEO_BUDGETS = {
-    "min_pixels": "video_min_pixels", "max_pixels": "video_max_pixels", "fps": "video_fps",
-    "min_frames": "video_min_frames", "max_frames": "video_max_frames",
-}  # fmt: skip
+def records_or_synthetic_dataset(
+    model_transform: Callable[[dict], dict] | None,
+    *,
+    source: str | os.PathLike | None = None,
+    data_files: Any = None,
+    **options: Any,
+) -> ChatDataset:
+    """Your records when ``data_files`` or ``source`` is set, else the generated shapes-VQA questions.
 
-
-def checkpoint_transform(checkpoint_dir: str | os.PathLike, **transform_kwargs: Any) -> Qwen2_5_VLTransform:
-    """Qwen2_5_VLTransform as an HF checkpoint directory describes it: its own vocabulary, pixel and frame budgets.
-
-    What generation and evaluation of a checkpoint need, so that images are tokenized as in its training run
-    (a run's ``hf_model/`` records its budgets; a released checkpoint's ``preprocessor_config.json`` its own).
+    What lets ``configs/generate.yaml`` score a checkpoint on your data with one override
+    (``dataset.data_files=/data/test.jsonl`` or ``dataset.source=<saved dataset directory>``) while its
+    default stays the tiny recipe's held-out questions.
 
     Args:
-        checkpoint_dir: holds ``vocab.json`` + ``merges.txt`` (or ``tokenizer.json``) and, optionally,
-            ``preprocessor_config.json`` / ``video_preprocessor_config.json``.
-        **transform_kwargs: other Qwen2_5_VLTransform arguments; they win over the directory's budgets.
+        model_transform: e.g. ``checkpoint_transform(...)``; None yields internal-form samples.
+        source: as ``multimodal_chat_dataset``'s; None with ``data_files`` is ``"json"`` (JSON Lines or a JSON
+            array, by content). Set ``source=parquet`` for parquet files.
+        data_files: as ``multimodal_chat_dataset``'s.
+        **options: the keywords of ``multimodal_chat_dataset`` (your records) and of ``synthetic_vqa_dataset``
+            (``num_samples``, ``seed``, ``image_size``, ...: they describe the generated set and are not used
+            with your records); ``on_error`` and ``max_tokens`` apply to both.
 
     Raises:
-        FileNotFoundError: the directory has no tokenizer files.
+        TypeError: an option for your records (``format``, ``image_dir``, ...) without ``data_files`` or ``source``.
     """
-    root = Path(checkpoint_dir)
-    budgets: dict[str, Any] = {}
-    configs = (("preprocessor_config.json", _IMAGE_BUDGETS), ("video_preprocessor_config.json", _VIDEO_BUDGETS))
-    for name, keys in configs:
-        config = read_json(root / name) if (root / name).is_file() else {}
-        budgets.update({argument: config[key] for key, argument in keys.items() if config.get(key) is not None})
-    if (root / "vocab.json").is_file() and (root / "merges.txt").is_file():
-        files = (str(root / "vocab.json"), str(root / "merges.txt"))
-    elif (root / "tokenizer.json").is_file():
-        files = (str(root / "tokenizer.json"), None)
-    else:
-        raise FileNotFoundError(f"{root} has no tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
-    return Qwen2_5_VLTransform(*files, **{**budgets, **transform_kwargs})
+    synthetic_keys = set(inspect.signature(synthetic_vqa_dataset).parameters) - {"model_transform"}
+    if source is None and data_files is None:
+        misplaced = sorted(set(options) - synthetic_keys)
+        if misplaced:
+            raise TypeError(f"{misplaced} apply to your records: set data_files (or source) too")
+        return synthetic_vqa_dataset(model_transform, **options)
+    record_keys = set(inspect.signature(multimodal_chat_dataset).parameters)
+    used = {key: value for key, value in options.items() if key in record_keys or key not in synthetic_keys}
+    return multimodal_chat_dataset(
+        model_transform, source=source if source is not None else "json", data_files=data_files, **used
+    )
+
+
+__all__ = ["checkpoint_transform", "packaged_vocab_transform", "records_or_synthetic_dataset"]

@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torchtune import training, utils
 
-from qwenvl_data.models import initialize_dora_magnitudes
+from qwenvl_data.models import check_builder_fits_checkpoint, initialize_dora_magnitudes
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import accepts_keyword, build, check_config_keys
 from qwenvl_data.training._data import RefillingBatches, build_dataset, move_to_device
@@ -125,6 +125,7 @@ class FinetuneRecipe:
             raise ValueError(f"{type(self).__name__}: `eval_every_n_steps` needs an `eval_dataset` to validate on")
         self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
         self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
+        check_builder_fits_checkpoint(cfg.model._component_, self.checkpointer.checkpoint_dir)
         self.model = self._build_model(cfg)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:

@@ -96,18 +96,20 @@ def test_its_generation_config_stops_at_the_end_of_a_turn(hf_dir):
     assert IM_END_ID in GenerationConfig.from_pretrained(hf_dir).eos_token_id
 
 
-def test_a_source_checkpoints_own_files_are_copied_and_its_budgets_kept(transform, tmp_path):
-    """Fine-tuning a released checkpoint: its tokenizer files and generation config go along unchanged."""
+def test_a_source_checkpoints_files_are_read_and_written_again_from_its_transform(transform, tmp_path):
+    """Exporting a checkpoint (no run transform): the output is written from checkpoint_transform(source), so its
+    tokenizer and budgets are the source's; its generation config and tokenizer settings go along."""
     source, out = tmp_path / "source", tmp_path / "out"
     source.mkdir(), out.mkdir()
     write_processor_files(source, transform)
     released = {"generation_config.json": {"eos_token_id": [IM_END_ID, ENDOFTEXT_ID], "repetition_penalty": 1.05},
-                "tokenizer_config.json": {"model_max_length": 131072, "tokenizer_class": "Qwen2Tokenizer"}}  # fmt: skip
+                "tokenizer_config.json": {"model_max_length": 32768, "tokenizer_class": "Qwen2Tokenizer"}}  # fmt: skip
     for name, content in released.items():
         (source / name).write_text(json.dumps(content))
     write_processor_files(out, source_dir=source)
-    for name in ("tokenizer.json", "vocab.json", "merges.txt", "generation_config.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "generation_config.json"):
         assert (out / name).read_bytes() == (source / name).read_bytes(), name
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 32768
     budgets = json.loads((out / "preprocessor_config.json").read_text())
     assert (budgets["min_pixels"], budgets["max_pixels"]) == (BUDGETS["min_pixels"], BUDGETS["max_pixels"])
 

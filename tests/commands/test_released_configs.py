@@ -1,0 +1,175 @@
+"""The released configs build what the checkpoint describes, take a config override over the checkpoint's value,
+and read your data from one override: `dataset.data_files=...` or `dataset.source=<saved dataset directory>`."""
+
+import json
+import shutil
+
+import datasets
+import pytest
+import torch
+from omegaconf import OmegaConf
+from support.recipes_support import REPO, load_config, recipe_class
+
+from qwenvl_data.errors import ImageLoadError
+from qwenvl_data.training._config import build
+from qwenvl_data.vocab import qwen_vocab_files
+
+RELEASED = sorted(p.stem for p in (REPO / "configs").glob("qwen2_5_vl_*.yaml"))
+RECORDS = [
+    {"id": f"r{i}", "messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                                 {"role": "assistant", "content": str(2 * i)}]}
+    for i in range(3)
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Tokenizer files whose tokenizer.json adds a token, and the released budgets in the `size` spelling."""
+    from tokenizers import AddedToken
+
+    from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
+
+    root = tmp_path_factory.mktemp("ckpt")
+    tokenizer = Qwen2_5_VLTokenizer(*qwen_vocab_files()).tokenizer
+    tokenizer.add_special_tokens([AddedToken("<|box_label|>", special=True, normalized=False)])
+    tokenizer.save(str(root / "tokenizer.json"))
+    for path in qwen_vocab_files():
+        shutil.copy(path, root)
+    config = {"size": {"shortest_edge": 3136, "longest_edge": 12845056}}
+    (root / "preprocessor_config.json").write_text(json.dumps(config))
+    return root
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "generate"])
+def test_every_released_config_builds_its_transform_from_checkpoint_dir(name):
+    tokenizer = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / f"{name}.yaml").tokenizer, resolve=False)
+    assert tokenizer["_component_"] == "qwenvl_data.training.checkpoint_transform"
+    assert tokenizer["model_dir"] == "${checkpoint_dir}"
+
+
+def test_a_config_override_wins_over_the_checkpoint_and_null_keeps_the_checkpoints(checkpoint):
+    cfg = load_config(RELEASED[0], {"checkpoint_dir": str(checkpoint)})
+    transform = build(cfg, "tokenizer")
+    assert transform.encode("a<|box_label|>b", add_eos=False)[1] == 151665  # the checkpoint's added token
+    assert transform.image_transform.max_pixels == cfg.max_pixels == 1003520  # the config's, not 12845056
+    assert transform.max_seq_len == 4096
+    unset = build(load_config(RELEASED[0], {"checkpoint_dir": str(checkpoint), "max_pixels": None}), "tokenizer")
+    assert unset.image_transform.max_pixels == 12845056
+
+
+def test_the_old_vocab_and_merges_spelling_still_builds(checkpoint):
+    cfg = load_config(RELEASED[0], {"checkpoint_dir": str(checkpoint)})
+    cfg.tokenizer = OmegaConf.create({
+        "_component_": "qwenvl_data.transform.Qwen2_5_VLTransform", "path": "${checkpoint_dir}/vocab.json",
+        "merges_file": "${checkpoint_dir}/merges.txt", "max_seq_len": 4096, "max_pixels": "${max_pixels}",
+    })  # fmt: skip
+    transform = build(cfg, "tokenizer")
+    assert transform.image_transform.max_pixels == 1003520 and transform.max_seq_len == 4096
+
+
+@pytest.fixture(scope="module")
+def saved_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved") / "train"
+    datasets.Dataset.from_list(RECORDS).save_to_disk(str(root))
+    return root
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "generate"])
+def test_a_saved_dataset_directory_is_one_override_on_every_released_config(name, saved_dataset):
+    cfg = load_config(name, {"dataset.source": str(saved_dataset)})
+    dataset = build(cfg, "dataset", None)  # None: records in their internal form, no tokenizer needed
+    assert [dataset[i]["id"] for i in range(len(dataset))] == [r["id"] for r in RECORDS]
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "generate"])
+def test_data_files_is_one_override_on_every_released_config(name, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    dataset = build(load_config(name, {"dataset.data_files": str(data)}), "dataset", None)
+    assert [dataset[i]["id"] for i in range(len(dataset))] == [r["id"] for r in RECORDS]
+
+
+def test_a_released_config_without_data_says_which_keys_to_set():
+    with pytest.raises(ValueError, match="data_files"):
+        build(load_config(RELEASED[0], {}), "dataset", None)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A complete HF directory of the tiny model (weights, config.json, tokenizer, preprocessor configs)."""
+    from qwenvl_data.models import qwen2_5_vl_tiny, save_hf_model
+
+    torch.manual_seed(0)
+    return save_hf_model(qwen2_5_vl_tiny(), tmp_path_factory.mktemp("tiny") / "hf_model")
+
+
+def _lora_setup(tiny_checkpoint, tmp_path, **overrides):
+    """setup() of the released 3B LoRA config on CPU with the tiny checkpoint and three records (no training)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
+        "checkpoint_dir": str(tiny_checkpoint), "dataset.data_files": str(data), "output_dir": str(tmp_path / "run"),
+        "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
+        "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1, **overrides,
+    })  # fmt: skip
+    recipe = recipe_class("lora_finetune_single_device")(cfg)
+    try:
+        recipe.setup(cfg)
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
+def test_a_released_config_takes_the_model_size_from_checkpoint_dir(tiny_checkpoint, tmp_path):
+    from qwenvl_data.models import load_hf_model
+
+    model = _lora_setup(tiny_checkpoint, tmp_path).model
+    base = load_hf_model(tiny_checkpoint).state_dict()
+    loaded = {name: value for name, value in model.state_dict().items() if name in base}
+    assert loaded.keys() == base.keys() and all(torch.equal(loaded[k], base[k]) for k in base)
+
+
+def test_a_named_builder_of_another_size_is_refused_naming_both(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError) as error:
+        _lora_setup(tiny_checkpoint, tmp_path, **{"model._component_": "qwenvl_data.models.lora_qwen2_5_vl_3b"})
+    message = str(error.value)
+    assert "qwenvl_data.models.lora_qwen2_5_vl_3b" in message and str(tiny_checkpoint / "config.json") in message
+    assert "fits qwenvl_data.models.lora_qwen2_5_vl_tiny" in message
+
+
+def _generate(tiny_checkpoint, tmp_path, **overrides):
+    cfg = load_config("generate", {"checkpoint_dir": str(tiny_checkpoint), "output_dir": str(tmp_path / "generate"),
+                                   "max_new_tokens": 2, **overrides})  # fmt: skip
+    recipe = recipe_class("generate")(cfg)
+    recipe.setup(cfg)
+    return recipe
+
+
+def test_generate_scores_your_records_with_one_override_and_counts_skips(tiny_checkpoint, tmp_path, capsys):
+    broken = {"id": "no-picture", "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "missing.png"}, {"type": "text", "text": "Color?"}]},
+        {"role": "assistant", "content": "red"}]}  # fmt: skip
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in [RECORDS[0], broken, *RECORDS[1:]]))
+    result = _generate(tiny_checkpoint, tmp_path, **{"dataset.data_files": str(data)}).generate()
+    assert [r["id"] for r in result["records"]] == ["r0", "no-picture", "r1", "r2"]
+    assert (result["total"], result["skipped"]) == (4, 1)
+    assert result["accuracy"] == result["correct"] / 4
+    skipped = result["records"][1]
+    assert skipped["correct"] is False and skipped["skipped"] == ImageLoadError.cause and "missing.png" in skipped["error"]
+    assert "1 of these 4 records could not be asked and count as wrong answers" in capsys.readouterr().out
+    lines = (tmp_path / "generate" / "answers.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["r0", "no-picture", "r1", "r2"]
+
+
+def test_generate_answers_a_question_about_a_video(tiny_checkpoint, tmp_path):
+    from support.media import write_video
+
+    from qwenvl_data._constants import VIDEO_PAD_ID
+
+    clip = write_video(tmp_path / "clip.mp4", num_frames=8, width=56, height=56, rate=4)
+    recipe = _generate(tiny_checkpoint, tmp_path, prompt="What happens?", videos=[clip])
+    _, (prompt,) = recipe.prompt_samples()
+    t, h, w = prompt["video_grid_thw"][0].tolist()
+    assert prompt["tokens"].count(VIDEO_PAD_ID) == t * h * w // 4 > 0
+    assert isinstance(recipe.generate()["answer"], str)
