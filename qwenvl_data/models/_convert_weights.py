@@ -290,6 +290,19 @@ def patch_in_channels(visual: nn.Module) -> int:
     return visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2)
 
 
+def patching_hf_config(visual: nn.Module) -> dict:
+    """The ``vision_config`` fields of a tower's patching, in both spellings transformers and vLLM read."""
+    in_channels = patch_in_channels(visual)
+    return {
+        "in_chans": in_channels,
+        "in_channels": in_channels,
+        "patch_size": visual.patch_size,
+        "spatial_merge_size": visual.merge_size,
+        "spatial_patch_size": visual.patch_size,
+        "temporal_patch_size": visual.temporal_patch_size,
+    }
+
+
 def text_hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
     """The released-layout ``config.json`` fields of the language model and special tokens (shared by the
     Qwen2-VL and Qwen2.5-VL configs), read off ``model``'s modules; ``dtype`` is the saved weights'."""
@@ -339,7 +352,6 @@ def hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
     """
     visual = model.visual
     vision_block = visual.layers[0]
-    in_channels = patch_in_channels(visual)
     return {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",
@@ -350,13 +362,8 @@ def hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
             "hidden_size": visual.patch_embed.weight.shape[0],
             "intermediate_size": vision_block.mlp.w1.weight.shape[0],
             "num_heads": vision_block.attn.num_heads,
-            "in_chans": in_channels,
-            "in_channels": in_channels,
             "out_hidden_size": visual.merger.fc2.weight.shape[0],
-            "patch_size": visual.patch_size,
-            "spatial_merge_size": visual.merge_size,
-            "spatial_patch_size": visual.patch_size,
-            "temporal_patch_size": visual.temporal_patch_size,
+            **patching_hf_config(visual),
             "window_size": visual.window_size,
             "fullatt_block_indexes": visual.full_attention_layers,
             "tokens_per_second": model.tokens_per_second,

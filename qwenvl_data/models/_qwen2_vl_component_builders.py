@@ -86,55 +86,32 @@ def qwen2_vl_vision_encoder(
 
 def qwen2_vl(
     *,
-    vocab_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    embed_dim: int,
-    intermediate_dim: int,
-    max_seq_len: int,
-    mrope_section: Sequence[int],
-    rope_base: float = 1_000_000.0,
-    norm_eps: float = 1e-6,
-    attn_dropout: float = 0.0,
-    tie_word_embeddings: bool = False,
     vision_depth: int,
     vision_embed_dim: int,
     vision_num_heads: int,
     vision_intermediate_dim: int,
+    **text_args: object,
 ) -> Qwen2_5_VLModel:
     """Build a full Qwen2-VL: vision tower + merger + Qwen2 language model with MRoPE.
 
     Args:
-        vocab_size, num_layers, num_heads, num_kv_heads, embed_dim, intermediate_dim, max_seq_len,
-        mrope_section, rope_base, norm_eps, attn_dropout, tie_word_embeddings: the language model,
-            see ``qwen2_5_vl_text_decoder`` (the same decoder).
         vision_depth, vision_embed_dim, vision_num_heads, vision_intermediate_dim: the vision
             tower, see ``qwen2_vl_vision_encoder``; its merger projects to ``embed_dim``.
+        **text_args: the language model, the arguments of ``qwen2_5_vl_text_decoder`` (the same
+            decoder): ``vocab_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``, ``embed_dim``,
+            ``intermediate_dim``, ``max_seq_len``, ``mrope_section``, optional ``rope_base``,
+            ``norm_eps``, ``attn_dropout``, ``tie_word_embeddings``.
 
     Returns:
         Qwen2_5_VLModel whose position ids follow Qwen2-VL's rule (``tokens_per_second=None``).
     """
-    tok_embeddings, decoder = qwen2_5_vl_text_decoder(
-        vocab_size=vocab_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        embed_dim=embed_dim,
-        intermediate_dim=intermediate_dim,
-        max_seq_len=max_seq_len,
-        mrope_section=mrope_section,
-        rope_base=rope_base,
-        norm_eps=norm_eps,
-        attn_dropout=attn_dropout,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+    tok_embeddings, decoder = qwen2_5_vl_text_decoder(**text_args)
     visual = qwen2_vl_vision_encoder(
         depth=vision_depth,
         embed_dim=vision_embed_dim,
         num_heads=vision_num_heads,
         intermediate_dim=vision_intermediate_dim,
-        out_dim=embed_dim,
+        out_dim=tok_embeddings.embedding_dim,
     )
     return Qwen2_5_VLModel(tok_embeddings=tok_embeddings, decoder=decoder, visual=visual, tokens_per_second=None)
 

@@ -11,7 +11,7 @@ from torch import nn
 from qwenvl_data.models._convert_weights import (
     SHARED_KEY_MAP,
     check_model_type,
-    patch_in_channels,
+    patching_hf_config,
     text_builder_args_from_hf_config,
     text_hf_config_from_model,
 )
@@ -80,7 +80,6 @@ def qwen2_vl_hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
     intermediate_dim = block.mlp.w1.weight.shape[0]
     if intermediate_dim % embed_dim:
         raise ValueError(f"vision MLP width {intermediate_dim} is not a multiple of the vision hidden size {embed_dim}")
-    in_channels = patch_in_channels(visual)
     return {
         "architectures": ["Qwen2VLForConditionalGeneration"],
         "model_type": "qwen2_vl",
@@ -92,11 +91,6 @@ def qwen2_vl_hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
             "hidden_size": visual.merger.fc2.weight.shape[0],
             "mlp_ratio": intermediate_dim // embed_dim,
             "num_heads": block.attn.num_heads,
-            "in_chans": in_channels,
-            "in_channels": in_channels,
-            "patch_size": visual.patch_size,
-            "spatial_merge_size": visual.merge_size,
-            "spatial_patch_size": visual.patch_size,
-            "temporal_patch_size": visual.temporal_patch_size,
+            **patching_hf_config(visual),
         },
     }
