@@ -61,9 +61,6 @@ QWEN2_5_VL_KEY_MAP = {
     "visual.blocks.{}.mlp.up_proj.bias": "visual.layers.{}.mlp.w3.bias",
     "visual.merger.ln_q.weight": "visual.merger.norm.scale",
 }
-# The adapter (PEFT) conversions below serve Qwen2.5-VL only so far.
-_FROM_HF = QWEN2_5_VL_KEY_MAP
-_TO_HF = {ours: hf for hf, ours in _FROM_HF.items()}
 _HF_PATCH_EMBED = "visual.patch_embed.proj.weight"
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
 # transformers 5.x module names -> the released checkpoint names.
@@ -79,6 +76,11 @@ def _map_key(key: str, mapping: dict[str, str]) -> str:
         if abstract in mapping:
             return mapping[abstract].format(match.group(1))
     raise KeyError(f"no mapping for state dict key {key!r}")
+
+
+def _inverse(key_map: dict[str, str]) -> dict[str, str]:
+    """Our name -> HF name, from a family's HF -> our map."""
+    return {ours: hf for hf, ours in key_map.items()}
 
 
 def _released_name(key: str) -> str:
@@ -145,7 +147,7 @@ def tune_to_hf(
     Returns:
         HF names -> tensors.
     """
-    to_hf = _TO_HF if key_map is QWEN2_5_VL_KEY_MAP else {ours: hf for hf, ours in key_map.items()}
+    to_hf = _inverse(key_map)
     converted = {}
     for key, value in state_dict.items():
         hf_key = _map_key(key, to_hf)
@@ -165,19 +167,25 @@ _FROM_PEFT_ADAPTER_SUFFIXES = {peft: ours for ours, peft in _PEFT_ADAPTER_SUFFIX
 _PEFT_PREFIX = "base_model.model."
 
 
-def hf_module_name(module: str) -> str:
-    """transformers 5.x's path of one of our linear layers, the name PEFT targets.
+def hf_module_name(module: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
+    """transformers 5.x's path of one of our linear layers, the name PEFT targets (``key_map``: the
+    family's, as for ``hf_to_tune``).
 
     Example: ``decoder.layers.0.attn.q_proj`` -> ``model.language_model.layers.0.self_attn.q_proj``.
     """
-    return _hf5_name(_map_key(module + ".weight", _TO_HF)).removesuffix(".weight")
+    return _hf5_name(_map_key(module + ".weight", _inverse(key_map))).removesuffix(".weight")
 
 
 def tune_to_peft(
-    state_dict: dict[str, torch.Tensor], *, in_channels: int, temporal_patch_size: int, patch_size: int
+    state_dict: dict[str, torch.Tensor],
+    *,
+    in_channels: int,
+    temporal_patch_size: int,
+    patch_size: int,
+    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
 ) -> dict[str, torch.Tensor]:
-    """Our adapter weights (and modules trained in full) under the names PEFT writes for
-    transformers' ``Qwen2_5_VLForConditionalGeneration``.
+    """Our adapter weights (and modules trained in full) under the names PEFT writes for the
+    family's transformers model (``key_map`` as for ``hf_to_tune``; Qwen2.5-VL's by default).
 
     ``decoder.layers.0.attn.q_proj.lora_a.weight`` ->
     ``base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight``; a DoRA
@@ -190,17 +198,23 @@ def tune_to_peft(
         if suffix is None:
             full[key] = value
         else:
-            converted[_PEFT_PREFIX + hf_module_name(key.removesuffix(suffix)) + _PEFT_ADAPTER_SUFFIXES[suffix]] = value
-    hf = tune_to_hf(full, in_channels=in_channels, temporal_patch_size=temporal_patch_size, patch_size=patch_size)
+            module = hf_module_name(key.removesuffix(suffix), key_map)
+            converted[_PEFT_PREFIX + module + _PEFT_ADAPTER_SUFFIXES[suffix]] = value
+    hf = tune_to_hf(
+        full, in_channels=in_channels, temporal_patch_size=temporal_patch_size, patch_size=patch_size, key_map=key_map
+    )
     converted.update({_PEFT_PREFIX + _hf5_name(key): value for key, value in hf.items()})
     return converted
 
 
-def peft_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
-    """A PEFT ``adapter_model.safetensors`` of a Qwen2.5-VL (transformers 4.x or 5.x module names) in ours.
+def peft_to_tune(
+    state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP
+) -> dict[str, torch.Tensor]:
+    """A PEFT ``adapter_model.safetensors`` (transformers 4.x or 5.x module names) in ours; ``key_map``:
+    the base model's family's, as for ``hf_to_tune`` (Qwen2.5-VL's by default).
 
     Raises:
-        KeyError: a key outside ``base_model.model.`` or naming no Qwen2.5-VL weight.
+        KeyError: a key outside ``base_model.model.`` or naming no weight of the family's model.
     """
     converted, full = {}, {}
     for key, value in state_dict.items():
@@ -213,9 +227,9 @@ def peft_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bo
         if suffix is None:
             full[key] = value
             continue
-        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", _FROM_HF).removesuffix(".weight")
+        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", key_map).removesuffix(".weight")
         converted[module + _FROM_PEFT_ADAPTER_SUFFIXES[suffix]] = value
-    converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings))
+    converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings, key_map=key_map))
     return converted
 
 

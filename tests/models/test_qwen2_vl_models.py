@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from support.models_reference import hf_forward, mm_token_type_ids, save_random_qwen2_vl_hf_model
+from peft import PeftModel
 from support.vl_samples import vl_sample
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -22,11 +23,13 @@ from qwenvl_data.models import (
     qwen2_vl_7b,
     qwen2_vl_72b,
     qwen2_vl_tiny,
+    read_peft_adapter,
     save_hf_model,
     tune_to_hf,
 )
 from qwenvl_data.packing import packed_collate_qwen2_5_vl
 from qwenvl_data.rope import mrope_position_ids
+from qwenvl_data.training._lora import save_adapter, train_adapters_only
 
 TOLERANCE = 1e-4
 QWEN2_VL_RULE = QWEN2_VL.tokens_per_second  # None: temporal ids count temporal patches
@@ -150,12 +153,27 @@ def test_round_trip_saves_what_transformers_loads_with_the_same_logits(checkpoin
     assert all(torch.equal(value, reloaded[key]) for key, value in ours.state_dict().items())
 
 
-def test_lora_variant_loads_the_same_base(checkpoint, ours):
-    lora = load_hf_model(checkpoint[0], lora_attn_modules=["q_proj", "v_proj"], lora_rank=4, lora_alpha=8)
+def test_lora_adapter_is_written_for_peft_on_transformers_qwen2_vl(checkpoint, ours, tmp_path):
+    model_dir, hf = checkpoint
+    lora = load_hf_model(model_dir, lora_attn_modules=["q_proj", "v_proj"], lora_rank=4, lora_alpha=8)
     adapted = lora.state_dict()  # LoRALinear keeps the base weight under its name, next to lora_a / lora_b
     assert all(torch.equal(value, adapted[key]) for key, value in ours.state_dict().items())
-    assert type(lora.decoder.layers[0].attn.q_proj).__name__ == "LoRALinear"
-    assert family_of_model(lora) is QWEN2_VL and lora.trainable_modules == ("visual.merger",)
+    train_adapters_only(lora)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a stand-in for training: move the adapters and the merger (LayerNorm bias included)
+        for param in lora.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    save_adapter(lora.eval(), lora.state_dict(), tmp_path, base_model=str(model_dir))
+    adapter = read_peft_adapter(tmp_path, tie_word_embeddings=True, key_map=QWEN2_VL.weight_key_map)
+    assert {"visual.merger.norm.weight", "visual.merger.norm.bias"} <= adapter.full_weights.keys()
+    batch = padded_collate_qwen2_5_vl(mixed_samples()[3:], tokens_per_second=QWEN2_VL_RULE)
+    peft_model = PeftModel.from_pretrained(
+        Qwen2VLForConditionalGeneration.from_pretrained(model_dir), tmp_path
+    ).eval()
+    with torch.no_grad():
+        expected = hf_forward(peft_model, batch).logits
+        assert (real(lora(**batch), batch) - real(expected, batch)).abs().max() <= TOLERANCE
 
 
 def test_qwen3_vl_and_unknown_model_types_are_refused_by_name(tmp_path):
