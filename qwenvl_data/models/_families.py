@@ -150,6 +150,8 @@ def model_family(model_type: str | None, source: str = "config.json") -> ModelFa
     if model_type in MODEL_FAMILIES:
         return MODEL_FAMILIES[model_type]
     supported = ", ".join(MODEL_FAMILIES)
+    if model_type is None:
+        raise ValueError(f"{source}: no model_type, so no Qwen-VL family ({supported})")
     if model_type in _NOT_YET_SUPPORTED:
         raise ValueError(
             f"{source}: model_type {model_type!r} ({_NOT_YET_SUPPORTED[model_type]}) is not yet supported; "

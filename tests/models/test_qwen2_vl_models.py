@@ -182,6 +182,8 @@ def test_qwen3_vl_and_unknown_model_types_are_refused_by_name(tmp_path):
         load_hf_model(tmp_path)
     with pytest.raises(ValueError, match="'llava' is not a supported Qwen-VL family"):
         model_family("llava")
+    with pytest.raises(ValueError, match="my.json: no model_type"):
+        model_family(None, "my.json")
     assert model_family("qwen2_5_vl") is QWEN2_5_VL
 
 
