@@ -61,8 +61,8 @@ def load_hf_model(
     """Build the model a local HF directory describes and load its weights.
 
     The family comes from ``config.json``'s ``model_type``: ``qwen2_vl`` (Qwen2-VL) or ``qwen2_5_vl``
-    (Qwen2.5-VL); ``qwen3_vl`` is refused as not yet supported. The model is created on the meta device and materialized once (QLoRA: on CPU), so a large checkpoint is not
-    first randomly initialized.
+    (Qwen2.5-VL); ``qwen3_vl`` is refused as not yet supported. The model is created on the meta device
+    and materialized once (QLoRA: on CPU), so a large checkpoint is not first randomly initialized.
 
     Args:
         model_dir: HF directory (``config.json`` + safetensors).

@@ -1,4 +1,4 @@
-"""PEFT's adapter directory for transformers' ``Qwen2_5_VLForConditionalGeneration`` / ``Qwen2VLForConditionalGeneration``: written from our
+"""PEFT's adapter directory for transformers' Qwen2.5-VL and Qwen2-VL models: written from our
 LoRA model, read from ours or any PEFT LoRA/DoRA run.
 
 The directory is ``adapter_config.json`` (PEFT's ``LoraConfig`` fields) + ``adapter_model.safetensors``

@@ -112,7 +112,9 @@ def test_temporal_ids_count_temporal_patches_whatever_their_duration():
     # text, <|vision_start|>, a video of 3 temporal patches on a 2x2 merged grid (4x4 patches), <|vision_end|>, text
     tokens = torch.tensor([[100, VISION_START_ID] + [VIDEO_PAD_ID] * 12 + [VISION_END_ID, 200]])
     grid, seconds = torch.tensor([[3, 4, 4]]), torch.tensor([1.0])
-    positions, deltas = mrope_position_ids(tokens, video_grid_thw=grid, second_per_grid_ts=seconds, tokens_per_second=None)
+    positions, deltas = mrope_position_ids(
+        tokens, video_grid_thw=grid, second_per_grid_ts=seconds, tokens_per_second=None
+    )
     assert positions[:, 0, 2:14].tolist() == [
         [2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4],
         [2, 2, 3, 3] * 3,
@@ -131,7 +133,8 @@ def test_packed_rows_restart_positions_per_sample_by_the_qwen2_vl_rule():
     alone = padded_collate_qwen2_5_vl(samples, tokens_per_second=QWEN2_VL_RULE)
     for doc in range(2):
         in_doc = packed["document_ids"][0] == doc
-        assert torch.equal(packed["position_ids"][:, 0, in_doc], alone["position_ids"][:, doc, alone["attention_mask"][doc]])
+        alone_row = alone["position_ids"][:, doc, alone["attention_mask"][doc]]
+        assert torch.equal(packed["position_ids"][:, 0, in_doc], alone_row)
 
 
 def test_round_trip_saves_what_transformers_loads_with_the_same_logits(checkpoint, ours, tmp_path):
@@ -236,7 +239,11 @@ def test_size_builders_match_transformers_on_the_released_config(size):
     }
     for model in (ours, from_config):
         hf = tune_to_hf(
-            dict(model.state_dict()), in_channels=3, temporal_patch_size=2, patch_size=14, key_map=QWEN2_VL.weight_key_map
+            dict(model.state_dict()),
+            in_channels=3,
+            temporal_patch_size=2,
+            patch_size=14,
+            key_map=QWEN2_VL.weight_key_map,
         )
         assert {k: tuple(v.shape) for k, v in hf.items()} == expected
     assert QWEN2_VL.hf_config_from_model(ours, torch.bfloat16)["vision_config"]["mlp_ratio"] == 4

@@ -1,9 +1,15 @@
-"""Tiny random transformers Qwen2.5-VL and Qwen2-VL models (the reference) shared by the model tests and bench/model.py."""
+"""Tiny random transformers Qwen2.5-VL and Qwen2-VL models (the reference), shared by the model tests and
+bench/model.py."""
 
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
 
 from qwenvl_data._constants import IMAGE_PAD_ID, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID, VOCAB_SIZE
 
@@ -56,7 +62,9 @@ def tiny_qwen2_vl_hf_config(*, tie_word_embeddings: bool = True) -> Qwen2VLConfi
     )
 
 
-def save_random_qwen2_vl_hf_model(out_dir: Path, *, seed: int = 0, **config_args: object) -> Qwen2VLForConditionalGeneration:
+def save_random_qwen2_vl_hf_model(
+    out_dir: Path, *, seed: int = 0, **config_args: object
+) -> Qwen2VLForConditionalGeneration:
     """A random tiny HF Qwen2-VL, saved with ``save_pretrained`` (transformers 5.x nested layout) and returned
     in eval mode. Its LayerNorm weights and biases are randomized too (transformers initializes them to 1
     and 0), so a swapped or dropped norm parameter changes the logits."""
