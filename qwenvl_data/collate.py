@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from qwenvl_data.vision._concat import concat_rows
-from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, VIDEO_PAD_ID
+from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError
 from qwenvl_data.rope import mrope_position_ids
 
@@ -218,6 +218,7 @@ def padded_collate_qwen2_5_vl(
     padding_side: str = "right",
     pad_to_multiple_of: int | None = None,
     max_seq_len: int | None = None,
+    tokens_per_second: int | None = TOKENS_PER_SECOND,
 ) -> dict[str, torch.Tensor]:
     """Pad a list of tokenized samples into one batch with MRoPE position ids.
 
@@ -228,6 +229,8 @@ def padded_collate_qwen2_5_vl(
         pad_to_multiple_of: round the padded length up to a multiple of this.
         max_seq_len: pad every batch to exactly this length (fixed shapes); a longer sample
             raises SampleTooLongError, nothing is truncated.
+        tokens_per_second: the family's position rule for videos (``mrope_position_ids``): 2 for
+            Qwen2.5-VL, None for Qwen2-VL (temporal ids not scaled by time).
 
     Returns:
         A dict with
@@ -272,7 +275,7 @@ def padded_collate_qwen2_5_vl(
     labels = None
     if samples[0].labels is not None:
         labels = pad_rows([s.labels for s in samples], length, IGNORE_INDEX, padding_side)
-    return assemble_batch(samples, tokens, labels, attention_mask)
+    return assemble_batch(samples, tokens, labels, attention_mask, tokens_per_second=tokens_per_second)
 
 
 def assemble_batch(
@@ -281,6 +284,8 @@ def assemble_batch(
     labels: torch.Tensor | None,
     attention_mask: torch.Tensor,
     document_ids: torch.Tensor | None = None,
+    *,
+    tokens_per_second: int | None = TOKENS_PER_SECOND,
 ) -> dict[str, torch.Tensor]:
     """The batch dict from padded rows: adds MRoPE positions and the samples' vision inputs.
 
@@ -289,6 +294,7 @@ def assemble_batch(
         tokens, labels: int64 [B, L]; labels may be None.
         attention_mask: bool [B, L].
         document_ids: int64 [B, L] for packed rows (positions restart per sample), else None.
+        tokens_per_second: the family's position rule (see ``mrope_position_ids``).
     """
     media = concat_media(samples)
     out = {"tokens": tokens}
@@ -302,6 +308,7 @@ def assemble_batch(
         media.get("second_per_grid_ts"),
         attention_mask,
         document_ids=document_ids,
+        tokens_per_second=tokens_per_second,
     )
     out.update(media)
     return out
@@ -316,16 +323,24 @@ class Qwen2_5_VLCollator:
         padding_side: "right" (training) or "left" (generation).
         pad_to_multiple_of: round the padded length up to a multiple of this.
         max_seq_len: pad every batch to exactly this length; longer samples are an error.
+        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL).
     """
 
     def __init__(
-        self, padding_side: str = "right", pad_to_multiple_of: int | None = None, max_seq_len: int | None = None
+        self,
+        padding_side: str = "right",
+        pad_to_multiple_of: int | None = None,
+        max_seq_len: int | None = None,
+        tokens_per_second: int | None = TOKENS_PER_SECOND,
     ) -> None:
         _check_options(padding_side, pad_to_multiple_of, max_seq_len)
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_seq_len = max_seq_len
+        self.tokens_per_second = tokens_per_second
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``padded_collate_qwen2_5_vl``."""
-        return padded_collate_qwen2_5_vl(batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len)
+        return padded_collate_qwen2_5_vl(
+            batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len, self.tokens_per_second
+        )

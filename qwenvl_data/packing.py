@@ -9,7 +9,7 @@ let a token attend only to earlier tokens of its own sample.
 
 import torch
 
-from qwenvl_data._constants import IGNORE_INDEX, PAD_ID
+from qwenvl_data._constants import IGNORE_INDEX, PAD_ID, TOKENS_PER_SECOND
 from qwenvl_data.collate import CheckedSample, assemble_batch, check_fits, check_samples, pad_rows
 from qwenvl_data.errors import SampleError
 
@@ -49,7 +49,9 @@ def first_fit_rows(lengths: list[int], max_seq_len: int) -> list[list[int]]:
     return rows
 
 
-def packed_collate_qwen2_5_vl(batch: list[dict | None], max_seq_len: int) -> dict[str, torch.Tensor]:
+def packed_collate_qwen2_5_vl(
+    batch: list[dict | None], max_seq_len: int, tokens_per_second: int | None = TOKENS_PER_SECOND
+) -> dict[str, torch.Tensor]:
     """Pack tokenized samples into rows of exactly ``max_seq_len`` tokens, never splitting a sample.
 
     The number of rows B is however many first fit needs for this batch, at most ``len(batch)``.
@@ -57,6 +59,7 @@ def packed_collate_qwen2_5_vl(batch: list[dict | None], max_seq_len: int) -> dic
     Args:
         batch: samples from the text transform; ``None`` entries are dropped.
         max_seq_len: row length; a longer sample raises SampleTooLongError.
+        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL).
 
     Returns:
         The keys of ``padded_collate_qwen2_5_vl`` (right padding, L = max_seq_len; each sample's first
@@ -70,15 +73,18 @@ def packed_collate_qwen2_5_vl(batch: list[dict | None], max_seq_len: int) -> dic
     samples = check_samples(batch)
     check_fits(samples, max_seq_len)
     rows = first_fit_rows([s.tokens.numel() for s in samples], max_seq_len)
-    return _assemble_rows([[samples[i] for i in row] for row in rows], max_seq_len)
+    return _assemble_rows([[samples[i] for i in row] for row in rows], max_seq_len, tokens_per_second)
 
 
-def collate_packed_rows(rows: list[list[dict]], max_seq_len: int) -> dict[str, torch.Tensor]:
+def collate_packed_rows(
+    rows: list[list[dict]], max_seq_len: int, tokens_per_second: int | None = TOKENS_PER_SECOND
+) -> dict[str, torch.Tensor]:
     """Collate rows whose samples were already chosen (by ``SamplePacker``), one output row per row.
 
     Args:
         rows: per row, its samples in order; each row's tokens must fit in ``max_seq_len``.
         max_seq_len: row length.
+        tokens_per_second: the family's video position rule (see ``packed_collate_qwen2_5_vl``).
 
     Returns:
         The keys of ``packed_collate_qwen2_5_vl``, with B = ``len(rows)``.
@@ -96,10 +102,12 @@ def collate_packed_rows(rows: list[list[dict]], max_seq_len: int) -> dict[str, t
         total = sum(s.tokens.numel() for s in packed[-1])
         if total > max_seq_len:
             raise SampleError(f"a packed row of {[s.name for s in packed[-1]]} holds {total} > {max_seq_len} tokens")
-    return _assemble_rows(packed, max_seq_len)
+    return _assemble_rows(packed, max_seq_len, tokens_per_second)
 
 
-def _assemble_rows(packed: list[list[CheckedSample]], max_seq_len: int) -> dict[str, torch.Tensor]:
+def _assemble_rows(
+    packed: list[list[CheckedSample]], max_seq_len: int, tokens_per_second: int | None
+) -> dict[str, torch.Tensor]:
     """Concatenate each row's samples, pad to ``max_seq_len``, add document ids, positions and media."""
     ordered = [sample for row in packed for sample in row]
     tokens = pad_rows([torch.cat([s.tokens for s in row]) for row in packed], max_seq_len, PAD_ID)
@@ -112,7 +120,7 @@ def _assemble_rows(packed: list[list[CheckedSample]], max_seq_len: int) -> dict[
     labels = None
     if ordered[0].labels is not None:
         labels = pad_rows([torch.cat([s.labels for s in row]) for row in packed], max_seq_len, IGNORE_INDEX)
-    out = assemble_batch(ordered, tokens, labels, document_ids >= 0, document_ids)
+    out = assemble_batch(ordered, tokens, labels, document_ids >= 0, document_ids, tokens_per_second=tokens_per_second)
     out["document_ids"] = document_ids
     out["seq_lens"] = seq_lens
     return out
@@ -123,16 +131,18 @@ class Qwen2_5_VLPackedCollator:
 
     Args:
         max_seq_len: length of every packed row.
+        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL).
     """
 
-    def __init__(self, max_seq_len: int) -> None:
+    def __init__(self, max_seq_len: int, tokens_per_second: int | None = TOKENS_PER_SECOND) -> None:
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
         self.max_seq_len = max_seq_len
+        self.tokens_per_second = tokens_per_second
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``packed_collate_qwen2_5_vl``."""
-        return packed_collate_qwen2_5_vl(batch, self.max_seq_len)
+        return packed_collate_qwen2_5_vl(batch, self.max_seq_len, self.tokens_per_second)
 
 
 def _attends(

@@ -1,10 +1,11 @@
-"""MRoPE position ids for Qwen2.5-VL batches, computed with whole-batch tensor ops.
+"""MRoPE position ids for Qwen2.5-VL and Qwen2-VL batches, computed with whole-batch tensor ops.
 
 The rule is the one the released checkpoints were trained with (Qwen's training code, vLLM,
 transformers 4.x): text positions count up by one; a vision span starting at position ``s``
 gets temporal ids ``s + floor(t * second_per_grid_ts * tokens_per_second)`` (images: ``s``),
 height ids ``s + row`` and width ids ``s + col`` on the merged grid; the text after a span
-starts at (largest id used so far) + 1. transformers 5.x restarts the text at
+starts at (largest id used so far) + 1. Qwen2-VL's temporal ids are not scaled by time:
+temporal patch ``t`` gets ``s + t`` (``tokens_per_second=None``). transformers 5.x restarts the text at
 ``s + max(rows, cols)`` instead, which differs for videos whose temporal ids outgrow their
 spatial ones.
 
@@ -145,7 +146,7 @@ def mrope_position_ids(
     *,
     document_ids: torch.Tensor | None = None,
     spatial_merge_size: int = MERGE_SIZE,
-    tokens_per_second: int = TOKENS_PER_SECOND,
+    tokens_per_second: int | None = TOKENS_PER_SECOND,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """3D (temporal, height, width) rotary position ids for a padded or packed batch.
 
@@ -158,13 +159,16 @@ def mrope_position_ids(
         image_grid_thw: int64 [num_images, 3] (t, h, w) patch grids before merging, or None.
         video_grid_thw: int64 [num_videos, 3], or None.
         second_per_grid_ts: float [num_videos], seconds per temporal patch (``2 / fps``);
-            None means 1.0 for every video, as in the reference.
+            None means 1.0 for every video, as in the reference. Unused when
+            ``tokens_per_second`` is None.
         attention_mask: bool/int [B, L], True/1 on real tokens; None means no padding.
             Either padding side works: positions only count real tokens.
         document_ids: int64 [B, L], for packed rows: index of the sample inside its row
             (-1 on padding). Positions restart at 0 at the start of every sample.
         spatial_merge_size: patches merged per side into one LLM token (2 for Qwen2.5-VL).
-        tokens_per_second: temporal ids per second of video (2 for Qwen2.5-VL).
+        tokens_per_second: temporal ids per second of video (2 for Qwen2.5-VL); None: one
+            temporal id per temporal patch, whatever its duration (Qwen2-VL's rule, see
+            ``ModelFamily.tokens_per_second``).
 
     Returns:
         position_ids: int64 [3, B, L]; 0 on padding (transformers 5.x's convention).
@@ -194,7 +198,7 @@ def mrope_position_ids(
     flat_valid = valid.reshape(-1)
 
     num_videos = 0 if video_grid_thw is None else video_grid_thw.reshape(-1, 3).shape[0]
-    if second_per_grid_ts is None:
+    if second_per_grid_ts is None or tokens_per_second is None:
         video_seconds = torch.ones(num_videos, dtype=torch.float32, device=device)
     else:
         video_seconds = second_per_grid_ts.to(device).reshape(-1)
@@ -204,7 +208,7 @@ def mrope_position_ids(
             raise ValueError(f"second_per_grid_ts has {video_seconds.numel()} entries for {num_videos} videos")
     is_image = (flat_ids == IMAGE_PAD_ID) & flat_valid
     is_video = (flat_ids == VIDEO_PAD_ID) & flat_valid
-    video_interval = video_seconds * tokens_per_second
+    video_interval = video_seconds * (1 if tokens_per_second is None else tokens_per_second)
     vision = _locate_items(
         is_image, is_video, image_grid_thw, video_grid_thw, video_interval, seq_len, spatial_merge_size
     )

@@ -7,7 +7,7 @@ torchtune's ``LoRALinear`` or our ``DoRALinear`` (torchtune's, with PEFT's bias 
 LoRA models share one wiring.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 from torchtune.models.qwen2._component_builders import qwen2_mlp
@@ -264,6 +264,39 @@ def lora_qwen2_5_vl(
     Raises:
         ValueError: for unknown module names, no adapted module at all, or LoRA on a tied output.
     """
+    return add_lora(
+        qwen2_5_vl,
+        lora_attn_modules,
+        apply_lora_to_mlp,
+        apply_lora_to_output,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        use_dora=use_dora,
+        quantize_base=quantize_base,
+        train_vision_tower=train_vision_tower,
+        train_merger=train_merger,
+        **model_args,
+    )
+
+
+def add_lora(
+    build: Callable[..., Qwen2_5_VLModel],
+    lora_attn_modules: Sequence[str],
+    apply_lora_to_mlp: bool = False,
+    apply_lora_to_output: bool = False,
+    *,
+    lora_rank: int,
+    lora_alpha: float,
+    lora_dropout: float = 0.0,
+    use_dora: bool = False,
+    quantize_base: bool = False,
+    train_vision_tower: bool = False,
+    train_merger: bool = True,
+    **model_args: object,
+) -> Qwen2_5_VLModel:
+    """``build(**model_args)`` with LoRA/DoRA swapped into its language model: the one LoRA wiring of
+    every family whose decoder is torchtune's (arguments as in ``lora_qwen2_5_vl``)."""
     unknown = set(lora_attn_modules) - set(LORA_ATTN_MODULES.__args__)
     if unknown:
         raise ValueError(f"unknown lora_attn_modules {sorted(unknown)}; choose from {LORA_ATTN_MODULES.__args__}")
@@ -271,7 +304,7 @@ def lora_qwen2_5_vl(
         raise ValueError("LoRA needs at least one adapted module (lora_attn_modules, mlp or output)")
     if apply_lora_to_output and model_args.get("tie_word_embeddings"):
         raise ValueError("apply_lora_to_output cannot be used with tied word embeddings: there is no output weight")
-    model = qwen2_5_vl(**model_args)
+    model = build(**model_args)
     adapter_cls = DoRALinear if use_dora else LoRALinear
 
     def adapted(linear: nn.Linear) -> nn.Module:

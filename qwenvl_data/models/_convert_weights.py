@@ -21,8 +21,9 @@ from qwenvl_data._constants import (
     VISION_START_ID,
 )
 
-# HF key -> our key; "{}" stands for a layer number.
-_FROM_HF = {
+# HF key -> our key; "{}" stands for a layer number. Qwen2-VL and Qwen2.5-VL share the language model,
+# the patch embedding, the vision attention and the merger MLP; their vision norms and MLPs differ.
+SHARED_KEY_MAP = {
     "model.embed_tokens.weight": "tok_embeddings.weight",
     "model.layers.{}.self_attn.q_proj.weight": "decoder.layers.{}.attn.q_proj.weight",
     "model.layers.{}.self_attn.q_proj.bias": "decoder.layers.{}.attn.q_proj.bias",
@@ -39,12 +40,19 @@ _FROM_HF = {
     "model.norm.weight": "decoder.norm.scale",
     "lm_head.weight": "decoder.output.weight",
     "visual.patch_embed.proj.weight": "visual.patch_embed.weight",
-    "visual.blocks.{}.norm1.weight": "visual.layers.{}.sa_norm.scale",
-    "visual.blocks.{}.norm2.weight": "visual.layers.{}.mlp_norm.scale",
     "visual.blocks.{}.attn.qkv.weight": "visual.layers.{}.attn.qkv_proj.weight",
     "visual.blocks.{}.attn.qkv.bias": "visual.layers.{}.attn.qkv_proj.bias",
     "visual.blocks.{}.attn.proj.weight": "visual.layers.{}.attn.output_proj.weight",
     "visual.blocks.{}.attn.proj.bias": "visual.layers.{}.attn.output_proj.bias",
+    "visual.merger.mlp.0.weight": "visual.merger.fc1.weight",
+    "visual.merger.mlp.0.bias": "visual.merger.fc1.bias",
+    "visual.merger.mlp.2.weight": "visual.merger.fc2.weight",
+    "visual.merger.mlp.2.bias": "visual.merger.fc2.bias",
+}
+QWEN2_5_VL_KEY_MAP = {
+    **SHARED_KEY_MAP,
+    "visual.blocks.{}.norm1.weight": "visual.layers.{}.sa_norm.scale",
+    "visual.blocks.{}.norm2.weight": "visual.layers.{}.mlp_norm.scale",
     "visual.blocks.{}.mlp.gate_proj.weight": "visual.layers.{}.mlp.w1.weight",
     "visual.blocks.{}.mlp.gate_proj.bias": "visual.layers.{}.mlp.w1.bias",
     "visual.blocks.{}.mlp.down_proj.weight": "visual.layers.{}.mlp.w2.weight",
@@ -52,12 +60,7 @@ _FROM_HF = {
     "visual.blocks.{}.mlp.up_proj.weight": "visual.layers.{}.mlp.w3.weight",
     "visual.blocks.{}.mlp.up_proj.bias": "visual.layers.{}.mlp.w3.bias",
     "visual.merger.ln_q.weight": "visual.merger.norm.scale",
-    "visual.merger.mlp.0.weight": "visual.merger.fc1.weight",
-    "visual.merger.mlp.0.bias": "visual.merger.fc1.bias",
-    "visual.merger.mlp.2.weight": "visual.merger.fc2.weight",
-    "visual.merger.mlp.2.bias": "visual.merger.fc2.bias",
 }
-_TO_HF = {ours: hf for hf, ours in _FROM_HF.items()}
 _HF_PATCH_EMBED = "visual.patch_embed.proj.weight"
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
 # transformers 5.x module names -> the released checkpoint names.
@@ -72,7 +75,12 @@ def _map_key(key: str, mapping: dict[str, str]) -> str:
         abstract = key[: match.start()] + "{}" + key[match.end() :]
         if abstract in mapping:
             return mapping[abstract].format(match.group(1))
-    raise KeyError(f"no Qwen2.5-VL mapping for state dict key {key!r}")
+    raise KeyError(f"no mapping for state dict key {key!r}")
+
+
+def _inverse(key_map: dict[str, str]) -> dict[str, str]:
+    """Our name -> HF name, from a family's HF -> our map."""
+    return {ours: hf for hf, ours in key_map.items()}
 
 
 def _released_name(key: str) -> str:
@@ -91,18 +99,24 @@ def _hf5_name(key: str) -> str:
     return key
 
 
-def hf_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
-    """Convert an HF Qwen2.5-VL state dict (all shards merged) to ours.
+def hf_to_tune(
+    state_dict: dict[str, torch.Tensor],
+    *,
+    tie_word_embeddings: bool,
+    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
+) -> dict[str, torch.Tensor]:
+    """Convert an HF state dict (all shards merged) to ours.
 
     Args:
         state_dict: HF names -> tensors (released or transformers 5.x names).
         tie_word_embeddings: drop ``lm_head.weight`` (some tied checkpoints store a copy).
+        key_map: the family's HF -> our names (``ModelFamily.weight_key_map``); Qwen2.5-VL's by default.
 
     Returns:
         our names -> tensors; the Conv3d patch embedding [D, 3, 2, 14, 14] becomes [D, 1176].
 
     Raises:
-        KeyError: for a key that is not part of Qwen2.5-VL.
+        KeyError: for a key that is not part of the family's model.
     """
     converted = {}
     for key, value in state_dict.items():
@@ -111,25 +125,32 @@ def hf_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool
             continue
         if key == _HF_PATCH_EMBED:
             value = value.reshape(value.shape[0], -1)
-        converted[_map_key(key, _FROM_HF)] = value
+        converted[_map_key(key, key_map)] = value
     return converted
 
 
 def tune_to_hf(
-    state_dict: dict[str, torch.Tensor], *, in_channels: int, temporal_patch_size: int, patch_size: int
+    state_dict: dict[str, torch.Tensor],
+    *,
+    in_channels: int,
+    temporal_patch_size: int,
+    patch_size: int,
+    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
 ) -> dict[str, torch.Tensor]:
     """Convert our state dict to the released HF layout (the inverse of ``hf_to_tune``).
 
     Args:
         state_dict: our names -> tensors, LoRA already merged.
         in_channels, temporal_patch_size, patch_size: the Conv3d kernel shape to restore.
+        key_map: the family's HF -> our names, as for ``hf_to_tune``.
 
     Returns:
         HF names -> tensors.
     """
+    to_hf = _inverse(key_map)
     converted = {}
     for key, value in state_dict.items():
-        hf_key = _map_key(key, _TO_HF)
+        hf_key = _map_key(key, to_hf)
         if hf_key == _HF_PATCH_EMBED:
             value = value.reshape(value.shape[0], in_channels, temporal_patch_size, patch_size, patch_size)
         converted[hf_key] = value
@@ -146,19 +167,25 @@ _FROM_PEFT_ADAPTER_SUFFIXES = {peft: ours for ours, peft in _PEFT_ADAPTER_SUFFIX
 _PEFT_PREFIX = "base_model.model."
 
 
-def hf_module_name(module: str) -> str:
-    """transformers 5.x's path of one of our linear layers, the name PEFT targets.
+def hf_module_name(module: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
+    """transformers 5.x's path of one of our linear layers, the name PEFT targets (``key_map``: the
+    family's, as for ``hf_to_tune``).
 
     Example: ``decoder.layers.0.attn.q_proj`` -> ``model.language_model.layers.0.self_attn.q_proj``.
     """
-    return _hf5_name(_map_key(module + ".weight", _TO_HF)).removesuffix(".weight")
+    return _hf5_name(_map_key(module + ".weight", _inverse(key_map))).removesuffix(".weight")
 
 
 def tune_to_peft(
-    state_dict: dict[str, torch.Tensor], *, in_channels: int, temporal_patch_size: int, patch_size: int
+    state_dict: dict[str, torch.Tensor],
+    *,
+    in_channels: int,
+    temporal_patch_size: int,
+    patch_size: int,
+    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
 ) -> dict[str, torch.Tensor]:
-    """Our adapter weights (and modules trained in full) under the names PEFT writes for
-    transformers' ``Qwen2_5_VLForConditionalGeneration``.
+    """Our adapter weights (and modules trained in full) under the names PEFT writes for the
+    family's transformers model (``key_map`` as for ``hf_to_tune``; Qwen2.5-VL's by default).
 
     ``decoder.layers.0.attn.q_proj.lora_a.weight`` ->
     ``base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight``; a DoRA
@@ -171,17 +198,23 @@ def tune_to_peft(
         if suffix is None:
             full[key] = value
         else:
-            converted[_PEFT_PREFIX + hf_module_name(key.removesuffix(suffix)) + _PEFT_ADAPTER_SUFFIXES[suffix]] = value
-    hf = tune_to_hf(full, in_channels=in_channels, temporal_patch_size=temporal_patch_size, patch_size=patch_size)
+            module = hf_module_name(key.removesuffix(suffix), key_map)
+            converted[_PEFT_PREFIX + module + _PEFT_ADAPTER_SUFFIXES[suffix]] = value
+    hf = tune_to_hf(
+        full, in_channels=in_channels, temporal_patch_size=temporal_patch_size, patch_size=patch_size, key_map=key_map
+    )
     converted.update({_PEFT_PREFIX + _hf5_name(key): value for key, value in hf.items()})
     return converted
 
 
-def peft_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
-    """A PEFT ``adapter_model.safetensors`` of a Qwen2.5-VL (transformers 4.x or 5.x module names) in ours.
+def peft_to_tune(
+    state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP
+) -> dict[str, torch.Tensor]:
+    """A PEFT ``adapter_model.safetensors`` (transformers 4.x or 5.x module names) in ours; ``key_map``:
+    the base model's family's, as for ``hf_to_tune`` (Qwen2.5-VL's by default).
 
     Raises:
-        KeyError: a key outside ``base_model.model.`` or naming no Qwen2.5-VL weight.
+        KeyError: a key outside ``base_model.model.`` or naming no weight of the family's model.
     """
     converted, full = {}, {}
     for key, value in state_dict.items():
@@ -194,14 +227,21 @@ def peft_to_tune(state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bo
         if suffix is None:
             full[key] = value
             continue
-        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", _FROM_HF).removesuffix(".weight")
+        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", key_map).removesuffix(".weight")
         converted[module + _FROM_PEFT_ADAPTER_SUFFIXES[suffix]] = value
-    converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings))
+    converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings, key_map=key_map))
     return converted
 
 
-def builder_args_from_hf_config(config: dict) -> dict:
-    """Arguments of ``qwen2_5_vl`` for an HF ``config.json``.
+def check_model_type(config: dict, model_type: str) -> None:
+    """Raise ValueError when ``config.json`` names another ``model_type`` (an absent one passes)."""
+    found = config.get("model_type", model_type)
+    if found != model_type:
+        raise ValueError(f"config.json: model_type {found!r}, expected {model_type!r}")
+
+
+def text_builder_args_from_hf_config(config: dict) -> dict:
+    """The language-model arguments (shared by the Qwen2-VL and Qwen2.5-VL builders) of an HF ``config.json``.
 
     Reads the released flat layout (text fields at the top, ``rope_scaling``) and transformers
     5.x's nested one (``text_config`` with ``rope_parameters``).
@@ -211,14 +251,12 @@ def builder_args_from_hf_config(config: dict) -> dict:
             sliding-window attention, RoPE scaling other than MRoPE).
     """
     text = {**config, **config.get("text_config", {})}
-    vision = config["vision_config"]
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "mrope"):
         raise ValueError(f"config.json: RoPE type {rope_type!r} is not supported (only MRoPE)")
-    for name, section in (("text", text), ("vision", vision)):
-        if section.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config.json: {name} hidden_act {section['hidden_act']!r} is not supported (silu)")
+    if text.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: text hidden_act {text['hidden_act']!r} is not supported (silu)")
     if text.get("use_sliding_window"):
         raise ValueError("config.json: use_sliding_window=true is not supported")
     num_heads = text["num_attention_heads"]
@@ -235,6 +273,22 @@ def builder_args_from_hf_config(config: dict) -> dict:
         rope_base=float(rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))),
         norm_eps=text.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=tie,
+    )
+
+
+def builder_args_from_hf_config(config: dict) -> dict:
+    """Arguments of ``qwen2_5_vl`` for an HF ``config.json`` (flat or nested, see
+    ``text_builder_args_from_hf_config``).
+
+    Raises:
+        ValueError: for another ``model_type`` or settings this implementation does not have.
+    """
+    check_model_type(config, "qwen2_5_vl")
+    vision = config["vision_config"]
+    if vision.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"config.json: vision hidden_act {vision['hidden_act']!r} is not supported (silu)")
+    return dict(
+        **text_builder_args_from_hf_config(config),
         vision_depth=vision["depth"],
         vision_embed_dim=vision["hidden_size"],
         vision_num_heads=vision["num_heads"],
@@ -245,25 +299,32 @@ def builder_args_from_hf_config(config: dict) -> dict:
     )
 
 
-def hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
-    """The released-layout ``config.json`` describing ``model`` (read off its modules).
+def patch_in_channels(visual: nn.Module) -> int:
+    """Image channels of a vision tower, read off its patch embedding [D, C * T * P * P]."""
+    return visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2)
 
-    Args:
-        model: a ``Qwen2_5_VLModel``.
-        dtype: the dtype the weights are saved in.
 
-    Returns:
-        dict ready for ``json.dump``.
-    """
-    decoder, visual = model.decoder, model.visual
+def patching_hf_config(visual: nn.Module) -> dict:
+    """The ``vision_config`` fields of a tower's patching, in both spellings transformers and vLLM read."""
+    in_channels = patch_in_channels(visual)
+    return {
+        "in_chans": in_channels,
+        "in_channels": in_channels,
+        "patch_size": visual.patch_size,
+        "spatial_merge_size": visual.merge_size,
+        "spatial_patch_size": visual.patch_size,
+        "temporal_patch_size": visual.temporal_patch_size,
+    }
+
+
+def text_hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
+    """The released-layout ``config.json`` fields of the language model and special tokens (shared by the
+    Qwen2-VL and Qwen2.5-VL configs), read off ``model``'s modules; ``dtype`` is the saved weights'."""
+    decoder = model.decoder
     attn = decoder.layers[0].attn
     rope = attn.pos_embeddings
-    vision_block = visual.layers[0]
     num_layers = len(decoder.layers)
-    in_channels = visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2)
     return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-        "model_type": "qwen2_5_vl",
         "attention_dropout": attn.attn_dropout,
         "bos_token_id": ENDOFTEXT_ID,
         "eos_token_id": IM_END_ID,
@@ -290,19 +351,33 @@ def hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
         "vocab_size": model.tok_embeddings.num_embeddings,
+    }
+
+
+def hf_config_from_model(model: nn.Module, dtype: torch.dtype) -> dict:
+    """The released-layout ``config.json`` describing a Qwen2.5-VL ``model`` (read off its modules).
+
+    Args:
+        model: a ``Qwen2_5_VLModel``.
+        dtype: the dtype the weights are saved in.
+
+    Returns:
+        dict ready for ``json.dump``.
+    """
+    visual = model.visual
+    vision_block = visual.layers[0]
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        **text_hf_config_from_model(model, dtype),
         "vision_config": {
             "depth": len(visual.layers),
             "hidden_act": "silu",
             "hidden_size": visual.patch_embed.weight.shape[0],
             "intermediate_size": vision_block.mlp.w1.weight.shape[0],
             "num_heads": vision_block.attn.num_heads,
-            "in_chans": in_channels,
-            "in_channels": in_channels,
             "out_hidden_size": visual.merger.fc2.weight.shape[0],
-            "patch_size": visual.patch_size,
-            "spatial_merge_size": visual.merge_size,
-            "spatial_patch_size": visual.patch_size,
-            "temporal_patch_size": visual.temporal_patch_size,
+            **patching_hf_config(visual),
             "window_size": visual.window_size,
             "fullatt_block_indexes": visual.full_attention_layers,
             "tokens_per_second": model.tokens_per_second,

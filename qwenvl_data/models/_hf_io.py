@@ -1,4 +1,4 @@
-"""Read and write local HF Qwen2.5-VL directories (``config.json`` + safetensors, single or sharded)."""
+"""Read and write local HF Qwen2-VL / Qwen2.5-VL directories (``config.json`` + safetensors, single or sharded)."""
 
 import json
 import os
@@ -17,9 +17,9 @@ from qwenvl_data.models._adapters import (
     merged_state_dict,
 )
 from qwenvl_data._files import read_json, read_safetensors
-from qwenvl_data.models._convert_weights import hf_config_from_model, hf_to_tune, tune_to_hf
+from qwenvl_data.models._convert_weights import hf_to_tune, patch_in_channels, tune_to_hf
+from qwenvl_data.models._families import family_of_model, model_family
 from qwenvl_data.models._model import Qwen2_5_VLModel
-from qwenvl_data.models._model_builders import qwen2_5_vl_from_hf_config
 from qwenvl_data.transform import Qwen2_5_VLTransform
 
 _SINGLE_FILE = "model.safetensors"
@@ -60,8 +60,9 @@ def load_hf_model(
 ) -> Qwen2_5_VLModel:
     """Build the model a local HF directory describes and load its weights.
 
-    The model is created on the meta device and materialized once (QLoRA: on CPU), so a large checkpoint is not
-    first randomly initialized.
+    The family comes from ``config.json``'s ``model_type``: ``qwen2_vl`` (Qwen2-VL) or ``qwen2_5_vl``
+    (Qwen2.5-VL); ``qwen3_vl`` is refused as not yet supported. The model is created on the meta device
+    and materialized once (QLoRA: on CPU), so a large checkpoint is not first randomly initialized.
 
     Args:
         model_dir: HF directory (``config.json`` + safetensors).
@@ -70,10 +71,11 @@ def load_hf_model(
             to get the LoRA variant, with freshly initialized adapters on the loaded base.
 
     Returns:
-        Qwen2_5_VLModel on CPU.
+        Qwen2_5_VLModel on CPU (for Qwen2-VL: with its vision tower and position rule).
 
     Raises:
-        ValueError: if the checkpoint misses weights of the model or holds weights it does not have.
+        ValueError: an unsupported ``model_type``, or a checkpoint that misses weights of the model or
+            holds weights it does not have.
 
     Example:
         >>> import tempfile
@@ -84,14 +86,15 @@ def load_hf_model(
     """
     model_dir = Path(model_dir)
     config = read_json(model_dir / "config.json")
+    family = model_family(config.get("model_type"), str(model_dir / "config.json"))
     # An NF4 (QLoRA) weight cannot be materialized from the meta device (torchao 0.13): build those on CPU.
     build_device = "cpu" if lora_args.get("quantize_base") else "meta"
     with set_default_dtype(dtype), torch.device(build_device):
-        model = qwen2_5_vl_from_hf_config(config, **lora_args)
+        model = family.model_from_hf_config(config, **lora_args)
     if build_device == "meta":
         model.to_empty(device="cpu")
     tied = isinstance(model.decoder.output, TiedLinear)
-    state_dict = hf_to_tune(load_hf_state_dict(model_dir), tie_word_embeddings=tied)
+    state_dict = hf_to_tune(load_hf_state_dict(model_dir), tie_word_embeddings=tied, key_map=family.weight_key_map)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [key for key in missing if not key.endswith(ADAPTER_PARAM_SUFFIXES)]
     if missing or unexpected:
@@ -114,8 +117,9 @@ def save_hf_model(
     transform: Qwen2_5_VLTransform | None = None,
     source_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write ``model`` as a complete HF directory: what ``Qwen2_5_VLForConditionalGeneration``,
-    ``AutoProcessor`` and vLLM load.
+    """Write ``model`` as a complete HF directory: what its family's transformers class
+    (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``), ``AutoProcessor``
+    and vLLM load.
 
     LoRA/DoRA adapters are merged into the saved weights (a QLoRA base is dequantized first), so the
     weights compute what the adapted model computes. Besides the weights and ``config.json``, the
@@ -123,7 +127,7 @@ def save_hf_model(
     ``qwenvl_data.models._processor_files.write_processor_files``).
 
     Args:
-        model: a ``Qwen2_5_VLModel`` (LoRA or not).
+        model: a ``Qwen2_5_VLModel`` of either family (LoRA or not).
         out_dir: directory to create or overwrite files in.
         dtype: dtype to save in; None keeps the embedding's dtype (the run's dtype).
         max_shard_bytes: above this, weights are split into shards with an index file.
@@ -138,11 +142,13 @@ def save_hf_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     visual = model.visual
+    family = family_of_model(model)
     weights = tune_to_hf(
         merged_state_dict(model),
-        in_channels=visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2),
+        in_channels=patch_in_channels(visual),
         temporal_patch_size=visual.temporal_patch_size,
         patch_size=visual.patch_size,
+        key_map=family.weight_key_map,
     )
     save_dtype = dtype or model.tok_embeddings.weight.dtype
     weights = {k: v.detach().to(device="cpu", dtype=save_dtype).contiguous() for k, v in weights.items()}
@@ -168,7 +174,7 @@ def save_hf_model(
         total = sum(v.numel() * v.element_size() for v in weights.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (out_dir / _INDEX_FILE).write_text(json.dumps(index, indent=2))
-    config = hf_config_from_model(model, save_dtype)
+    config = family.hf_config_from_model(model, save_dtype)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     write_processor_files(out_dir, transform, source_dir)
     return out_dir

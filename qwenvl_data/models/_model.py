@@ -27,7 +27,7 @@ class Qwen2_5_VLModel(nn.Module):
         decoder: ``TransformerDecoder`` whose attention uses ``MultimodalRotaryEmbeddings``.
         visual: the vision tower.
         tokens_per_second: temporal MRoPE ids per second of video, used when ``position_ids``
-            must be computed here.
+            must be computed here; None: one per temporal patch (Qwen2-VL's rule).
         trainable_modules: submodule names (e.g. ``"visual.merger"``) whose parameters LoRA
             fine-tuning trains in full. They are reported through torchtune's ``adapter_params``
             protocol, so ``get_adapter_params`` + ``set_trainable_params`` pick them up.
@@ -39,7 +39,7 @@ class Qwen2_5_VLModel(nn.Module):
         tok_embeddings: nn.Embedding,
         decoder: TransformerDecoder,
         visual: Qwen2_5_VisionTransformer,
-        tokens_per_second: int = TOKENS_PER_SECOND,
+        tokens_per_second: int | None = TOKENS_PER_SECOND,
         trainable_modules: Sequence[str] = (),
     ) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""PEFT's adapter directory for transformers' ``Qwen2_5_VLForConditionalGeneration``: written from our
+"""PEFT's adapter directory for transformers' Qwen2.5-VL and Qwen2-VL models: written from our
 LoRA model, read from ours or any PEFT LoRA/DoRA run.
 
 The directory is ``adapter_config.json`` (PEFT's ``LoraConfig`` fields) + ``adapter_model.safetensors``
@@ -27,7 +27,14 @@ from qwenvl_data.models._adapters import (
     is_adapted,
     merge_adapter_weight,
 )
-from qwenvl_data.models._convert_weights import hf_module_name, peft_to_tune, tune_to_peft
+from qwenvl_data.models._convert_weights import (
+    QWEN2_5_VL_KEY_MAP,
+    hf_module_name,
+    patch_in_channels,
+    peft_to_tune,
+    tune_to_peft,
+)
+from qwenvl_data.models._families import family_of_model
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -83,7 +90,9 @@ def peft_adapter_config(
         "lora_dropout": dropout,
         "use_dora": use_dora,
         "use_rslora": False,
-        "target_modules": _target_modules_regex([hf_module_name(m) for m in adapted]),
+        "target_modules": _target_modules_regex(
+            [hf_module_name(m, family_of_model(model).weight_key_map) for m in adapted]
+        ),
         "modules_to_save": [_MODULES_TO_SAVE[m] for m in trained_modules] or None,
         "bias": "none",
         "lora_bias": False,
@@ -126,9 +135,10 @@ def write_peft_adapter(
     visual = model.visual
     weights = tune_to_peft(
         {name: state_dict[name].contiguous() for name in names},
-        in_channels=visual.patch_embed.weight.shape[1] // (visual.temporal_patch_size * visual.patch_size**2),
+        in_channels=patch_in_channels(visual),
         temporal_patch_size=visual.temporal_patch_size,
         patch_size=visual.patch_size,
+        key_map=family_of_model(model).weight_key_map,
     )
     out_dir = Path(out_dir)
     save_file(weights, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
@@ -161,12 +171,16 @@ def _pattern_value(patterns: dict, hf_module: str, default: float) -> float:
     return default
 
 
-def read_peft_adapter(adapter_dir: str | os.PathLike, *, tie_word_embeddings: bool) -> PeftAdapter:
-    """Read a PEFT LoRA/DoRA adapter directory of a Qwen2.5-VL (ours or made by PEFT).
+def read_peft_adapter(
+    adapter_dir: str | os.PathLike, *, tie_word_embeddings: bool, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP
+) -> PeftAdapter:
+    """Read a PEFT LoRA/DoRA adapter directory (ours or made by PEFT).
 
     Args:
         adapter_dir: holds ``adapter_config.json`` and ``adapter_model.safetensors``.
         tie_word_embeddings: whether the base ties its output projection (see ``hf_to_tune``).
+        key_map: the base model's family's weight names (``family_of_model(base).weight_key_map``);
+            Qwen2.5-VL's by default.
 
     Raises:
         FileNotFoundError: a file is missing.
@@ -186,7 +200,9 @@ def read_peft_adapter(adapter_dir: str | os.PathLike, *, tie_word_embeddings: bo
         if config.get(flag):
             raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: {flag}=true is not supported")
     try:
-        weights = peft_to_tune(load_file(adapter_dir / ADAPTER_WEIGHTS), tie_word_embeddings=tie_word_embeddings)
+        weights = peft_to_tune(
+            load_file(adapter_dir / ADAPTER_WEIGHTS), tie_word_embeddings=tie_word_embeddings, key_map=key_map
+        )
     except KeyError as error:
         raise ValueError(f"{adapter_dir / ADAPTER_WEIGHTS}: {error.args[0]}") from None
     modules = sorted({k.removesuffix(".lora_a.weight") for k in weights if k.endswith(".lora_a.weight")})
@@ -196,7 +212,7 @@ def read_peft_adapter(adapter_dir: str | os.PathLike, *, tie_word_embeddings: bo
         if parts[1] is None:
             raise ValueError(f"{adapter_dir / ADAPTER_WEIGHTS}: {module} has lora_A but no lora_B")
         lora[module] = tuple(parts)
-        hf_name = hf_module_name(module)
+        hf_name = hf_module_name(module, key_map)
         rank = _pattern_value(config.get("rank_pattern") or {}, hf_name, parts[0].shape[0])
         alpha = _pattern_value(config.get("alpha_pattern") or {}, hf_name, config["lora_alpha"])
         scaling[module] = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)

@@ -166,17 +166,28 @@ class VisionBlock(nn.Module):
         intermediate_dim: MLP hidden size.
         full_attention: attend across the whole frame instead of within windows.
         norm_eps: RMSNorm epsilon.
+        sa_norm, mlp_norm, mlp: other families' norms and MLP (Qwen2-VL: LayerNorm, QuickGELU
+            fc1/fc2); None builds Qwen2.5-VL's.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, intermediate_dim: int, full_attention: bool, norm_eps: float = 1e-6
+        self,
+        dim: int,
+        num_heads: int,
+        intermediate_dim: int,
+        full_attention: bool,
+        norm_eps: float = 1e-6,
+        *,
+        sa_norm: nn.Module | None = None,
+        mlp_norm: nn.Module | None = None,
+        mlp: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.full_attention = full_attention
-        self.sa_norm = RMSNorm(dim, eps=norm_eps)
+        self.sa_norm = sa_norm if sa_norm is not None else RMSNorm(dim, eps=norm_eps)
         self.attn = VisionAttention(dim, num_heads)
-        self.mlp_norm = RMSNorm(dim, eps=norm_eps)
-        self.mlp = FeedForward(
+        self.mlp_norm = mlp_norm if mlp_norm is not None else RMSNorm(dim, eps=norm_eps)
+        self.mlp = mlp if mlp is not None else FeedForward(
             gate_proj=nn.Linear(dim, intermediate_dim, bias=True),
             down_proj=nn.Linear(intermediate_dim, dim, bias=True),
             up_proj=nn.Linear(dim, intermediate_dim, bias=True),
@@ -204,13 +215,16 @@ class PatchMerger(nn.Module):
         out_dim: language model hidden size.
         merge_size: patches merged per side.
         norm_eps: RMSNorm epsilon.
+        norm: another family's norm (Qwen2-VL: LayerNorm); None builds Qwen2.5-VL's RMSNorm.
     """
 
-    def __init__(self, dim: int, out_dim: int, merge_size: int = 2, norm_eps: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, merge_size: int = 2, norm_eps: float = 1e-6, *, norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         merged_dim = dim * merge_size * merge_size
         self.merged_dim = merged_dim
-        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.norm = norm if norm is not None else RMSNorm(dim, eps=norm_eps)
         self.fc1 = nn.Linear(merged_dim, merged_dim, bias=True)
         self.fc2 = nn.Linear(merged_dim, out_dim, bias=True)
 
@@ -237,7 +251,8 @@ class Qwen2_5_VisionTransformer(nn.Module):
         patch_size: spatial patch size in pixels (14).
         temporal_patch_size: frames per patch (2).
         merge_size: patches merged per side (2).
-        window_size: attention window side in pixels (112).
+        window_size: attention window side in pixels (112); None for a tower without windows
+            (Qwen2-VL), whose blocks must all attend across whole frames.
     """
 
     def __init__(
@@ -250,9 +265,11 @@ class Qwen2_5_VisionTransformer(nn.Module):
         patch_size: int,
         temporal_patch_size: int,
         merge_size: int,
-        window_size: int,
+        window_size: int | None,
     ) -> None:
         super().__init__()
+        if window_size is None and not all(layer.full_attention for layer in layers):
+            raise ValueError("a vision tower without window_size needs full attention in every block")
         self.patch_embed = patch_embed
         self.layers = layers
         self.merger = merger
@@ -290,10 +307,12 @@ class Qwen2_5_VisionTransformer(nn.Module):
             )
         if bool((grid_thw[:, 1:] % self.merge_size != 0).any()):
             raise ValueError(f"grid_thw {grid_thw.tolist()}: h and w must be multiples of {self.merge_size}")
-        window_units = self.window_size // self.merge_size // self.patch_size
         cos, sin = self.rope(grid_thw)
         frames = AttentionBlocks(_frame_keys(grid_thw), cos, sin)
-        windows = AttentionBlocks(_window_keys(grid_thw, self.merge_size, window_units), cos, sin)
+        windows = frames
+        if self.window_size is not None:
+            window_units = self.window_size // self.merge_size // self.patch_size
+            windows = AttentionBlocks(_window_keys(grid_thw, self.merge_size, window_units), cos, sin)
         h = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
         for layer in self.layers:
             h = layer(h, frames, windows)

@@ -1,26 +1,36 @@
-"""Tiny random transformers Qwen2.5-VL models (the reference) shared by the model tests and bench/model.py."""
+"""Tiny random transformers Qwen2.5-VL and Qwen2-VL models (the reference), shared by the model tests and
+bench/model.py."""
 
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
 
 from qwenvl_data._constants import IMAGE_PAD_ID, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID, VOCAB_SIZE
+
+
+# The language model of both tiny references: head_dim 32 (MRoPE 4/6/6).
+_TINY_TEXT = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+)
 
 
 def tiny_hf_config(*, tie_word_embeddings: bool = True, vision_depth: int = 2) -> Qwen2_5_VLConfig:
     """Same shapes as ``qwen2_5_vl_tiny``: head_dim 32 (MRoPE 4/6/6), vision head_dim 16, window 112."""
     return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-        ),
+        text_config=dict(_TINY_TEXT),
         vision_config=dict(
             depth=vision_depth,
             hidden_size=64,
@@ -39,6 +49,31 @@ def save_random_hf_model(out_dir: Path, *, seed: int = 0, **config_args: object)
     """A random tiny HF model, saved with ``save_pretrained`` into ``out_dir`` and returned in eval mode."""
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_hf_config(**config_args)).eval()
+    model.save_pretrained(out_dir)
+    return model
+
+
+def tiny_qwen2_vl_hf_config(*, tie_word_embeddings: bool = True) -> Qwen2VLConfig:
+    """Same shapes as ``qwen2_vl_tiny``: the tiny language model, a 2-block tower (hidden 64, 4 heads, MLP ratio 2)."""
+    return Qwen2VLConfig(
+        text_config=dict(_TINY_TEXT),
+        vision_config=dict(depth=2, embed_dim=64, hidden_size=128, mlp_ratio=2, num_heads=4),
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
+def save_random_qwen2_vl_hf_model(
+    out_dir: Path, *, seed: int = 0, **config_args: object
+) -> Qwen2VLForConditionalGeneration:
+    """A random tiny HF Qwen2-VL, saved with ``save_pretrained`` (transformers 5.x nested layout) and returned
+    in eval mode. Its LayerNorm weights and biases are randomized too (transformers initializes them to 1
+    and 0), so a swapped or dropped norm parameter changes the logits."""
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(tiny_qwen2_vl_hf_config(**config_args)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "visual" in name and param.dim() == 1 and ("norm" in name or "ln_q" in name):
+                param.add_(torch.randn_like(param) * 0.5)
     model.save_pretrained(out_dir)
     return model
 

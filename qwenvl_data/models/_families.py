@@ -1,0 +1,180 @@
+"""One small description per Qwen-VL model family: everything that differs between them, in one place.
+
+Code that must tell Qwen2-VL from Qwen2.5-VL asks the family (``model_family(config["model_type"])``,
+``family_of_model(model)``) instead of testing names itself. Qwen2-VL's processor and chat template
+are Qwen2.5-VL's, so both families share the patching, normalization and budget constants.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qwenvl_data._constants import (
+    IMAGE_MAX_PIXELS,
+    IMAGE_MIN_PIXELS,
+    MERGE_SIZE,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    PATCH_SIZE,
+    TEMPORAL_PATCH_SIZE,
+    TOKENS_PER_SECOND,
+    VIDEO_MAX_PIXELS,
+    VIDEO_MIN_PIXELS,
+)
+from qwenvl_data.models import _model_builders, _qwen2_vl_model_builders
+from qwenvl_data.models._component_builders import lora_qwen2_5_vl, qwen2_5_vl
+from qwenvl_data.models._convert_weights import QWEN2_5_VL_KEY_MAP, builder_args_from_hf_config, hf_config_from_model
+from qwenvl_data.models._model import Qwen2_5_VLModel
+from qwenvl_data.models._qwen2_vl_component_builders import lora_qwen2_vl, qwen2_vl
+from qwenvl_data.models._qwen2_vl_convert_weights import (
+    QWEN2_VL_KEY_MAP,
+    qwen2_vl_builder_args_from_hf_config,
+    qwen2_vl_hf_config_from_model,
+)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What one Qwen-VL family is: preprocessing numbers, position rule, builders, checkpoint format.
+
+    Attributes:
+        model_type: ``config.json``'s ``model_type``.
+        architecture: transformers' model class (``config.json``'s ``architectures``).
+        processor_class: transformers' processor class (``preprocessor_config.json``).
+        patch_size, merge_size, temporal_patch_size: pixels per patch side, patches merged per side,
+            frames per patch.
+        image_mean, image_std: per-channel normalization.
+        image_min_pixels, image_max_pixels, video_min_pixels, video_max_pixels: default pixel budgets.
+        tokens_per_second: the video position rule: temporal MRoPE ids per second of video
+            (``second_per_grid_ts * tokens_per_second`` per temporal patch), or None for one id per
+            temporal patch; what ``mrope_position_ids`` and the collators take.
+        build, build_lora: the component builders (``qwen2_5_vl`` / ``lora_qwen2_5_vl`` style).
+        sizes: released size -> builder of the random-initialized model.
+        builder_args_from_hf_config: ``config.json`` dict -> ``build``'s keyword arguments.
+        hf_config_from_model: (model, saved dtype) -> ``config.json`` dict.
+        weight_key_map: HF state-dict name -> ours (``"{}"`` = a layer number), for ``hf_to_tune`` / ``tune_to_hf``.
+    """
+
+    model_type: str
+    architecture: str
+    processor_class: str
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    image_min_pixels: int
+    image_max_pixels: int
+    video_min_pixels: int
+    video_max_pixels: int
+    tokens_per_second: int | None
+    build: Callable[..., Qwen2_5_VLModel]
+    build_lora: Callable[..., Qwen2_5_VLModel]
+    sizes: Mapping[str, Callable[[], Qwen2_5_VLModel]]
+    builder_args_from_hf_config: Callable[[dict], dict]
+    hf_config_from_model: Callable[[nn.Module, torch.dtype], dict]
+    weight_key_map: Mapping[str, str]
+
+    def model_from_hf_config(self, config: dict, **lora_args: object) -> Qwen2_5_VLModel:
+        """The (random-initialized) model ``config`` describes; with ``lora_args`` (at least
+        ``lora_attn_modules``) its LoRA variant."""
+        model_args = self.builder_args_from_hf_config(config)
+        if lora_args:
+            return self.build_lora(**lora_args, **model_args)
+        return self.build(**model_args)
+
+
+_SHARED_PROCESSING = dict(
+    patch_size=PATCH_SIZE,
+    merge_size=MERGE_SIZE,
+    temporal_patch_size=TEMPORAL_PATCH_SIZE,
+    image_mean=OPENAI_CLIP_MEAN,
+    image_std=OPENAI_CLIP_STD,
+    image_min_pixels=IMAGE_MIN_PIXELS,
+    image_max_pixels=IMAGE_MAX_PIXELS,
+    video_min_pixels=VIDEO_MIN_PIXELS,
+    video_max_pixels=VIDEO_MAX_PIXELS,
+)
+QWEN2_5_VL = ModelFamily(
+    model_type="qwen2_5_vl",
+    architecture="Qwen2_5_VLForConditionalGeneration",
+    processor_class="Qwen2_5_VLProcessor",
+    **_SHARED_PROCESSING,
+    tokens_per_second=TOKENS_PER_SECOND,
+    build=qwen2_5_vl,
+    build_lora=lora_qwen2_5_vl,
+    sizes={
+        "3b": _model_builders.qwen2_5_vl_3b,
+        "7b": _model_builders.qwen2_5_vl_7b,
+        "32b": _model_builders.qwen2_5_vl_32b,
+        "72b": _model_builders.qwen2_5_vl_72b,
+    },
+    builder_args_from_hf_config=builder_args_from_hf_config,
+    hf_config_from_model=hf_config_from_model,
+    weight_key_map=QWEN2_5_VL_KEY_MAP,
+)
+QWEN2_VL = ModelFamily(
+    model_type="qwen2_vl",
+    architecture="Qwen2VLForConditionalGeneration",
+    processor_class="Qwen2VLProcessor",
+    **_SHARED_PROCESSING,
+    tokens_per_second=None,
+    build=qwen2_vl,
+    build_lora=lora_qwen2_vl,
+    sizes={
+        "2b": _qwen2_vl_model_builders.qwen2_vl_2b,
+        "7b": _qwen2_vl_model_builders.qwen2_vl_7b,
+        "72b": _qwen2_vl_model_builders.qwen2_vl_72b,
+    },
+    builder_args_from_hf_config=qwen2_vl_builder_args_from_hf_config,
+    hf_config_from_model=qwen2_vl_hf_config_from_model,
+    weight_key_map=QWEN2_VL_KEY_MAP,
+)
+MODEL_FAMILIES: Mapping[str, ModelFamily] = {family.model_type: family for family in (QWEN2_VL, QWEN2_5_VL)}
+# Recognized but not implemented yet: a clear refusal instead of a KeyError deep in the weights.
+_NOT_YET_SUPPORTED = {"qwen3_vl": "Qwen3-VL", "qwen3_vl_moe": "Qwen3-VL-MoE"}
+
+
+def model_family(model_type: str | None, source: str = "config.json") -> ModelFamily:
+    """The family of a ``config.json`` ``model_type``.
+
+    Args:
+        model_type: e.g. ``"qwen2_vl"``, ``"qwen2_5_vl"``.
+        source: where the value came from, for the error message (e.g. the config path).
+
+    Raises:
+        ValueError: no ``model_type``, a Qwen-VL family not supported yet (``qwen3_vl``), or another model.
+    """
+    if model_type in MODEL_FAMILIES:
+        return MODEL_FAMILIES[model_type]
+    supported = ", ".join(MODEL_FAMILIES)
+    if model_type is None:
+        raise ValueError(f"{source}: no model_type, so no Qwen-VL family ({supported})")
+    if model_type in _NOT_YET_SUPPORTED:
+        raise ValueError(
+            f"{source}: model_type {model_type!r} ({_NOT_YET_SUPPORTED[model_type]}) is not yet supported; "
+            f"supported: {supported}"
+        )
+    raise ValueError(f"{source}: model_type {model_type!r} is not a supported Qwen-VL family ({supported})")
+
+
+def family_of_model(model: Qwen2_5_VLModel) -> ModelFamily:
+    """The family a built model belongs to, read off its vision tower (Qwen2-VL's merger normalizes
+    with LayerNorm, Qwen2.5-VL's with RMSNorm)."""
+    return QWEN2_VL if isinstance(model.visual.merger.norm, nn.LayerNorm) else QWEN2_5_VL
+
+
+def model_from_hf_config(config: dict, **lora_args: object) -> Qwen2_5_VLModel:
+    """Build the model an HF ``config.json`` describes, for the family its ``model_type`` names.
+
+    Args:
+        config: the parsed ``config.json``.
+        **lora_args: when given (at least ``lora_attn_modules``), the arguments of the family's LoRA
+            builder (``lora_qwen2_5_vl``'s), which builds the LoRA variant instead.
+
+    Returns:
+        Qwen2_5_VLModel, randomly initialized.
+    """
+    return model_family(config.get("model_type")).model_from_hf_config(config, **lora_args)
