@@ -192,6 +192,14 @@ def shards_of(files: Sequence[DataFile]) -> list[Shard]:
     return shards
 
 
+def shard_location(shards: Sequence[Shard], label: str) -> str | None:
+    """Where the record that ``ShardStream`` labels ``<shard name>#<number>`` is: ``"<path> line <n>"`` for a
+    JSON shard (as the map-style index says), else None; None too when two shards share the name."""
+    name, _, number = label.rpartition("#")
+    named = [shard for shard in shards if shard.name == name]
+    return named[0].location(int(number)) if len(named) == 1 else None
+
+
 def count_records(shards: Sequence[Shard]) -> int | None:
     """The number of records when metadata tells it without reading the records (parquet, Arrow), else None."""
     if not shards or any(shard.kind not in ("parquet", "arrow") for shard in shards):

@@ -13,7 +13,7 @@ from torchdata.nodes import BaseNode, Mapper, ParallelMapper
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset, ShardRecordNode
 from qwenvl_data.datasets._data_files import media_root, resolve_data_files
 from qwenvl_data.datasets._processing import Locate, RecordProcessor, SkippedRecord, SkipReporting
-from qwenvl_data.datasets._shards import Shard, count_records, shards_of
+from qwenvl_data.datasets._shards import Shard, count_records, shard_location, shards_of
 
 
 def _process_item(processor: RecordProcessor, locate: Locate, item: tuple[str, Any]) -> dict | SkippedRecord:
@@ -29,7 +29,7 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
     every m-th record of a shard. Readers with more shards yield more samples; for balanced ranks use a
     number of shards that is a multiple of the readers (recipes stream without end, so ranks never wait).
     Skipped samples (``on_error="skip"``) are not yielded and are counted in ``stats``. A sample's index in
-    error messages is ``<shard>#<record number>``.
+    error messages is ``<shard>#<record number>``; a malformed JSON record is also named by file and line.
 
     Resume: ``state_dict()`` / ``load_state_dict()`` (see ``ReaderNodeDataset``) need the same data files,
     seed, buffer size, world size and ``num_workers``.
@@ -63,12 +63,6 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
         self.seed, self.shuffle_buffer_size, self.epochs = seed, shuffle_buffer_size, epochs
         self.first_epoch = 0
 
-    def locate(self, label: str) -> str | None:
-        """Where the record labelled ``<shard>#<number>`` is (``"<path> line <n>"`` for JSON shards), else None."""
-        name, _, number = label.rpartition("#")
-        shards = [shard for shard in self.shards if shard.name == name]
-        return shards[0].location(int(number)) if len(shards) == 1 else None  # two files of one name: ambiguous
-
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at ``epoch`` (its own shuffle order); call before each epoch's loop."""
         self.first_epoch = epoch
@@ -93,7 +87,8 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
     ) -> DropSkipped:
         """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``; skipped
         records pass as ``SkippedRecord`` when ``keep_skipped`` (default: ``self.keep_skipped``)."""
-        process = functools.partial(_process_item, self.processor, self.locate)
+        # the shards, not the dataset, go with the function to process workers
+        process = functools.partial(_process_item, self.processor, functools.partial(shard_location, self.shards))
         if num_workers > 0:
             mapped = ParallelMapper(records, process, num_workers, method=method)
         else:
