@@ -89,7 +89,7 @@ class RecordInspector:
     def __call__(self, index: int) -> RecordReport:
         report = RecordReport(index=index, id=index)
         try:
-            record = self.processor.parse(index, self.source[index])
+            record = self.processor.parse(index, self.source[index], getattr(self.source, "location", None))
             if isinstance(record, dict):
                 report.id = record.get("id", index)
             report.layout = self.processor.to_messages.layout_of(record)

@@ -3,7 +3,7 @@
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ from qwenvl_data.datasets._processing import (
     SkippedRecord,
     SkipReporting,
 )
-from qwenvl_data.datasets._sources import RecordSource, open_source, source_root
+from qwenvl_data.datasets._sources import RecordSource, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -26,48 +26,33 @@ class ChatDataset(SkipReporting, Dataset):
     a memory-mapped Arrow table otherwise) plus, with ``filter_fn``, one int64 per kept record.
 
     Args:
-        source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts).
-        model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples untransformed.
-        image_dir: directory media paths resolve under; paths escaping it raise ``UnsafePathError``.
-        format: a layout name (``"sharegpt"`` / ``"llava"``, ``"openai"``, ``"prompt_completion"``,
-            ``"cauldron"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to detect per record.
-        column_map: ``{expected field: your field}``, e.g. ``{"images": "pictures"}`` (torchtune's convention).
-        on_error: ``"raise"`` or ``"skip"`` (``__getitem__`` returns None; the collator drops it).
-        max_tokens: token budget per sample; longer ones are ``SampleTooLongError`` (cause ``too_long``).
+        source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts); a source
+            with ``location(index)`` names where a record is in invalid-JSON errors and skip reports.
+        processor: what each record goes through (``RecordProcessor``: layout, media, model transform,
+            token budget, ``on_error``); its ``stats`` are this dataset's skip counts.
         filter_fn: predicate on the parsed raw record; evaluated once over the source at construction,
             keeping only the indices of accepted records.
-        keep_fields: record fields copied into each sample.
-        video_options, video_fps: dataset-wide ``VideoOptions`` keys (see ``RecordProcessor``).
+
+    Example:
+        >>> ds = ChatDataset(JsonlSource("llava.jsonl"), RecordProcessor(None, image_dir="images"))
+        >>> ds[0]["messages"][0]["role"]
+        'user'
     """
 
     def __init__(
         self,
         source: RecordSource,
-        model_transform: Callable[[dict], dict] | None,
+        processor: RecordProcessor,
         *,
-        image_dir: str | os.PathLike | None,
-        format: str | None = None,
-        column_map: Mapping[str, str] | None = None,
-        on_error: str = "raise",
-        max_tokens: int | None = None,
         filter_fn: Callable[[dict], bool] | None = None,
-        keep_fields: Sequence[str] = (),
-        video_options: Mapping[str, Any] | None = None,
-        video_fps: float | None = None,
     ) -> None:
-        self.source = source
-        self.processor = RecordProcessor(
-            model_transform,
-            format=format,
-            image_dir=None if image_dir is None else os.fspath(image_dir),
-            on_error=on_error,
-            max_tokens=max_tokens,
-            keep_fields=keep_fields,
-            video_options=video_options,
-            video_fps=video_fps,
-            column_map=column_map,
-            locate=getattr(source, "location", None),
-        )
+        if not hasattr(processor, "process"):
+            raise TypeError(
+                f"ChatDataset(source, processor) takes a RecordProcessor (model transform and record options "
+                f"built once), got {type(processor).__name__}; multimodal_chat_dataset takes the flat keywords"
+            )
+        self.source, self.processor = source, processor
+        self.locate = getattr(source, "location", None)
         self.indices: np.ndarray | None = None
         self.num_filtered = 0
         if filter_fn is not None:
@@ -102,7 +87,7 @@ class ChatDataset(SkipReporting, Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         index = index % len(self)
         record_index = index if self.indices is None else int(self.indices[index])
-        return self.processor.process(record_index, self.source[record_index])
+        return self.processor.process(record_index, self.source[record_index], self.locate)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -130,42 +115,42 @@ def multimodal_chat_dataset(
 
     Args:
         model_transform: e.g. ``Qwen2_5_VLTransform(...)``; None yields internal-form samples.
-        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"csv"`` / ``"arrow"`` with ``data_files``,
-            a local HF dataset directory, or a ``datasets.Dataset`` / ``DatasetDict``.
-            JSON Lines and JSON array files are indexed by byte offset (which one a file is, its content
-            says, whatever the name or ``source``); the rest go through Arrow (memory-mapped).
-        data_files: file path(s) for a builder-name source.
-        split: split to use from a dataset dict.
+        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"arrow"`` with ``data_files``, a local dataset
+            directory (``save_to_disk``, or data files split by name), a ``datasets.Dataset`` / ``DatasetDict``,
+            or another ``datasets`` builder name (``"csv"``) with ``data_files``. Which files and of which kind
+            is decided as for ``streaming_chat_dataset`` (``resolve_data_files``): JSON Lines or a JSON array
+            by content, whatever the name or ``source``, indexed by byte offset; parquet and Arrow files
+            through ``datasets`` (memory-mapped). WebDataset tars are read by ``streaming_chat_dataset`` only.
+        data_files: a path, a glob pattern, a list of them, or a split dict of those.
+        split: the split of a split dict, a dataset directory or a ``DatasetDict``.
         image_dir: where media paths resolve; default the first data file's directory
             (or the dataset directory); a ``Dataset`` object's paths are used as given unless it is set.
-        format: a layout name (see ``ChatDataset``) or None to detect per record.
+        format: a layout name (``"sharegpt"`` / ``"llava"``, ``"openai"``, ``"prompt_completion"``,
+            ``"cauldron"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to detect
+            per record.
         column_map: ``{expected field: your field}`` renames applied before the layout reads the record.
-        on_error: ``"raise"`` | ``"skip"``.
+        on_error: ``"raise"`` | ``"skip"`` (``dataset[i]`` is None; the collator drops it).
         max_tokens: token budget per sample (``SampleTooLongError`` beyond it).
         filter_fn: predicate on raw records, applied once when the dataset is built.
         video_options: ``VideoOptions`` keys for every video part that does not set them (``fps``,
             ``max_frames``, ``total_pixels``, ...), e.g. YAML ``dataset.video_options: {fps: 1}``.
         video_fps: the older spelling of ``video_options={"fps": ...}``.
-        **load_dataset_kwargs: passed to ``datasets.load_dataset``.
+        **load_dataset_kwargs: passed to ``datasets.load_dataset`` where it reads (parquet, other builders).
 
     Returns:
         a ``ChatDataset``; ``dataset[i]`` is the transformed sample (or None if skipped).
+
+    Raises:
+        FileNotFoundError, ValueError: as ``resolve_data_files`` (the same errors as ``streaming_chat_dataset``).
 
     Example:
         >>> ds = multimodal_chat_dataset(None, source="jsonl", data_files="llava.jsonl", image_dir="images")
         >>> ds[0]["messages"][0]["content"][0]["type"]
         'image'
     """
-    records = open_source(source, data_files, split, **load_dataset_kwargs)
-    return ChatDataset(
-        records,
-        model_transform,
-        image_dir=source_root(source, data_files) if image_dir is None else image_dir,
-        format=format,
-        column_map=column_map,
-        on_error=on_error,
-        max_tokens=max_tokens,
-        filter_fn=filter_fn,
-        video_options=video_options,
-        video_fps=video_fps,
-    )
+    records, root = open_source(source, data_files, split, **load_dataset_kwargs)
+    processor = RecordProcessor(
+        model_transform, format=format, column_map=column_map, image_dir=root if image_dir is None else image_dir,
+        on_error=on_error, max_tokens=max_tokens, video_options=video_options, video_fps=video_fps,
+    )  # fmt: skip
+    return ChatDataset(records, processor, filter_fn=filter_fn)

@@ -3,6 +3,7 @@ the streaming datasets so that both convert, transform, budget-check and count s
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from qwenvl_data.video import VideoOptions
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+Locate = Callable[[Any], "str | None"]  # a record's index -> where it is in its files, for error messages
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,16 @@ def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord | None:
 
 
 class RecordProcessor:
-    """Converts a raw record to the internal form (``RecordToMessages``) and applies the model transform.
+    """Converts a raw record to the internal form (``RecordToMessages``) and applies the model transform: what
+    a dataset does to each record, built once and handed to ``ChatDataset`` / ``StreamingChatDataset``.
 
     Args:
         model_transform: callable on ``{"id", "messages", ...}`` returning the sample with ``tokens`` etc.;
             None returns the internal-form sample untransformed.
         format: a layout name (``FORMATS`` in ``qwenvl_data.conversation._layouts``) or None to detect per record.
         column_map: ``{expected field: your field}`` renames (see ``qwenvl_data.conversation._layouts``).
-        image_dir: directory media paths resolve under; paths escaping it are refused.
+        image_dir: directory media paths resolve under; paths escaping it are refused. None: paths are used as
+            given (records built in code).
         on_error: ``"raise"`` re-raises a bad sample's error naming its index and id; ``"skip"`` returns
             None (``process``: a ``SkippedRecord``) and counts the cause, with the record's id, in ``stats``.
             Any exception raised for one record counts (see ``process``), not only ``SampleError``.
@@ -75,22 +79,28 @@ class RecordProcessor:
         video_options: ``VideoOptions`` keys applied to every video part that does not set them itself
             (``fps``, ``max_frames``, ``total_pixels``, ...); unset keys take the model transform's defaults.
         video_fps: the older spelling of ``video_options={"fps": ...}``.
-        locate: record index -> where it is (``"train.jsonl line 7"``), named in invalid-JSON errors.
+
+    Raises:
+        ValueError: an unknown ``on_error``, ``format`` or video option (here, not at the first sample).
+
+    Example:
+        >>> processor = RecordProcessor(None, on_error="skip")
+        >>> processor.process(0, b'{"id": "a", "messages": []}').cause
+        'bad_conversation'
     """
 
     def __init__(
         self,
-        model_transform: Callable[[dict], dict] | None,
+        model_transform: Callable[[dict], dict] | None = None,
         *,
-        format: str | None,
-        image_dir: str | None,
+        format: str | None = None,
+        column_map: Mapping[str, str] | None = None,
+        image_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         max_tokens: int | None = None,
         keep_fields: Sequence[str] = (),
         video_options: Mapping[str, Any] | None = None,
         video_fps: float | None = None,
-        column_map: Mapping[str, str] | None = None,
-        locate: Callable[[int], str] | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -100,22 +110,26 @@ class RecordProcessor:
         self.keep_fields = tuple(keep_fields)
         self.video_options = {**(video_options or {}), **({"fps": video_fps} if video_fps is not None else {})}
         VideoOptions().updated(self.video_options)  # unknown keys and bad values fail here, not per sample
+        image_dir = None if image_dir is None else os.fspath(image_dir)
         self.to_messages = RecordToMessages(format, column_map, image_dir=image_dir, video_options=self.video_options)
-        self.locate = locate
         self.stats = SkipCounts()
 
-    def parse(self, index: int, record: Any) -> Any:
+    def parse(self, index: int | str, record: Any, locate: Locate | None = None) -> Any:
         """Record number ``index`` as read from its source: JSON text is parsed, anything else returned as is.
 
+        Args:
+            locate: record index -> where it is (``"train.jsonl line 7"``), named in invalid-JSON errors.
+
         Raises:
-            InvalidConversationError: invalid JSON, naming where it is when the source can say.
+            InvalidConversationError: invalid JSON, naming where it is when ``locate`` can say.
         """
         if not isinstance(record, (bytes, str)):
             return record
         try:
             return json.loads(record)
         except ValueError as err:
-            where = f" at {self.locate(index)}" if self.locate is not None else ""
+            location = None if locate is None else locate(index)
+            where = f" at {location}" if location else ""
             raise InvalidConversationError(f"invalid JSON{where} ({err})") from err
 
     def convert(self, index: int, record: Any) -> tuple[dict, str]:
@@ -145,16 +159,16 @@ class RecordProcessor:
             raise NoTrainedTokenError("no trained token (no assistant turn, or every answer token masked)")
         return sample
 
-    def __call__(self, index: int, record: Any) -> dict | None:
-        """Process record number ``index`` (a dict, or one JSON text line).
+    def __call__(self, index: int | str, record: Any, locate: Locate | None = None) -> dict | None:
+        """Process record number ``index`` (a dict, or one JSON text line); ``locate`` as for ``parse``.
 
         Returns:
             the transformed sample (with ``"id"``), or None when it was skipped under ``on_error="skip"``.
         """
-        sample = self.process(index, record)
+        sample = self.process(index, record, locate)
         return None if isinstance(sample, SkippedRecord) else sample
 
-    def process(self, index: int, record: Any) -> dict | SkippedRecord:
+    def process(self, index: int | str, record: Any, locate: Locate | None = None) -> dict | SkippedRecord:
         """As ``__call__``, but a skipped record comes back as a ``SkippedRecord`` saying why.
 
         Any exception raised while turning this one record into a sample is the record's fault here
@@ -165,7 +179,7 @@ class RecordProcessor:
         """
         sample_id: Any = None
         try:
-            record = self.parse(index, record)
+            record = self.parse(index, record, locate)
             sample_id = record.get("id", index) if isinstance(record, dict) else index
             sample, _ = self.convert(index, record)
             return self.transform(sample)
@@ -175,18 +189,18 @@ class RecordProcessor:
                 # The model transform already names the sample by id; say it once, with the index added.
                 detail = str(err).removeprefix(f"{sample_name({'id': sample_id})}: ")
                 raise type(err)(f"{where}: {detail}") from err
-            return self._skip(index, sample_id, err)
+            return self._skip(index, sample_id, err, locate)
         except MemoryError:
             raise
         except Exception as err:
             if self.on_error == "raise":
                 err.add_note(f"while processing sample {index} ({'id unknown' if sample_id is None else sample_id})")
                 raise
-            return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"))
+            return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"), locate)
 
-    def _skip(self, index: int | str, sample_id: Any, err: SampleError) -> SkippedRecord:
-        located = sample_id is None and self.locate is not None and isinstance(index, int)
-        skipped = SkippedRecord(index, sample_id, err.cause, str(err), self.locate(index) if located else None)
+    def _skip(self, index: int | str, sample_id: Any, err: SampleError, locate: Locate | None) -> SkippedRecord:
+        location = locate(index) if sample_id is None and locate is not None else None
+        skipped = SkippedRecord(index, sample_id, err.cause, str(err), location)
         self.stats.add(err, skipped.example)
         logger.info("skipping sample %s (%s) [%s]: %s", index, sample_id, err.cause, err)
         return skipped

@@ -1,9 +1,10 @@
 """A corpus as a list of shards read lazily, record by record, for the streaming pipeline.
 
-A shard is the unit handed to one reader: a JSON Lines file, a JSON list file (parsed whole, so keep
-those small), one parquet row group, one Arrow file of a ``save_to_disk`` dataset directory, or one
-WebDataset-style tar file. Listing shards reads metadata only (parquet footers, ``state.json``); records
-are read in order when a reader reaches the shard and never kept beyond the shuffle buffer.
+A shard is the unit handed to one reader: a JSON Lines file, a JSON array file (checked whole, so keep those
+small), one parquet row group, one Arrow file of a ``save_to_disk`` dataset directory, or one WebDataset-style
+tar file. Which files, and of which kind, is ``resolve_data_files``'s answer (the map-style rule too); listing
+shards reads metadata only (parquet footers, ``state.json``); records are read in order when a reader reaches
+the shard and never kept beyond the shuffle buffer.
 
 WebDataset tars: consecutive members sharing a key (the member name up to the first dot of its base name)
 form one sample: ``<key>.json`` holds the record; media members (``<key>.jpg``, ``<key>.png``, ``<key>.mp4``,
@@ -12,18 +13,17 @@ form one sample: ``<key>.json`` holds the record; media members (``<key>.jpg``, 
 in member order.
 """
 
-import glob
 import json
 import os
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data.conversation._media import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
+from qwenvl_data.datasets._data_files import DataFile, resolve_data_files
+from qwenvl_data.datasets._json_files import json_lines, line_location, read_array, record_spans
 
-STREAM_SOURCES = ("jsonl", "json", "parquet", "webdataset")
-_KIND_OF_EXTENSION = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".tar": "tar"}
 _ROWS_PER_CHUNK = 256  # Arrow rows converted to Python at a time: bounds memory for image-bearing rows
 
 
@@ -51,23 +51,23 @@ class Shard:
         """The shard's raw records in file order: JSON text (bytes) or dicts."""
         return _READERS[self.kind](self)
 
+    def location(self, number: int) -> str | None:
+        """Where record ``number`` of a JSON shard starts (``"<path> line <n>"``, as the map-style index says);
+        None for other kinds, whose records are rows, not text."""
+        if self.kind not in ("jsonl", "json"):
+            return None
+        return line_location(self.path, record_spans(self.path)[number][0])
+
 
 def _jsonl_records(shard: Shard) -> Iterator[bytes]:
-    with open(shard.path, "rb") as f:
-        for line in f:
-            if line.strip():  # blank lines (e.g. a trailing one) are not records
-                yield line
+    for _, line in json_lines(shard.path):
+        yield line
 
 
-def _json_records(shard: Shard) -> Iterator[Any]:
-    with open(shard.path, "rb") as f:
-        try:
-            data = json.load(f)
-        except ValueError as err:
-            raise ValueError(f"{shard.path}: not a JSON file ({err}); name JSON Lines files *.jsonl") from err
-    if not isinstance(data, list):
-        raise ValueError(f"{shard.path}: a JSON data file must hold a list of records, got {type(data).__name__}")
-    yield from data
+def _json_records(shard: Shard) -> Iterator[bytes]:
+    data, spans = read_array(shard.path)
+    for start, end in spans:
+        yield data[start:end]
 
 
 def _batches_as_rows(batches: Any) -> Iterator[dict]:
@@ -164,90 +164,40 @@ _READERS = {
 }
 
 
-def _expand(data_files: Any) -> list[str]:
-    """Paths (globs expanded, sorted) from a path, a list of paths, or an OmegaConf list."""
-    if data_files is None:
-        return []
-    items = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
-    paths = []
-    for item in items:
-        item = os.fspath(item)
-        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-        if not matches:
-            raise FileNotFoundError(f"data_files pattern {item!r} matches no file")
-        paths.extend(matches)
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data file {path!r} does not exist")
-    return paths
-
-
-def _file_kind(path: str, source: str | None) -> str:
-    extension = os.path.splitext(path)[1].lower()
-    kind = _KIND_OF_EXTENSION.get(extension)
-    if source == "jsonl" or (source == "json" and kind in ("jsonl", None)):
-        return "jsonl" if source == "jsonl" or kind == "jsonl" else "json"
-    if source == "webdataset":
-        return "tar"
-    if source is not None and source != kind:
-        raise ValueError(f"data file {path!r} does not look like source={source!r} (extension {extension!r})")
-    if kind is None:
-        raise ValueError(f"cannot tell the format of {path!r}: pass source= one of {STREAM_SOURCES}")
-    return kind
-
-
-def _saved_dataset_shards(directory: str, split: str) -> list[Shard]:
-    """The Arrow files of a ``save_to_disk`` directory (a ``DatasetDict``'s ``split`` subdirectory)."""
-    if os.path.exists(os.path.join(directory, "dataset_dict.json")):
-        splits = json.loads(open(os.path.join(directory, "dataset_dict.json")).read())["splits"]
-        if split not in splits:
-            raise ValueError(f"dataset directory {directory!r} has splits {splits}, not {split!r}")
-        directory = os.path.join(directory, split)
-    state_path = os.path.join(directory, "state.json")
-    if not os.path.exists(state_path):
-        raise ValueError(f"{directory!r} is not a dataset directory written by save_to_disk (no state.json)")
-    with open(state_path) as f:
-        files = [entry["filename"] for entry in json.load(f)["_data_files"]]
-    return [Shard("arrow", os.path.join(directory, name)) for name in files]
-
-
 def list_shards(source: str | os.PathLike | None, data_files: Any = None, split: str = "train") -> list[Shard]:
     """Every shard of a corpus, in a fixed order (the order sharding and shuffling start from).
 
     Args:
-        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"webdataset"`` with ``data_files``, a local
-            dataset directory written by ``datasets``' ``save_to_disk``, or None to tell the format from
-            each file's extension (``.jsonl``, ``.json``, ``.parquet``, ``.tar``).
-        data_files: a path, a glob pattern or a list of them.
-        split: the split of a saved ``DatasetDict``.
+        source, data_files, split: as for ``resolve_data_files`` (``"jsonl"`` / ``"json"`` / ``"parquet"`` /
+            ``"arrow"`` / ``"webdataset"`` with ``data_files``, a dataset directory, or None: kinds by extension).
 
     Raises:
         FileNotFoundError: a data file or pattern that matches nothing.
-        ValueError: an unknown source or a file whose extension contradicts it.
+        ValueError: an unknown source or a file whose kind cannot be told or contradicts it.
     """
-    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        return _saved_dataset_shards(os.fspath(source), split)
-    if source is not None and source not in STREAM_SOURCES:
-        raise ValueError(
-            f"streaming source must be one of {STREAM_SOURCES} (with data_files) or a dataset directory "
-            f"written by save_to_disk, got {source!r} (in-memory datasets: use multimodal_chat_dataset)"
-        )
-    if isinstance(data_files, Mapping):
-        data_files = data_files[split]
-    paths = _expand(data_files)
-    if not paths:
-        raise ValueError(f"source {source!r} needs data_files")
+    return shards_of(resolve_data_files(source, data_files, split))
+
+
+def shards_of(files: Sequence[DataFile]) -> list[Shard]:
+    """The shards of resolved data files: one per file, one per row group of a parquet file."""
     shards = []
-    for path in paths:
-        kind = _file_kind(path, source)
-        if kind == "parquet":
+    for file in files:
+        if file.kind == "parquet":
             import pyarrow.parquet as pq
 
-            with pq.ParquetFile(path) as parquet:
-                shards.extend(Shard("parquet", path, g) for g in range(parquet.metadata.num_row_groups))
+            with pq.ParquetFile(file.path) as parquet:
+                shards.extend(Shard("parquet", file.path, g) for g in range(parquet.metadata.num_row_groups))
         else:
-            shards.append(Shard(kind, path))
+            shards.append(Shard(file.kind, file.path))
     return shards
+
+
+def shard_location(shards: Sequence[Shard], label: str) -> str | None:
+    """Where the record that ``ShardStream`` labels ``<shard name>#<number>`` is: ``"<path> line <n>"`` for a
+    JSON shard (as the map-style index says), else None; None too when two shards share the name."""
+    name, _, number = label.rpartition("#")
+    named = [shard for shard in shards if shard.name == name]
+    return named[0].location(int(number)) if len(named) == 1 else None
 
 
 def count_records(shards: Sequence[Shard]) -> int | None:

@@ -1,22 +1,27 @@
-"""Random-access sources of raw records that hold an index, never the records themselves.
+"""Random-access sources of raw records for the map-style dataset: they hold an index, never the records.
 
-- ``JsonlSource``: JSON Lines files and JSON array files (told apart by content: a file whose first
-  non-whitespace character is ``[`` is an array, whatever its name or ``source`` says); an int64 offset,
-  int32 length and int32 file number per record (16 bytes a record). A record is read as its raw JSON text
-  and parsed by the sample processor, so a malformed line is a counted bad sample named by file and line.
-- ``HFSource``: a Hugging Face ``datasets.Dataset``, Arrow-backed and memory-mapped from disk
-  (JSON, parquet, CSV, a saved dataset directory, or a ``Dataset`` object).
+Which files and of which kind come from ``resolve_data_files`` (the rule streaming uses too); each kind is
+opened here for reading by index:
+- ``JsonlSource``: JSON Lines and JSON array files (see ``_json_files``); an int64 offset, int32 length and
+  int32 file number per record (16 bytes a record). A record is its raw JSON text, parsed by the sample
+  processor, so a malformed line is a counted bad sample named by file and line.
+- ``HFSource``: a Hugging Face ``datasets.Dataset``, Arrow-backed and memory-mapped from disk: parquet files
+  (through ``datasets``' Arrow cache), the Arrow files of a ``save_to_disk`` directory, a ``Dataset`` object.
+- WebDataset tars are not indexed: they are read in sequence, by ``streaming_chat_dataset``.
+Consecutive files of different kinds are read as one source, in file order (``ConcatSource``).
 """
 
-import json
+import bisect
+import inspect
+import itertools
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from qwenvl_data._files import read_json
+from qwenvl_data.datasets._data_files import SOURCES, DataFile, expand_data_files, media_root, resolve_data_files
+from qwenvl_data.datasets._json_files import line_location, record_spans
 
 if TYPE_CHECKING:  # imported lazily: JSON Lines datasets (and their DataLoader workers) never need it
     import datasets
@@ -28,89 +33,6 @@ class RecordSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Any: ...
-
-
-def _as_paths(data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    if isinstance(data_files, (str, os.PathLike)):
-        return [os.fspath(data_files)]
-    return [os.fspath(p) for p in data_files]
-
-
-def _plain_data_files(data_files: Any) -> str | list[str] | dict[str, list[str]] | None:
-    """YAML configs hand over OmegaConf containers; ``datasets`` wants plain str / list / dict."""
-    if data_files is None or isinstance(data_files, (str, os.PathLike)):
-        return None if data_files is None else os.fspath(data_files)
-    if isinstance(data_files, Mapping):
-        return {str(split): _as_paths(files) for split, files in data_files.items()}
-    return _as_paths(data_files)
-
-
-_SPACE = re.compile(r"[ \t\n\r]*")
-UTF8_BOM = b"\xef\xbb\xbf"  # editors on Windows (and encoding="utf-8-sig") start files with it
-
-
-def is_json_array_file(path: str) -> bool:
-    """True when the file's first non-whitespace byte is ``[`` (a JSON array), False for JSON Lines."""
-    with open(path, "rb") as f:
-        while chunk := f.read(4096):
-            stripped = chunk.removeprefix(UTF8_BOM).lstrip() if f.tell() == len(chunk) else chunk.lstrip()
-            if stripped:
-                return stripped.startswith(b"[")
-    return False
-
-
-def _line_spans(path: str) -> list[tuple[int, int]]:
-    """``(start, end)`` byte spans of the non-blank lines of a JSON Lines file."""
-    spans, position = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():  # blank lines (e.g. a trailing one) are not records
-                spans.append((position, position + len(line)))
-            position += len(line)
-    return spans
-
-
-def _array_spans(path: str) -> list[tuple[int, int]]:
-    """``(start, end)`` byte spans of the elements of a JSON array file (parsed once, nothing kept).
-
-    Raises:
-        ValueError: the file is not one JSON array, naming the file and the line of the fault.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    text, decoder = data.decode("utf-8"), json.JSONDecoder()
-    # Spans are taken in characters and converted to bytes as we go (UTF-8 lengths differ).
-    spans, char_pos, byte_pos = [], 0, 0
-
-    def to_bytes(pos: int) -> int:
-        nonlocal char_pos, byte_pos
-        byte_pos += len(text[char_pos:pos].encode("utf-8"))
-        char_pos = pos
-        return byte_pos
-
-    def fault(pos: int, what: str) -> ValueError:
-        line = text.count("\n", 0, pos) + 1
-        return ValueError(f"{path} line {line}: {what}")
-
-    pos = text.index("[") + 1
-    while True:
-        pos = _SPACE.match(text, pos).end()
-        if text.startswith("]", pos) and not spans:
-            break
-        try:
-            _, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
-            raise fault(err.pos, f"invalid JSON in the array ({err.msg})") from err
-        spans.append((to_bytes(pos), to_bytes(end)))
-        pos = _SPACE.match(text, end).end()
-        if text.startswith("]", pos):
-            break
-        if not text.startswith(",", pos):
-            raise fault(pos, "expected ',' or ']' between array elements")
-        pos += 1
-    if text[pos + 1 :].strip():
-        raise fault(pos + 1, "text after the end of the JSON array")
-    return spans
 
 
 class JsonlSource:
@@ -130,10 +52,11 @@ class JsonlSource:
     """
 
     def __init__(self, data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
-        self.paths = _as_paths(data_files)
+        single = isinstance(data_files, (str, os.PathLike))
+        self.paths = [os.fspath(path) for path in ([data_files] if single else data_files)]
         offsets, ends, files = [], [], []
         for file_index, path in enumerate(self.paths):
-            spans = _array_spans(path) if is_json_array_file(path) else _line_spans(path)
+            spans = record_spans(path)
             offsets += [start for start, _ in spans]
             ends += [end for _, end in spans]
             files += [file_index] * len(spans)
@@ -170,10 +93,7 @@ class JsonlSource:
 
     def location(self, index: int) -> str:
         """Where record ``index`` starts: ``"<path> line <n>"`` (counted on demand, for error messages)."""
-        file_index, offset = int(self.file_index[index]), int(self.offsets[index])
-        with open(self.paths[file_index], "rb") as f:
-            line = f.read(offset).count(b"\n") + 1
-        return f"{self.paths[file_index]} line {line}"
+        return line_location(self.paths[int(self.file_index[index])], int(self.offsets[index]))
 
 
 class HFSource:
@@ -197,105 +117,104 @@ class HFSource:
         return self._rows[int(index)].to_pylist()[0]
 
 
-def _load_dataset_parameters() -> set[str]:
-    """The keyword names ``datasets.load_dataset`` takes (accepted, and unused, with JSON Lines files)."""
-    import inspect
+class ConcatSource:
+    """Several sources as one, records numbered across them in order (files of different kinds in one list)."""
 
+    def __init__(self, parts: Sequence[RecordSource]) -> None:
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _part(self, index: int) -> tuple[RecordSource, int]:
+        number = bisect.bisect_right(self.starts, index) - 1
+        return self.parts[number], index - int(self.starts[number])
+
+    def __getitem__(self, index: int) -> Any:
+        part, local = self._part(int(index))
+        return part[local]
+
+    def location(self, index: int) -> str | None:
+        """Where record ``index`` is, when its source can say (JSON files), else None."""
+        part, local = self._part(int(index))
+        locate: Callable[[int], str] | None = getattr(part, "location", None)
+        return None if locate is None else locate(local)
+
+
+def _check_load_dataset_kwargs(load_dataset_kwargs: dict[str, Any]) -> None:
+    """A misspelled option would vanish where nothing reads it (JSON files are not read by ``datasets``)."""
+    if not load_dataset_kwargs:
+        return
     import datasets
 
-    return set(inspect.signature(datasets.load_dataset).parameters)
+    unknown = sorted(set(load_dataset_kwargs) - set(inspect.signature(datasets.load_dataset).parameters))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown}: neither this dataset's options nor "
+            f"datasets.load_dataset's (check their spelling)"
+        )
 
 
-def _is_saved_dataset(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, n)) for n in ("dataset_info.json", "state.json", "dataset_dict.json"))
-
-
-def load_hf_dataset(
-    source: "str | os.PathLike | datasets.Dataset | datasets.DatasetDict",
-    data_files: Any = None,
-    split: str = "train",
-    **load_dataset_kwargs: Any,
-) -> "datasets.Dataset":
-    """Open ``source`` as an Arrow-backed ``datasets.Dataset`` without downloading anything.
-
-    Args:
-        source: a ``Dataset`` / ``DatasetDict``, a builder name (``"json"``, ``"parquet"``, ``"csv"``,
-            ``"arrow"``) used with ``data_files``, a directory written by ``save_to_disk``, or a local
-            dataset directory of data files.
-        data_files: files for a builder name (str, list or split dict).
-        split: the split to take from a dataset dict.
-        **load_dataset_kwargs: passed to ``datasets.load_dataset``.
-
-    Returns:
-        the split as a ``datasets.Dataset``.
-    """
+def _load_dataset(builder: str, paths: list[str], **load_dataset_kwargs: Any) -> "datasets.Dataset":
+    """``datasets.load_dataset(builder, data_files=paths)`` (Arrow cache, memory-mapped), its error naming the files."""
     import datasets
 
-    if isinstance(source, datasets.DatasetDict):
-        return source[split]
-    if isinstance(source, datasets.Dataset):
-        return source
-    path = os.fspath(source)
-    if os.path.isdir(path) and _is_saved_dataset(path):
-        loaded = datasets.load_from_disk(path)
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if data_files is None and not os.path.isdir(path):
-        raise ValueError(f"source {path!r} needs data_files (or pass a dataset directory / Dataset object)")
     try:
-        return datasets.load_dataset(path, data_files=data_files, split=split, **load_dataset_kwargs)
+        return datasets.load_dataset(builder, data_files=paths, split="train", **load_dataset_kwargs)
     except datasets.exceptions.DatasetGenerationError as error:
-        raise _unreadable_data(path, data_files, error) from error
+        cause = error.__cause__ or error
+        raise ValueError(f"cannot read data files {paths} with the {builder!r} loader: "
+                         f"{type(cause).__name__}: {cause}") from error  # fmt: skip
 
 
-def _unreadable_data(builder: str, data_files: Any, error: Exception) -> ValueError:
-    """The error for data files ``datasets`` could not read, naming the file (its own message does not)."""
-    files = [f for fs in data_files.values() for f in _as_paths(fs)] if isinstance(data_files, Mapping) else (
-        _as_paths(data_files) if data_files is not None else [])  # fmt: skip
-    cause = error.__cause__ or error
-    for file in files:
-        if file.endswith(".json"):
-            try:
-                read_json(file)
-            except ValueError as json_error:
-                return ValueError(f"cannot read data file {json_error}")
-    return ValueError(f"cannot read data files {files or builder} with the {builder!r} loader: "
-                      f"{type(cause).__name__}: {cause}")  # fmt: skip
+def _open_kind(kind: str, paths: list[str], **load_dataset_kwargs: Any) -> RecordSource:
+    """A source over consecutive files of one kind (``"json"`` standing for both JSON kinds)."""
+    if kind == "json":
+        return JsonlSource(paths)
+    if kind == "parquet":
+        return HFSource(_load_dataset("parquet", paths, **load_dataset_kwargs))
+    if kind == "arrow":
+        import datasets
+
+        return HFSource(datasets.concatenate_datasets([datasets.Dataset.from_file(path) for path in paths]))
+    raise ValueError(
+        f"{paths[0]}: WebDataset tar shards are read in sequence, not by index: use streaming_chat_dataset "
+        f"(source: webdataset)"
+    )
+
+
+def open_files(files: Sequence[DataFile], **load_dataset_kwargs: Any) -> RecordSource:
+    """A random-access source over resolved data files, records in file order."""
+    parts = [
+        _open_kind(kind, [file.path for file in group], **load_dataset_kwargs)
+        for kind, group in itertools.groupby(files, key=lambda file: "json" if file.kind == "jsonl" else file.kind)
+    ]
+    return parts[0] if len(parts) == 1 else ConcatSource(parts)
 
 
 def open_source(
     source: Any, data_files: Any = None, split: str = "train", **load_dataset_kwargs: Any
-) -> JsonlSource | HFSource:
-    """Pick the cheapest random-access source: byte offsets for JSON (Lines or array) files, Arrow otherwise.
+) -> tuple[RecordSource, str | None]:
+    """The map-style source of ``(source, data_files, split)``, and the data's directory (None for a ``Dataset``).
 
-    ``source="json"`` or ``"jsonl"`` with plain ``.json`` / ``.jsonl`` files (either name: the content says
-    which it is) is read by ``JsonlSource``, so records of different layouts keep their own fields (Arrow
-    would merge them into one schema). Other files, or extra ``load_dataset_kwargs``, go through ``datasets``.
+    Files are resolved by ``resolve_data_files`` (the streaming rule). Also accepted, map-style only: a
+    ``datasets.Dataset`` / ``DatasetDict`` object (its ``split``), and another ``datasets`` builder name
+    (``"csv"``, ...) with ``data_files``. ``load_dataset_kwargs`` go to ``datasets.load_dataset`` where it
+    reads (parquet, other builders); JSON files are always indexed by byte offset, so records of different
+    layouts keep their own fields (Arrow would merge them into one schema).
+
+    Raises:
+        TypeError: a keyword that ``datasets.load_dataset`` does not take either.
     """
-    data_files = _plain_data_files(data_files)
-    if isinstance(source, str) and source in ("json", "jsonl") and data_files is not None:
-        if isinstance(data_files, dict) and split not in data_files:
-            raise ValueError(f"data_files has no split {split!r} (splits: {sorted(data_files)})")
-        paths = data_files[split] if isinstance(data_files, dict) else _as_paths(data_files)
-        plain = all(p.endswith((".json", ".jsonl")) for p in paths)
-        if source == "jsonl" or (plain and not load_dataset_kwargs):
-            unknown = sorted(set(load_dataset_kwargs) - _load_dataset_parameters())
-            if unknown:  # a misspelled option would otherwise vanish: nothing here reads it
-                raise TypeError(
-                    f"unexpected keyword argument(s) {unknown}: neither this dataset's options nor "
-                    f"datasets.load_dataset's (check their spelling)"
-                )
-            return JsonlSource(paths)
-    return HFSource(load_hf_dataset(source, data_files, split, **load_dataset_kwargs))
+    _check_load_dataset_kwargs(load_dataset_kwargs)
+    if not isinstance(source, (str, os.PathLike, type(None))):
+        import datasets
 
-
-def source_root(source: Any, data_files: Any) -> str | None:
-    """The directory media paths are confined to by default: the first data file's, else the source directory's.
-
-    None for an in-memory ``datasets.Dataset``: its paths were written by the caller's own code and are used as
-    given, as in a sample built in code (pass ``image_dir`` to confine them).
-    """
-    if data_files is not None and not isinstance(data_files, Mapping):
-        return os.path.dirname(os.path.abspath(_as_paths(data_files)[0]))
-    if isinstance(source, (str, os.PathLike)):
-        return os.path.abspath(source) if os.path.isdir(source) else os.getcwd()
-    return None
+        dataset = source[split] if isinstance(source, datasets.DatasetDict) else source
+        return HFSource(dataset), None
+    if isinstance(source, str) and source not in SOURCES and not os.path.isdir(source):
+        paths = expand_data_files(data_files, split)
+        return HFSource(_load_dataset(source, paths, **load_dataset_kwargs)), media_root(source, paths)
+    files = resolve_data_files(source, data_files, split)
+    return open_files(files, **load_dataset_kwargs), media_root(source, [file.path for file in files])

@@ -11,13 +11,14 @@ from typing import Any, Literal
 from torchdata.nodes import BaseNode, Mapper, ParallelMapper
 
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset, ShardRecordNode
-from qwenvl_data.datasets._processing import RecordProcessor, SkippedRecord, SkipReporting
-from qwenvl_data.datasets._shards import Shard, count_records, list_shards
-from qwenvl_data.datasets._sources import source_root
+from qwenvl_data.datasets._data_files import media_root, resolve_data_files
+from qwenvl_data.datasets._processing import Locate, RecordProcessor, SkippedRecord, SkipReporting
+from qwenvl_data.datasets._shards import Shard, count_records, shard_location, shards_of
 
 
-def _process_item(processor: RecordProcessor, item: tuple[str, Any]) -> dict | SkippedRecord:
-    return processor.process(*item)
+def _process_item(processor: RecordProcessor, locate: Locate, item: tuple[str, Any]) -> dict | SkippedRecord:
+    label, record = item
+    return processor.process(label, record, locate)
 
 
 class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
@@ -28,16 +29,14 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
     every m-th record of a shard. Readers with more shards yield more samples; for balanced ranks use a
     number of shards that is a multiple of the readers (recipes stream without end, so ranks never wait).
     Skipped samples (``on_error="skip"``) are not yielded and are counted in ``stats``. A sample's index in
-    error messages is ``<shard>#<record number>``.
+    error messages is ``<shard>#<record number>``; a malformed JSON record is also named by file and line.
 
     Resume: ``state_dict()`` / ``load_state_dict()`` (see ``ReaderNodeDataset``) need the same data files,
     seed, buffer size, world size and ``num_workers``.
 
     Args:
         shards: the corpus (``list_shards``).
-        model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples.
-        image_dir: where media paths resolve.
-        format, column_map, on_error, max_tokens, video_options, video_fps: as for ``ChatDataset``.
+        processor: what each record goes through (``RecordProcessor``, as for ``ChatDataset``).
         seed: shuffle seed. shuffle_buffer_size: records in the shuffle buffer (1 = file and shard order).
         epochs: passes over the data per iteration (None = forever); ``set_epoch`` picks the first.
         rank, world_size: this process's place; default from ``torch.distributed`` (or 0 of 1).
@@ -46,33 +45,21 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
     def __init__(
         self,
         shards: list[Shard],
-        model_transform: Callable[[dict], dict] | None,
+        processor: RecordProcessor,
         *,
-        image_dir: str | os.PathLike,
-        format: str | None = None,
-        column_map: Mapping[str, str] | None = None,
-        on_error: str = "raise",
-        max_tokens: int | None = None,
-        video_options: Mapping[str, Any] | None = None,
-        video_fps: float | None = None,
         seed: int = 0,
         shuffle_buffer_size: int = 1000,
         epochs: int | None = 1,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
+        if not hasattr(processor, "process"):
+            raise TypeError(
+                f"StreamingChatDataset(shards, processor) takes a RecordProcessor, got {type(processor).__name__}; "
+                "streaming_chat_dataset takes the flat keywords"
+            )
         super().__init__(rank, world_size)
-        self.shards = shards
-        self.processor = RecordProcessor(
-            model_transform,
-            format=format,
-            column_map=column_map,
-            image_dir=os.fspath(image_dir),
-            on_error=on_error,
-            max_tokens=max_tokens,
-            video_options=video_options,
-            video_fps=video_fps,
-        )
+        self.shards, self.processor = shards, processor
         self.seed, self.shuffle_buffer_size, self.epochs = seed, shuffle_buffer_size, epochs
         self.first_epoch = 0
 
@@ -100,7 +87,8 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
     ) -> DropSkipped:
         """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``; skipped
         records pass as ``SkippedRecord`` when ``keep_skipped`` (default: ``self.keep_skipped``)."""
-        process = functools.partial(_process_item, self.processor)
+        # the shards, not the dataset, go with the function to process workers
+        process = functools.partial(_process_item, self.processor, functools.partial(shard_location, self.shards))
         if num_workers > 0:
             mapped = ParallelMapper(records, process, num_workers, method=method)
         else:
@@ -150,11 +138,12 @@ def streaming_chat_dataset(
 
     Args:
         model_transform: e.g. ``Qwen2_5_VLTransform(...)``; None yields internal-form samples.
-        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"webdataset"`` (tar shards) with ``data_files``,
-            a local dataset directory written by ``save_to_disk``, or None to tell each file's format from
-            its extension (``.jsonl``, ``.json``, ``.parquet``, ``.tar``).
-        data_files: a path, a glob pattern (``"shards/train-*.tar"``) or a list of them.
-        split: the split of a saved ``DatasetDict`` directory.
+        source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"arrow"`` / ``"webdataset"`` (tar shards) with
+            ``data_files``, a local dataset directory (``save_to_disk``, or data files split by name), or None
+            to tell each file's kind from its extension (``.jsonl``, ``.json``, ``.parquet``, ``.arrow``,
+            ``.tar``); files as for ``multimodal_chat_dataset`` (``resolve_data_files``).
+        data_files: a path, a glob pattern (``"shards/train-*.tar"``), a list of them, or a split dict.
+        split: the split of a split dict or a dataset directory.
         image_dir: where media paths resolve; default the first data file's directory (or the dataset directory).
         format, column_map, on_error, max_tokens, video_options, video_fps: as for ``multimodal_chat_dataset``.
         seed, shuffle_buffer_size, epochs, rank, world_size: as for ``StreamingChatDataset``.
@@ -167,23 +156,16 @@ def streaming_chat_dataset(
         >>> next(iter(ds))["messages"][0]["role"]
         'user'
     """
-    shards = list_shards(source, data_files, split)
+    files = resolve_data_files(source, data_files, split)
+    processor = RecordProcessor(
+        model_transform, format=format, column_map=column_map,
+        image_dir=media_root(source, [file.path for file in files]) if image_dir is None else image_dir,
+        on_error=on_error, max_tokens=max_tokens, video_options=video_options, video_fps=video_fps,
+    )  # fmt: skip
     return StreamingChatDataset(
-        shards,
-        model_transform,
-        image_dir=source_root(source, data_files) if image_dir is None else image_dir,
-        format=format,
-        column_map=column_map,
-        on_error=on_error,
-        max_tokens=max_tokens,
-        video_options=video_options,
-        video_fps=video_fps,
-        seed=seed,
-        shuffle_buffer_size=shuffle_buffer_size,
-        epochs=epochs,
-        rank=rank,
+        shards_of(files), processor, seed=seed, shuffle_buffer_size=shuffle_buffer_size, epochs=epochs, rank=rank,
         world_size=world_size,
-    )
+    )  # fmt: skip
 
 
 def streaming_chat_nodes(

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from qwenvl_data.datasets._map_style import ChatDataset
+from qwenvl_data.datasets._processing import RecordProcessor
 
 COLORS = {
     "red": (220, 30, 30),
@@ -268,12 +269,8 @@ def synthetic_vqa_dataset(
         True
     """
     source = SyntheticVQASource(num_samples, seed, image_size, question_types, max_images, max_distractors, grid)
-    return ChatDataset(
-        source,
-        model_transform,
-        image_dir=os.getcwd(),  # samples hold PIL images, never paths
-        format="openai",
-        on_error=on_error,
-        max_tokens=max_tokens,
-        keep_fields=("answer", "question_type", "choices", "chance"),
-    )
+    processor = RecordProcessor(
+        model_transform, format="openai", image_dir=os.getcwd(),  # samples hold PIL images, never paths
+        on_error=on_error, max_tokens=max_tokens, keep_fields=("answer", "question_type", "choices", "chance"),
+    )  # fmt: skip
+    return ChatDataset(source, processor)

@@ -17,7 +17,7 @@ from support.datasets_records import (
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from qwenvl_data.datasets import ChatDataset, JsonlSource, multimodal_chat_dataset
+from qwenvl_data.datasets import ChatDataset, JsonlSource, RecordProcessor, multimodal_chat_dataset
 from qwenvl_data.errors import (
     InvalidConversationError,
     PlaceholderMismatchError,
@@ -53,7 +53,7 @@ def test_jsonl_index_is_byte_offsets_and_the_transform_runs_only_on_access(tmp_p
         calls.append(sample["id"])
         return byte_tokens(sample)
 
-    ds = ChatDataset(JsonlSource(path), counting, image_dir=tmp_path)
+    ds = ChatDataset(JsonlSource(path), RecordProcessor(counting, image_dir=tmp_path))
     index_bytes = ds.source.offsets.nbytes + ds.source.lengths.nbytes + ds.source.file_index.nbytes
     assert len(ds) == 51 and index_bytes == 51 * 16
     assert calls == []  # nothing parsed or transformed up front; the malformed last line is not touched yet
