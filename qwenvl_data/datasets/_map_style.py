@@ -98,7 +98,7 @@ class ChatDataset(SkipReporting, Dataset):
 def multimodal_chat_dataset(
     model_transform: Callable[[dict], dict] | None,
     *,
-    source: Any,
+    source: Any = None,
     data_files: Any = None,
     split: str = "train",
     image_dir: str | os.PathLike | None = None,
@@ -117,8 +117,8 @@ def multimodal_chat_dataset(
         model_transform: e.g. ``Qwen2_5_VLTransform(...)``; None yields internal-form samples.
         source: ``"jsonl"`` / ``"json"`` / ``"parquet"`` / ``"arrow"`` with ``data_files``, a local dataset
             directory (``save_to_disk``, or data files split by name), a ``datasets.Dataset`` / ``DatasetDict``,
-            or another ``datasets`` builder name (``"csv"``) with ``data_files``. Which files and of which kind
-            is decided as for ``streaming_chat_dataset`` (``resolve_data_files``): JSON Lines or a JSON array
+            another ``datasets`` builder name (``"csv"``) with ``data_files``, or None (each file's kind from its
+            content and extension). Which files and of which kind is decided as for ``streaming_chat_dataset`` (``resolve_data_files``): JSON Lines or a JSON array
             by content, whatever the name or ``source``, indexed by byte offset; parquet and Arrow files
             through ``datasets`` (memory-mapped). WebDataset tars are read by ``streaming_chat_dataset`` only.
         data_files: a path, a glob pattern, a list of them, or a split dict of those.

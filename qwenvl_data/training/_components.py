@@ -39,8 +39,8 @@ def records_or_synthetic_dataset(
 
     Args:
         model_transform: e.g. ``checkpoint_transform(...)``; None yields internal-form samples.
-        source: as ``multimodal_chat_dataset``'s; None with ``data_files`` is ``"json"`` (JSON Lines or a JSON
-            array, by content). Set ``source=parquet`` for parquet files.
+        source: as ``multimodal_chat_dataset``'s; None with ``data_files`` tells each file's kind from its
+            content and extension (JSON Lines or a JSON array by content, parquet, Arrow).
         data_files: as ``multimodal_chat_dataset``'s.
         **options: the keywords of ``multimodal_chat_dataset`` (your records) and of ``synthetic_vqa_dataset``
             (``num_samples``, ``seed``, ``image_size``, ...: they describe the generated set and are not used
@@ -57,9 +57,7 @@ def records_or_synthetic_dataset(
         return synthetic_vqa_dataset(model_transform, **options)
     record_keys = set(inspect.signature(multimodal_chat_dataset).parameters)
     used = {key: value for key, value in options.items() if key in record_keys or key not in synthetic_keys}
-    return multimodal_chat_dataset(
-        model_transform, source=source if source is not None else "json", data_files=data_files, **used
-    )
+    return multimodal_chat_dataset(model_transform, source=source, data_files=data_files, **used)
 
 
 __all__ = ["checkpoint_transform", "packaged_vocab_transform", "records_or_synthetic_dataset"]
