@@ -153,7 +153,7 @@ def multimodal_chat_dataset(
 
     Example:
         >>> ds = multimodal_chat_dataset(None, source="jsonl", data_files="llava.jsonl", image_dir="images")
-        >>> ds[0]["messages"][0]["content"][0]["type"]
+        >>> ds[0]["messages"][0].content[0]["type"]  # torchtune Messages
         'image'
     """
     records = open_source(source, data_files, split, **load_dataset_kwargs)

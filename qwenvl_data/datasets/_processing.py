@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._constants import IGNORE_INDEX
-from qwenvl_data.conversation._messages import sample_name
+from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._layouts import RecordToMessages
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import (
@@ -17,6 +17,7 @@ from qwenvl_data.errors import (
     SampleError,
     SampleTooLongError,
     UnexpectedSampleError,
+    sample_name,
 )
 from qwenvl_data.video import VideoOptions
 
@@ -119,15 +120,15 @@ class RecordProcessor:
             raise InvalidConversationError(f"invalid JSON{where} ({err})") from err
 
     def convert(self, index: int, record: Any) -> tuple[dict, str]:
-        """A parsed record -> (``{"id", "messages", ...}``, layout name).
+        """A parsed record -> (``{"id", "messages": list[Message], ...}``, layout name); the id is the record's
+        ``id`` when it holds one, else ``index``; ``keep_fields`` that hold values are copied.
 
         Raises:
             SampleError: no known layout, bad conversation or media references (the sample is not named).
         """
-        sample_id = record.get("id", index) if isinstance(record, dict) else index
         converted = self.to_messages(record)
-        sample = {"id": sample_id, "messages": converted["messages"]}
-        sample.update({key: record[key] for key in self.keep_fields if key in record})
+        sample = {"id": _record_id(index, record), "messages": converted["messages"]}
+        sample.update({key: record[key] for key in self.keep_fields if holds_value(record.get(key))})
         return sample, converted["layout"]
 
     def transform(self, sample: dict) -> dict:
@@ -166,21 +167,20 @@ class RecordProcessor:
         sample_id: Any = None
         try:
             record = self.parse(index, record)
-            sample_id = record.get("id", index) if isinstance(record, dict) else index
+            sample_id = _record_id(index, record)
             sample, _ = self.convert(index, record)
             return self.transform(sample)
         except SampleError as err:
-            where = f"sample {index} ({'id unknown' if sample_id is None else sample_id})"
             if self.on_error == "raise":
                 # The model transform already names the sample by id; say it once, with the index added.
-                detail = str(err).removeprefix(f"{sample_name({'id': sample_id})}: ")
-                raise type(err)(f"{where}: {detail}") from err
+                detail = str(err).removeprefix(f"{sample_name(None, sample_id)}: ")
+                raise type(err)(f"{sample_name(index, sample_id)}: {detail}") from err
             return self._skip(index, sample_id, err)
         except MemoryError:
             raise
         except Exception as err:
             if self.on_error == "raise":
-                err.add_note(f"while processing sample {index} ({'id unknown' if sample_id is None else sample_id})")
+                err.add_note(f"while processing {sample_name(index, sample_id)}")
                 raise
             return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"))
 
@@ -190,6 +190,12 @@ class RecordProcessor:
         self.stats.add(err, skipped.example)
         logger.info("skipping sample %s (%s) [%s]: %s", index, sample_id, err.cause, err)
         return skipped
+
+
+def _record_id(index: int, record: Any) -> Any:
+    """The record's ``id`` when it holds one (Arrow rows have the column, None where unset), else its index."""
+    sample_id = record.get("id") if isinstance(record, dict) else None
+    return sample_id if holds_value(sample_id) else index
 
 
 def _trains_a_token(labels: Any) -> bool:

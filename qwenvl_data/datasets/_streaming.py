@@ -164,7 +164,7 @@ def streaming_chat_dataset(
 
     Example:
         >>> ds = streaming_chat_dataset(None, source="jsonl", data_files="llava.jsonl", shuffle_buffer_size=64)
-        >>> next(iter(ds))["messages"][0]["role"]
+        >>> next(iter(ds))["messages"][0].role
         'user'
     """
     shards = list_shards(source, data_files, split)
