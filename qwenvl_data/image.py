@@ -166,7 +166,8 @@ class Qwen2_5_VLImageTransform:
         except ImageLoadError as error:  # a refused mode: say which image has it
             raise ImageLoadError(f"{_describe(image)}: {error}") from error
         try:
-            size = chosen.size(rgb.height, rgb.width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels)
+            factor = self.patch_size * self.merge_size
+            size = chosen.size(rgb.height, rgb.width, factor, self.min_pixels, self.max_pixels)
         except ValueError as error:
             raise ImageLoadError(f"{_describe(image)}: {error}") from error
         return self._encode([rgb] * self.temporal_patch_size, size)

@@ -64,10 +64,11 @@ def parse_part(part: Any) -> dict[str, Any]:
     if len(payloads) > 1:
         raise InvalidConversationError(f"{kind} part holds both {payloads[0]!r} and {payloads[1]!r}; keep one")
     options = held_options(part, kind) if kind in MEDIA_KINDS else {}
-    stray = sorted(k for k, v in part.items() if v is not None and k != "type" and k not in payloads and k not in options)
+    used = {"type", *payloads, *options}
+    stray = sorted(key for key, value in part.items() if value is not None and key not in used)
     if stray:
-        known = ", ".join(MEDIA_OPTION_KEYS.get(kind, ()))
-        raise InvalidConversationError(f"{kind} part has key(s) {stray} it does not use{'; options: ' + known if known else ''}")
+        options_known = f"; its options: {', '.join(MEDIA_OPTION_KEYS[kind])}" if kind in MEDIA_KINDS else ""
+        raise InvalidConversationError(f"{kind} part has key(s) {stray} it does not use{options_known}")
     payload = part[payloads[0]] if payloads else None
     if kind == "text":
         return {"type": "text", "content": _text(payload, part)}

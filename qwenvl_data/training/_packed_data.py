@@ -151,7 +151,8 @@ class PackedBatches:
             length = len(sample["tokens"]) if isinstance(sample, dict) else 0
             if length > self.max_seq_len:
                 raise SampleTooLongError(
-                    f"{sample_name(None, sample.get('id'))}: {length} tokens > max_seq_len={self.max_seq_len} (a packed row)"
+                    f"{sample_name(None, sample.get('id'))}: {length} tokens"
+                    f" > max_seq_len={self.max_seq_len} (a packed row)"
                 )
             item = _Pulled(self._offset, self._epoch, before, sample, length)
             self._offset += 1
