@@ -17,15 +17,20 @@ Layouts (``format`` names; detected per record from the fields that hold values,
 - ``"prompt_completion"`` (TRL): ``prompt`` and ``completion``, each a string or a list of messages.
 - ``"cauldron"`` (HuggingFaceM4/the_cauldron, torchtune's ``the_cauldron_dataset``): ``texts`` of
   ``{"user", "assistant"}`` turns.
+- ``"alpaca"`` (LLaMA-Factory): ``instruction``, optional ``input`` (prompt = instruction + "\\n" + input),
+  ``output``, optional ``history`` (``[query, response]`` pairs, earlier turns) and ``system``.
 - ``"input_output"`` (torchtune's ``vqa_dataset``, VQA-style hub sets): ``input`` (or ``question``) and
   ``output`` (or ``answer``) strings: one user turn, one assistant turn.
 
 Shared by every layout: media from ``image`` / ``images`` and ``video`` / ``videos`` (a single value or a
 list), a record-level system prompt from ``system`` / ``system_prompt`` (it replaces the default system
-prompt), and ``column_map`` (``{expected: yours}``) for other field names. Media go where placeholders or
+prompt; "" is an empty system turn), function schemas from ``tools`` (the system turn's tools block, see
+``_tools``; tool turns in the three spellings of ``_messages.ROLES`` and OpenAI's ``tool_calls``), and ``column_map`` (``{expected: yours}``) for other field names. Media go where placeholders or
 payload-less parts are, one each, in order; a conversation with neither gets all its media at the start
 of its first user message (torchtune's and TRL's rule). A media, system or conversation field the layout
-did not read is an error naming the field, and so is a message other than a system message without content.
+did not read is an error naming the field (any field some layout reads: ``KNOWN_FIELDS``), and so is a message
+other than a system message without content. LLaVA-Video's ``<image>`` for its video works: in a record with
+videos and no images, ``<image>`` placeholders are the video's slots.
 """
 
 from collections.abc import Mapping
@@ -114,6 +119,26 @@ class CauldronToMessages:
         return [{"role": role, "content": t.get(role)} for t in texts for role in ("user", "assistant")]
 
 
+class AlpacaToMessages:
+    """LLaMA-Factory's alpaca layout: the prompt is ``instruction`` + "\\n" + ``input`` (``instruction`` alone when
+    ``input`` is empty), the answer ``output``; ``history`` pairs ``[query, response]`` are earlier turns."""
+
+    name = "alpaca"
+
+    def matches(self, fields: RecordFields) -> bool:
+        return "instruction" in fields
+
+    def turns(self, fields: RecordFields) -> list[dict]:
+        history = fields.get("history") or []
+        if not isinstance(history, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in history
+        ):
+            raise InvalidConversationError("'history' must be a list of [query, response] pairs")
+        turns = [{"role": role, "content": text} for pair in history for role, text in zip(("user", "assistant"), pair)]
+        prompt = "\n".join(text for text in (fields.get("instruction"), fields.get("input")) if text is not None)
+        return [*turns, {"role": "user", "content": prompt}, {"role": "assistant", "content": fields.get("output")}]
+
+
 class InputOutputToMessages:
     """One question and its answer: ``input`` / ``question`` and ``output`` / ``answer``."""
 
@@ -131,7 +156,7 @@ class InputOutputToMessages:
 
 LAYOUTS = (
     ShareGPTToMessages(), OpenAIToMessages(), PromptCompletionToMessages(), CauldronToMessages(),
-    InputOutputToMessages(),
+    AlpacaToMessages(), InputOutputToMessages(),
 )
 _BY_NAME = {layout.name: layout for layout in LAYOUTS} | {"llava": LAYOUTS[0], "qwen_vl": LAYOUTS[0]}
 FORMATS = tuple(_BY_NAME)
@@ -151,6 +176,7 @@ class RecordToMessages:
         column_map: ``{expected field: your field}`` renames applied before anything else.
         image_dir: directory media paths resolve under (anything outside is refused).
         video_options: ``VideoOptions`` keys for every video part that does not set them itself.
+        keep_fields: fields the caller copies into the sample (e.g. a reference ``answer``): read, not unread.
 
     Raises (on call):
         InvalidConversationError, PlaceholderMismatchError, ImageLoadError, UnsafePathError.
@@ -163,8 +189,10 @@ class RecordToMessages:
         *,
         image_dir: str | None,
         video_options: Mapping[str, Any] | None = None,
+        keep_fields: tuple[str, ...] = (),
     ) -> None:
         check_format(format)
+        self.keep_fields = tuple(keep_fields)
         self.layout = None if format is None else _BY_NAME[format]
         self.column_map = check_column_map(column_map)
         self.image_dir, self.video_options = image_dir, dict(video_options or {})
@@ -184,17 +212,20 @@ class RecordToMessages:
         if not isinstance(record, Mapping):
             raise InvalidConversationError(f"record must be a JSON object, got {type(record).__name__}")
         fields = RecordFields(record, self.column_map)
+        fields.read.update(self.keep_fields)
         layout = self.layout or _detect(fields)
         messages = build_messages(
             layout.turns(fields),
             images=fields.media("image"),
             videos=fields.media("video"),
             system=fields.system(),
+            tools=fields.get("tools"),
             resolve=lambda kind, reference: _RESOLVERS[kind](reference, self.image_dir),
             video_defaults=self.video_options,
         )
         _check_contents(messages)
-        fields.check_all_read(layout.name)
+        first_user = next((message.text_content for message in messages if message.role == "user"), None)
+        fields.check_all_read(layout.name, first_user)
         return {"messages": messages, "layout": layout.name}
 
 
@@ -210,7 +241,8 @@ def _detect(fields: RecordFields) -> Any:
     if layout is None:
         raise InvalidConversationError(
             f"no layout matches the fields that hold values {sorted(fields.values)}; expected one of "
-            f"conversations, messages, prompt+completion, texts, input+output (rename yours with column_map)"
+            f"conversations, messages, prompt+completion, texts, instruction, input+output (rename yours with "
+            "column_map)"
         )
     return layout
 

@@ -101,7 +101,9 @@ class RecordProcessor:
         self.keep_fields = tuple(keep_fields)
         self.video_options = {**(video_options or {}), **({"fps": video_fps} if video_fps is not None else {})}
         VideoOptions().updated(self.video_options)  # unknown keys and bad values fail here, not per sample
-        self.to_messages = RecordToMessages(format, column_map, image_dir=image_dir, video_options=self.video_options)
+        self.to_messages = RecordToMessages(
+            format, column_map, image_dir=image_dir, video_options=self.video_options, keep_fields=self.keep_fields
+        )
         self.locate = locate
         self.stats = SkipCounts()
 

@@ -136,7 +136,7 @@ def test_placeholder_count_must_match_the_media(record, image_dir):
         {"conversations": []},
         {"messages": []},
         {"conversations": [{"from": "robot", "value": "hi"}]},
-        {"messages": [{"role": "tool", "content": "hi"}]},
+        {"messages": [{"role": "narrator", "content": "hi"}]},  # ("tool" is a role now: tool results)
         {"messages": [{"role": "user", "content": ""}]},
         {"messages": "hello"},
         {"text": "no conversation at all"},
