@@ -25,9 +25,10 @@ Layouts (``format`` names; detected per record from the fields that hold values,
 Shared by every layout: media from ``image`` / ``images`` and ``video`` / ``videos`` (a single value or a
 list), a record-level system prompt from ``system`` / ``system_prompt`` (it replaces the default system
 prompt; "" is an empty system turn), function schemas from ``tools`` (the system turn's tools block, see
-``_tools``; tool turns in the three spellings of ``_messages.ROLES`` and OpenAI's ``tool_calls``), and ``column_map`` (``{expected: yours}``) for other field names. Media go where placeholders or
-payload-less parts are, one each, in order; a conversation with neither gets all its media at the start
-of its first user message (torchtune's and TRL's rule). A media, system or conversation field the layout
+``_tools``; tool turns in the three spellings of ``_messages.ROLES`` and OpenAI's ``tool_calls``), and
+``column_map`` (``{expected: yours}``) for other field names. Media go where placeholders or payload-less parts
+are, one each, in order; a conversation with neither gets all its media at the start of its first user message
+(torchtune's and TRL's rule). A media, system or conversation field the layout
 did not read is an error naming the field (any field some layout reads: ``KNOWN_FIELDS``), and so is a message
 other than a system message without content. LLaVA-Video's ``<image>`` for its video works: in a record with
 videos and no images, ``<image>`` placeholders are the video's slots.

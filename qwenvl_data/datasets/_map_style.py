@@ -27,10 +27,11 @@ class ChatDataset(SkipReporting, Dataset):
 
     Args:
         source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts).
-        model_transform: e.g. ``Qwen2_5_VLTransform``; None yields internal-form samples untransformed.
+        model_transform: e.g. ``Qwen2_5_VLTransform``; None yields the samples untransformed (torchtune Messages).
         image_dir: directory media paths resolve under; paths escaping it raise ``UnsafePathError``.
         format: a layout name (``"sharegpt"`` / ``"llava"``, ``"openai"``, ``"prompt_completion"``,
-            ``"cauldron"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to detect per record.
+            ``"cauldron"``, ``"alpaca"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to
+            detect per record.
         column_map: ``{expected field: your field}``, e.g. ``{"images": "pictures"}`` (torchtune's convention).
         on_error: ``"raise"`` or ``"skip"`` (``__getitem__`` returns None; the collator drops it).
         max_tokens: token budget per sample; longer ones are ``SampleTooLongError`` (cause ``too_long``).

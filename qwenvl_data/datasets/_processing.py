@@ -60,7 +60,7 @@ def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord | None:
 
 
 class RecordProcessor:
-    """Converts a raw record to the internal form (``RecordToMessages``) and applies the model transform.
+    """Converts a raw record to torchtune ``Message``s (``RecordToMessages``) and applies the model transform.
 
     Args:
         model_transform: callable on ``{"id", "messages", ...}`` returning the sample with ``tokens`` etc.;

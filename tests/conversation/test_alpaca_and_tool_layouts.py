@@ -178,7 +178,8 @@ def test_several_calls_in_one_turn_and_their_results_in_one_user_turn(photos, tr
           {"role": "assistant", "content": "Checking both.", "tool_calls": [{"function": CALL}, {"function": second}]},
           {"role": "tool", "content": RESULT}, {"role": "tool", "content": '{"temperature": 25}'},
           {"role": "assistant", "content": "21 and 25."}]  # fmt: skip
-    sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(write_jsonl(photos / "t.jsonl", [record])))[0]
+    path = write_jsonl(photos / "t.jsonl", [record])
+    sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(path))[0]
     # a bare function schema is wrapped as {"type": "function", "function": ...} (LLaMA-Factory's rule)
     assert sample["tokens"] == reference_ids(reference, QWEN3_VL_TEMPLATE, hf,
                                              tools=[{"type": "function", "function": WEATHER}])  # fmt: skip
@@ -208,7 +209,8 @@ def test_an_explicitly_empty_system_prompt_is_an_empty_system_turn(photos, trans
                                                                    record):  # fmt: skip
     sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(write_jsonl(photos / "e.jsonl",
                                                                                            [record])))[0]  # fmt: skip
-    hf = [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    hf = [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"},
+          {"role": "assistant", "content": "Hello."}]  # fmt: skip
     assert sample["tokens"] == reference_ids(reference, chat_template, hf)
     assert transform.decode(sample["tokens"]).startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user")
 
@@ -216,12 +218,15 @@ def test_an_explicitly_empty_system_prompt_is_an_empty_system_turn(photos, trans
 def test_llava_video_image_placeholder_for_the_video_equals_the_video_placeholder(tmp_path, transform):
     (tmp_path / "clip").mkdir()
     write_photos(tmp_path / "clip", ["f1.png", "f2.png"], size=(64, 56))
-    turns = lambda tag: [{"from": "human", "value": f"{tag}\nWhat happens?"}, {"from": "gpt", "value": "Nothing."}]  # noqa: E731
+    def turns(tag: str) -> list[dict]:
+        return [{"from": "human", "value": f"{tag}\nWhat happens?"}, {"from": "gpt", "value": "Nothing."}]
+
     llava_video = {"id": "v", "video": "clip", "conversations": turns("<image>"), "data_source": "academic"}
     written_out = {"id": "w", "video": "clip", "conversations": turns("<video>")}
     ds = multimodal_chat_dataset(transform, source="jsonl", data_files=str(
         write_jsonl(tmp_path / "v.jsonl", [llava_video, written_out])), image_dir=str(tmp_path))  # fmt: skip
-    assert ds[0]["tokens"] == ds[1]["tokens"] and torch.equal(ds[0]["pixel_values_videos"], ds[1]["pixel_values_videos"])
+    assert ds[0]["tokens"] == ds[1]["tokens"]
+    assert torch.equal(ds[0]["pixel_values_videos"], ds[1]["pixel_values_videos"])
     assert "pixel_values" not in ds[0]
 
 
