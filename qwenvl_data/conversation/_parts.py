@@ -71,7 +71,7 @@ def parse_part(part: Any) -> dict[str, Any]:
         raise InvalidConversationError(f"{kind} part has key(s) {stray} it does not use{options_known}")
     payload = part[payloads[0]] if payloads else None
     if kind == "text":
-        return {"type": "text", "content": _text(payload, part)}
+        return {"type": "text", "content": _text(payload, part, literal=payloads == ["content"])}
     try:
         ImageOptions(**options) if kind == "image" else VideoOptions().updated(options)
     except ValueError as error:
@@ -79,10 +79,12 @@ def parse_part(part: Any) -> dict[str, Any]:
     return {"type": kind, "content": payload, **options}
 
 
-def _text(text: Any, part: Mapping[str, Any]) -> str:
+def _text(text: Any, part: Mapping[str, Any], literal: bool) -> str:
+    """The text of a part. A placeholder in an OpenAI/HF ``text`` would be trained as literal text: refused. A
+    torchtune part's ``content`` is final (a tool's description may well say ``<image>``): kept as written."""
     if not isinstance(text, str):
         raise InvalidConversationError(f"text part without a string: {dict(part)!r}"[:200])
-    placeholder = next((p for p in PLACEHOLDERS if p in text), None)
+    placeholder = None if literal else next((p for p in PLACEHOLDERS if p in text), None)
     if placeholder is not None:
         # Typed content places media with its own parts; a placeholder here would be trained as literal text.
         raise PlaceholderMismatchError(

@@ -263,3 +263,13 @@ def test_column_map_never_lets_a_field_replace_another(photos):
     with pytest.raises(InvalidConversationError, match="renames field 'instruction' to 'input', which the record"):
         to_conversation(record, None, str(photos), column_map={"input": "instruction"})
     assert to_conversation(record, None, str(photos))[0].text_content == "Translate.\nbonjour"
+
+
+def test_placeholder_text_inside_a_tool_description_or_result_stays_text(photos, transform):
+    tool = {**WEATHER, "description": "Weather of the city in an <image>"}
+    record = {"messages": [{"role": "user", "content": "Paris?"}, {"role": "tool_call", "content": json.dumps(CALL)},
+                           {"role": "tool_response", "content": [{"type": "text", "text": "sunny"}]},
+                           {"role": "assistant", "content": "Sunny."}], "tools": [tool]}  # fmt: skip
+    path = write_jsonl(photos / "d.jsonl", [record])
+    sample = multimodal_chat_dataset(transform, source="jsonl", data_files=str(path))[0]
+    assert "in an <image>" in transform.decode(sample["tokens"]) and "pixel_values" not in sample
