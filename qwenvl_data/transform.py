@@ -123,18 +123,20 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         """Tokenize and label the conversation and preprocess its media.
 
         Args:
-            sample: ``{"messages": [...], optional "id", optional "images"/"videos"}``: torchtune
+            sample: ``{"messages": [...], optional "id", "images"/"videos", "tools"}``: torchtune
                 ``Message``s or OpenAI/HF-style dicts (``{"role", "content": str | [parts]}``, parts
                 ``{"type": "text", "text"}``, ``{"type": "image", "image", ...image options}``,
                 ``{"type": "image_url", "image_url": {"url"}}``, ``{"type": "video", "video", ...video options}``;
                 see ``qwenvl_data.conversation._messages.build_messages``); the lists fill payload-less parts
-                and ``<image>``/``<video>`` placeholders in string content, in order.
+                and ``<image>``/``<video>`` placeholders in string content, in order; tool calls
+                (``tool_calls``, role ``tool``) and ``tools`` render in the Qwen2.5 tool format
+                (``qwenvl_data.conversation._tools``).
             inference: a prompt for generation: a final assistant message (a record's reference
                 answer) is left out, with its images/videos, and the tokens end with the open
                 ``<|im_start|>assistant\\n`` turn (the template's ``add_generation_prompt``).
 
         Returns:
-            the sample without ``messages``/``images``/``videos``, plus ``tokens`` list[int], ``mask``
+            the sample without ``messages``/``images``/``videos``/``tools``, plus ``tokens`` list[int], ``mask``
             list[bool] (True = not trained), ``labels`` list[int] (-100 where not trained); with images
             ``pixel_values`` float [sum N, 1176] and ``image_grid_thw`` int64 [num_images, 3]; with videos
             ``pixel_values_videos`` float [sum N, 1176], ``video_grid_thw`` int64 [num_videos, 3] and
@@ -166,7 +168,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
             tokens, mask = self._expand_pads(tokens, mask, kind, outputs, name)
         tokens, mask = fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, name)
 
-        out = {k: v for k, v in sample.items() if k not in ("messages", "images", "videos")}
+        out = {k: v for k, v in sample.items() if k not in ("messages", "images", "videos", "tools")}
         out["tokens"], out["mask"] = tokens, mask
         out["labels"] = [IGNORE_INDEX if masked else token for token, masked in zip(tokens, mask)]
         for kind, outputs in media.items():

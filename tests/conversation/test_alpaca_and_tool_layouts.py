@@ -194,6 +194,7 @@ def test_tool_calls_handed_to_the_transform_directly_equal_the_record(photos, tr
     messages[0]["content"][0]["image"] = str(photos / "a.png")
     direct = transform({"messages": messages, "tools": TOOL_RECORDS["openai"]["tools"]})
     assert direct["tokens"] == record["tokens"] and direct["labels"] == record["labels"]
+    assert "tools" not in direct  # rendered into the tokens, not carried to the batch
 
 
 @pytest.mark.parametrize(
