@@ -15,7 +15,7 @@ import torch
 
 from qwenvl_data.vision._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
-from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError
+from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError, sample_name
 from qwenvl_data.rope import mrope_position_ids
 
 __all__ = ["Qwen2_5_VLCollator", "padded_collate_qwen2_5_vl"]
@@ -52,10 +52,6 @@ class CheckedSample:
     tokens: torch.Tensor  # int64 [n]
     labels: torch.Tensor | None  # int64 [n]; None when the batch carries no labels (generation)
     media: dict[str, torch.Tensor]  # the vision keys it has, as tensors
-
-
-def _sample_name(index: int, sample: dict) -> str:
-    return f"sample {index} ({sample['id']})" if "id" in sample else f"sample {index}"
 
 
 def _as_ids(value: Any, key: str, name: str) -> torch.Tensor:
@@ -147,7 +143,7 @@ def check_samples(batch: list[dict | None]) -> list[CheckedSample]:
     with_labels = ["labels" in sample for _, sample in indexed]
     checked = []
     for (index, sample), has_labels in zip(indexed, with_labels):
-        name = _sample_name(index, sample)
+        name = sample_name(index, sample.get("id"))
         if "tokens" not in sample:
             raise SampleError(f"{name}: no 'tokens'")
         tokens = _as_ids(sample["tokens"], "tokens", name)

@@ -49,3 +49,11 @@ class UnexpectedSampleError(SampleError):
     a ``ValueError`` from a video with fps 0, ...); the original is chained and its type kept in the message."""
 
     cause = "unexpected_error"
+
+
+def sample_name(index: int | str | None = None, sample_id: object = None) -> str:
+    """How every error message names a sample: ``sample 3 (abc)`` by its index and id; ``sample (abc)`` where the
+    index is not known (a model transform sees one sample), ``sample 3 (id unknown)`` where the id is not (an id of
+    None is no id: Arrow rows hold an ``id`` column for all)."""
+    shown_id = "id unknown" if sample_id is None else sample_id
+    return f"sample ({shown_id})" if index is None else f"sample {index} ({shown_id})"

@@ -26,6 +26,7 @@ from qwenvl_data._constants import (
     TEMPORAL_PATCH_SIZE,
 )
 from qwenvl_data.vision._image_io import ImageSource, load_image, to_rgb
+from qwenvl_data.vision._media_options import ImageOptions, held_options
 from qwenvl_data.vision._media_refs import media_file, shown
 from qwenvl_data.vision._patchify import OUTPUT_DTYPES, patchify
 from qwenvl_data.vision._resize import resize_rgb, smart_resize
@@ -34,7 +35,6 @@ from qwenvl_data.vision._video_sampling import frame_max_pixels
 from qwenvl_data.errors import ImageLoadError, SampleError
 from qwenvl_data.video import (
     FILE_ONLY_OPTIONS,
-    VIDEO_OPTION_KEYS,
     VideoOptions,
     VideoSource,
     is_video_file,
@@ -58,8 +58,9 @@ class Qwen2_5_VLImageTransform:
         patch_size (int): side of a patch in pixels.
         merge_size (int): side of the block of patches merged into one LLM token.
         temporal_patch_size (int): frames per temporal patch (an image fills all of them).
-        min_pixels (int): image pixel budget, lower end (``smart_resize``).
-        max_pixels (int): image pixel budget, upper end; the released checkpoints' config uses 12845056.
+        min_pixels (int): image pixel budget, lower end (``smart_resize``); an image's own ``min_pixels`` wins.
+        max_pixels (int): image pixel budget, upper end; the released checkpoints' config uses 12845056. An
+            image's own ``max_pixels`` (or ``resized_height``/``resized_width``) wins, see ``ImageOptions``.
         video_min_pixels (int): per-frame pixel budget of videos, lower end (a video part's ``min_pixels``).
         video_max_pixels (int): per-frame pixel budget of videos, upper end (a video part's ``max_pixels``).
         video_total_pixels (int | None): pixel budget of a whole clip (a part's ``total_pixels``), None for none.
@@ -116,24 +117,35 @@ class Qwen2_5_VLImageTransform:
 
     def __call__(self, sample: dict) -> dict:
         """Returns ``sample`` with, for an ``"image"``, ``pixel_values`` [N, 1176] and ``image_grid_thw``
-        int64 [1, 3]; for a ``"video"`` (with optional ``VideoOptions`` keys beside it: ``"fps"``,
-        ``"max_frames"``, ...), ``pixel_values_videos`` [N, 1176], ``video_grid_thw`` int64 [1, 3] and
-        ``second_per_grid_ts`` float32 [1]."""
-        if "image" in sample:
-            sample["pixel_values"], sample["image_grid_thw"] = self.encode_image(sample["image"])
-        if "video" in sample:
-            options = {key: sample[key] for key in VIDEO_OPTION_KEYS if key in sample}
-            encoded = self.encode_video(sample["video"], **options)
+        int64 [1, 3]; for a ``"video"``, ``pixel_values_videos`` [N, 1176], ``video_grid_thw`` int64 [1, 3] and
+        ``second_per_grid_ts`` float32 [1]. Options beside the image (``ImageOptions`` keys) or the video
+        (``VideoOptions`` keys: ``"fps"``, ``"max_frames"``, ...) apply to it; a key is set when its value is not
+        None. A sample holding both an image and a video cannot say whose ``min_pixels``/``max_pixels`` it sets:
+        give each its own sample.
+
+        Raises:
+            ValueError: options beside both an image and a video.
+        """
+        image, video = sample.get("image"), sample.get("video")
+        if image is not None and video is not None and held_options(sample, "image"):
+            raise ValueError("a sample with both an image and a video cannot carry options; transform them apart")
+        if image is not None:
+            sample["pixel_values"], sample["image_grid_thw"] = self.encode_image(image, **held_options(sample, "image"))
+        if video is not None:
+            encoded = self.encode_video(video, **held_options(sample, "video"))
             sample["pixel_values_videos"], sample["video_grid_thw"], sample["second_per_grid_ts"] = encoded
         return sample
 
-    def encode_image(self, image: ImageSource | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_image(self, image: ImageSource | torch.Tensor, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches of one image.
 
         Args:
             image (PIL.Image.Image | str | os.PathLike | bytes | dict | torch.Tensor): a PIL image, any media
                 reference ``load_image`` takes (path, ``file://`` URI, data URL, bytes, HF image dict), or uint8
                 [C, H, W] with C in (1, 3, 4). 16-bit images are scaled to 8 bits first (see ``to_rgb``).
+            **options: ``ImageOptions`` keys of this image (``min_pixels``, ``max_pixels``, ``resized_height``,
+                ``resized_width``, qwen-vl-utils' rules) over this transform's budgets. The pixels equal the
+                reference processor's run with the budgets used.
 
         Returns:
             tuple[torch.Tensor, torch.Tensor]: ``pixel_values`` dtype [N, 1176] and ``image_grid_thw`` int64
@@ -142,13 +154,22 @@ class Qwen2_5_VLImageTransform:
         Raises:
             ImageLoadError: the reference cannot be loaded, the image's mode has no known range (``F``, wide
                 ``I``), or the image is too elongated (over 200:1) or empty.
+            SampleError: an unknown or invalid option.
         """
+        try:
+            chosen = ImageOptions(**options)
+        except (TypeError, ValueError) as error:
+            raise SampleError(f"{_describe(image)}: {error}") from error
         loaded = image if isinstance(image, torch.Tensor) else load_image(image)
         try:
             rgb = to_rgb(loaded)
         except ImageLoadError as error:  # a refused mode: say which image has it
             raise ImageLoadError(f"{_describe(image)}: {error}") from error
-        size = self._frame_size(rgb.height, rgb.width, self.min_pixels, self.max_pixels, _describe(image))
+        try:
+            factor = self.patch_size * self.merge_size
+            size = chosen.size(rgb.height, rgb.width, factor, self.min_pixels, self.max_pixels)
+        except ValueError as error:
+            raise ImageLoadError(f"{_describe(image)}: {error}") from error
         return self._encode([rgb] * self.temporal_patch_size, size)
 
     def encode_video(

@@ -94,11 +94,11 @@ class RecordInspector:
                 report.id = record.get("id", index)
             report.layout = self.processor.to_messages.layout_of(record)
             sample, _ = self.processor.convert(index, record)
-            parts = [p for m in sample["messages"] if isinstance(m["content"], list) for p in m["content"]]
+            parts = [p for m in sample["messages"] for p in m.content]
             report.images = sum(p["type"] == "image" for p in parts)
             report.videos = sum(p["type"] == "video" for p in parts)
             try:
-                report.sizes_before = [_image_size(p["image"]) for p in parts if p["type"] == "image"]
+                report.sizes_before = [_image_size(p["content"]) for p in parts if p["type"] == "image"]
             except (OSError, ValueError):
                 pass  # unreadable: the transform below names the cause
             try:

@@ -26,7 +26,8 @@ from qwenvl_data._constants import (
     SPECIAL_TOKENS,
 )
 from qwenvl_data._files import read_json
-from qwenvl_data.conversation._messages import generation_prompt, normalise_conversation, sample_name
+from qwenvl_data.conversation._messages import generation_prompt, normalise_conversation
+from qwenvl_data.errors import sample_name
 from qwenvl_data.text._truncation import check_truncation_policy, fit_max_seq_len
 
 # Qwen2's pre-tokenizer split: contractions, letter runs with one leading non-letter, single digits,
@@ -244,18 +245,18 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
         return out
 
     def _text_only_conversation(self, sample: Mapping[str, Any]) -> list[Message]:
-        messages = normalise_conversation(sample)
+        name = sample_name(None, sample.get("id"))
+        messages = normalise_conversation(sample, name)
         if any(part["type"] != "text" for m in messages for part in m.content):
-            raise ValueError(
-                f"{sample_name(sample)}: has images or videos; use Qwen2_5_VLTransform, which expands their tokens"
-            )
+            raise ValueError(f"{name}: has images or videos; use Qwen2_5_VLTransform, which expands their tokens")
         return messages
 
     def _tokenize_sample(
         self, sample: Mapping[str, Any], add_generation_prompt: bool, *, drop_final_answer: bool = False
     ) -> tuple[list[int], list[bool]]:
         messages = self._text_only_conversation(sample)
+        name = sample_name(None, sample.get("id"))
         if drop_final_answer:
-            messages = generation_prompt(messages, sample_name(sample))
+            messages = generation_prompt(messages, name)
         tokens, mask = self.tokenize_rendered(self.render(messages, add_generation_prompt=add_generation_prompt))
-        return fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, sample_name(sample))
+        return fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, name)

@@ -14,12 +14,12 @@ from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
 from qwenvl_data.vision._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID
-from qwenvl_data.conversation._messages import generation_prompt, normalise_conversation, sample_name
+from qwenvl_data.conversation._messages import generation_prompt, normalise_conversation
 from qwenvl_data.text._truncation import fit_max_seq_len
-from qwenvl_data.errors import PlaceholderMismatchError, SampleError
+from qwenvl_data.errors import PlaceholderMismatchError, SampleError, sample_name
 from qwenvl_data.image import Qwen2_5_VLImageTransform
 from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
-from qwenvl_data.video import VIDEO_OPTION_KEYS
+from qwenvl_data.vision._media_options import held_options
 
 # Per media kind: its pad token and the image transform's output keys (patches, grid, then extras).
 _MEDIA = {
@@ -52,7 +52,8 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
             (datasets with ``on_error="skip"`` drop them); "truncate_text": cut trailing text when no
             image/video span is touched, raise otherwise.
         **image_kwargs: passed to ``Qwen2_5_VLImageTransform`` (``min_pixels``, ``max_pixels``, and the video
-            defaults ``video_max_pixels``, ``video_total_pixels``, ``video_fps``, ``video_max_frames``, ...).
+            defaults ``video_max_pixels``, ``video_total_pixels``, ``video_fps``, ``video_max_frames``, ...):
+            the defaults of every image / video part that does not set the option itself.
 
     Example:
         >>> from PIL import Image
@@ -122,14 +123,20 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         """Tokenize and label the conversation and preprocess its media.
 
         Args:
-            sample: ``{"messages": [...], optional "id", optional "images"/"videos"}`` (see
-                ``normalise_conversation`` for the accepted message forms).
+            sample: ``{"messages": [...], optional "id", "images"/"videos", "tools"}``: torchtune
+                ``Message``s or OpenAI/HF-style dicts (``{"role", "content": str | [parts]}``, parts
+                ``{"type": "text", "text"}``, ``{"type": "image", "image", ...image options}``,
+                ``{"type": "image_url", "image_url": {"url"}}``, ``{"type": "video", "video", ...video options}``;
+                see ``qwenvl_data.conversation._messages.build_messages``); the lists fill payload-less parts
+                and ``<image>``/``<video>`` placeholders in string content, in order; tool calls
+                (``tool_calls``, role ``tool``) and ``tools`` render in the Qwen2.5 tool format
+                (``qwenvl_data.conversation._tools``).
             inference: a prompt for generation: a final assistant message (a record's reference
                 answer) is left out, with its images/videos, and the tokens end with the open
                 ``<|im_start|>assistant\\n`` turn (the template's ``add_generation_prompt``).
 
         Returns:
-            the sample without ``messages``/``images``/``videos``, plus ``tokens`` list[int], ``mask``
+            the sample without ``messages``/``images``/``videos``/``tools``, plus ``tokens`` list[int], ``mask``
             list[bool] (True = not trained), ``labels`` list[int] (-100 where not trained); with images
             ``pixel_values`` float [sum N, 1176] and ``image_grid_thw`` int64 [num_images, 3]; with videos
             ``pixel_values_videos`` float [sum N, 1176], ``video_grid_thw`` int64 [num_videos, 3] and
@@ -144,8 +151,8 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
     def _encode(
         self, sample: Mapping[str, Any], *, add_generation_prompt: bool, drop_final_answer: bool = False
     ) -> dict[str, Any]:
-        name = sample_name(sample)
-        messages = normalise_conversation(sample)
+        name = sample_name(None, sample.get("id"))
+        messages = normalise_conversation(sample, name)
         if drop_final_answer:
             messages = generation_prompt(messages, name)
         media = {kind: self._preprocess(messages, kind, name) for kind in _MEDIA}
@@ -161,7 +168,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
             tokens, mask = self._expand_pads(tokens, mask, kind, outputs, name)
         tokens, mask = fit_max_seq_len(tokens, mask, self.max_seq_len, self.truncation, name)
 
-        out = {k: v for k, v in sample.items() if k not in ("messages", "images", "videos")}
+        out = {k: v for k, v in sample.items() if k not in ("messages", "images", "videos", "tools")}
         out["tokens"], out["mask"] = tokens, mask
         out["labels"] = [IGNORE_INDEX if masked else token for token, masked in zip(tokens, mask)]
         for kind, outputs in media.items():
@@ -171,16 +178,11 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         return out
 
     def _preprocess(self, messages: list[Message], kind: str, name: str) -> list[dict[str, Any]]:
-        """Run the image transform on every ``kind`` part, in conversation order."""
+        """Run the image transform on every ``kind`` part with the part's own options, in conversation order."""
         outputs = []
         for part in (p for m in messages for p in m.content if p["type"] == kind):
-            source = part["content"]
             try:
-                if kind == "image":
-                    outputs.append(self.image_transform({"image": source}))
-                else:
-                    options = {key: part[key] for key in VIDEO_OPTION_KEYS if key in part}
-                    outputs.append(self.image_transform({"video": source, **options}))
+                outputs.append(self.image_transform({kind: part["content"], **held_options(part, kind)}))
             except SampleError as err:
                 raise type(err)(f"{name}: {err}") from err
         return outputs

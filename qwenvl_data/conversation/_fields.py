@@ -2,7 +2,8 @@
 with every read remembered, so that a media or system field no layout read is an error, never a silent loss.
 
 "Holds a value": not None and not an empty string/list/dict. Arrow (parquet, HF datasets) gives every row
-every column of the file, filling absent ones with None, so the presence of a key says nothing.
+every column of the file, filling absent ones with None, so the presence of a key says nothing. One exception:
+a system prompt of "" holds a value, an explicitly empty system turn.
 """
 
 from collections.abc import Mapping
@@ -13,13 +14,15 @@ from qwenvl_data.errors import InvalidConversationError
 # Spellings of the fields that carry media or a system prompt, by what they carry.
 MEDIA_FIELDS = {"image": ("image", "images"), "video": ("video", "videos")}
 SYSTEM_FIELDS = ("system", "system_prompt")
-# Fields whose value must reach the conversation: a record holding one the layout did not read is refused.
-# (Not ``prompt`` / ``question``: chat sets such as UltraChat keep a copy of the first turn there.)
-WATCHED_FIELDS = (
-    *MEDIA_FIELDS["image"], *MEDIA_FIELDS["video"], *SYSTEM_FIELDS, "conversations", "messages", "texts",
+# Every field name some layout reads (the keys ``column_map`` may name). A record holding one that its layout
+# did not read is refused, whatever the layout: its value would otherwise be lost without a word. Fields no
+# layout knows (a dataset's metadata: ``source``, ``score``) are not part of any conversation and stay out of it.
+KNOWN_FIELDS = (
+    *MEDIA_FIELDS["image"], *MEDIA_FIELDS["video"], *SYSTEM_FIELDS, "conversations", "messages", "texts", "tools",
+    "instruction", "input", "output", "history", "prompt", "completion", "question", "answer", "id",
 )
-# Every field name some layout reads (the keys ``column_map`` may name).
-KNOWN_FIELDS = (*WATCHED_FIELDS, "id", "prompt", "completion", "input", "output", "question", "answer")
+# Chat sets such as UltraChat keep a copy of the first user turn in ``prompt``: read as a copy when it equals it.
+COPY_FIELDS = ("prompt", "question")
 
 
 def holds_value(value: Any) -> bool:
@@ -55,8 +58,17 @@ class RecordFields:
 
     def __init__(self, record: Mapping[str, Any], column_map: Mapping[str, str]) -> None:
         renamed = {yours: expected for expected, yours in column_map.items()}
-        self.values = {renamed.get(k, k): v for k, v in record.items() if holds_value(v)}
-        self.read: set[str] = set()
+        held = {key: value for key, value in record.items() if holds_value(value) or _empty_system(key, value, renamed)}
+        self.values: dict[str, Any] = {}
+        for key, value in held.items():
+            name = renamed.get(key, key)
+            if name in self.values or (name != key and name in held and name not in renamed):
+                raise InvalidConversationError(
+                    f"column_map renames field {key!r} to {name!r}, which the record already holds; a rename never "
+                    f"replaces a field: map {name!r} elsewhere or remove one of them"
+                )
+            self.values[name] = value
+        self.read: set[str] = {"id"}
 
     def __contains__(self, name: str) -> bool:
         return name in self.values
@@ -86,21 +98,28 @@ class RecordFields:
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
     def system(self) -> str | None:
-        """The record-level system prompt (``system`` or ``system_prompt``), or None."""
+        """The record-level system prompt (``system`` or ``system_prompt``; "" is an empty one), or None."""
         value = self.one_of(SYSTEM_FIELDS, "a system prompt")
         if value is not None and not isinstance(value, str):
             raise InvalidConversationError(f"the system prompt must be a string, got {type(value).__name__}")
         return value
 
-    def check_all_read(self, layout: str) -> None:
-        """Refuse the record when it holds a media, system or conversation field the layout did not read.
+    def check_all_read(self, layout: str, first_user_text: str | None) -> None:
+        """Refuse the record when it holds a field some layout reads that this one did not (``prompt`` /
+        ``question`` holding a copy of ``first_user_text`` count as read).
 
         Raises:
             InvalidConversationError: naming the field and the layout.
         """
-        unread = [name for name in WATCHED_FIELDS if name in self.values and name not in self.read]
+        copies = {name for name in COPY_FIELDS if self.values.get(name) == first_user_text}
+        unread = [name for name in KNOWN_FIELDS if name in self.values and name not in self.read | copies]
         if unread:
             raise InvalidConversationError(
                 f"field(s) {unread} hold values that the {layout!r} layout does not read; rename them with "
                 "column_map, choose another format, or remove them"
             )
+
+
+def _empty_system(key: str, value: Any, renamed: Mapping[str, str]) -> bool:
+    """A system field holding "": an explicitly empty system prompt, kept (every other empty value is unset)."""
+    return value == "" and renamed.get(key, key) in SYSTEM_FIELDS

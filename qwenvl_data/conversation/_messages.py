@@ -1,128 +1,212 @@
-"""Turn any accepted conversation form into torchtune ``Message`` objects with one content layout.
+"""Turns of any accepted form -> torchtune ``Message``s with one content layout, media placed and checked.
 
-Datasets hand us OpenAI/HF-style dicts, torchtune users hand us ``Message`` objects; normalising both
-into ``Message`` with ``{"type": "text"|"image"|"video", "content": ...}`` parts lets the chat renderer
-and torchtune's ``PromptTemplate`` work on a single shape.
+The record layouts (``_layouts``) and the model transform (OpenAI/HF-style dicts or ``Message``s handed to it in
+your own code) both build their conversation here, so a role, a part, a placeholder and a media list mean the same
+thing wherever they come from. Content parts are read by ``_parts.parse_part`` alone.
 """
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torchtune.data import Message
 
+from qwenvl_data.conversation._parts import MEDIA_KINDS, parse_part
+from qwenvl_data.conversation._tools import system_with_tools, tool_call_texts
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
-from qwenvl_data.video import VIDEO_OPTION_KEYS
 
-ROLES = ("system", "user", "assistant")
-MEDIA_TYPES = ("image", "video")
-# Keys a video part may hold besides its options (others may be present as None: Arrow rows hold every key).
-_VIDEO_PART_KEYS = frozenset(("type", "video", "content", "text", "image", "image_url", *VIDEO_OPTION_KEYS))
+# Role spellings: OpenAI/HF ``role`` values, ShareGPT/LLaVA ``from`` values, and the tool turns of LLaMA-Factory
+# (``function_call`` / ``observation``), ms-swift (``tool_call`` / ``tool_response``) and OpenAI (``tool``).
+# A "tool_call" turn is an assistant's call: it joins the assistant turn before it, or is one.
+ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+    "observation": "tool", "tool_response": "tool", "tool": "tool", "function_call": "tool_call",
+    "tool_call": "tool_call",
+}  # fmt: skip
+_PLACEHOLDER = re.compile(r"(<image>|<video>)")
 
-
-def sample_name(sample: Mapping[str, Any]) -> str:
-    """How errors name a sample: by its ``id`` when the dataset gave it one."""
-    return f"sample {sample['id']}" if "id" in sample else "sample (no id)"
-
-
-def _part_kind(part: Mapping[str, Any]) -> str:
-    """The kind of a content part, decided as the official chat template decides it."""
-    kind = part.get("type")
-    if kind in ("image", "image_url") or "image" in part or "image_url" in part:
-        return "image"
-    if kind == "video" or "video" in part:
-        return "video"
-    if kind == "text" or "text" in part:
-        return "text"
-    return str(kind)
+Resolve = Callable[[str, Any], Any]  # (kind, reference) -> the value the model transform loads
 
 
-def _normalise_part(part: Any, name: str) -> dict[str, Any]:
-    """One content part as ``{"type", "content"}`` (video parts also keep their ``VideoOptions`` keys); media
-    content is ``None`` when given separately."""
-    if not isinstance(part, Mapping):
-        raise InvalidConversationError(f"{name}: a content part must be a dict, got {type(part).__name__}")
-    kind = _part_kind(part)
-    if kind == "text":
-        text = part.get("text", part.get("content"))
-        if not isinstance(text, str):
-            raise InvalidConversationError(f"{name}: text part without a string: {part!r}")
-        return {"type": "text", "content": text}
-    if kind == "image":
-        # Any reference (an image_url's "url" dict included) is resolved when the image is loaded, by the
-        # same resolver as everywhere else (qwenvl_data.vision._media_refs).
-        source = part["image_url"] if "image_url" in part else part.get("image", part.get("content"))
-        return {"type": "image", "content": source}
-    if kind == "video":
-        stray = sorted(k for k, v in part.items() if v is not None and k not in _VIDEO_PART_KEYS)
-        if stray:
-            raise InvalidConversationError(
-                f"{name}: video part has unknown key(s) {stray}; video options are {', '.join(VIDEO_OPTION_KEYS)}"
-            )
-        options = {key: part[key] for key in VIDEO_OPTION_KEYS if part.get(key) is not None}
-        return {"type": "video", "content": part.get("video", part.get("content")), **options}
-    raise InvalidConversationError(f"{name}: unknown content part type {kind!r} (expected text, image or video)")
+def _first_held(turn: Mapping, *keys: str) -> Any:
+    """The first of ``keys`` whose value is not None (Arrow gives mixed turns every key, unset ones None)."""
+    return next((turn[k] for k in keys if turn.get(k) is not None), None)
 
 
-def _normalise_message(message: Any, index: int, name: str) -> Message:
-    where = f"{name}, message {index}"
-    if isinstance(message, Message):
-        role, content, masked = message.role, message.content, message.masked
-    elif isinstance(message, Mapping):
-        role, content, masked = message.get("role"), message.get("content"), bool(message.get("masked", False))
+def _role(raw: Any) -> str:
+    role = ROLES.get(str(raw).lower()) if raw is not None else None
+    if role is None:
+        raise InvalidConversationError(f"unknown role {raw!r} (expected one of {', '.join(sorted(ROLES))})")
+    return role
+
+
+def _split_placeholders(text: str) -> list[dict[str, Any]]:
+    """String content: ``<image>`` / ``<video>`` become media slots, the rest text parts."""
+    return [
+        {"type": piece[1:-1], "content": None} if _PLACEHOLDER.fullmatch(piece) else {"type": "text", "content": piece}
+        for piece in _PLACEHOLDER.split(text)
+        if piece
+    ]
+
+
+def _add_calls(parts: list[dict[str, Any]], calls: Any) -> None:
+    """Append an assistant's tool calls as text, each joined to what precedes it by a newline."""
+    for text in tool_call_texts(calls):
+        parts.append({"type": "text", "content": ("\n" if parts else "") + text})
+
+
+def _message(turn: Any) -> tuple[Message, bool]:
+    """One turn (``Message``, ``{"role"|"from", "content"|"value", "tool_calls"?, "masked"?}``) as a ``Message``
+    in the one form, and whether it is a bare tool-call turn (which joins the assistant turn before it)."""
+    calls = None
+    if isinstance(turn, Message):
+        role, content, masked = turn.role, turn.content, turn.masked
+    elif isinstance(turn, Mapping):
+        role, content = _first_held(turn, "role", "from"), _first_held(turn, "content", "value")
+        masked, calls = bool(turn.get("masked")), turn.get("tool_calls") or None
     else:
-        raise InvalidConversationError(f"{where}: expected a dict or torchtune Message, got {type(message).__name__}")
-    if role not in ROLES:
-        raise InvalidConversationError(f"{where}: unknown role {role!r} (expected one of {', '.join(ROLES)})")
+        raise InvalidConversationError(f"expected a dict or torchtune Message, got {type(turn).__name__}")
+    role = _role(role)
+    if role == "tool_call":
+        parts: list[dict[str, Any]] = []
+        _add_calls(parts, content)
+        return Message(role="assistant", content=parts, masked=masked), True
+    if calls is not None:
+        if role != "assistant":
+            raise InvalidConversationError(f"a {role} message holds tool_calls; only assistant messages call tools")
+        parts = [] if content is None else _parts(content)
+        _add_calls(parts, calls)
+        return Message(role=role, content=parts, masked=masked), False
+    return Message(role=role, content=_parts(content), masked=masked), False
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    """Message content as parts: string content split at its placeholders, list content parsed part by part."""
     if isinstance(content, str):
-        parts = [{"type": "text", "content": content}]
-    elif isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
-        parts = [_normalise_part(part, where) for part in content]
-    else:
-        raise InvalidConversationError(f"{where}: content must be a string or a list of parts, got {content!r}")
-    return Message(role=role, content=parts, masked=masked)
+        return _split_placeholders(content)
+    if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
+        return [part for part in map(parse_part, content) if part["type"] != "text" or part["content"]]
+    raise InvalidConversationError(f"content must be a string or a list of parts, got {content!r}"[:200])
 
 
-def _fill_media(messages: list[Message], kind: str, given: Sequence[Any] | None, name: str) -> None:
-    """Put the sample-level ``images``/``videos`` list into the media parts that came without content."""
-    parts = [p for m in messages for p in m.content if p["type"] == kind]
-    empty = [p for p in parts if p["content"] is None]
-    given = list(given) if given is not None else []
-    if len(empty) != len(given) or (given and len(empty) != len(parts)):
-        raise PlaceholderMismatchError(
-            f"{name}: {len(parts)} {kind} parts ({len(empty)} without content) but {len(given)} {kind}s given "
-            f"in the sample's '{kind}s' list"
-        )
-    for part, media in zip(empty, given):
-        part["content"] = media
+def _with_system(messages: list[Message], system: str | None) -> list[Message]:
+    """Put the record-level system prompt first, refusing one that contradicts a system message."""
+    if system is None:
+        return messages
+    if messages and messages[0].role == "system":
+        if messages[0].text_content != system:
+            raise InvalidConversationError("the record's system field and its first (system) message differ")
+        return messages
+    return [Message(role="system", content=[{"type": "text", "content": system}] if system else []), *messages]
 
 
-def normalise_conversation(sample: Mapping[str, Any]) -> list[Message]:
-    """The sample's ``messages`` as torchtune ``Message`` objects, media filled in and validated.
+def _with_tools(messages: list[Message], tools: Any) -> list[Message]:
+    """The tools block (``_tools.system_with_tools``) in the system turn, which is added when there is none."""
+    if messages[0].role == "system":
+        if any(part["type"] != "text" for part in messages[0].content):
+            raise InvalidConversationError("a system message with images or videos cannot hold the tools block")
+        return [Message("system", [{"type": "text", "content": system_with_tools(messages[0].text_content, tools)}]),
+                *messages[1:]]  # fmt: skip
+    return [Message("system", [{"type": "text", "content": system_with_tools(None, tools)}]), *messages]
 
-    Args:
-        sample: ``{"messages": [Message | dict, ...], optional "id", optional "images"/"videos"}``;
-            the lists supply media for parts given as bare ``{"type": "image"}`` placeholders, in order.
-            A dict message is ``{"role", "content": str | [parts], optional "masked": bool}``; a part is
-            ``{"type": "text", "text"}``, ``{"type": "image", "image"}``, ``{"type": "image_url", "image_url"}``
-            or ``{"type": "video", "video", optional ``VideoOptions`` keys such as "fps", "max_frames"}``
-            (torchtune's ``"content"`` key works too).
 
-    Returns:
-        list[Message] whose content parts are ``{"type": "text"|"image"|"video", "content": ...}``
-        (video parts also carry the ``VideoOptions`` keys they were given).
+def _slots(messages: list[Message], kind: str) -> list[dict[str, Any]]:
+    return [part for m in messages for part in m.content if part["type"] == kind and part["content"] is None]
+
+
+def _place_media(messages: list[Message], given: dict[str, list]) -> None:
+    """Fill the media slots with the given lists, in order; with no media part anywhere, every image, then every
+    video, goes at the start of the first user message (torchtune's and TRL's rule). LLaVA-Video writes
+    ``<image>`` for its video: image slots of a sample with videos, no images and no video slot are video slots.
 
     Raises:
-        InvalidConversationError: no messages, an unknown role or a malformed message.
-        PlaceholderMismatchError: media parts and the given media lists disagree in number.
+        PlaceholderMismatchError: slots and the lists disagree in number, or there is no user message.
     """
-    name = sample_name(sample)
-    raw = sample.get("messages")
-    if not isinstance(raw, Sequence) or isinstance(raw, str) or len(raw) == 0:
-        raise InvalidConversationError(f"{name}: the conversation is empty (no 'messages')")
-    messages = [_normalise_message(m, i, name) for i, m in enumerate(raw)]
-    for kind in MEDIA_TYPES:
-        _fill_media(messages, kind, sample.get(f"{kind}s"), name)
+    has_media = any(part["type"] in MEDIA_KINDS for message in messages for part in message.content)
+    if not has_media and any(given.values()):
+        user = next((m for m in messages if m.role == "user"), None)
+        if user is None:
+            raise PlaceholderMismatchError("media given but the conversation has no user message")
+        user.content[:0] = [{"type": kind, "content": None} for kind in MEDIA_KINDS for _ in given[kind]]
+    if given["video"] and not given["image"] and not _slots(messages, "video"):
+        for part in _slots(messages, "image"):
+            part["type"] = "video"
+    for kind in MEDIA_KINDS:
+        slots = _slots(messages, kind)
+        if len(slots) != len(given[kind]):
+            raise PlaceholderMismatchError(
+                f"{len(slots)} <{kind}> placeholders, {len(given[kind])} {kind}s given in the '{kind}s' list "
+                f"(a placeholder is <{kind}> in string content or a {kind} part without content)"
+            )
+        for part, item in zip(slots, given[kind]):
+            part["content"] = item
+
+
+def build_messages(
+    turns: Any,
+    *,
+    images: Sequence[Any] | None = None,
+    videos: Sequence[Any] | None = None,
+    system: str | None = None,
+    tools: Any = None,
+    resolve: Resolve | None = None,
+    video_defaults: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> list[Message]:
+    """The conversation as torchtune ``Message``s whose parts are ``{"type": "text"|"image"|"video", "content"}``
+    (media parts also carry their own options, see ``_parts``).
+
+    Args:
+        turns: a non-empty list of ``Message``s or dicts ``{"role" | "from", "content" | "value", "masked"?}``;
+            string content may hold ``<image>`` / ``<video>`` placeholders, list content holds parts.
+        images, videos: media for the slots (placeholders and payload-less parts), in order.
+        system: a record-level system prompt, put first ("" is an empty system turn); None for none.
+        tools: function schemas (a list, or its JSON text) for the system turn's tools block (``_tools``).
+        resolve: applied to every media reference (the datasets confine paths to ``image_dir`` with it).
+        video_defaults: ``VideoOptions`` keys for every video part that does not set them itself.
+        name: how errors name the sample (None: they do not; the dataset names it).
+
+    Raises:
+        InvalidConversationError: no turns, an unknown role or a malformed message or part.
+        PlaceholderMismatchError: slots and media lists disagree in number.
+    """
+    prefix = "" if name is None else f"{name}: "
+    if not isinstance(turns, Sequence) or isinstance(turns, (str, bytes)) or len(turns) == 0:
+        raise InvalidConversationError(f"{prefix}the conversation is empty (no messages)")
+    messages: list[Message] = []
+    for index, turn in enumerate(turns):
+        try:
+            message, joins_assistant = _message(turn)
+        except (InvalidConversationError, PlaceholderMismatchError) as error:
+            raise type(error)(f"{prefix}message {index}: {error}") from error
+        if joins_assistant and messages and messages[-1].role == "assistant":
+            target = messages[-1].content
+            for part in message.content:  # tool-call texts, each starting "<tool_call>" or "\n<tool_call>"
+                target.append({"type": "text", "content": ("\n" if target else "") + part["content"].lstrip("\n")})
+        else:
+            messages.append(message)
+    try:
+        messages = _with_system(messages, system)
+        if tools is not None:
+            messages = _with_tools(messages, tools)
+        _place_media(messages, {"image": list(images or ()), "video": list(videos or ())})
+    except (InvalidConversationError, PlaceholderMismatchError) as error:
+        raise type(error)(f"{prefix}{error}") from error
+    for part in (p for message in messages for p in message.content if p["type"] in MEDIA_KINDS):
+        if resolve is not None:
+            part["content"] = resolve(part["type"], part["content"])
+        if part["type"] == "video":
+            part.update({k: v for k, v in (video_defaults or {}).items() if part.get(k) is None and v is not None})
     return messages
+
+
+def normalise_conversation(sample: Mapping[str, Any], name: str) -> list[Message]:
+    """A model-transform sample's ``messages`` (``Message``s or OpenAI/HF-style dicts) with its ``images`` /
+    ``videos`` lists placed: ``build_messages`` on the sample's keys, errors naming it ``name``."""
+    return build_messages(
+        sample.get("messages"), images=sample.get("images"), videos=sample.get("videos"), tools=sample.get("tools"),
+        name=name,
+    )
 
 
 def generation_prompt(messages: list[Message], name: str) -> list[Message]:

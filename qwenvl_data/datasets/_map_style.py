@@ -35,7 +35,7 @@ class ChatDataset(SkipReporting, Dataset):
 
     Example:
         >>> ds = ChatDataset(JsonlSource("llava.jsonl"), RecordProcessor(None, image_dir="images"))
-        >>> ds[0]["messages"][0]["role"]
+        >>> ds[0]["messages"][0].role  # torchtune Messages
         'user'
     """
 
@@ -126,7 +126,7 @@ def multimodal_chat_dataset(
         image_dir: where media paths resolve; default the first data file's directory
             (or the dataset directory); a ``Dataset`` object's paths are used as given unless it is set.
         format: a layout name (``"sharegpt"`` / ``"llava"``, ``"openai"``, ``"prompt_completion"``,
-            ``"cauldron"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to detect
+            ``"cauldron"``, ``"alpaca"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to detect
             per record.
         column_map: ``{expected field: your field}`` renames applied before the layout reads the record.
         on_error: ``"raise"`` | ``"skip"`` (``dataset[i]`` is None; the collator drops it).
@@ -145,7 +145,7 @@ def multimodal_chat_dataset(
 
     Example:
         >>> ds = multimodal_chat_dataset(None, source="jsonl", data_files="llava.jsonl", image_dir="images")
-        >>> ds[0]["messages"][0]["content"][0]["type"]
+        >>> ds[0]["messages"][0].content[0]["type"]  # torchtune Messages
         'image'
     """
     records, root = open_source(source, data_files, split, **load_dataset_kwargs)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._constants import IGNORE_INDEX
-from qwenvl_data.conversation._messages import sample_name
+from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._layouts import RecordToMessages
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import (
@@ -18,6 +18,7 @@ from qwenvl_data.errors import (
     SampleError,
     SampleTooLongError,
     UnexpectedSampleError,
+    sample_name,
 )
 from qwenvl_data.video import VideoOptions
 
@@ -61,8 +62,8 @@ def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord | None:
 
 
 class RecordProcessor:
-    """Converts a raw record to the internal form (``RecordToMessages``) and applies the model transform: what
-    a dataset does to each record, built once and handed to ``ChatDataset`` / ``StreamingChatDataset``.
+    """Converts a raw record to torchtune ``Message``s (``RecordToMessages``) and applies the model transform:
+    what a dataset does to each record, built once and handed to ``ChatDataset`` / ``StreamingChatDataset``.
 
     Args:
         model_transform: callable on ``{"id", "messages", ...}`` returning the sample with ``tokens`` etc.;
@@ -111,7 +112,9 @@ class RecordProcessor:
         self.video_options = {**(video_options or {}), **({"fps": video_fps} if video_fps is not None else {})}
         VideoOptions().updated(self.video_options)  # unknown keys and bad values fail here, not per sample
         image_dir = None if image_dir is None else os.fspath(image_dir)
-        self.to_messages = RecordToMessages(format, column_map, image_dir=image_dir, video_options=self.video_options)
+        self.to_messages = RecordToMessages(
+            format, column_map, image_dir=image_dir, video_options=self.video_options, keep_fields=self.keep_fields
+        )
         self.stats = SkipCounts()
 
     def parse(self, index: int | str, record: Any, locate: Locate | None = None) -> Any:
@@ -133,15 +136,15 @@ class RecordProcessor:
             raise InvalidConversationError(f"invalid JSON{where} ({err})") from err
 
     def convert(self, index: int, record: Any) -> tuple[dict, str]:
-        """A parsed record -> (``{"id", "messages", ...}``, layout name).
+        """A parsed record -> (``{"id", "messages": list[Message], ...}``, layout name); the id is the record's
+        ``id`` when it holds one, else ``index``; ``keep_fields`` that hold values are copied.
 
         Raises:
             SampleError: no known layout, bad conversation or media references (the sample is not named).
         """
-        sample_id = record.get("id", index) if isinstance(record, dict) else index
         converted = self.to_messages(record)
-        sample = {"id": sample_id, "messages": converted["messages"]}
-        sample.update({key: record[key] for key in self.keep_fields if key in record})
+        sample = {"id": _record_id(index, record), "messages": converted["messages"]}
+        sample.update({key: record[key] for key in self.keep_fields if holds_value(record.get(key))})
         return sample, converted["layout"]
 
     def transform(self, sample: dict) -> dict:
@@ -180,21 +183,20 @@ class RecordProcessor:
         sample_id: Any = None
         try:
             record = self.parse(index, record, locate)
-            sample_id = record.get("id", index) if isinstance(record, dict) else index
+            sample_id = _record_id(index, record)
             sample, _ = self.convert(index, record)
             return self.transform(sample)
         except SampleError as err:
-            where = f"sample {index} ({'id unknown' if sample_id is None else sample_id})"
             if self.on_error == "raise":
                 # The model transform already names the sample by id; say it once, with the index added.
-                detail = str(err).removeprefix(f"{sample_name({'id': sample_id})}: ")
-                raise type(err)(f"{where}: {detail}") from err
+                detail = str(err).removeprefix(f"{sample_name(None, sample_id)}: ")
+                raise type(err)(f"{sample_name(index, sample_id)}: {detail}") from err
             return self._skip(index, sample_id, err, locate)
         except MemoryError:
             raise
         except Exception as err:
             if self.on_error == "raise":
-                err.add_note(f"while processing sample {index} ({'id unknown' if sample_id is None else sample_id})")
+                err.add_note(f"while processing {sample_name(index, sample_id)}")
                 raise
             return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"), locate)
 
@@ -204,6 +206,12 @@ class RecordProcessor:
         self.stats.add(err, skipped.example)
         logger.info("skipping sample %s (%s) [%s]: %s", index, sample_id, err.cause, err)
         return skipped
+
+
+def _record_id(index: int, record: Any) -> Any:
+    """The record's ``id`` when it holds one (Arrow rows have the column, None where unset), else its index."""
+    sample_id = record.get("id") if isinstance(record, dict) else None
+    return sample_id if holds_value(sample_id) else index
 
 
 def _trains_a_token(labels: Any) -> bool:

@@ -153,7 +153,7 @@ def streaming_chat_dataset(
 
     Example:
         >>> ds = streaming_chat_dataset(None, source="jsonl", data_files="llava.jsonl", shuffle_buffer_size=64)
-        >>> next(iter(ds))["messages"][0]["role"]
+        >>> next(iter(ds))["messages"][0].role
         'user'
     """
     files = resolve_data_files(source, data_files, split)

@@ -8,7 +8,9 @@ The template (tests/support/data/qwen2_5_vl_chat_template.jinja) renders each me
 assistant.<|im_end|>\\n`` when the first message is not a system message, renders an image part as
 ``<|vision_start|><|image_pad|><|vision_end|>`` (a video with ``<|video_pad|>``), optionally preceded by
 ``Picture {n}: `` / ``Video {n}: `` with ``add_vision_id``, and ends with ``<|im_start|>assistant\\n``
-when a generation prompt is asked for.
+when a generation prompt is asked for. Tool results (role ``tool``), which the template does not know, are
+rendered as the Qwen2.5 text model's template renders them (``qwenvl_data.conversation._tools``): consecutive
+results in one user turn, each ``\\n<tool_response>\\n{result}\\n</tool_response>``, never trained.
 
 Trained spans: an assistant message's content and its closing ``<|im_end|>``. The ``\\n`` after
 ``<|im_end|>`` belongs to the template's separator, not to the answer: the model stops at ``<|im_end|>``,
@@ -74,21 +76,35 @@ def render_chat(
     counts = {"image": 0, "video": 0}
     if add_default_system and messages[0].role != "system":
         chat.append(f"{IM_START}system\n{DEFAULT_SYSTEM_PROMPT}{IM_END}\n", train_on_input)
-    for message in messages:
+    for index, message in enumerate(messages):
+        if message.role == "tool":  # results of tool calls: one user turn for consecutive ones, never trained
+            if index == 0 or messages[index - 1].role != "tool":
+                chat.append(f"{IM_START}user", train_on_input)
+            chat.append("\n<tool_response>\n", train_on_input)
+            _append_content(chat, message, train_on_input, counts, add_vision_id)
+            chat.append("\n</tool_response>", train_on_input)
+            if index == len(messages) - 1 or messages[index + 1].role != "tool":
+                chat.append(f"{IM_END}\n", train_on_input)
+            continue
         answer = train_on_input or (message.role == "assistant" and not message.masked)
         chat.append(f"{IM_START}{message.role}\n", train_on_input)
-        for part in message.content:
-            if part["type"] == "text":
-                chat.append(part["content"], answer)
-                continue
-            counts[part["type"]] += 1
-            if add_vision_id:
-                label = "Picture" if part["type"] == "image" else "Video"
-                chat.append(f"{label} {counts[part['type']]}: ", answer)
-            pad = IMAGE_PAD if part["type"] == "image" else VIDEO_PAD
-            chat.append(f"{VISION_START}{pad}{VISION_END}", answer)
+        _append_content(chat, message, answer, counts, add_vision_id)
         chat.append(IM_END, answer)
         chat.append("\n", train_on_input or (answer and train_newline_after_im_end))
     if add_generation_prompt:
         chat.append(f"{IM_START}assistant\n", train_on_input)
     return chat
+
+
+def _append_content(chat: RenderedChat, message: Message, trained: bool, counts: dict, add_vision_id: bool) -> None:
+    """A message's parts: text as is, each image / video as its vision span (``counts`` numbers them)."""
+    for part in message.content:
+        if part["type"] == "text":
+            chat.append(part["content"], trained)
+            continue
+        counts[part["type"]] += 1
+        if add_vision_id:
+            label = "Picture" if part["type"] == "image" else "Video"
+            chat.append(f"{label} {counts[part['type']]}: ", trained)
+        pad = IMAGE_PAD if part["type"] == "image" else VIDEO_PAD
+        chat.append(f"{VISION_START}{pad}{VISION_END}", trained)

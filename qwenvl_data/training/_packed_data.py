@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from qwenvl_data.conversation._messages import sample_name
+from qwenvl_data.errors import sample_name
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
 from qwenvl_data.training._data import Outcomes, rank_sampler
@@ -151,7 +151,8 @@ class PackedBatches:
             length = len(sample["tokens"]) if isinstance(sample, dict) else 0
             if length > self.max_seq_len:
                 raise SampleTooLongError(
-                    f"{sample_name(sample)}: {length} tokens > max_seq_len={self.max_seq_len} (a packed row)"
+                    f"{sample_name(None, sample.get('id'))}: {length} tokens"
+                    f" > max_seq_len={self.max_seq_len} (a packed row)"
                 )
             item = _Pulled(self._offset, self._epoch, before, sample, length)
             self._offset += 1

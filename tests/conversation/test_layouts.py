@@ -275,16 +275,16 @@ def test_video_part_options_pass_through_unchanged(tmp_path):
                "min_pixels": 3136, "max_pixels": 12544, "total_pixels": 50176}
     record = {"messages": [{"role": "user", "content": [{"type": "video", "video": "clip", **options}]},
                            {"role": "assistant", "content": A}]}
-    video = to_conversation(record, None, str(tmp_path))[0]["content"][0]
+    video = to_conversation(record, None, str(tmp_path))[0].content[0]
     assert {key: video[key] for key in options} == options
-    assert len(video["video"]) == 2
+    assert len(video["content"]) == 2
 
 
 def test_media_without_any_slot_go_first_also_before_typed_text_parts(photos):
     record = {"messages": [{"role": "user", "content": [{"type": "text", "text": Q}]},
                            {"role": "assistant", "content": A}], "images": ["a.png"]}
-    image, text = to_conversation(record, None, str(photos))[0]["content"]
-    assert image["image"].endswith("a.png") and text == {"type": "text", "text": Q}
+    image, text = to_conversation(record, None, str(photos))[0].content
+    assert image["content"].endswith("a.png") and text == {"type": "text", "content": Q}
 
 
 def test_json_data_files_by_split_read_the_split_asked_for(tmp_path):
@@ -305,7 +305,7 @@ def test_files_starting_with_a_utf8_bom_load_as_an_array_or_as_lines(tmp_path, n
     text = json.dumps(records, indent=1) if name.endswith(".json") else "\n".join(map(json.dumps, records))
     (tmp_path / name).write_text(text, encoding="utf-8-sig")
     dataset = multimodal_chat_dataset(None, source="jsonl", data_files=str(tmp_path / name))
-    assert [dataset[i]["messages"][0]["content"] for i in range(len(dataset))] == ["Q0", "Q1", "Q2"]
+    assert [dataset[i]["messages"][0].text_content for i in range(len(dataset))] == ["Q0", "Q1", "Q2"]
 
 
 def test_a_placeholder_inside_a_typed_text_part_is_refused_not_trained_as_text(tmp_path):

@@ -35,16 +35,16 @@ def test_llava_record_puts_each_image_where_its_placeholder_is(image_dir):
         ],
     }
     messages = to_conversation(record, None, image_dir)
-    assert messages == [
-        {"role": "system", "content": "Be brief."},
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": os.path.join(os.path.realpath(image_dir), "a.jpg")},
-                {"type": "text", "text": "\nWhat is shown?"},
+    assert [(m.role, m.content) for m in messages] == [
+        ("system", [{"type": "text", "content": "Be brief."}]),
+        (
+            "user",
+            [
+                {"type": "image", "content": os.path.join(os.path.realpath(image_dir), "a.jpg")},
+                {"type": "text", "content": "\nWhat is shown?"},
             ],
-        },
-        {"role": "assistant", "content": "A photo."},
+        ),
+        ("assistant", [{"type": "text", "content": "A photo."}]),
     ]
 
 
@@ -53,10 +53,10 @@ def test_llava_multi_image_keeps_order_and_text_between_placeholders(image_dir):
         "image": ["b.png", "sub/c.png"],
         "conversations": llava_turns("Left <image> right <image> same?", "no"),
     }
-    content = to_conversation(record, "llava", image_dir)[0]["content"]
+    content = to_conversation(record, "llava", image_dir)[0].content
     assert [p["type"] for p in content] == ["text", "image", "text", "image", "text"]
-    assert [os.path.basename(p["image"]) for p in content if p["type"] == "image"] == ["b.png", "c.png"]
-    assert "".join(p["text"] for p in content if p["type"] == "text") == "Left  right  same?"
+    assert [os.path.basename(p["content"]) for p in content if p["type"] == "image"] == ["b.png", "c.png"]
+    assert "".join(p["content"] for p in content if p["type"] == "text") == "Left  right  same?"
 
 
 def test_sharegpt_messages_with_images_and_video_frames(tmp_path, image_dir):
@@ -67,11 +67,11 @@ def test_sharegpt_messages_with_images_and_video_frames(tmp_path, image_dir):
         "videos": ["clip"],
     }
     assert detect_format(record) == "sharegpt"
-    video, image, text = to_conversation(record, None, image_dir)[0]["content"]
-    assert [os.path.basename(f) for f in video["video"]] == ["f1.png", "f2.png", "f10.png"]  # natural order
+    video, image, text = to_conversation(record, None, image_dir)[0].content
+    assert [os.path.basename(f) for f in video["content"]] == ["f1.png", "f2.png", "f10.png"]  # natural order
     assert "fps" not in video  # the model transform's video_fps (2.0) applies
-    assert os.path.basename(image["image"]) == "a.jpg"
-    assert text == {"type": "text", "text": "Compare."}
+    assert os.path.basename(image["content"]) == "a.jpg"
+    assert text == {"type": "text", "content": "Compare."}
 
 
 def test_openai_parts_accept_paths_bytes_data_urls_and_pil(image_dir):
@@ -94,11 +94,11 @@ def test_openai_parts_accept_paths_bytes_data_urls_and_pil(image_dir):
             {"role": "assistant", "content": [{"type": "text", "text": "All."}]},
         ]
     }
-    content = to_conversation(record, None, image_dir)[0]["content"]
-    assert content[0]["image"].endswith("b.png")
-    assert content[1]["image"] == png.getvalue()
-    assert content[2]["image"] == png.getvalue()
-    assert content[3]["image"] is pil
+    content = to_conversation(record, None, image_dir)[0].content
+    assert content[0]["content"].endswith("b.png")
+    assert content[1]["content"] == png.getvalue()
+    assert content[2]["content"] == png.getvalue()
+    assert content[3]["content"] is pil
 
 
 def test_hf_layout_parts_without_payload_take_the_images_column_in_order(image_dir):
@@ -111,8 +111,8 @@ def test_hf_layout_parts_without_payload_take_the_images_column_in_order(image_d
         ],
         "images": [first, {"bytes": b"\x89PNG", "path": None}],
     }
-    content = to_conversation(record, None, image_dir)[0]["content"]
-    assert content[0]["image"] is first and content[1]["image"] == b"\x89PNG"
+    content = to_conversation(record, None, image_dir)[0].content
+    assert content[0]["content"] is first and content[1]["content"] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_placeholder_count_must_match_the_media(record, image_dir):
         {"conversations": []},
         {"messages": []},
         {"conversations": [{"from": "robot", "value": "hi"}]},
-        {"messages": [{"role": "tool", "content": "hi"}]},
+        {"messages": [{"role": "narrator", "content": "hi"}]},  # ("tool" is a role now: tool results)
         {"messages": [{"role": "user", "content": ""}]},
         {"messages": "hello"},
         {"text": "no conversation at all"},
@@ -184,6 +184,6 @@ def test_video_file_is_located_not_decoded_and_takes_dataset_and_part_options(tm
 
     write_video(tmp_path / "clip.mp4", 20, 64, 48, rate=10)
     record = {"messages": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4", "max_frames": 8}]}]}
-    video = to_conversation(record, "openai", str(tmp_path), {"fps": 1.0, "max_frames": 64})[0]["content"][0]
+    video = to_conversation(record, "openai", str(tmp_path), {"fps": 1.0, "max_frames": 64})[0].content[0]
     # decoding is left to the model transform (lazily, only the kept frames); the part's own key wins
-    assert video == {"type": "video", "video": str(tmp_path / "clip.mp4"), "fps": 1.0, "max_frames": 8}
+    assert video == {"type": "video", "content": str(tmp_path / "clip.mp4"), "fps": 1.0, "max_frames": 8}

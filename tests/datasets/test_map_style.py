@@ -83,7 +83,7 @@ def test_every_file_source_gives_the_same_samples(llava_dir, tmp_path, source, f
     sample = ds[4]
     assert sample["id"] == "l4"
     assert sample["tokens"] == [256] + list(b"\nWhat is in photo 4?colors")
-    assert sample["messages"][0]["content"][0]["image"] == os.path.realpath(llava_dir / "img1.png")
+    assert sample["messages"][0].content[0]["content"] == os.path.realpath(llava_dir / "img1.png")
 
 
 def test_hf_dataset_object_and_saved_directory(llava_dir, tmp_path):
@@ -112,7 +112,7 @@ def test_hf_dataset_object_and_saved_directory(llava_dir, tmp_path):
         ds = multimodal_chat_dataset(byte_tokens, source=source)
         sample = ds[2]
         assert sample["id"] == 2 and sample["tokens"] == [256] + list(b"q2a2")
-        image = sample["messages"][0]["content"][0]["image"]
+        image = sample["messages"][0].content[0]["content"]
         # Image columns reach our resolver undecoded (a path, or the bytes save_to_disk embedded); the transform
         # loads them lazily
         assert load_image(image).size == (64, 48)

@@ -108,7 +108,7 @@ def test_tar_media_by_name_and_in_order_give_the_same_images(tmp_path):
         None, data_files=str(write_tar(tmp_path / "b.tar", 0, 3, by_name=False)), shuffle_buffer_size=1
     )
     for a, b, i in zip(named, ordered, range(3), strict=True):
-        images = [[p["image"] for p in m["content"] if isinstance(p, dict) and p["type"] == "image"]
+        images = [[p["content"] for p in m.content if p["type"] == "image"]
                   for m in (a["messages"][0], b["messages"][0])]  # fmt: skip
         assert images[0] == images[1] == [_png(i)]
 
@@ -131,11 +131,11 @@ def test_tar_video_member_is_decoded(tmp_path):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     sample = next(iter(streaming_chat_dataset(None, data_files=str(tmp_path / "v.tar"), video_fps=2.0)))
-    video = next(p for p in sample["messages"][0]["content"] if p["type"] == "video")
-    assert video["video"] == clip.read_bytes() and video["fps"] == 2.0  # decoded lazily, by the model transform
+    video = next(p for p in sample["messages"][0].content if p["type"] == "video")
+    assert video["content"] == clip.read_bytes() and video["fps"] == 2.0  # decoded lazily, by the model transform
     from qwenvl_data.image import Qwen2_5_VLImageTransform
 
-    _, grid, second_per_grid_ts = Qwen2_5_VLImageTransform().encode_video(video["video"], fps=video["fps"])
+    _, grid, second_per_grid_ts = Qwen2_5_VLImageTransform().encode_video(video["content"], fps=video["fps"])
     assert grid[0, 0].item() == 2 and second_per_grid_ts.item() == 1.0  # 2 s at 2 fps: 4 frames, 2 patches
 
 
@@ -178,7 +178,7 @@ def _mixture(layouts, parquet_p):
 
 
 def source_of(sample: dict) -> str:
-    if isinstance(sample["messages"][0]["content"], list):
+    if any(part["type"] == "image" for part in sample["messages"][0].content):
         return "tar"
     return "parquet" if sample["id"].startswith("p") else "map"
 

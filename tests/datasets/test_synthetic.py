@@ -52,10 +52,11 @@ def test_answers_are_true_of_the_pixels_and_the_asked_thing_is_unique():
     ds = synthetic_vqa_dataset(None, num_samples=120, seed=3, image_size=96, max_images=3)
     for i in range(len(ds)):
         sample = ds[i]
-        *image_parts, question = sample["messages"][0]["content"]
-        scenes = [decode_scene(part["image"]) for part in image_parts]
-        assert true_answer(question["text"], scenes) == sample["answer"], (i, question["text"], scenes)
-        assert sample["messages"][1] == {"role": "assistant", "content": sample["answer"]}
+        *image_parts, question = sample["messages"][0].content
+        scenes = [decode_scene(part["content"]) for part in image_parts]
+        assert true_answer(question["content"], scenes) == sample["answer"], (i, question["content"], scenes)
+        answer = sample["messages"][1]
+        assert (answer.role, answer.content) == ("assistant", [{"type": "text", "content": sample["answer"]}])
 
 
 def test_same_seed_same_samples_other_seed_other_samples():
@@ -63,10 +64,10 @@ def test_same_seed_same_samples_other_seed_other_samples():
     for i in range(8):
         first, second = a[i], b[i]
         assert first["answer"] == second["answer"] and first["id"] == second["id"] == f"synthetic-0-{i}"
-        images = [p["image"].tobytes() for p in first["messages"][0]["content"][:-1]]
-        assert images == [p["image"].tobytes() for p in second["messages"][0]["content"][:-1]]
-    assert [a[i]["messages"][0]["content"][-1]["text"] for i in range(8)] != [
-        c[i]["messages"][0]["content"][-1]["text"] for i in range(8)
+        images = [p["content"].tobytes() for p in first["messages"][0].content[:-1]]
+        assert images == [p["content"].tobytes() for p in second["messages"][0].content[:-1]]
+    assert [a[i]["messages"][0].content[-1]["content"] for i in range(8)] != [
+        c[i]["messages"][0].content[-1]["content"] for i in range(8)
     ]
 
 
@@ -76,7 +77,7 @@ def test_every_question_type_every_answer_and_chance_levels_appear():
     sizes, image_counts = set(), set()
     for i in range(len(ds)):
         sample = ds[i]
-        images = [p["image"] for p in sample["messages"][0]["content"][:-1]]
+        images = [p["content"] for p in sample["messages"][0].content[:-1]]
         answers[sample["question_type"]].add(sample["answer"])
         assert sample["choices"] == list(answer_choices(sample["question_type"], len(images)))
         assert sample["chance"] == pytest.approx(1 / len(sample["choices"]))
@@ -105,12 +106,12 @@ def test_one_cell_board_without_distractors_draws_one_shape_filling_the_picture(
     )
     for i in range(len(ds)):
         sample = ds[i]
-        image_part, question = sample["messages"][0]["content"]
-        (scene,) = [decode_scene(image_part["image"], grid=1)]
+        image_part, question = sample["messages"][0].content
+        (scene,) = [decode_scene(image_part["content"], grid=1)]
         assert len(scene) == 1
-        assert true_answer(question["text"], [scene]) == sample["answer"]
+        assert true_answer(question["content"], [scene]) == sample["answer"]
         # a 3x3 board would leave a shape at most 1/9 of the picture; the smallest, a triangle, fills ~29% here
-        covered = (np.asarray(image_part["image"]) != np.array((235, 235, 235))).any(-1).mean()
+        covered = (np.asarray(image_part["content"]) != np.array((235, 235, 235))).any(-1).mean()
         assert covered > 0.25, f"sample {i}: the shape covers only {covered:.0%} of the picture"
 
 

@@ -42,9 +42,7 @@ def text_record(i: int) -> dict:
 def byte_tokens(sample: dict) -> dict:
     """A small real transform: UTF-8 bytes of every text, one token 256 per image."""
     tokens = []
-    for message in sample["messages"]:
-        content = message["content"]
-        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
-        for part in parts:
-            tokens += list(part["text"].encode()) if part["type"] == "text" else [256]
+    for message in sample["messages"]:  # torchtune Messages, as the datasets give them
+        for part in message.content:
+            tokens += list(part["content"].encode()) if part["type"] == "text" else [256]
     return {**sample, "tokens": tokens}

@@ -225,7 +225,7 @@ def test_call_replaces_messages_by_tokens_and_mask(tokenizer):
 
 def test_too_long_conversation_raises_with_its_length(vocab_files):
     tokenizer = Qwen2_5_VLTokenizer(*vocab_files, max_seq_len=10)
-    with pytest.raises(SampleTooLongError, match=r"sample 7: \d+ tokens > max_seq_len=10"):
+    with pytest.raises(SampleTooLongError, match=r"sample \(7\): \d+ tokens > max_seq_len=10"):
         tokenizer({"messages": CONVERSATIONS["single_turn"], "id": 7})
 
 
@@ -250,7 +250,7 @@ def test_unknown_truncation_policy_is_refused_at_construction(vocab_files):
     ],
 )
 def test_bad_conversations_raise_naming_the_sample(tokenizer, messages, problem):
-    with pytest.raises(InvalidConversationError, match=f"sample abc.*{problem}"):
+    with pytest.raises(InvalidConversationError, match=f"sample \\(abc\\).*{problem}"):
         tokenizer({"messages": messages, "id": "abc"})
 
 
@@ -258,7 +258,7 @@ def test_images_are_refused_by_the_text_only_tokenizer(tokenizer):
     from support.media import photo
 
     sample = {"id": 3, "messages": [{"role": "user", "content": [{"type": "image", "image": photo(32, 32, 0)}]}]}
-    with pytest.raises(ValueError, match="sample 3.*Qwen2_5_VLTransform"):
+    with pytest.raises(ValueError, match=r"sample \(3\).*Qwen2_5_VLTransform"):
         tokenizer(sample)
 
 

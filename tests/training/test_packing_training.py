@@ -181,7 +181,7 @@ def test_online_packer_names_a_sample_longer_than_a_row():
     from qwenvl_data.errors import SampleTooLongError
 
     dataset = _Lengths([10, 70, 10])
-    with pytest.raises(SampleTooLongError, match="sample 1: 70 tokens > max_seq_len=64"):
+    with pytest.raises(SampleTooLongError, match=r"sample \(1\): 70 tokens > max_seq_len=64"):
         for _ in range(3):
             next(_packer(dataset, buffer_size=4))
 

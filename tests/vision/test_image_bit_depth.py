@@ -164,7 +164,7 @@ def test_an_unknown_range_file_is_refused_naming_the_sample_and_the_file(vocab_f
     path = saved(image_in_mode("F", 40, 30), tmp_path / "depth.tiff")
     transform = Qwen2_5_VLTransform(*vocab_files)
     messages = [{"role": "user", "content": [{"type": "image", "image": path}]}, {"role": "assistant", "content": "x"}]
-    with pytest.raises(ImageLoadError, match=r"sample d7: image '.*depth.tiff': image mode F"):
+    with pytest.raises(ImageLoadError, match=r"sample \(d7\): image '.*depth.tiff': image mode F"):
         transform({"id": "d7", "messages": messages})
 
 

@@ -94,8 +94,8 @@ def test_transform_image_and_image_url_keys_take_every_reference_form(transform,
 
 def _dataset_pixels(source, image_dir, **kwargs) -> list[torch.Tensor]:
     def image_only(sample):
-        return {"pixel_values": [part["image"] for m in sample["messages"] if isinstance(m["content"], list)
-                                 for part in m["content"] if part["type"] == "image"]}
+        return {"pixel_values": [part["content"] for m in sample["messages"] for part in m.content
+                                 if part["type"] == "image"]}
 
     dataset = multimodal_chat_dataset(image_only, source=source, image_dir=str(image_dir), **kwargs)
     return [[pixels(load_image(image)) for image in dataset[i]["pixel_values"]] for i in range(len(dataset))]
@@ -167,7 +167,7 @@ def test_a_fifo_is_refused_at_once_everywhere(transform, images, tmp_path):
     for reference in (fifo, str(fifo), fifo.as_uri(), {"bytes": None, "path": str(fifo)}):
         with pytest.raises(ImageLoadError, match=r"pipe\.png is a named pipe \(FIFO\), not a regular file"):
             load_image(reference)
-    with pytest.raises(ImageLoadError, match="sample f: .*FIFO"):
+    with pytest.raises(ImageLoadError, match=r"sample \(f\): .*FIFO"):
         transform({"id": "f", "messages": user_turn({"type": "image_url", "image_url": {"url": fifo.as_uri()}})})
     with pytest.raises(ImageLoadError, match="FIFO"):
         resolve_video("pipe.mp4", str(images))
@@ -201,7 +201,7 @@ def test_remote_urls_are_refused_saying_nothing_is_fetched(transform, images, ur
         load_image(url)
     with pytest.raises(ImageLoadError, match="not fetched|nothing is fetched"):
         resolve_image({"url": url}, str(images))
-    with pytest.raises(ImageLoadError, match="sample w: .*(not fetched|nothing is fetched)"):
+    with pytest.raises(ImageLoadError, match=r"sample \(w\): .*(not fetched|nothing is fetched)"):
         transform({"id": "w", "messages": user_turn({"type": "image_url", "image_url": {"url": url}})})
 
 

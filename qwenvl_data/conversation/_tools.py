@@ -1,0 +1,81 @@
+"""Tool (function) calls in the text the Qwen2/2.5-VL models read, in the Qwen2.5 text model's tool format.
+
+The Qwen2/2.5-VL chat template has no tools block; LLaMA-Factory's and ms-swift's templates for them use the Qwen2.5
+text model's (``QWEN_TOOL_PROMPT`` / hermes), which is also Qwen3-VL's official format:
+- the tools, one JSON object per line, go into the system turn after the system prompt (the default one when the
+  conversation has none): ``{system}\\n\\n# Tools\\n\\nYou may call one or more functions ...<tools>\\n{tool}...
+  \\n</tools>\\n\\nFor each function call, ...</tool_call>``; a bare function schema is wrapped as
+  ``{"type": "function", "function": schema}`` (LLaMA-Factory's rule);
+- each call in an assistant turn is ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, joined to
+  the turn's text and to each other by ``\\n``;
+- tool results are user turns: ``<|im_start|>user\\n<tool_response>\\n{result}\\n</tool_response><|im_end|>``,
+  consecutive results in one turn (rendered by ``text._chat_template``).
+JSON is written as ``json.dumps(..., ensure_ascii=False)`` writes it (transformers' ``tojson``).
+"""
+
+import json
+from typing import Any
+
+from qwenvl_data._constants import DEFAULT_SYSTEM_PROMPT
+from qwenvl_data.errors import InvalidConversationError
+
+_TOOLS_HEADER = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_TOOLS_FOOTER = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}'
+    "\n</tool_call>"
+)
+
+
+def _json(value: Any, what: str) -> Any:
+    """``value``, parsed first when it is JSON text (LLaMA-Factory and OpenAI write tools and arguments as text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        raise InvalidConversationError(f"{what} is not valid JSON ({error}): {value[:80]!r}") from error
+
+
+def system_with_tools(system: str | None, tools: Any) -> str:
+    """The system turn's text: ``system`` (the default prompt when None) followed by the tools block.
+
+    Raises:
+        InvalidConversationError: ``tools`` is not a list of dicts (or JSON text of one).
+    """
+    tools = _json(tools, "the tools field")
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise InvalidConversationError(f"tools must be a list of function schemas, got {type(tools).__name__}")
+    lines = [
+        json.dumps(tool if tool.get("type") == "function" else {"type": "function", "function": tool},
+                   ensure_ascii=False)
+        for tool in tools
+    ]  # fmt: skip
+    body = "".join(f"\n{line}" for line in lines)
+    return f"{DEFAULT_SYSTEM_PROMPT if system is None else system}{_TOOLS_HEADER}{body}{_TOOLS_FOOTER}"
+
+
+def tool_call_texts(calls: Any) -> list[str]:
+    """``<tool_call>`` blocks of one or more calls, each ``{"name", "arguments"}`` or OpenAI's
+    ``{"type": "function", "function": {"name", "arguments"}}``, as dicts or JSON text.
+
+    Raises:
+        InvalidConversationError: a call without a string ``name``, or arguments that are not a JSON object.
+    """
+    calls = _json(calls, "a tool call")
+    texts = []
+    for call in calls if isinstance(calls, list) else [calls]:
+        call = _json(call, "a tool call")
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            call = call["function"]
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise InvalidConversationError(f"a tool call needs a 'name' and 'arguments', got {call!r}"[:200])
+        arguments = _json(call.get("arguments", {}), f"the arguments of tool call {call['name']!r}")
+        if not isinstance(arguments, dict):
+            raise InvalidConversationError(f"the arguments of tool call {call['name']!r} must be a JSON object")
+        payload = json.dumps({"name": call["name"], "arguments": arguments}, ensure_ascii=False)
+        texts.append(f"<tool_call>\n{payload}\n</tool_call>")
+    return texts
