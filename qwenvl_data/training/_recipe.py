@@ -41,6 +41,7 @@ from qwenvl_data.training._nonfinite import (
     gradient_norm,
     nonfinite_message,
 )
+from qwenvl_data.training._numerics import numerics_settings, resume_numerics_note
 from qwenvl_data.training._packed_data import (
     build_packed_dataloader,
     split_packing_options,
@@ -263,6 +264,9 @@ class FinetuneRecipe:
             self._resume_dataloader_state = state["dataloader"]
         if self.is_main:
             print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
+            note = resume_numerics_note(state.get("numerics"), numerics_settings(self.device))  # issue 22
+            if note is not None:
+                print(note, flush=True)
 
     def _evaluate(self, when: str) -> dict[str, float] | None:
         if self.eval_dataset is None:
@@ -436,7 +440,7 @@ class FinetuneRecipe:
         trainer_state = {
             "epoch": self.epoch, "steps_in_epoch": self.steps_in_epoch, "global_step": self.global_step,
             "dataloader": self.batches.state_dict(), "history": self.history, "train_seconds": self.train_seconds,
-            "skips": self.skips.state_dict(),
+            "skips": self.skips.state_dict(), "numerics": numerics_settings(self.device),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
         }  # fmt: skip
         return self.checkpointer.save_state(self.global_step, self.model, self.optimizer, trainer_state)
