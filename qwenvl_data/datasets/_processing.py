@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data._reading import mark_reading
 from qwenvl_data.conversation._messages import sample_name
 from qwenvl_data.conversation._layouts import RecordToMessages
 from qwenvl_data.datasets._stats import SkipCounts
@@ -164,9 +165,11 @@ class RecordProcessor:
         A sample whose labels train no token is a ``NoTrainedTokenError`` (cause ``no_trained_token``).
         """
         sample_id: Any = None
+        mark_reading(f"sample {index}")  # a read that never returns gets named (training/_watchdog.py)
         try:
             record = self.parse(index, record)
             sample_id = record.get("id", index) if isinstance(record, dict) else index
+            mark_reading(f"sample {index} ({sample_id})")
             sample, _ = self.convert(index, record)
             return self.transform(sample)
         except SampleError as err:
