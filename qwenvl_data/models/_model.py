@@ -198,8 +198,9 @@ class Qwen2_5_VLModel(nn.Module):
             grids.append(grid)
             slots.append(is_pad)
         if not patches:
-            # Another rank may run the tower this step: issue the same collectives (see idle_pass).
-            return embeds + self.visual.idle_pass(embeds.device).to(embeds.dtype) if _ranks_in_lockstep() else embeds
+            if _ranks_in_lockstep():  # another rank may run the tower now: issue the same collectives
+                return embeds + self.visual.idle_pass(embeds.device).to(embeds.dtype)
+            return embeds
         features = self.visual(torch.cat(patches), torch.cat(grids)).to(embeds.dtype)
         # Images first, then videos: the order they were concatenated in above.
         positions = torch.cat([slot.reshape(-1).nonzero().squeeze(1) for slot in slots])

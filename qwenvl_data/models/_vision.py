@@ -315,4 +315,3 @@ class Qwen2_5_VisionTransformer(nn.Module):
         patch_values = 3 * self.temporal_patch_size * self.patch_size**2
         patches = torch.zeros(self.merge_size**2, patch_values, device=device)
         return self(patches, grid).float().sum() * 0.0
-

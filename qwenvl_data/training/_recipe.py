@@ -268,7 +268,7 @@ class FinetuneRecipe:
             self._resume_dataloader_state = state["dataloader"]
         if self.is_main:
             print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
-            note = resume_numerics_note(state.get("numerics"), numerics_settings(self.device))  # issue 22
+            note = resume_numerics_note(state.get("numerics"), numerics_settings(self.device))
             if note is not None:
                 print(note, flush=True)
 
