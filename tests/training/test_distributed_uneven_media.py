@@ -53,7 +53,8 @@ def _config(tmp_path, **overrides):
     cfg.pop("eval_dataset")
     # SGD: a weight's difference between the two runs is lr x the gradients' difference, which the float32
     # bound below covers (Adam divides by sqrt(v) and would amplify rounding in near-zero gradients).
-    settings = {"shuffle": False, "batch_size": 2, "max_steps_per_epoch": STEPS, "epochs": 1, "checkpointer.save_every_n_steps": None,
+    settings = {"shuffle": False, "batch_size": 2, "max_steps_per_epoch": STEPS, "epochs": 1,
+                "checkpointer.save_every_n_steps": None,
                 "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.5}, "lr_scheduler": None,
                 "metric_logger._component_": "torchtune.training.metric_logging.DiskLogger", **overrides}  # fmt: skip
     for key, value in settings.items():
@@ -109,7 +110,8 @@ def test_ranks_with_text_only_images_or_a_video_train_as_one_process_full(tmp_pa
 def test_ranks_with_text_only_images_or_a_video_train_as_one_process_lora_packed(tmp_path):
     """LoRA, packed rows (one sample a row, so both runs pack the same rows), frozen tower, trained merger."""
     packed = {"dataset.packed": True, "dataset.packed_buffer_size": 1, "tokenizer.max_seq_len": 128,
-              "model._component_": "qwenvl_data.models.lora_qwen2_5_vl_tiny", "model.lora_attn_modules": ["q_proj", "v_proj"],
+              "model._component_": "qwenvl_data.models.lora_qwen2_5_vl_tiny",
+              "model.lora_attn_modules": ["q_proj", "v_proj"],
               "model.lora_rank": 4, "model.lora_alpha": 8,
               "batch_size": 1, "gradient_accumulation_steps": 2}  # fmt: skip
     single, ranks = _single_and_two_ranks(tmp_path, "lora_finetune", **packed)

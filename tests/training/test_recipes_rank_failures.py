@@ -22,9 +22,10 @@ def _run_with_fault(tmp_path, fault: str) -> tuple[subprocess.CompletedProcess, 
         "tokenizer.sample_id": FAULTY_SAMPLE, "tokenizer.marker": str(marker),
     }  # fmt: skip
     command = [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", "2",
-               "recipes/full_finetune_distributed.py", "--config", "configs/tiny_synthetic.yaml", *as_cli(overrides)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+               "recipes/full_finetune_distributed.py", "--config", "configs/tiny_synthetic.yaml",
+               *as_cli(overrides)]  # fmt: skip
+    python_path = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]  # FaultyTransform is in tests/
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(python_path)}
     # Far below the 600 s a collective waits by default: a job that hangs fails here instead.
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     ended = time.time()
