@@ -61,6 +61,9 @@ class ReadWatchdog:
             file=sys.stderr,
             flush=True,
         )
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        try:
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor (captured): no stacks
+            pass
         sys.stderr.flush()
         os._exit(EXIT_CODE_STUCK_READ)
