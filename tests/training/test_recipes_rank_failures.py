@@ -10,6 +10,9 @@ from support.recipes_support import REPO, TINY_OVERRIDES, as_cli
 # Without shuffling rank 1 reads the odd records: synthetic-0-5 is its third, in step 2 of 3 (batch 2).
 FAULTY_SAMPLE = "synthetic-0-5"
 DATA_TIMEOUT_S = 5
+# Seconds torchrun takes to end the job once a rank is gone: about 4 on 2 idle-ish CPU cores, 13 on a loaded
+# machine; the bound only has to tell a bounded teardown from a hang (the 600 s collective timeout).
+TEARDOWN_S = 60
 
 
 def _run_with_fault(tmp_path, fault: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -37,7 +40,7 @@ def test_a_killed_rank_ends_the_job_within_seconds_naming_it(tmp_path):
     result, seconds = _run_with_fault(tmp_path, "kill")
     assert result.returncode != 0
     assert "local_rank: 1" in result.stderr and "SIGKILL" in result.stderr, result.stderr[-3000:]
-    assert seconds < 15, f"the job took {seconds:.1f} s to end after rank 1 was killed"
+    assert seconds < TEARDOWN_S, f"the job took {seconds:.1f} s to end after rank 1 was killed"
     print(f"killed rank: job gone {seconds:.1f} s after the kill")
 
 
@@ -49,5 +52,5 @@ def test_a_rank_stuck_in_a_read_ends_the_job_after_data_timeout_naming_it_and_th
     assert f"the record it started reading last: sample 5 ({FAULTY_SAMPLE})" in result.stderr
     assert "faults.py\", line" in result.stderr  # where its thread is stuck (faulthandler)
     assert "local_rank: 1" in result.stderr  # torchrun's summary names the failed rank too
-    assert DATA_TIMEOUT_S <= seconds < DATA_TIMEOUT_S + 15, f"the job ended {seconds:.1f} s after the stall began"
+    assert DATA_TIMEOUT_S <= seconds < DATA_TIMEOUT_S + TEARDOWN_S, f"the job ended {seconds:.1f} s after the stall began"
     print(f"stuck rank: job gone {seconds:.1f} s after the read began (data_timeout_s={DATA_TIMEOUT_S})")
