@@ -52,5 +52,5 @@ def test_a_rank_stuck_in_a_read_ends_the_job_after_data_timeout_naming_it_and_th
     assert f"the record it started reading last: sample 5 ({FAULTY_SAMPLE})" in result.stderr
     assert "faults.py\", line" in result.stderr  # where its thread is stuck (faulthandler)
     assert "local_rank: 1" in result.stderr  # torchrun's summary names the failed rank too
-    assert DATA_TIMEOUT_S <= seconds < DATA_TIMEOUT_S + TEARDOWN_S, f"the job ended {seconds:.1f} s after the stall began"
+    assert DATA_TIMEOUT_S <= seconds < DATA_TIMEOUT_S + TEARDOWN_S, f"the job ended {seconds:.1f} s after the stall"
     print(f"stuck rank: job gone {seconds:.1f} s after the read began (data_timeout_s={DATA_TIMEOUT_S})")
