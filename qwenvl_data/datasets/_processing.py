@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._constants import IGNORE_INDEX
+from qwenvl_data._reading import mark_reading
 from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._layouts import RecordToMessages
 from qwenvl_data.datasets._stats import SkipCounts
@@ -181,9 +182,11 @@ class RecordProcessor:
         A sample whose labels train no token is a ``NoTrainedTokenError`` (cause ``no_trained_token``).
         """
         sample_id: Any = None
+        mark_reading(sample_name(index, None))  # a read that never returns gets named (training/_watchdog.py)
         try:
             record = self.parse(index, record, locate)
             sample_id = _record_id(index, record)
+            mark_reading(sample_name(index, sample_id))
             sample, _ = self.convert(index, record)
             return self.transform(sample)
         except SampleError as err:

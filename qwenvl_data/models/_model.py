@@ -4,6 +4,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchtune.modules import TransformerDecoder
 
@@ -197,6 +198,8 @@ class Qwen2_5_VLModel(nn.Module):
             grids.append(grid)
             slots.append(is_pad)
         if not patches:
+            if _ranks_in_lockstep():  # another rank may run the tower now: issue the same collectives
+                return embeds + self.visual.idle_pass(embeds.device).to(embeds.dtype)
             return embeds
         features = self.visual(torch.cat(patches), torch.cat(grids)).to(embeds.dtype)
         # Images first, then videos: the order they were concatenated in above.
@@ -248,6 +251,11 @@ class Qwen2_5_VLModel(nn.Module):
         if not self.caches_are_enabled():
             return None
         return int(self.decoder.layers[0].attn.kv_cache.size)
+
+
+def _ranks_in_lockstep() -> bool:
+    """Whether this process is one of several ranks whose forward passes must issue the same collectives."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @contextmanager

@@ -317,3 +317,20 @@ class Qwen2_5_VisionTransformer(nn.Module):
         for layer in self.layers:
             h = layer(h, frames, windows)
         return self.merger(h)
+
+    def idle_pass(self, device: torch.device) -> torch.Tensor:
+        """A float32 zero computed from every tower and merger parameter, for a rank whose batch has no media.
+
+        Under FSDP2 every rank must issue the same all-gathers (forward) and reduce-scatters (backward):
+        a rank that skipped the tower while another ran it would desynchronize the collectives. Adding
+        this zero to the embeddings runs the tower on one frame of merge_size x merge_size zero patches
+        and gives every tower parameter a gradient of exactly zero, so the losses and summed gradients
+        are those of the ranks that did see media.
+
+        Returns:
+            float32 scalar 0 with a graph through the tower and the merger.
+        """
+        grid = torch.tensor([[1, self.merge_size, self.merge_size]], device=device)
+        patch_values = 3 * self.temporal_patch_size * self.patch_size**2
+        patches = torch.zeros(self.merge_size**2, patch_values, device=device)
+        return self(patches, grid).float().sum() * 0.0

@@ -20,7 +20,9 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> tuple[in
 
     Args:
         device: the device this rank trains on.
-        timeout_s: collective timeout, so a rank that died makes the others fail instead of hang.
+        timeout_s: how long a collective waits for the slowest rank before failing (config
+            ``collective_timeout_s``), so a rank that stalls outside a data read (see ``_watchdog``) makes the
+            others fail instead of hang.
 
     Returns:
         (rank, world_size)
@@ -32,7 +34,7 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> tuple[in
         )
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, timeout=timedelta(seconds=float(timeout_s)))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -41,6 +41,7 @@ from qwenvl_data.training._nonfinite import (
     gradient_norm,
     nonfinite_message,
 )
+from qwenvl_data.training._numerics import numerics_settings, resume_numerics_note
 from qwenvl_data.training._packed_data import (
     build_packed_dataloader,
     split_packing_options,
@@ -54,6 +55,7 @@ from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import VALUE_RULES
 from qwenvl_data.training._skips import SkipLedger, describe, skipped_scalars
+from qwenvl_data.training._watchdog import DEFAULT_COLLECTIVE_TIMEOUT_S, DEFAULT_DATA_TIMEOUT_S, ReadWatchdog
 
 REQUIRED_KEYS = (
     "output_dir", "model", "tokenizer", "dataset", "collate_fn", "optimizer", "loss", "checkpointer",
@@ -65,6 +67,7 @@ OPTIONAL_KEYS = (
     "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
     "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward", "init_std",
     "max_skip_fraction", "on_nonfinite_loss", "eval_every_n_steps", "save_hf_every_n_steps", "keep_last_n_hf",
+    "data_timeout_s", "collective_timeout_s",
 )  # fmt: skip
 LORA_KEYS = ("save_merged_weights",)
 VISION_TOWER_PREFIX = "visual."
@@ -87,8 +90,10 @@ class FinetuneRecipe:
         check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()), VALUE_RULES)
         self.device = utils.get_device(cfg.get("device", "cpu"))
         if self.distributed:
-            init_distributed(self.device)
+            init_distributed(self.device, cfg.get("collective_timeout_s", DEFAULT_COLLECTIVE_TIMEOUT_S))
         self.rank, self.world_size = rank_and_world()
+        self.read_watchdog = ReadWatchdog(cfg.get("data_timeout_s", DEFAULT_DATA_TIMEOUT_S), self.rank,
+                                          self.world_size, int(cfg.get("num_workers", 0)))  # fmt: skip
         self.is_main = self.rank == 0
         self.dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self.device)
         self.seed = int(cfg.get("seed", 0))
@@ -264,6 +269,9 @@ class FinetuneRecipe:
             self._resume_dataloader_state = state["dataloader"]
         if self.is_main:
             print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
+            note = resume_numerics_note(state.get("numerics"), numerics_settings(self.device))
+            if note is not None:
+                print(note, flush=True)
 
     def _evaluate(self, when: str) -> dict[str, float] | None:
         if self.eval_dataset is None:
@@ -357,7 +365,8 @@ class FinetuneRecipe:
         counts = torch.zeros(2, dtype=torch.int64, device=self.device)  # samples, input tokens
         micro_batches = 0
         for _ in range(self.grad_accum):
-            batch = self.batches.next_batch()
+            with self.read_watchdog.watch():
+                batch = self.batches.next_batch()
             if not self._every_rank_has(batch):
                 break
             batch = move_to_device(batch, self.device, self.dtype)
@@ -437,7 +446,7 @@ class FinetuneRecipe:
         trainer_state = {
             "epoch": self.epoch, "steps_in_epoch": self.steps_in_epoch, "global_step": self.global_step,
             "dataloader": self.batches.state_dict(), "history": self.history, "train_seconds": self.train_seconds,
-            "skips": self.skips.state_dict(),
+            "skips": self.skips.state_dict(), "numerics": numerics_settings(self.device),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
         }  # fmt: skip
         return self.checkpointer.save_state(self.global_step, self.model, self.optimizer, trainer_state)

@@ -5,9 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,9 +57,12 @@ def recipe_class(name: str) -> type:
                 and hasattr(v, "setup"))  # fmt: skip
 
 
+SUBPROCESS_THREADS = 1  # intra-op threads of each process run_command starts
+
+
 def run_command(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run from the repo root; a timeout, because a failed rank leaves the other one waiting."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(SUBPROCESS_THREADS), "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
@@ -67,3 +73,15 @@ def metrics(output_dir: Path) -> dict:
 
 
 PYTHON = sys.executable
+
+
+@contextmanager
+def threads_of_run_command() -> Iterator[None]:
+    """Within the block this process computes as run_command's processes do: float sums are split by thread
+    count (ATen's reductions, MKL's sgemm on Intel CPUs), so a bit-exact comparison needs the same count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SUBPROCESS_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

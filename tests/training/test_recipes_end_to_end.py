@@ -11,7 +11,9 @@ from qwenvl_data.collate import Qwen2_5_VLCollator
 from qwenvl_data.models import load_hf_model, qwen2_5_vl_tiny
 from qwenvl_data.training import answer_accuracy, packaged_vocab_transform, run_recipe
 from qwenvl_data.training._config import build
-from support.recipes_support import TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
+from support.recipes_support import (
+    TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command, threads_of_run_command,
+)  # fmt: skip
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,10 +65,11 @@ def test_reloaded_checkpoint_scores_the_reported_accuracy(tiny_run):
     cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES})
     transform = packaged_vocab_transform(max_seq_len=256, max_pixels=cfg.max_pixels)
     eval_set = build(cfg, "eval_dataset", transform)  # the run's held-out set, every option as configured
-    result = answer_accuracy(
-        load_hf_model(out / "hf_model"), eval_set, Qwen2_5_VLCollator(), batch_size=8,
-        device=torch.device("cpu"), dtype=torch.float32,
-    )  # fmt: skip
+    with threads_of_run_command():  # the same computation as the run's, so the same loss to the last bit
+        result = answer_accuracy(
+            load_hf_model(out / "hf_model"), eval_set, Qwen2_5_VLCollator(), batch_size=8,
+            device=torch.device("cpu"), dtype=torch.float32,
+        )  # fmt: skip
     assert result == metrics(out)["history"]["eval_after"]
 
 
