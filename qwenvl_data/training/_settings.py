@@ -35,4 +35,5 @@ VALUE_RULES: dict[str, Rule] = {
     "init_std": Rule((float,), nullable=True, minimum=0.0),
     "max_skip_fraction": Rule((float,), minimum=0.0, maximum=1.0),
     "on_nonfinite_loss": Rule((str,), choices=ON_NONFINITE),
+    "resume_overrides": Rule((list,)),
 }
