@@ -49,3 +49,10 @@ class UnexpectedSampleError(SampleError):
     a ``ValueError`` from a video with fps 0, ...); the original is chained and its type kept in the message."""
 
     cause = "unexpected_error"
+
+
+class DamagedShardError(SampleError):
+    """A data file of a stream that cannot be read to its end (a truncated tar, a file that is not a tar): the
+    records after the damage are lost, their number unknown."""
+
+    cause = "damaged_shard"

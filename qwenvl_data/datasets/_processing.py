@@ -3,6 +3,7 @@ the streaming datasets so that both convert, transform, budget-check and count s
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 from qwenvl_data._constants import IGNORE_INDEX
 from qwenvl_data.conversation._messages import sample_name
 from qwenvl_data.conversation._layouts import RecordToMessages
+from qwenvl_data.datasets._shards import DamagedShard
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import (
+    DamagedShardError,
     InvalidConversationError,
     NoTrainedTokenError,
     SampleError,
@@ -165,6 +168,9 @@ class RecordProcessor:
         """
         sample_id: Any = None
         try:
+            if isinstance(record, DamagedShard):  # the rest of a stream's shard is unreadable: named and counted
+                sample_id = os.path.basename(record.path)
+                raise DamagedShardError(record.message())
             record = self.parse(index, record)
             sample_id = record.get("id", index) if isinstance(record, dict) else index
             sample, _ = self.convert(index, record)
