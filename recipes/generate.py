@@ -110,9 +110,12 @@ class GenerateRecipe:
                 }
                 for (index, sample), (_, reference), answer in zip(samples, splits, generated)
             ]  # fmt: skip
-        correct = sum(r["correct"] for r in records)
-        result = {"accuracy": correct / len(records) if records else 0.0, "correct": correct, "total": len(records)}
-        print(f"accuracy: {result['accuracy']:.1%} ({correct}/{len(records)} exact answers)", flush=True)
+        correct, unusable = sum(r["correct"] for r in records), count - len(records)
+        # A record the dataset skipped (on_error=skip) was asked and not answered: it counts, as wrong.
+        result = {"accuracy": correct / count if count else 0.0, "correct": correct, "total": count,
+                  "skipped": unusable}  # fmt: skip
+        note = f"; {unusable} unusable records skipped, counted as wrong" if unusable else ""
+        print(f"accuracy: {result['accuracy']:.1%} ({correct}/{count} exact answers{note})", flush=True)
         if self.cfg.get("output_dir"):
             out = Path(self.cfg.output_dir)
             out.mkdir(parents=True, exist_ok=True)
