@@ -118,9 +118,10 @@ def run_fingerprint(cfg: DictConfig, world_size: int) -> dict[str, Any]:
     settings["world_size"] = world_size
     checkpointer = config.get("checkpointer") or {}
     checkpoint_dirs = [checkpointer[k] for k in ("checkpoint_dir", "adapter_dir") if checkpointer.get(k)]
+    data_files = _files(_path_strings(config.get("dataset"), _DATA_PATH_KEYS))
     return {
         "settings": settings,
-        DATA_FILES: {str(p): file_fingerprint(p) for p in _files(_path_strings(config.get("dataset"), _DATA_PATH_KEYS))},
+        DATA_FILES: {str(p): file_fingerprint(p) for p in data_files},
         CHECKPOINT_FILES: {str(p): file_fingerprint(p) for p in _files(checkpoint_dirs)},
     }
 

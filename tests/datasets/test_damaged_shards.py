@@ -47,6 +47,7 @@ def test_a_damaged_shard_is_a_named_counted_skip_and_the_rest_is_read(tmp_path, 
 def test_a_damaged_shard_under_raise_is_an_error_naming_it(tmp_path, where):
     bad, complete = _cut_tar(tmp_path, where)
     dataset = streaming_chat_dataset(None, source="webdataset", data_files=str(bad), shuffle_buffer_size=1)
-    with pytest.raises(DamagedShardError, match=rf"sample bad.tar#{complete} \(bad.tar\): shard {bad} is damaged after {complete} records \(ReadError: .*\); "
-                                               r"the rest of it was not read \(how many records it held is unknown\)"):
+    refusal = (rf"sample bad.tar#{complete} \(bad.tar\): shard {bad} is damaged after {complete} records "
+               r"\(ReadError: .*\); the rest of it was not read \(how many records it held is unknown\)")
+    with pytest.raises(DamagedShardError, match=refusal):
         list(dataset)

@@ -194,7 +194,8 @@ def test_no_intact_state_or_a_damaged_named_one_stops_naming_the_files(tmp_path)
     with pytest.raises(DamagedStateError, match=rf"{_distcp(states[1])}: checksum mismatch"):
         checkpointer.resumable_state(str(states[1]))
     (states[0] / "trainer_rank0.pt").unlink()
-    with pytest.raises(DamagedStateError, match=rf"no intact training state .*{states[1]}.*{states[0] / 'trainer_rank0.pt'}: missing"):
+    missing = states[0] / "trainer_rank0.pt"
+    with pytest.raises(DamagedStateError, match=rf"no intact training state .*{states[1]}.*{missing}: missing"):
         checkpointer.resumable_state(True)
 
 

@@ -41,7 +41,8 @@ def tiny_batch():
 def test_position_ids_for_one_row_are_refused_for_a_batch_of_two(tiny_batch):
     model, batch = tiny_batch
     length = batch["tokens"].shape[1]
-    with pytest.raises(ValueError, match=rf"position_ids must be \[3, B, L\] = \[3, 2, {length}\] .*got \[3, 1, {length}\]"):
+    refusal = rf"position_ids must be \[3, B, L\] = \[3, 2, {length}\] .*got \[3, 1, {length}\]"
+    with pytest.raises(ValueError, match=refusal):
         model(**{**batch, "position_ids": batch["position_ids"][:, :1]})
 
 
@@ -78,9 +79,9 @@ def test_generate_counts_unusable_records_in_its_total(tmp_path, capsys):
 
     model_dir = save_hf_model(qwen2_5_vl_tiny(), tmp_path / "model")
     write_photos(tmp_path / "img", ["a.png"], size=(56, 56))
+    turns = [{"role": "user", "content": "<image>What color?"}, {"role": "assistant", "content": "red"}]
     records = [{"id": f"q{i}", "images": [str(tmp_path / "img" / ("a.png" if i < 3 else "missing.png"))],
-                "messages": [{"role": "user", "content": "<image>What color?"}, {"role": "assistant", "content": "red"}]}
-               for i in range(5)]  # fmt: skip
+                "messages": turns} for i in range(5)]  # fmt: skip
     data = write_jsonl(tmp_path / "data.jsonl", records)
     cfg = load_config("generate", {"checkpoint_dir": str(model_dir), "output_dir": str(tmp_path / "out"),
                                    "max_new_tokens": 2, "batch_size": 4})  # fmt: skip
@@ -91,4 +92,5 @@ def test_generate_counts_unusable_records_in_its_total(tmp_path, capsys):
     result = recipe.generate()
     assert (result["total"], result["skipped"], len(result["records"])) == (5, 2, 3)
     assert result["accuracy"] == result["correct"] / 5
-    assert f"({result['correct']}/5 exact answers; 2 unusable records skipped, counted as wrong)" in capsys.readouterr().out
+    summary = f"({result['correct']}/5 exact answers; 2 unusable records skipped, counted as wrong)"
+    assert summary in capsys.readouterr().out
