@@ -335,6 +335,8 @@ class TrainingCheckpointer:
             raise FileNotFoundError(
                 f"resume_from_checkpoint=true but {self.state_root} holds no complete training state"
             )
+        if resume is not True and not (candidates[0] / _COMPLETE_MARKER).is_file():
+            raise FileNotFoundError(f"{candidates[0]} is not a complete training state (no {_COMPLETE_MARKER})")
         damaged = []
         for path in candidates:
             problems = state_problems(path)
@@ -342,6 +344,9 @@ class TrainingCheckpointer:
                 for earlier in damaged:
                     print(f"training state {earlier} is damaged ({'; '.join(state_problems(earlier))}); "
                           f"resuming from the older intact {path} instead", flush=True)  # fmt: skip
+                if "files" not in read_json(path / _COMPLETE_MARKER):
+                    print(f"training state {path} was saved without checksums (an older version): not verified",
+                          flush=True)  # fmt: skip
                 return path
             damaged.append(path)
         listed = "; ".join(f"{p}: {', '.join(state_problems(p))}" for p in damaged)
