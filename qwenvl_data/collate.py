@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qwenvl_data._input_checks import grid_problem
 from qwenvl_data.vision._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError, sample_name
@@ -108,8 +109,8 @@ def _check_media(sample: dict, pad_counts: list[int], name: str) -> dict[str, to
             continue
         grid = torch.as_tensor(sample[modality.grid_key])
         pixels = torch.as_tensor(sample[modality.pixel_key])
-        if grid.dim() != 2 or grid.shape[1] != 3:
-            raise SampleError(f"{name}: {modality.grid_key} must be [num_{modality.name}s, 3], got {tuple(grid.shape)}")
+        if (problem := grid_problem(grid, MERGE_SIZE)) is not None:
+            raise SampleError(f"{name}: {modality.grid_key} {problem}")
         num_patches = sum(t * h * w for t, h, w in grid.tolist())
         if num_pad_tokens != num_patches // MERGE_SIZE**2:
             raise PlaceholderMismatchError(

@@ -57,3 +57,10 @@ def sample_name(index: int | str | None = None, sample_id: object = None) -> str
     None is no id: Arrow rows hold an ``id`` column for all)."""
     shown_id = "id unknown" if sample_id is None else sample_id
     return f"sample ({shown_id})" if index is None else f"sample {index} ({shown_id})"
+
+
+class DamagedShardError(SampleError):
+    """A data file of a stream that cannot be read to its end (a truncated tar, a file that is not a tar): the
+    records after the damage are lost, their number unknown."""
+
+    cause = "damaged_shard"

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_merged(args.checkpoint_dir, args.adapter_dir, args.output_dir, dtype=_DTYPES.get(args.dtype))
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # missing files, an unfit or non-finite adapter, a failed write
         print(f"export failed: {error}", file=sys.stderr)
         return 1
     print(f"merged HF checkpoint: {out}")

@@ -12,8 +12,10 @@ from qwenvl_data._constants import IGNORE_INDEX
 from qwenvl_data._reading import mark_reading
 from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._layouts import RecordToMessages
+from qwenvl_data.datasets._shards import DamagedShard
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.errors import (
+    DamagedShardError,
     InvalidConversationError,
     NoTrainedTokenError,
     SampleError,
@@ -184,6 +186,9 @@ class RecordProcessor:
         sample_id: Any = None
         mark_reading(sample_name(index, None))  # a read that never returns gets named (training/_watchdog.py)
         try:
+            if isinstance(record, DamagedShard):  # the rest of a stream's shard is unreadable: named and counted
+                sample_id = os.path.basename(record.path)
+                raise DamagedShardError(record.message())
             record = self.parse(index, record, locate)
             sample_id = _record_id(index, record)
             mark_reading(sample_name(index, sample_id))

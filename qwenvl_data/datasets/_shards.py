@@ -16,6 +16,7 @@ in member order.
 import json
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,30 @@ class Shard:
         return base if self.row_group is None else f"{base}[row group {self.row_group}]"
 
     def records(self) -> Iterator[Any]:
-        """The shard's raw records in file order: JSON text (bytes) or dicts."""
-        return _READERS[self.kind](self)
+        """The shard's raw records in file order: JSON text (bytes) or dicts; where the file cannot be read on
+        (truncated, not of its kind), one ``DamagedShard`` last, so the loss is a counted skip or an error
+        naming the shard, never silence."""
+        read = 0
+        try:
+            for record in _READERS[self.kind](self):
+                yield record
+                read += 1
+        except _READ_ERRORS as error:
+            yield DamagedShard(self.path, read, f"{type(error).__name__}: {error}")
+
+
+@dataclass(frozen=True)
+class DamagedShard:
+    """Where a shard stopped being readable: after ``records_read`` records, for ``reason``; how many records
+    the rest held is unknown."""
+
+    path: str
+    records_read: int
+    reason: str
+
+    def message(self) -> str:
+        return (f"shard {self.path} is damaged after {self.records_read} records ({self.reason}); the rest of it "
+                "was not read (how many records it held is unknown)")  # fmt: skip
 
     def location(self, number: int) -> str | None:
         """Where record ``number`` of a JSON shard starts (``"<path> line <n>"``, as the map-style index says);
@@ -98,8 +121,11 @@ def _sample_key(member_name: str) -> tuple[str, str]:
 
 
 def _tar_records(shard: Shard) -> Iterator[Any]:
+    """Samples in member order. A tar cut inside a member fails in tarfile; one cut between two members ends
+    like a complete one there, so an uncompressed tar must also end with its end-of-archive zero block. The
+    sample being assembled when the damage is found (it may lack members) is not yielded."""
     key, members = None, {}
-    with tarfile.open(shard.path, "r|*") as tar:  # sequential: members are read in order, once
+    with open(shard.path, "rb") as file, tarfile.open(fileobj=file, mode="r|*") as tar:  # sequential, read once
         for member in tar:
             if not member.isfile():
                 continue
@@ -109,6 +135,9 @@ def _tar_records(shard: Shard) -> Iterator[Any]:
                 members = {}
             key = member_key
             members[extension] = (os.path.basename(member.name), tar.extractfile(member).read())
+        uncompressed = getattr(tar.fileobj, "comptype", "tar") == "tar"
+        if uncompressed and os.fstat(file.fileno()).st_size - tar.offset < tarfile.BLOCKSIZE:
+            raise tarfile.ReadError(f"no end-of-archive block after byte {tar.offset}: cut off after a member")
     if members:
         yield _tar_sample(shard, key, members)
 
@@ -154,6 +183,10 @@ def _tar_sample(shard: Shard, key: str, members: dict[str, tuple[str, bytes]]) -
             record.setdefault("video" if llava else "videos", videos)
     return record
 
+
+# What reading a damaged file raises: tarfile's errors, a cut gzip/zlib stream, pyarrow's ArrowInvalid (a
+# ValueError), a JSON file that is not JSON, a file gone or unreadable.
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
 
 _READERS = {
     "jsonl": _jsonl_records,

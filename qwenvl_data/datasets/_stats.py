@@ -75,7 +75,8 @@ class SkipCounts:
             raise RuntimeError(f"SkipCounts holds {self._counts.shape[0] - 1} worker rows; worker {info.id} has none")
         with self._lock:  # threads of one process (e.g. a thread-based ParallelMapper) share a row
             if example is not None:
-                self._keep_example(self._examples[row, column], str(example).encode()[:EXAMPLE_BYTES])
+                text = str(example).encode(errors="backslashreplace")  # a lone surrogate (from JSON) as \\udXXX
+                self._keep_example(self._examples[row, column], text[:EXAMPLE_BYTES])
             self._counts[row, column] += 1
 
     @staticmethod

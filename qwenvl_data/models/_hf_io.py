@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torchtune.modules import TiedLinear
 from torchtune.training import set_default_dtype
 
@@ -16,7 +15,7 @@ from qwenvl_data.models._adapters import (
     is_adapted,
     merged_state_dict,
 )
-from qwenvl_data._files import read_json, read_safetensors
+from qwenvl_data._files import read_json, read_safetensors, write_safetensors
 from qwenvl_data.models._convert_weights import hf_to_tune, patch_in_channels, tune_to_hf
 from qwenvl_data.models._families import family_of_model, model_family
 from qwenvl_data.models._model import Qwen2_5_VLModel
@@ -164,12 +163,12 @@ def save_hf_model(
     for stale in (_SINGLE_FILE, _INDEX_FILE):
         (out_dir / stale).unlink(missing_ok=True)
     if len(shards) == 1:
-        save_file(shards[0], out_dir / _SINGLE_FILE, metadata={"format": "pt"})
+        write_safetensors(shards[0], out_dir / _SINGLE_FILE)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, start=1):
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, out_dir / name, metadata={"format": "pt"})
+            write_safetensors(shard, out_dir / name)
             weight_map.update(dict.fromkeys(shard, name))
         total = sum(v.numel() * v.element_size() for v in weights.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}

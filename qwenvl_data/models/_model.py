@@ -9,6 +9,7 @@ from torch import nn
 from torchtune.modules import TransformerDecoder
 
 from qwenvl_data._constants import IMAGE_PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
+from qwenvl_data._input_checks import check_model_inputs
 from qwenvl_data.errors import PlaceholderMismatchError
 from qwenvl_data.models._packed_attention import make_packed_aware, packed_mask
 from qwenvl_data.models._vision import Qwen2_5_VisionTransformer
@@ -138,6 +139,8 @@ class Qwen2_5_VLModel(nn.Module):
                 differs from the number of merged features the grids give.
         """
         past = self._cached_length()
+        check_model_inputs(tokens, position_ids, attention_mask, {"image_grid_thw": image_grid_thw,
+                           "video_grid_thw": video_grid_thw}, self.visual.merge_size, past)  # fmt: skip
         embeds = self.tok_embeddings(tokens)
         if not past or pixel_values is not None or pixel_values_videos is not None:
             embeds = self._place_vision_features(

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qwenvl_data._files import read_safetensors, write_safetensors
 from qwenvl_data.models._adapters import (
     ADAPTER_PARAM_SUFFIXES,
     DoRALinear,
@@ -141,7 +141,7 @@ def write_peft_adapter(
         key_map=family_of_model(model).weight_key_map,
     )
     out_dir = Path(out_dir)
-    save_file(weights, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    write_safetensors(weights, out_dir / ADAPTER_WEIGHTS)
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     return out_dir
 
@@ -201,7 +201,7 @@ def read_peft_adapter(
             raise ValueError(f"{adapter_dir / ADAPTER_CONFIG}: {flag}=true is not supported")
     try:
         weights = peft_to_tune(
-            load_file(adapter_dir / ADAPTER_WEIGHTS), tie_word_embeddings=tie_word_embeddings, key_map=key_map
+            read_safetensors(adapter_dir / ADAPTER_WEIGHTS), tie_word_embeddings=tie_word_embeddings, key_map=key_map
         )
     except KeyError as error:
         raise ValueError(f"{adapter_dir / ADAPTER_WEIGHTS}: {error.args[0]}") from None

@@ -13,6 +13,7 @@ killed mid-save leaves the previous state intact and never a half-written one.
 import errno
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
@@ -36,11 +38,37 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 from torchtune.modules import TiedLinear
 
+from qwenvl_data._files import read_json
 from qwenvl_data.training._distributed import barrier, rank_and_world
+from qwenvl_data.training._integrity import damaged_files, file_digests
+from qwenvl_data.training._nonfinite import check_finite_on_every_rank
 
 _STATE_DIR_PATTERN = re.compile(r"^step_(\d+)$")
 _COMPLETE_MARKER = "complete.json"
 _TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True)
+
+
+class DamagedStateError(ValueError):
+    """A training state whose files differ from the checksums written when it was saved."""
+
+
+def state_problems(path: Path) -> list[str]:
+    """Why the training state at ``path`` cannot be trusted (empty when every file matches its saved checksum;
+    also empty for a state saved before checksums were kept)."""
+    try:
+        marker = read_json(path / _COMPLETE_MARKER)
+    except (OSError, ValueError) as error:
+        return [str(error)]
+    return damaged_files(path, marker.get("files", {}))
+
+
+def _from_rank0(value: Any) -> Any:
+    """``value`` as rank 0 has it, on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -195,6 +223,7 @@ class TrainingCheckpointer:
         self.keep_last_n = keep_last_n
         self.final_dir = self.output_dir / final_dir_name
         self.state_root = self.output_dir / "training_state"
+        self.fingerprint: dict[str, Any] | None = None  # what a saved state depends on; set by the recipe
 
     # ---- pretrained weights -------------------------------------------------------------------
     def pretrained_state_dict(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -260,16 +289,72 @@ class TrainingCheckpointer:
     def due(self, step: int) -> bool:
         return self.save_every_n_steps is not None and step % self.save_every_n_steps == 0
 
-    def latest_state(self) -> Path | None:
-        """The newest complete training state under output_dir, or None."""
+    def _complete_states(self) -> list[Path]:
+        """Training states with a completion marker, newest first."""
         if not self.state_root.is_dir():
-            return None
+            return []
         complete = [
             (int(m.group(1)), p)
             for p in self.state_root.iterdir()
             if (m := _STATE_DIR_PATTERN.match(p.name)) and (p / _COMPLETE_MARKER).is_file()
         ]
-        return max(complete)[1] if complete else None
+        return [p for _, p in sorted(complete, reverse=True)]
+
+    def latest_state(self) -> Path | None:
+        """The newest complete training state under output_dir, or None (not verified: see ``resumable_state``)."""
+        states = self._complete_states()
+        return states[0] if states else None
+
+    def resumable_state(self, resume: bool | str) -> Path:
+        """The state to resume from, verified against the checksums written at its save (collective: rank 0
+        reads the files, every rank gets its answer).
+
+        Args:
+            resume: True for the newest intact state under output_dir (a damaged newer one is named on the
+                console and passed over), or the path of one state (which must be intact).
+
+        Raises:
+            FileNotFoundError: no complete state.
+            DamagedStateError: the chosen state, or every state, fails its checksums (naming each file).
+        """
+        rank, _ = rank_and_world()
+        chosen: Path | BaseException | None = None
+        if rank == 0:
+            try:
+                chosen = self._choose_intact(resume)
+            except (OSError, ValueError) as error:
+                chosen = error
+        chosen = _from_rank0(chosen)
+        if isinstance(chosen, BaseException):
+            raise chosen
+        return chosen
+
+    def _choose_intact(self, resume: bool | str) -> Path:
+        candidates = self._complete_states() if resume is True else [Path(str(resume))]
+        if not candidates:
+            raise FileNotFoundError(
+                f"resume_from_checkpoint=true but {self.state_root} holds no complete training state"
+            )
+        if resume is not True and not (candidates[0] / _COMPLETE_MARKER).is_file():
+            raise FileNotFoundError(f"{candidates[0]} is not a complete training state (no {_COMPLETE_MARKER})")
+        damaged = []
+        for path in candidates:
+            problems = state_problems(path)
+            if not problems:
+                for earlier in damaged:
+                    print(f"training state {earlier} is damaged ({'; '.join(state_problems(earlier))}); "
+                          f"resuming from the older intact {path} instead", flush=True)  # fmt: skip
+                if "files" not in read_json(path / _COMPLETE_MARKER):
+                    print(f"training state {path} was saved without checksums (an older version): not verified",
+                          flush=True)  # fmt: skip
+                return path
+            damaged.append(path)
+        listed = "; ".join(f"{p}: {', '.join(state_problems(p))}" for p in damaged)
+        raise DamagedStateError(f"no intact training state to resume from ({listed})")
+
+    def saved_fingerprint(self, path: Path) -> dict[str, Any] | None:
+        """What the state at ``path`` depends on (see _fingerprint.py); None for states saved before it was kept."""
+        return read_json(path / _COMPLETE_MARKER).get("depends_on")
 
     def save_state(
         self,
@@ -283,34 +368,56 @@ class TrainingCheckpointer:
         Args:
             trainer_state: this rank's small state (LR scheduler, data-loader position, counters);
                 RNG states are added here.
+
+        The state is written under a ``.partial`` name, which a failed save removes; the completion marker
+        holds every file's size and sha256 (checked before the state is used) and ``fingerprint`` (what the
+        state depends on).
+
+        Raises:
+            NonFiniteWeightsError: a trained parameter or optimizer state holds NaN/inf (named); nothing saved.
+            OSError: a failed write, naming the directory and the space needed.
         """
         rank, world = rank_and_world()
         final = self.state_root / f"step_{step:07d}"
         partial = self.state_root / f".step_{step:07d}.partial"
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINED_ONLY)
+        check_finite_on_every_rank({"model": model_sd, "optimizer": optim_sd}, f"training state {final} (not saved)")
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINED_ONLY)
-        with _single_process_dcp_is_intended(), naming_failed_writes(partial, _nbytes(model_sd, optim_sd)):
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=partial / "model_optimizer")
-            torch.save({**trainer_state, "rng": capture_rng_state()}, partial / f"trainer_rank{rank}.pt")
-        barrier()
-        if rank == 0:
-            (partial / _COMPLETE_MARKER).write_text(json.dumps({"step": step, "world_size": world}))
-            _publish_dir(partial, final)
-            self._prune()
+        try:
+            with _single_process_dcp_is_intended(), naming_failed_writes(partial, _nbytes(model_sd, optim_sd)):
+                dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=partial / "model_optimizer")
+                torch.save({**trainer_state, "rng": capture_rng_state()}, partial / f"trainer_rank{rank}.pt")
+            barrier()
+            if rank == 0:
+                with naming_failed_writes(partial, 2**20):
+                    marker = {"step": step, "world_size": world, "files": file_digests(partial),
+                              "depends_on": self.fingerprint}  # fmt: skip
+                    (partial / _COMPLETE_MARKER).write_text(json.dumps(marker))
+                _publish_dir(partial, final)
+                self._prune()
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a failed save leaves nothing half-written behind
+            raise
         barrier()
         return final
 
     def load_state(self, path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Restore model, optimizer and RNGs from a saved state; returns this rank's trainer_state."""
+        """Restore model, optimizer and RNGs from a saved state; returns this rank's trainer_state.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a complete state.
+            ValueError: the state was saved by another number of ranks, or a file cannot be read (named).
+            NonFiniteWeightsError: a loaded tensor holds NaN/inf (named with the state).
+        """
         path = Path(path)
         marker = path / _COMPLETE_MARKER
         if not marker.is_file():
             raise FileNotFoundError(f"{path} is not a complete training state (no {_COMPLETE_MARKER})")
         rank, world = rank_and_world()
-        saved_world = json.loads(marker.read_text())["world_size"]
+        saved_world = read_json(marker)["world_size"]
         if saved_world != world:
             raise ValueError(
                 f"{path} was saved by {saved_world} rank(s); resuming needs the same number, got {world} "
@@ -318,15 +425,28 @@ class TrainingCheckpointer:
             )
         model_sd, optim_sd = get_state_dict(model, optimizer, options=_TRAINED_ONLY)
         state = {"model": model_sd, "optimizer": optim_sd}
-        with _single_process_dcp_is_intended():
-            dcp.load(state, checkpoint_id=path / "model_optimizer")
+        try:
+            with _single_process_dcp_is_intended():
+                dcp.load(state, checkpoint_id=path / "model_optimizer")
+        except (CheckpointException, OSError, RuntimeError, ValueError) as error:
+            raise ValueError(f"{path / 'model_optimizer'}: cannot be read: "
+                             f"{str(_first_failure(error)).splitlines()[0]}") from error  # fmt: skip
+        check_finite_on_every_rank(state, f"training state {path} (loaded)")
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                        options=StateDictOptions(ignore_frozen_params=True, strict=False))  # fmt: skip
-        trainer_state = torch.load(path / f"trainer_rank{rank}.pt", weights_only=False)
+        trainer_file = path / f"trainer_rank{rank}.pt"
+        try:
+            trainer_state = torch.load(trainer_file, weights_only=False)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{trainer_file}: cannot be read: {error}") from error
         restore_rng_state(trainer_state.pop("rng"))
         return trainer_state
 
     def _prune(self) -> None:
+        """Keep the newest ``keep_last_n`` states; delete the ``.partial`` directories killed saves left (no
+        other save runs now: this one is done, and the output_dir lock keeps other runs out)."""
+        for leftover in self.state_root.glob(".step_*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
         states = sorted(
             (int(m.group(1)), p) for p in self.state_root.iterdir() if (m := _STATE_DIR_PATTERN.match(p.name))
         )

@@ -11,6 +11,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from qwenvl_data._finite import NonFiniteWeightsError, flatten, nonfinite_names
+
 ON_NONFINITE = ("stop", "skip_step")
 
 
@@ -44,6 +46,27 @@ def nonfinite_message(step: int, loss: float, grad_norm: float) -> str | None:
     )
 
 
+def check_finite_on_every_rank(state: dict, where: str) -> None:
+    """Refuse a (nested) state dict holding NaN/inf on any rank (collective under torch.distributed: every rank
+    checks its shards, and all agree, so no rank is left waiting in a save).
+
+    Raises:
+        NonFiniteWeightsError: naming ``where`` and the first such tensors (on the ranks that hold them).
+    """
+    bad = nonfinite_names(flatten(state))
+    count = torch.tensor(len(bad))
+    if dist.is_available() and dist.is_initialized():
+        count = count.to(_collective_device())
+        dist.all_reduce(count)
+    if int(count):
+        listed = f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}" if bad else "shards of other ranks"
+        raise NonFiniteWeightsError(f"{where}: {int(count)} tensor(s) hold NaN/inf ({listed})")
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def check_weights_finite(model: nn.Module) -> None:
     """Refuse to write final weights whose trained parameters hold NaN or infinity (collective under FSDP2: each
     rank checks its shards, and all agree).
@@ -51,11 +74,19 @@ def check_weights_finite(model: nn.Module) -> None:
     Raises:
         NonFiniteLossError: naming the first such parameters (on the ranks that hold them).
     """
-    # Only trained parameters can have become non-finite (a frozen NF4 base cannot even be checked elementwise).
-    bad = [name for name, param in model.named_parameters() if param.requires_grad
-           and not torch.isfinite(param.to_local() if isinstance(param, DTensor) else param).all()]  # fmt: skip
+    # Only trained parameters can have become non-finite: the frozen ones were checked when they were read
+    # (read_safetensors), and a frozen NF4 base cannot even be checked elementwise.
+    bad = nonfinite_names((name, param) for name, param in model.named_parameters() if param.requires_grad)
     count = torch.tensor(len(bad), device=next(model.parameters()).device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(count)
     if int(count):
         raise NonFiniteLossError(f"the trained weights hold NaN/inf (in {bad[:5]} here); no final weights written")
+
+
+def nonfinite_steps_note(skipped_steps: list[int]) -> str:
+    """The end-of-run words for the steps ``on_nonfinite_loss=skip_step`` skipped ("" when none was)."""
+    if not skipped_steps:
+        return ""
+    shown = ", ".join(map(str, skipped_steps[:10])) + (" ..." if len(skipped_steps) > 10 else "")
+    return f" ({len(skipped_steps)} of them skipped for a non-finite loss or gradient, weights not updated: {shown})"

@@ -40,8 +40,12 @@ from qwenvl_data.training._nonfinite import (
     check_weights_finite,
     gradient_norm,
     nonfinite_message,
+    nonfinite_steps_note,
 )
 from qwenvl_data.training._numerics import numerics_settings, resume_numerics_note
+from qwenvl_data.training._fingerprint import run_fingerprint
+from qwenvl_data.training._output_lock import OutputDirLock
+from qwenvl_data.training._resume import restore_training_state
 from qwenvl_data.training._packed_data import (
     build_packed_dataloader,
     split_packing_options,
@@ -67,7 +71,7 @@ OPTIONAL_KEYS = (
     "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
     "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward", "init_std",
     "max_skip_fraction", "on_nonfinite_loss", "eval_every_n_steps", "save_hf_every_n_steps", "keep_last_n_hf",
-    "data_timeout_s", "collective_timeout_s",
+    "data_timeout_s", "collective_timeout_s", "resume_overrides",
 )  # fmt: skip
 LORA_KEYS = ("save_merged_weights",)
 VISION_TOWER_PREFIX = "visual."
@@ -85,7 +89,7 @@ class FinetuneRecipe:
     lora: bool = False
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.metric_logger = None  # cleanup() runs even when __init__ or setup() fails
+        self.metric_logger = self.output_lock = None  # cleanup() runs even when __init__ or setup() fails
         name = type(self).__name__
         check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()), VALUE_RULES)
         self.device = utils.get_device(cfg.get("device", "cpu"))
@@ -113,6 +117,7 @@ class FinetuneRecipe:
     def setup(self, cfg: DictConfig) -> None:
         """Build data, model, optimizer, schedule and logging; restore a saved state if asked."""
         self.cfg = cfg
+        self.output_lock = OutputDirLock(self.output_dir) if self.is_main else None  # before building anything
         _seed_everything(self.seed)
         self.transform = build(cfg, "tokenizer")
         self.collate_fn = build(cfg, "collate_fn")
@@ -131,6 +136,7 @@ class FinetuneRecipe:
         self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
         self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
         check_builder_fits_checkpoint(cfg.model._component_, self.checkpointer.checkpoint_dir)
+        self.checkpointer.fingerprint = run_fingerprint(cfg, self.world_size)  # what its states depend on
         self.model = self._build_model(cfg)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
@@ -252,14 +258,8 @@ class FinetuneRecipe:
             compile_blocks(model)
 
     def _resume(self, resume: bool | str) -> None:
-        path = self.checkpointer.latest_state() if resume is True else Path(str(resume))
-        if path is None:
-            raise FileNotFoundError(
-                f"resume_from_checkpoint=true but {self.checkpointer.state_root} holds no complete training state"
-            )
-        state = self.checkpointer.load_state(path, self.model, self.optimizer)
-        if self.lr_scheduler is not None:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        path, state = restore_training_state(self.checkpointer, resume, self.model, self.optimizer, self.lr_scheduler,
+                                             list(self.cfg.get("resume_overrides") or []), announce=self.is_main)
         self.epoch, self.steps_in_epoch, self.global_step = state["epoch"], state["steps_in_epoch"], state["global_step"]
         self.history, self.train_seconds = state["history"], state["train_seconds"]
         self.skips.load_state_dict(state["skips"])
@@ -513,7 +513,8 @@ class FinetuneRecipe:
             eval_steps=[e["step"] for e in evals], eval_losses=[e["loss"] for e in evals],
         )  # fmt: skip
         skipped = describe(self.history["skipped_in_run"])
-        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {skipped}; "
+        nonfinite = nonfinite_steps_note(self.history["nonfinite_steps_skipped"])
+        print(f"trained {self.global_step} steps{nonfinite} in {self.train_seconds:.1f}s; {skipped}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
         adapter_only = self.lora and not self.cfg.get("save_merged_weights", True)
         print(f"{'LoRA adapter (PEFT format)' if adapter_only else 'HF checkpoint'}: {final_dir}", flush=True)
@@ -521,6 +522,8 @@ class FinetuneRecipe:
     def cleanup(self) -> None:
         if getattr(self, "metric_logger", None) is not None:  # None too when setup failed before building it
             self.metric_logger.close()
+        if getattr(self, "output_lock", None) is not None:
+            self.output_lock.release()
         destroy_distributed()
 
 

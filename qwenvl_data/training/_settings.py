@@ -37,4 +37,5 @@ VALUE_RULES: dict[str, Rule] = {
     "on_nonfinite_loss": Rule((str,), choices=ON_NONFINITE),
     "data_timeout_s": Rule((float,), nullable=True, minimum=1.0),
     "collective_timeout_s": Rule((float,), minimum=1.0),
+    "resume_overrides": Rule((list,)),
 }

@@ -6,6 +6,7 @@ by DataLoader workers is not counted), identical across a resume (the ledger is 
 state) and summed over ranks for the report.
 """
 
+from fractions import Fraction
 from typing import Any
 
 import torch.distributed as dist
@@ -62,7 +63,10 @@ class SkipLedger:
 
     def _check_fraction(self) -> None:
         skipped = self.run.total()
-        if self.read_in_run >= MIN_RECORDS_FOR_FRACTION and skipped > self.max_skip_fraction * self.read_in_run:
+        # In integers: 0.29 * 100 is 28.999999999999996 in floats, which 29 skips of 100 would exceed.
+        limit = Fraction(str(self.max_skip_fraction))
+        over = skipped * limit.denominator > limit.numerator * self.read_in_run
+        if self.read_in_run >= MIN_RECORDS_FOR_FRACTION and over:
             raise TooManySkipsError(
                 f"stopping: {skipped} of the {self.read_in_run} records read so far were skipped "
                 f"({skipped / self.read_in_run:.1%} > max_skip_fraction={self.max_skip_fraction}); "

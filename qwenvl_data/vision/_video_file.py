@@ -22,6 +22,13 @@ from qwenvl_data.vision._video_sampling import frame_count, frame_window, pick_f
 from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.video import VideoOptions
 
+# FFmpeg opens whatever a file refers to when its demuxer follows references (an HLS playlist's segments, a
+# concat list's files, image sequences): only the container demuxers of real video files may be picked, and
+# only the file protocol, so nothing is opened but the file that passed the media checks.
+DEMUXERS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpeg,mpegts,ogg"
+_RESTRICTED = {"format_whitelist": DEMUXERS, "protocol_whitelist": "file"}
+TIMEOUT_S = 60.0  # any single open or read that stalls longer (a hung network mount) fails, naming the file
+
 _ROTATIONS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
 
@@ -111,13 +118,16 @@ def read_video_file(
 
 
 def _open(source: str | bytes, name: str) -> av.container.InputContainer:
-    """The opened file (or bytes), or an ImageLoadError saying why FFmpeg cannot open it."""
+    """The opened file (or bytes), restricted to ``DEMUXERS`` and the file protocol with a ``TIMEOUT_S`` bound
+    per operation, or an ImageLoadError saying why FFmpeg cannot open it."""
     try:
-        return av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        return av.open(io.BytesIO(source) if isinstance(source, bytes) else source, options=_RESTRICTED,
+                       timeout=TIMEOUT_S)  # fmt: skip
     except av.error.EOFError as error:
         raise ImageLoadError(f"video file {name} has no video frames (it ends before the first one)") from error
     except av.error.FFmpegError as error:
-        raise ImageLoadError(f"video file {name} is not a video FFmpeg can read: {error}") from error
+        raise ImageLoadError(f"video file {name} is not a video FFmpeg can read (only the container formats "
+                             f"{DEMUXERS} are opened): {error}") from error  # fmt: skip
 
 
 def _read_kept(
