@@ -60,6 +60,13 @@ class Shard:
         except _READ_ERRORS as error:
             yield DamagedShard(self.path, read, f"{type(error).__name__}: {error}")
 
+    def location(self, number: int) -> str | None:
+        """Where record ``number`` of a JSON shard starts (``"<path> line <n>"``, as the map-style index says);
+        None for other kinds, whose records are rows, not text."""
+        if self.kind not in ("jsonl", "json"):
+            return None
+        return line_location(self.path, record_spans(self.path)[number][0])
+
 
 @dataclass(frozen=True)
 class DamagedShard:
@@ -73,13 +80,6 @@ class DamagedShard:
     def message(self) -> str:
         return (f"shard {self.path} is damaged after {self.records_read} records ({self.reason}); the rest of it "
                 "was not read (how many records it held is unknown)")  # fmt: skip
-
-    def location(self, number: int) -> str | None:
-        """Where record ``number`` of a JSON shard starts (``"<path> line <n>"``, as the map-style index says);
-        None for other kinds, whose records are rows, not text."""
-        if self.kind not in ("jsonl", "json"):
-            return None
-        return line_location(self.path, record_spans(self.path)[number][0])
 
 
 def _jsonl_records(shard: Shard) -> Iterator[bytes]:
