@@ -128,14 +128,29 @@ class RefillingBatches:
         self.collate_fn, self.batch_size, self.ledger = collate_fn, batch_size, ledger
         self._records: Iterator[Any] | None = None
 
-    @property
-    def planned_batches(self) -> int | None:
-        """Micro-batches per epoch on this rank when no record is skipped; None for a stream of unknown length."""
+    def planned_steps(self, grad_accum: int, max_steps_per_epoch: int | None) -> int:
+        """Optimizer steps per epoch: the micro-batches an epoch gives when no record is skipped (a stream of
+        unknown length plans none: ``max_steps_per_epoch`` decides), over ``grad_accum``, capped.
+
+        Raises:
+            ValueError: a stream of unknown length without ``max_steps_per_epoch``, or less than one step.
+        """
+        world = rank_and_world()[1]
         if not self.stream:
-            return math.ceil(len(self.loader.sampler) / self.batch_size)
-        if self._stream_records is None:
-            return None
-        return self._stream_records // (rank_and_world()[1] * self.batch_size)
+            planned = math.ceil(len(self.loader.sampler) / self.batch_size)
+        elif self._stream_records is not None:
+            planned = self._stream_records // (world * self.batch_size)
+        elif max_steps_per_epoch:
+            planned = max_steps_per_epoch * grad_accum
+        else:
+            raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
+                             "mixture): set `max_steps_per_epoch`")  # fmt: skip
+        steps = planned // grad_accum
+        if steps == 0:
+            raise ValueError(
+                f"the dataset holds fewer than one step of {self.batch_size} x {grad_accum} x {world} ranks samples"
+            )
+        return min(steps, max_steps_per_epoch or steps)
 
     def start_epoch(self, epoch: int, state: dict[str, Any] | None = None) -> None:
         """Begin ``epoch``'s records, or continue from ``state_dict()`` of a saved run. A stream is never

@@ -40,8 +40,7 @@ def test_shipped_config_names_importable_components(name):
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n != "generate"])
 def test_shipped_config_keys_are_accepted_by_its_recipe(name):
     recipe = recipe_class(_recipe_for(name))
-    from qwenvl_data.training._recipe import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
-    from qwenvl_data.training._settings import VALUE_RULES
+    from qwenvl_data.training._settings import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS, VALUE_RULES
 
     cfg = OmegaConf.load(REPO / "configs" / f"{name}.yaml")
     cfg.device = "cpu"  # the released configs ask for cuda, which this machine may not have
@@ -159,11 +158,12 @@ def test_tune_run_finds_this_repos_recipe_and_reports_a_bad_override():
 @pytest.mark.parametrize("freeze_tower, freeze_merger", [(True, False), (False, True), (True, True)])
 def test_freeze_options_freeze_the_vision_tower_and_the_merger_separately(freeze_tower, freeze_merger):
     from qwenvl_data.models import qwen2_5_vl_tiny
+    from qwenvl_data.training._model_setup import prepare_model
 
     cfg = load_config("tiny_synthetic", {"freeze_vision_tower": freeze_tower, "freeze_merger": freeze_merger})
     recipe = load_recipe("full_finetune_single_device").FullFinetuneRecipeSingleDevice(cfg)
     model = qwen2_5_vl_tiny()
-    recipe._prepare(model, cfg)
+    prepare_model(model, recipe.settings, lora=False)
     merger = {f"visual.merger.{name}" for name, _ in model.visual.merger.named_parameters()}
     tower = {f"visual.{name}" for name, _ in model.visual.named_parameters()} - merger
     expected = (tower if freeze_tower else set()) | (merger if freeze_merger else set())
