@@ -17,7 +17,8 @@ from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import WeightedMixture
-from qwenvl_data.datasets._processing import SkippedRecord, sample_or_skip
+from qwenvl_data.datasets._processing import sample_or_skip
+from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import SampleError
 from qwenvl_data.training._config import build, build_node
 from qwenvl_data.training._distributed import rank_and_world
@@ -77,7 +78,7 @@ def build_dataloader(
 
 class Outcomes(Dataset):
     """``dataset[i]`` as the training loop needs it: the sample, or a ``SkippedRecord`` saying why there is none
-    (``ChatDataset.sample_or_skip``); a dataset without that method skips by returning None."""
+    (``sample_or_skip``)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -85,7 +86,7 @@ class Outcomes(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict | SkippedRecord | None:
+    def __getitem__(self, index: int) -> dict | SkippedRecord:
         return sample_or_skip(self.dataset, index)
 
 
@@ -99,7 +100,8 @@ class RefillingBatches:
     than planned (the LR schedule and progress bar keep the plan).
 
     Args:
-        dataset: map-style dataset (``ChatDataset``, synthetic, or any that returns None for a skipped record),
+        dataset: map-style dataset (``ChatDataset``, synthetic, or any that returns None for a skipped record:
+            ``sample_or_skip``),
             or a ``StreamingChatDataset`` / ``WeightedMixture`` (read as one unbounded stream).
         collate_fn: list of samples -> batch.
         batch_size: usable samples per micro-batch.

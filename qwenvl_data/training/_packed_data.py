@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.conversation._messages import sample_name
+from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
 from qwenvl_data.training._data import Outcomes, rank_sampler
@@ -33,13 +34,13 @@ DEFAULT_BUFFER_SIZE = 64
 
 @dataclass
 class _Pulled:
-    """One item of the stream: where the loader stood before it, and the sample (a ``SkippedRecord`` or None
-    when skipped)."""
+    """One item of the stream: where the loader stood before it, and the sample (a ``SkippedRecord`` when
+    skipped)."""
 
     offset: int  # position in the stream since the run started
     epoch: int  # the pass it belongs to
     loader_state: dict[str, Any]  # loader.state_dict() just before it was read
-    sample: dict | None
+    sample: dict | SkippedRecord
     length: int
 
 
@@ -65,7 +66,7 @@ class PackedBatches:
     """Endless batches of ``rows_per_batch`` packed rows of ``max_seq_len`` tokens, resumable exactly.
 
     Args:
-        loader: yields one transformed sample (or None for a skipped one) at a time and has
+        loader: yields one transformed sample (or a ``SkippedRecord``) at a time and has
             ``state_dict``/``load_state_dict`` (a ``StatefulDataLoader``, see ``sample_loader``).
         max_seq_len: tokens per row; a longer sample raises SampleTooLongError.
         rows_per_batch: rows per batch (the recipe's ``batch_size``).

@@ -38,7 +38,8 @@ from qwenvl_data.training._periodic import (
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import RecipeSettings
-from qwenvl_data.training._skips import SkipLedger, describe, skipped_scalars
+from qwenvl_data.datasets._stats import SkipReport
+from qwenvl_data.training._skips import SkipLedger
 
 
 class FinetuneRecipe:
@@ -189,12 +190,12 @@ class FinetuneRecipe:
 
     def _report_epoch_skips(self, progress: TrainingProgress) -> None:
         """Console, metrics.json and the metric logger: the epoch's skips by cause with example record ids."""
-        report = {"epoch": self.epoch, **self.skips.report("epoch")}
-        self.history["skipped_by_epoch"].append(report)
+        report = self.skips.report("epoch")
+        self.history["skipped_by_epoch"].append({"epoch": self.epoch, **report.as_dict()})
         if self.is_main:
-            progress.write(f"epoch {self.epoch}: {describe(report)}")
+            progress.write(f"epoch {self.epoch}: {report.describe()}")
             if self.metric_logger is not None:
-                self.metric_logger.log_dict(skipped_scalars(report), step=self.global_step)
+                self.metric_logger.log_dict(report.scalars(), step=self.global_step)
             write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir=None))
 
     def _optimizer_step(self) -> tuple[float, int, int] | None:
@@ -308,11 +309,12 @@ class FinetuneRecipe:
                       f"resume_from_checkpoint=true output_dir={self.output_dir}", flush=True)  # fmt: skip
             return None
         self.history["eval_after"] = self._evaluate("after training")
-        self.history["skipped_in_run"] = self.skips.report("run")
+        run_skips = self.skips.report("run")
+        self.history["skipped_in_run"] = run_skips.as_dict()
         check_weights_finite(self.model)
         final_dir = self._save_final_weights()
         if self.is_main:
-            self._write_report(final_dir)
+            self._write_report(final_dir, run_skips)
         return final_dir
 
     def _save_final_weights(self) -> Path | None:
@@ -350,7 +352,7 @@ class FinetuneRecipe:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }  # fmt: skip
 
-    def _write_report(self, final_dir: Path | None) -> None:
+    def _write_report(self, final_dir: Path | None, run_skips: SkipReport) -> None:
         before, after = self.history.get("eval_before"), self.history.get("eval_after")
         metrics_path = write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir))
         title = f"{type(self).__name__}: {self.global_step} steps"
@@ -361,8 +363,7 @@ class FinetuneRecipe:
             self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title,
             eval_steps=[e["step"] for e in evals], eval_losses=[e["loss"] for e in evals],
         )  # fmt: skip
-        skipped = describe(self.history["skipped_in_run"])
-        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {skipped}; "
+        print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {run_skips.describe()}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
         adapter_only = self.lora and not self.settings.save_merged_weights
         print(f"{'LoRA adapter (PEFT format)' if adapter_only else 'HF checkpoint'}: {final_dir}", flush=True)
