@@ -2,9 +2,13 @@
 
 A recipe file picks the variant with two class attributes; everything else (what to build,
 how long to train, where to save) comes from the YAML config through config.instantiate.
+This module is the loop itself; its parts live beside it: the settings (training/_settings.py), the model
+(_model_setup.py), the batches (_batches.py), the skips (_skips.py), saving (_checkpoint.py), and
+stopping on SIGTERM/SIGINT (_signals.py).
 """
 
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchtune import training, utils
 
+from qwenvl_data.datasets._stats import SkipReport
 from qwenvl_data.training._batches import build_batches, build_training_dataset
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build
@@ -38,7 +43,7 @@ from qwenvl_data.training._periodic import (
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import RecipeSettings
-from qwenvl_data.datasets._stats import SkipReport
+from qwenvl_data.training._signals import RunStopped, StopRequest
 from qwenvl_data.training._skips import SkipLedger
 
 
@@ -52,8 +57,9 @@ class FinetuneRecipe:
     distributed: bool = False
     lora: bool = False
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, stop_request: StopRequest | None = None) -> None:
         self.metric_logger = None  # cleanup() runs even when __init__ or setup() fails
+        self.stop_request = stop_request or StopRequest()  # run_recipe installs it: SIGTERM/SIGINT stop cleanly
         self.settings = settings = RecipeSettings.from_config(cfg, type(self).__name__, lora=self.lora)
         self.device = utils.get_device(settings.device)
         if self.distributed:
@@ -139,11 +145,18 @@ class FinetuneRecipe:
 
     # ---- training -----------------------------------------------------------------------------
     def train(self) -> None:
-        """Run the remaining optimizer steps, saving resumable states as configured."""
+        """Run the remaining optimizer steps, saving resumable states as configured.
+
+        Raises:
+            RunStopped: SIGTERM or SIGINT arrived (see training/_signals.py); the state was saved and reported.
+        """
         progress = TrainingProgress(self.total_steps, self.global_step, enabled=self.is_main)
         self.model.train()
         stopped_early = False
         try:
+            signum = self.stop_request.agreed(self.device, self.world_size)  # one that came while setting up
+            if signum is not None:
+                self._stop_on_signal(signum, saved=None)
             while self.epoch < self.settings.epochs and not stopped_early:
                 stopped_early = self._train_epoch(progress)
                 if not stopped_early:
@@ -182,11 +195,26 @@ class FinetuneRecipe:
             end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
             if end_of_epoch:  # before the save, so a resumed run's history holds this report too
                 self._report_epoch_skips(progress)
+            saved = None
             if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
-                self.save_checkpoint()
+                saved = self.save_checkpoint()
+            signum = self.stop_request.agreed(self.device, self.world_size)  # also one that came during the save
+            if signum is not None:
+                self._stop_on_signal(signum, saved or self.save_checkpoint())
             if stopped_early:
                 return True
         return False
+
+    def _stop_on_signal(self, signum: int, saved: Path | None) -> None:
+        """Say where the run stopped and how to resume it, then end it (``RunStopped``)."""
+        if self.is_main:
+            name, latest = signal.Signals(signum).name, saved or self.checkpointer.latest_state()
+            where = f"resumable state of step {self.global_step}: {latest}" if latest else "nothing saved yet"
+            how = ("run the same command again with resume_from_checkpoint=true" if latest
+                   else "run the same command again")  # fmt: skip
+            print(f"stopped by {name} after step {self.global_step} ({where}); to continue, {how} "
+                  f"(output_dir={self.output_dir})", flush=True)  # fmt: skip
+        raise RunStopped(signum)
 
     def _report_epoch_skips(self, progress: TrainingProgress) -> None:
         """Console, metrics.json and the metric logger: the epoch's skips by cause with example record ids."""
@@ -369,6 +397,7 @@ class FinetuneRecipe:
         print(f"{'LoRA adapter (PEFT format)' if adapter_only else 'HF checkpoint'}: {final_dir}", flush=True)
 
     def cleanup(self) -> None:
+        self.batches = None  # its DataLoader workers exit now, not when the interpreter terminates them
         if getattr(self, "metric_logger", None) is not None:  # None too when setup failed before building it
             self.metric_logger.close()
         destroy_distributed()
@@ -382,16 +411,26 @@ def _seed_everything(seed: int) -> None:
 
 
 def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
-    """setup -> train -> finish -> cleanup, the sequence every fine-tuning recipe_main runs."""
-    recipe = recipe_class(cfg)
-    try:
-        recipe.setup(cfg)
-        recipe.train()
-        recipe.finish()
-    except BaseException:
-        _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
-        raise
+    """setup -> train -> finish -> cleanup, the sequence every fine-tuning recipe_main runs.
+
+    SIGTERM and SIGINT stop it cleanly (training/_signals.py): the current step finishes, a resumable state
+    is saved, and the process exits with 128 + the signal number (143, 130) without a traceback.
+    """
+    stop_request, stopped = StopRequest(), None
+    with stop_request.installed():
+        recipe = recipe_class(cfg, stop_request)
+        try:
+            recipe.setup(cfg)
+            recipe.train()
+            recipe.finish()
+        except RunStopped as stop:
+            stopped = stop
+        except BaseException:
+            _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
+            raise
     recipe.cleanup()
+    if stopped is not None:
+        raise SystemExit(stopped.exit_code)
 
 
 def _cleanup_quietly(recipe: FinetuneRecipe) -> None:

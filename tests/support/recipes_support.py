@@ -3,12 +3,17 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torchtune.training.metric_logging import DiskLogger
+
+from qwenvl_data.training import TrainingCheckpointer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,11 +59,16 @@ def recipe_class(name: str) -> type:
                 and hasattr(v, "setup"))  # fmt: skip
 
 
-def run_command(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run from the repo root; a timeout, because a failed rank leaves the other one waiting."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+def run_command(args: list[str], timeout: float, returncode: int | None = 0) -> subprocess.CompletedProcess:
+    """Run from the repo root, in a process group of its own, with this tests folder importable (``support``);
+    a timeout, because a failed rank leaves the other one waiting. ``returncode``: the exit status expected
+    (None: any but 0)."""
+    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO / "tests")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                            start_new_session=True)  # fmt: skip
+    expected = result.returncode != 0 if returncode is None else result.returncode == returncode
+    assert expected, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
 
@@ -67,3 +77,45 @@ def metrics(output_dir: Path) -> dict:
 
 
 PYTHON = sys.executable
+
+
+class SignalAtStep(DiskLogger):
+    """A metric logger that sends ``signum`` when step ``step`` is logged: a preemption (SIGTERM) or a Ctrl-C
+    (SIGINT) arriving mid-run at a known step. ``group``: to every process of this process group, as SLURM and
+    a terminal do (DataLoader workers included); else to this process only (as to one rank of several)."""
+
+    def __init__(self, log_dir: str, signum: int, step: int, group: bool = False) -> None:
+        super().__init__(log_dir)
+        self.signum, self.step, self.group, self.sent = signum, step, group, False
+
+    def log_dict(self, payload: dict, step: int) -> None:
+        super().log_dict(payload, step)
+        if step == self.step and not self.sent:
+            self.sent = True
+            os.killpg(os.getpgrp(), self.signum) if self.group else os.kill(os.getpid(), self.signum)
+
+
+class _SignalWhenPickled:
+    """Sends ``signum`` ``times`` times to this process while torch.save pickles it (loads back as 0)."""
+
+    def __init__(self, signum: int, times: int) -> None:
+        self.signum, self.times = signum, times
+
+    def __reduce__(self) -> tuple:
+        for _ in range(self.times):
+            os.kill(os.getpid(), self.signum)
+        return (int, (0,))
+
+
+class SignalDuringSave(TrainingCheckpointer):
+    """A checkpointer that gets SIGINT twice (Ctrl-C, Ctrl-C) in the middle of writing the state of step
+    ``signal_at_step``: after the model and optimizer files, while the trainer state is being written."""
+
+    def __init__(self, *, signal_at_step: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.signal_at_step = signal_at_step
+
+    def save_state(self, step: int, model: Any, optimizer: Any, trainer_state: dict) -> Path:
+        if step == self.signal_at_step:
+            trainer_state = {**trainer_state, "signals": _SignalWhenPickled(signal.SIGINT, times=2)}
+        return super().save_state(step, model, optimizer, trainer_state)
