@@ -10,10 +10,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
-from torchtune.training.metric_logging import DiskLogger
 
-from qwenvl_data.training import TrainingCheckpointer
+from qwenvl_data.training import NextTokenCrossEntropy, TrainingCheckpointer
+from qwenvl_data.training._distributed import rank_and_world
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,20 +80,22 @@ def metrics(output_dir: Path) -> dict:
 PYTHON = sys.executable
 
 
-class SignalAtStep(DiskLogger):
-    """A metric logger that sends ``signum`` when step ``step`` is logged: a preemption (SIGTERM) or a Ctrl-C
-    (SIGINT) arriving mid-run at a known step. ``group``: to every process of this process group, as SLURM and
-    a terminal do (DataLoader workers included); else to this process only (as to one rank of several)."""
+class SignalingLoss(NextTokenCrossEntropy):
+    """The recipes' loss, sending ``signum`` during its ``signal_at_call``-th training call (one call per
+    micro-batch): a preemption (SIGTERM) or a Ctrl-C (SIGINT) arriving in the middle of a step, with its
+    other micro-batches still to read. ``group``: to every process of this process group, as SLURM and a
+    terminal do (DataLoader workers included); else to this process only. ``rank``: only that rank sends."""
 
-    def __init__(self, log_dir: str, signum: int, step: int, group: bool = False) -> None:
-        super().__init__(log_dir)
-        self.signum, self.step, self.group, self.sent = signum, step, group, False
+    def __init__(self, signum: int, signal_at_call: int, group: bool = False, rank: int | None = None) -> None:
+        super().__init__()
+        self.signum, self.signal_at_call, self.group, self.rank, self.calls = signum, signal_at_call, group, rank, 0
 
-    def log_dict(self, payload: dict, step: int) -> None:
-        super().log_dict(payload, step)
-        if step == self.step and not self.sent:
-            self.sent = True
-            os.killpg(os.getpgrp(), self.signum) if self.group else os.kill(os.getpid(), self.signum)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():  # training, not validation
+            self.calls += 1
+            if self.calls == self.signal_at_call and self.rank in (None, rank_and_world()[0]):
+                os.killpg(os.getpgrp(), self.signum) if self.group else os.kill(os.getpid(), self.signum)
+        return super().forward(*args, **kwargs)
 
 
 class _SignalWhenPickled:

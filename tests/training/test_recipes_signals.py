@@ -10,12 +10,14 @@ from safetensors.torch import load_file
 from qwenvl_data.training import TrainingCheckpointer
 from support.recipes_support import TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
 
-# 2 epochs of 3 steps, states every 2 steps (as test_recipes_resume.py).
-OVERRIDES = {**TINY_OVERRIDES, "epochs": 2, "max_steps_per_epoch": 3, "eval_dataset.num_samples": 4}
+# 2 epochs of 3 steps, states every 2 steps (as test_recipes_resume.py); 3 micro-batches a step, so that a
+# signal during a step's first one leaves more to read than the DataLoader workers have read ahead.
+OVERRIDES = {**TINY_OVERRIDES, "epochs": 2, "max_steps_per_epoch": 3, "eval_dataset.num_samples": 4,
+             "gradient_accumulation_steps": 3}  # fmt: skip
 SINGLE = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", "configs/tiny_synthetic.yaml"]
 TWO_RANKS = ["tune", "run", "--nproc_per_node", "2", "recipes/full_finetune_distributed.py",
              "--config", "configs/tiny_synthetic.yaml"]  # fmt: skip
-SIGNAL_AT = "support.recipes_support.SignalAtStep"
+SIGNALING_LOSS = "support.recipes_support.SignalingLoss"
 
 
 def _run_in_process(overrides: dict) -> None:
@@ -43,10 +45,11 @@ def straight(tmp_path_factory):
 
 
 def test_sigterm_to_every_process_stops_after_the_step_and_the_resumed_run_has_the_same_weights(straight, tmp_path):
-    """SLURM's preemption: SIGTERM to the whole process group (DataLoader workers too) during step 4."""
+    """SLURM's preemption: SIGTERM to the whole process group (DataLoader workers too) in the middle of step 4
+    (its first micro-batch: the workers must still serve the other two)."""
     out = tmp_path / "preempted"
-    stopped = {**OVERRIDES, "output_dir": str(out), "num_workers": 2, "metric_logger._component_": SIGNAL_AT,
-               "metric_logger.signum": int(signal.SIGTERM), "metric_logger.step": 4, "metric_logger.group": True}  # fmt: skip
+    stopped = {**OVERRIDES, "output_dir": str(out), "num_workers": 2, "loss._component_": SIGNALING_LOSS,
+               "loss.signum": int(signal.SIGTERM), "loss.signal_at_call": 3 * 3 + 1, "loss.group": True}  # fmt: skip
     result = run_command([*SINGLE, *as_cli(stopped)], timeout=300, returncode=128 + signal.SIGTERM)
     state = out / "training_state" / "step_0000004"
     assert f"stopped by SIGTERM after step 4 (resumable state of step 4: {state})" in result.stdout
@@ -76,13 +79,13 @@ def test_ctrl_c_twice_during_a_save_completes_it_and_leaves_no_partial_directory
 
 
 def test_sigterm_on_one_rank_stops_both_at_the_same_step_and_resumes_to_the_same_weights(tmp_path):
-    """2 ranks (gloo): only rank 0 gets SIGTERM (during step 2); rank 1 stops with it; the resumed run equals
-    an uninterrupted 2-rank run bit for bit."""
+    """2 ranks (gloo): only rank 0 gets SIGTERM (during step 2's first micro-batch); rank 1 stops with it; the
+    resumed run equals an uninterrupted 2-rank run bit for bit."""
     two_ranks = {**OVERRIDES, "batch_size": 2, "epochs": 1}
     run_command([*TWO_RANKS, *as_cli({**two_ranks, "output_dir": str(tmp_path / "straight")})], timeout=420)
     out = tmp_path / "preempted"
-    stopped = {**two_ranks, "output_dir": str(out), "metric_logger._component_": SIGNAL_AT,
-               "metric_logger.signum": int(signal.SIGTERM), "metric_logger.step": 2}  # fmt: skip
+    stopped = {**two_ranks, "output_dir": str(out), "loss._component_": SIGNALING_LOSS,
+               "loss.signum": int(signal.SIGTERM), "loss.signal_at_call": 3 + 1, "loss.rank": 0}  # fmt: skip
     result = run_command([*TWO_RANKS, *as_cli(stopped)], timeout=420, returncode=None)
     assert "stopped by SIGTERM after step 2" in result.stdout
     state = TrainingCheckpointer(output_dir=str(out)).latest_state()
