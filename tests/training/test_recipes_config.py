@@ -195,3 +195,15 @@ def test_a_loss_of_another_contract_is_refused_before_training(tmp_path, loss):
     """(logits, labels) losses would fail only at the first step, after the pre-training evaluation."""
     message = _setup_error("full_finetune_single_device", "tiny_synthetic", {"loss._component_": loss}, tmp_path)
     assert f"config key `loss` ({loss}) takes" in message and "loss_fn(hidden [N, dim], output_projection" in message
+
+
+def test_every_top_level_value_is_checked_by_the_same_rules_and_reported_at_once():
+    """The long-run keys (validation, HF step directories) are checked with all the others, before setup."""
+    bad = {"eval_every_n_steps": 0, "keep_last_n_hf": 1.5, "save_hf_every_n_steps": "often", "batch_size": 2.7}
+    with pytest.raises(ValueError) as error:
+        _recipe_class()(load_config("tiny_synthetic", {**TINY_OVERRIDES, **bad}))
+    message = str(error.value)
+    assert message.startswith("FullFinetuneRecipeSingleDevice: bad config: ")
+    for problem in ("`eval_every_n_steps` must be >= 1, got 0", "`keep_last_n_hf` must be int, got float 1.5",
+                    "`save_hf_every_n_steps` must be int or null, got str 'often'", "`batch_size` must be int"):
+        assert problem in message, problem
