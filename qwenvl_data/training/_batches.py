@@ -41,6 +41,9 @@ class Batches(Protocol):
     def state_dict(self) -> dict[str, Any]:
         """The position right after the last record consumed (small, no samples)."""
 
+    def sizes(self, batch: dict[str, torch.Tensor]) -> tuple[int, int | torch.Tensor]:
+        """(samples, input tokens) in one of its batches, for the throughput figures."""
+
 
 def build_training_dataset(cfg: DictConfig, transform: Any, settings: RecipeSettings) -> tuple[Dataset, int | None]:
     """The ``dataset`` config built (one ``_component_``, or a weighted mixture), before the model.

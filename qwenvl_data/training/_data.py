@@ -206,6 +206,12 @@ class RefillingBatches:
         """The position right after the last record consumed."""
         return self.loader.state_dict()
 
+    @staticmethod
+    def sizes(batch: dict[str, torch.Tensor]) -> tuple[int, int | torch.Tensor]:
+        """(rows, real tokens: ``attention_mask``'s, or every token when the collator gives no mask)."""
+        tokens = batch["tokens"]
+        return tokens.shape[0], batch["attention_mask"].sum() if "attention_mask" in batch else tokens.numel()
+
 
 def move_to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Tensors to `device`, floating ones (pixel values) to the model's `dtype`; other values as they are."""

@@ -137,6 +137,11 @@ class PackedBatches:
     def next_batch(self) -> dict[str, torch.Tensor]:
         return next(self)
 
+    @staticmethod
+    def sizes(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(samples packed into the rows, tokens of the rows)."""
+        return int((batch["seq_lens"] > 0).sum()), batch["tokens"].numel()
+
     # ---- the stream ---------------------------------------------------------------------------
     def _start_epoch(self, loader_state: dict[str, Any] | None = None) -> None:
         if loader_state is not None:

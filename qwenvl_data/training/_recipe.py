@@ -255,8 +255,9 @@ class FinetuneRecipe:
             micro_loss.backward()
             loss_sum += micro_loss.detach()
             tokens += targets.numel()
-            counts[0] += int((batch["seq_lens"] > 0).sum()) if "seq_lens" in batch else batch["tokens"].shape[0]
-            counts[1] += batch["attention_mask"].sum() if "attention_mask" in batch else batch["tokens"].numel()
+            samples, input_tokens = self.batches.sizes(batch)
+            counts[0] += samples
+            counts[1] += input_tokens
             del micro_loss
         if micro_batches == 0:
             return None
