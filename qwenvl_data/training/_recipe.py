@@ -429,7 +429,7 @@ def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
         except BaseException:
             _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
             raise
-    recipe.cleanup()
+        recipe.cleanup()  # still catching: torchrun signals the ranks again once the first one exits
     if stopped is not None:
         raise SystemExit(stopped.exit_code)
 
