@@ -63,7 +63,7 @@ from qwenvl_data.training import NextTokenCrossEntropy  # noqa: E402
 from qwenvl_data.training._data import move_to_device  # noqa: E402
 from qwenvl_data.training._distributed import apply_activation_checkpointing, compile_blocks  # noqa: E402
 from qwenvl_data.training._loss import output_loss, trained_rows  # noqa: E402
-from qwenvl_data.training._recipe import init_weights  # noqa: E402
+from qwenvl_data.training._model_setup import init_weights  # noqa: E402
 from qwenvl_data.vocab import qwen_vocab_files  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name substring.

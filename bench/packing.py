@@ -38,7 +38,7 @@ from qwenvl_data.models._model_builders import QWEN2_5_VL_TINY  # noqa: E402
 from qwenvl_data.training import NextTokenCrossEntropy  # noqa: E402
 from qwenvl_data.training._loss import project_trained_rows, trained_rows  # noqa: E402
 from qwenvl_data.training._packed_data import PackedBatches, sample_loader  # noqa: E402
-from qwenvl_data.training._recipe import init_weights  # noqa: E402
+from qwenvl_data.training._model_setup import init_weights  # noqa: E402
 
 OVERHEAD = 40  # system prompt, turn headers and vision start/end tokens of a vl_sample, about
 

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_data._constants import IGNORE_INDEX
@@ -13,7 +12,7 @@ from qwenvl_data._reading import mark_reading
 from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._layouts import RecordToMessages
 from qwenvl_data.datasets._shards import DamagedShard
-from qwenvl_data.datasets._stats import SkipCounts
+from qwenvl_data.datasets._stats import SkipCounts, SkippedRecord
 from qwenvl_data.errors import (
     DamagedShardError,
     InvalidConversationError,
@@ -31,37 +30,12 @@ ON_ERROR = ("raise", "skip")
 Locate = Callable[[Any], "str | None"]  # a record's index -> where it is in its files, for error messages
 
 
-@dataclass(frozen=True)
-class SkippedRecord:
-    """Why record ``index`` gave no sample (under ``on_error="skip"``): what a training loop counts and shows.
-
-    ``example`` is how reports name the record: its id; without one (e.g. a malformed JSON line) where it is
-    (``train.jsonl line 7``, or a stream's ``shard#record``), else ``#index``; with the exception type for an
-    unexpected error.
-    """
-
-    index: int | str
-    sample_id: Any
-    cause: str
-    message: str
-    location: str | None = None
-
-    @property
-    def example(self) -> str:
-        if self.sample_id is not None:
-            name = f"{self.sample_id}"
-        else:
-            name = self.location or (f"#{self.index}" if isinstance(self.index, int) else str(self.index))
-        if self.cause == UnexpectedSampleError.cause:
-            name += f" ({self.message.split(':', 1)[0]})"
-        return name
-
-
-def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord | None:
-    """``dataset[index]``, or why it was skipped when the dataset can say (``ChatDataset.sample_or_skip``);
-    a dataset that cannot skips by returning None."""
+def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord:
+    """``dataset[index]``, or why it was skipped when the dataset can say (``ChatDataset.sample_or_skip``); a
+    dataset that cannot skips by returning None, which becomes a ``SkippedRecord`` here (a skip has one form)."""
     method = getattr(dataset, "sample_or_skip", None)
-    return dataset[index] if method is None else method(index)
+    sample = dataset[index] if method is None else method(index)
+    return SkippedRecord.unexplained(index) if sample is None else sample
 
 
 class RecordProcessor:
@@ -210,8 +184,8 @@ class RecordProcessor:
 
     def _skip(self, index: int | str, sample_id: Any, err: SampleError, locate: Locate | None) -> SkippedRecord:
         location = locate(index) if sample_id is None and locate is not None else None
-        skipped = SkippedRecord(index, sample_id, err.cause, str(err), location)
-        self.stats.add(err, skipped.example)
+        skipped = SkippedRecord.from_error(index, sample_id, err, location)
+        self.stats.add(skipped)
         logger.info("skipping sample %s (%s) [%s]: %s", index, sample_id, err.cause, err)
         return skipped
 

@@ -1,5 +1,6 @@
-"""Skip counters by cause, with the first record ids of each, that stay correct when DataLoader workers
-process the samples.
+"""Skips: ``SkippedRecord``, the one form a skipped record takes from the dataset to the reports;
+``SkipCounts``, counters of them by cause that stay correct when DataLoader workers process the samples; and
+``SkipReport``, what those counters show (console line, metrics.json entry, metric-logger scalars).
 
 Each worker is its own process holding a pickled copy of the dataset, so plain attributes would count
 per copy and be lost. The counts and example ids live in shared-memory tensors created in the dataset's
@@ -8,35 +9,128 @@ processes ever update the same cell and no cross-process lock is needed.
 """
 
 import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
 
-from qwenvl_data.errors import SampleError
+from qwenvl_data.errors import SampleError, UnexpectedSampleError
 
 EXAMPLE_BYTES = 96  # an example id (and exception type) is cut to this many UTF-8 bytes
 
 
-def _all_causes() -> tuple[str, ...]:
-    """Every ``cause`` defined by ``SampleError`` and its subclasses, in definition order."""
-    causes, stack = [], [SampleError]
+@dataclass(frozen=True)
+class SkippedRecord:
+    """Why record ``index`` gave no sample (under ``on_error="skip"``): what a training loop counts and shows.
+
+    ``example`` is the one way reports name the record: its id; without one (e.g. a malformed JSON line) where
+    it is (``train.jsonl line 7``, or a stream's ``shard#record``), else ``#index``; with the exception type for
+    an unexpected error.
+    """
+
+    index: int | str | None  # None: not known (a sample refused after it was read, e.g. by the collator)
+    sample_id: Any
+    cause: str
+    message: str
+    location: str | None = None
+
+    @classmethod
+    def from_error(cls, index: int | str | None, sample_id: Any, error: SampleError,
+                   location: str | None = None) -> "SkippedRecord":  # fmt: skip
+        return cls(index, sample_id, error.cause, str(error), location)
+
+    @classmethod
+    def refused(cls, sample: Mapping[str, Any], error: SampleError) -> "SkippedRecord":
+        """A sample read as usable and refused afterwards (the collator's ``error``), named by its id."""
+        return cls.from_error(None, sample.get("id"), error)
+
+    @classmethod
+    def unexplained(cls, index: int) -> "SkippedRecord":
+        """Record ``index`` of a dataset that skips by returning None, without saying why."""
+        return cls(index, None, SampleError.cause, "skipped by the dataset")
+
+    @property
+    def example(self) -> str:
+        if self.sample_id is not None:
+            name = f"{self.sample_id}"
+        elif self.location is not None:
+            name = self.location
+        elif self.index is None:
+            name = "unknown id"
+        else:
+            name = f"#{self.index}" if isinstance(self.index, int) else str(self.index)
+        if self.cause == UnexpectedSampleError.cause:
+            name += f" ({self.message.split(':', 1)[0]})"
+        return name
+
+
+@dataclass(frozen=True)
+class SkipReport:
+    """Skips by cause with the first record names of each (``{cause: {"count", "examples"}}``), and how many
+    records were read (None where the counter does not know: a dataset counts only what it skipped)."""
+
+    by_cause: dict[str, dict[str, Any]] = field(default_factory=dict)
+    read: int | None = None
+
+    @property
+    def skipped(self) -> int:
+        return sum(entry["count"] for entry in self.by_cause.values())
+
+    @classmethod
+    def merged(cls, reports: Iterable["SkipReport"], max_examples: int) -> "SkipReport":
+        """The sum of ``reports`` (e.g. one per rank): counts added, the first ``max_examples`` distinct names."""
+        by_cause: dict[str, dict[str, Any]] = {}
+        read = 0
+        for report in reports:
+            read += report.read or 0
+            for cause, entry in report.by_cause.items():
+                merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
+                merged["count"] += entry["count"]
+                new = [e for e in entry["examples"] if e not in merged["examples"]]
+                merged["examples"] = (merged["examples"] + new)[:max_examples]
+        return cls(by_cause, read)
+
+    def as_dict(self) -> dict[str, Any]:
+        """metrics.json's form: ``{"read", "skipped", "by_cause"}``."""
+        return {"read": self.read, "skipped": self.skipped, "by_cause": self.by_cause}
+
+    def describe(self) -> str:
+        """One line for the console: ``skipped 3 of 90 records: cause=n (e.g. id, id); ...``."""
+        counted = "samples" if self.read is None else f"of {self.read} records"
+        parts = [f"{cause}={e['count']}" + (f" (e.g. {', '.join(e['examples'])})" if e["examples"] else "")
+                 for cause, e in self.by_cause.items()]  # fmt: skip
+        return f"skipped {self.skipped} {counted}" + (": " + "; ".join(parts) if parts else "")
+
+    def scalars(self) -> dict[str, float]:
+        """Flat scalars for a metric logger: ``skipped/<cause>``, ``skipped/total`` and ``records_read``."""
+        scalars = {f"skipped/{cause}": float(entry["count"]) for cause, entry in self.by_cause.items()}
+        return {**scalars, "skipped/total": float(self.skipped), "records_read": float(self.read or 0)}
+
+
+def _error_classes() -> list[type[SampleError]]:
+    """``SampleError`` and all its subclasses, breadth first (in definition order within a level)."""
+    classes, stack = [], [SampleError]
     while stack:
         cls = stack.pop(0)
-        if cls.cause not in causes:
-            causes.append(cls.cause)
+        classes.append(cls)
         stack.extend(cls.__subclasses__())
-    return tuple(causes)
+    return classes
 
 
-def _cause_of(error: SampleError | str, known: dict[str, int]) -> str:
-    """``error.cause``, where a subclass defined after the counters were made counts as its nearest known parent."""
-    if isinstance(error, str):
-        return error
-    cls = type(error)
-    while cls.cause not in known:
-        cls = cls.__mro__[1]
-    return cls.cause
+def _all_causes() -> tuple[str, ...]:
+    """Every ``cause`` defined by ``SampleError`` and its subclasses, in definition order."""
+    return tuple(dict.fromkeys(cls.cause for cls in _error_classes()))
+
+
+def _counted_cause(cause: str, known: dict[str, int]) -> str:
+    """``cause``, where the cause of a ``SampleError`` subclass defined after the counters were made counts as
+    its nearest known parent's (an unknown name as the base ``SampleError``'s)."""
+    if cause in known:
+        return cause
+    cls = next((c for c in _error_classes() if c.cause == cause), SampleError)
+    return next(parent.cause for parent in cls.__mro__ if getattr(parent, "cause", None) in known)
 
 
 class SkipCounts:
@@ -65,18 +159,17 @@ class SkipCounts:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def add(self, error: SampleError | str, example: Any = None) -> None:
-        """Count one skipped sample under ``error``'s cause (or the cause named), keeping ``example`` (its id,
-        as text) among the first few of that cause."""
-        column = self._column[_cause_of(error, self._column)]
+    def add(self, skipped: SkippedRecord) -> None:
+        """Count one skipped record under its cause, keeping its name (``example``) among the first few of
+        that cause."""
+        column = self._column[_counted_cause(skipped.cause, self._column)]
         info = get_worker_info()
         row = 0 if info is None else info.id + 1
         if row >= self._counts.shape[0]:
             raise RuntimeError(f"SkipCounts holds {self._counts.shape[0] - 1} worker rows; worker {info.id} has none")
         with self._lock:  # threads of one process (e.g. a thread-based ParallelMapper) share a row
-            if example is not None:
-                text = str(example).encode(errors="backslashreplace")  # a lone surrogate (from JSON) as \\udXXX
-                self._keep_example(self._examples[row, column], text[:EXAMPLE_BYTES])
+            text = skipped.example.encode(errors="backslashreplace")  # a lone surrogate (from JSON) as \\udXXX
+            self._keep_example(self._examples[row, column], text[:EXAMPLE_BYTES])
             self._counts[row, column] += 1
 
     @staticmethod
@@ -124,10 +217,11 @@ class SkipCounts:
         self._counts.copy_(state["counts"])
         self._examples.copy_(state["examples"])
 
-    def report(self) -> dict[str, dict[str, Any]]:
-        """``{cause: {"count": n, "examples": [first ids]}}`` for every cause with skips."""
+    def report(self, read: int | None = None) -> SkipReport:
+        """Every cause with skips, its count and first record names; ``read``: records read, when known."""
         examples = self.examples()
-        return {cause: {"count": n, "examples": examples.get(cause, [])} for cause, n in self.as_dict().items() if n}
+        by_cause = {cause: {"count": n, "examples": examples.get(cause, [])} for cause, n in self.as_dict().items() if n}
+        return SkipReport(by_cause, read)
 
     @property
     def max_examples(self) -> int:
@@ -135,11 +229,4 @@ class SkipCounts:
 
     def summary(self) -> str:
         """A one-line report: total skipped and the non-zero causes with their first ids."""
-        return f"skipped {self.total()} samples" + describe_causes(self.report())
-
-
-def describe_causes(by_cause: dict[str, dict[str, Any]]) -> str:
-    """``": cause=n (e.g. id, id); ..."`` for a ``SkipCounts.report()``; empty when nothing was skipped."""
-    parts = [f"{cause}={entry['count']}" + (f" (e.g. {', '.join(entry['examples'])})" if entry["examples"] else "")
-             for cause, entry in by_cause.items()]  # fmt: skip
-    return ": " + "; ".join(parts) if parts else ""
+        return self.report().describe()

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import WeightedMixture
-from qwenvl_data.datasets._processing import SkippedRecord, sample_or_skip
+from qwenvl_data.datasets._processing import sample_or_skip
+from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import SampleError
 from qwenvl_data.training._config import build, build_node
 from qwenvl_data.training._distributed import rank_and_world
@@ -77,7 +78,7 @@ def build_dataloader(
 
 class Outcomes(Dataset):
     """``dataset[i]`` as the training loop needs it: the sample, or a ``SkippedRecord`` saying why there is none
-    (``ChatDataset.sample_or_skip``); a dataset without that method skips by returning None."""
+    (``sample_or_skip``)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -85,7 +86,7 @@ class Outcomes(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict | SkippedRecord | None:
+    def __getitem__(self, index: int) -> dict | SkippedRecord:
         return sample_or_skip(self.dataset, index)
 
 
@@ -99,7 +100,8 @@ class RefillingBatches:
     than planned (the LR schedule and progress bar keep the plan).
 
     Args:
-        dataset: map-style dataset (``ChatDataset``, synthetic, or any that returns None for a skipped record),
+        dataset: map-style dataset (``ChatDataset``, synthetic, or any that returns None for a skipped record:
+            ``sample_or_skip``),
             or a ``StreamingChatDataset`` / ``WeightedMixture`` (read as one unbounded stream).
         collate_fn: list of samples -> batch.
         batch_size: usable samples per micro-batch.
@@ -128,14 +130,29 @@ class RefillingBatches:
         self.collate_fn, self.batch_size, self.ledger = collate_fn, batch_size, ledger
         self._records: Iterator[Any] | None = None
 
-    @property
-    def planned_batches(self) -> int | None:
-        """Micro-batches per epoch on this rank when no record is skipped; None for a stream of unknown length."""
+    def planned_steps(self, grad_accum: int, max_steps_per_epoch: int | None) -> int:
+        """Optimizer steps per epoch: the micro-batches an epoch gives when no record is skipped (a stream of
+        unknown length plans none: ``max_steps_per_epoch`` decides), over ``grad_accum``, capped.
+
+        Raises:
+            ValueError: a stream of unknown length without ``max_steps_per_epoch``, or less than one step.
+        """
+        world = rank_and_world()[1]
         if not self.stream:
-            return math.ceil(len(self.loader.sampler) / self.batch_size)
-        if self._stream_records is None:
-            return None
-        return self._stream_records // (rank_and_world()[1] * self.batch_size)
+            planned = math.ceil(len(self.loader.sampler) / self.batch_size)
+        elif self._stream_records is not None:
+            planned = self._stream_records // (world * self.batch_size)
+        elif max_steps_per_epoch:
+            planned = max_steps_per_epoch * grad_accum
+        else:
+            raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
+                             "mixture): set `max_steps_per_epoch`")  # fmt: skip
+        steps = planned // grad_accum
+        if steps == 0:
+            raise ValueError(
+                f"the dataset holds fewer than one step of {self.batch_size} x {grad_accum} x {world} ranks samples"
+            )
+        return min(steps, max_steps_per_epoch or steps)
 
     def start_epoch(self, epoch: int, state: dict[str, Any] | None = None) -> None:
         """Begin ``epoch``'s records, or continue from ``state_dict()`` of a saved run. A stream is never
@@ -188,6 +205,12 @@ class RefillingBatches:
     def state_dict(self) -> dict[str, Any]:
         """The position right after the last record consumed."""
         return self.loader.state_dict()
+
+    @staticmethod
+    def sizes(batch: dict[str, torch.Tensor]) -> tuple[int, int | torch.Tensor]:
+        """(rows, real tokens: ``attention_mask``'s, or every token when the collator gives no mask)."""
+        tokens = batch["tokens"]
+        return tokens.shape[0], batch["attention_mask"].sum() if "attention_mask" in batch else tokens.numel()
 
 
 def move_to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:

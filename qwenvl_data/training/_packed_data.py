@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import sample_name
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
@@ -33,13 +34,13 @@ DEFAULT_BUFFER_SIZE = 64
 
 @dataclass
 class _Pulled:
-    """One item of the stream: where the loader stood before it, and the sample (a ``SkippedRecord`` or None
-    when skipped)."""
+    """One item of the stream: where the loader stood before it, and the sample (a ``SkippedRecord`` when
+    skipped)."""
 
     offset: int  # position in the stream since the run started
     epoch: int  # the pass it belongs to
     loader_state: dict[str, Any]  # loader.state_dict() just before it was read
-    sample: dict | None
+    sample: dict | SkippedRecord
     length: int
 
 
@@ -65,7 +66,7 @@ class PackedBatches:
     """Endless batches of ``rows_per_batch`` packed rows of ``max_seq_len`` tokens, resumable exactly.
 
     Args:
-        loader: yields one transformed sample (or None for a skipped one) at a time and has
+        loader: yields one transformed sample (or a ``SkippedRecord``) at a time and has
             ``state_dict``/``load_state_dict`` (a ``StatefulDataLoader``, see ``sample_loader``).
         max_seq_len: tokens per row; a longer sample raises SampleTooLongError.
         rows_per_batch: rows per batch (the recipe's ``batch_size``).
@@ -112,9 +113,21 @@ class PackedBatches:
     def __next__(self) -> dict[str, torch.Tensor]:
         return self.collate([self._next_row() for _ in range(self.rows_per_batch)], self.max_seq_len)
 
-    # ---- the recipes' batch interface (see ``RefillingBatches``) --------------------------------
+    # ---- the recipes' batch interface (``Batches`` in training/_batches.py) --------------------
     stream = True  # runs on across epochs
-    planned_batches = None  # rows per pass are only known after packing: the recipe counts steps
+
+    def planned_steps(self, grad_accum: int, max_steps_per_epoch: int | None) -> int:
+        """``max_steps_per_epoch``: how many rows a pass packs into is only known after packing it.
+
+        Raises:
+            ValueError: no ``max_steps_per_epoch``.
+        """
+        if not max_steps_per_epoch:
+            raise ValueError(
+                "dataset.packed=true needs max_steps_per_epoch: how many rows a pass over the data packs into is "
+                "only known after packing it, so a packed run counts steps (the packer starts the next pass by itself)"
+            )
+        return max_steps_per_epoch
 
     def start_epoch(self, epoch: int, state: dict[str, Any] | None = None) -> None:
         """Continue from ``state_dict()`` when given; the packer starts each pass over the data by itself."""
@@ -123,6 +136,11 @@ class PackedBatches:
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         return next(self)
+
+    @staticmethod
+    def sizes(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(samples packed into the rows, tokens of the rows)."""
+        return int((batch["seq_lens"] > 0).sum()), batch["tokens"].numel()
 
     # ---- the stream ---------------------------------------------------------------------------
     def _start_epoch(self, loader_state: dict[str, Any] | None = None) -> None:
@@ -228,44 +246,33 @@ class PackedBatches:
                 self._pending.append(item)
 
 
-def build_packed_dataloader(
+def packed_batches(
     dataset: Any,
     transform: Any,
     batch_size: int,
     *,
     buffer_size: int,
-    max_steps_per_epoch: int | None,
     shuffle: bool,
     seed: int,
     num_workers: int = 0,
     ledger: SkipLedger | None = None,
-) -> tuple[PackedBatches, int]:
-    """The recipes' loader for ``dataset.packed: true``: rows of ``transform.max_seq_len`` tokens.
+) -> PackedBatches:
+    """The recipes' batches for ``dataset.packed: true``: rows of ``transform.max_seq_len`` tokens.
 
     Map-style datasets are read through a DistributedSampler (this rank's share, reshuffled each
     pass); an IterableDataset (streaming) is read as it shards itself.
 
-    Returns:
-        (the loader, steps per epoch = ``max_steps_per_epoch``).
-
     Raises:
-        ValueError: no ``tokenizer.max_seq_len`` (the row length), or no ``max_steps_per_epoch``.
+        ValueError: no ``tokenizer.max_seq_len`` (the row length).
     """
     max_seq_len = getattr(transform, "max_seq_len", None)
     if not max_seq_len:
         raise ValueError("dataset.packed=true packs rows of tokenizer.max_seq_len tokens: set tokenizer.max_seq_len")
-    if not max_steps_per_epoch:
-        raise ValueError(
-            "dataset.packed=true needs max_steps_per_epoch: how many rows a pass over the data packs into is only "
-            "known after packing it, so a packed run counts steps (the packer starts the next pass by itself)"
-        )
     sampler = None
     if isinstance(dataset, torch.utils.data.IterableDataset):
         dataset.keep_skipped = True  # skipped records reach the ledger
     else:
         dataset = Outcomes(dataset)
         sampler = rank_sampler(dataset, shuffle, seed)
-    loader = PackedBatches(
-        sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size, ledger=ledger
-    )
-    return loader, int(max_steps_per_epoch)
+    return PackedBatches(sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size,
+                         ledger=ledger)  # fmt: skip

@@ -3,7 +3,8 @@
 Config (top-level keys of every fine-tuning recipe):
 - ``eval_every_n_steps``: validation loss (and answer accuracy) on ``eval_dataset`` every N optimizer steps.
 - ``save_hf_every_n_steps``: a complete HF directory at ``<checkpointer final dir>/step_<k>/`` every N steps.
-- ``keep_last_n_hf`` (default 1): how many of those step directories stay on disk; older ones are deleted.
+- ``keep_last_n_hf``: how many of those step directories stay on disk; older ones are deleted.
+(Types and defaults: ``RecipeSettings`` in training/_settings.py.)
 """
 
 import re
@@ -11,18 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def _positive_or_none(cfg: DictConfig, key: str, recipe: str) -> int | None:
-    value = cfg.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{recipe}: `{key}` must be an integer >= 1 or null, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -35,19 +25,9 @@ class PeriodicSchedule:
         keep_last_n_hf: step directories kept on disk.
     """
 
-    eval_every: int | None = None
-    save_hf_every: int | None = None
-    keep_last_n_hf: int = 1
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig, recipe: str) -> "PeriodicSchedule":
-        """Read and check the three keys; errors name the key and the recipe."""
-        keep = _positive_or_none(cfg, "keep_last_n_hf", recipe)
-        return cls(
-            _positive_or_none(cfg, "eval_every_n_steps", recipe),
-            _positive_or_none(cfg, "save_hf_every_n_steps", recipe),
-            1 if keep is None else keep,
-        )
+    eval_every: int | None
+    save_hf_every: int | None
+    keep_last_n_hf: int
 
     def eval_due(self, step: int) -> bool:
         return self.eval_every is not None and step % self.eval_every == 0

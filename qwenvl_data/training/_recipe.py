@@ -2,9 +2,13 @@
 
 A recipe file picks the variant with two class attributes; everything else (what to build,
 how long to train, where to save) comes from the YAML config through config.instantiate.
+This module is the loop itself; its parts live beside it: the settings (training/_settings.py), the model
+(_model_setup.py), the batches (_batches.py), the skips (_skips.py), saving (_checkpoint.py), and
+stopping on SIGTERM/SIGINT (_signals.py).
 """
 
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,28 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    set_model_state_dict,
-)
 from torchtune import training, utils
 
-from qwenvl_data.models import check_builder_fits_checkpoint, initialize_dora_magnitudes
+from qwenvl_data.datasets._stats import SkipReport
+from qwenvl_data.models import check_builder_fits_checkpoint
+from qwenvl_data.training._batches import build_batches, build_training_dataset
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
-from qwenvl_data.training._config import accepts_keyword, build, check_config_keys
-from qwenvl_data.training._data import RefillingBatches, build_dataset, move_to_device
-from qwenvl_data.training._distributed import (
-    all_reduce_sum,
-    apply_activation_checkpointing,
-    compile_blocks,
-    destroy_distributed,
-    init_distributed,
-    rank_and_world,
-    shard_model,
-)
+from qwenvl_data.training._config import build
+from qwenvl_data.training._data import move_to_device
+from qwenvl_data.training._distributed import all_reduce_sum, destroy_distributed, init_distributed, rank_and_world
 from qwenvl_data.training._eval import answer_accuracy
-from qwenvl_data.training._lora import has_adapters, save_adapter, train_adapters_only
+from qwenvl_data.training._lora import save_adapter
 from qwenvl_data.training._loss import check_loss_contract, output_loss, trained_rows
+from qwenvl_data.training._model_setup import ModelPlan, build_model
 from qwenvl_data.training._nonfinite import (
     NonFiniteLossError,
     check_weights_finite,
@@ -46,10 +41,6 @@ from qwenvl_data.training._numerics import numerics_settings, resume_numerics_no
 from qwenvl_data.training._fingerprint import run_fingerprint
 from qwenvl_data.training._output_lock import OutputDirLock
 from qwenvl_data.training._resume import restore_training_state
-from qwenvl_data.training._packed_data import (
-    build_packed_dataloader,
-    split_packing_options,
-)
 from qwenvl_data.training._periodic import (
     PeriodicSchedule,
     hf_step_dir,
@@ -57,25 +48,10 @@ from qwenvl_data.training._periodic import (
 )
 from qwenvl_data.training._plot import plot_loss, write_metrics
 from qwenvl_data.training._progress import TrainingProgress
-from qwenvl_data.training._settings import VALUE_RULES
-from qwenvl_data.training._skips import SkipLedger, describe, skipped_scalars
-from qwenvl_data.training._watchdog import DEFAULT_COLLECTIVE_TIMEOUT_S, DEFAULT_DATA_TIMEOUT_S, ReadWatchdog
-
-REQUIRED_KEYS = (
-    "output_dir", "model", "tokenizer", "dataset", "collate_fn", "optimizer", "loss", "checkpointer",
-    "batch_size", "epochs",
-)  # fmt: skip
-OPTIONAL_KEYS = (
-    "seed", "shuffle", "max_steps_per_epoch", "gradient_accumulation_steps", "resume_from_checkpoint",
-    "device", "dtype", "lr_scheduler", "metric_logger", "eval_dataset", "eval_batch_size", "eval_max_samples",
-    "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
-    "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward", "init_std",
-    "max_skip_fraction", "on_nonfinite_loss", "eval_every_n_steps", "save_hf_every_n_steps", "keep_last_n_hf",
-    "data_timeout_s", "collective_timeout_s", "resume_overrides",
-)  # fmt: skip
-LORA_KEYS = ("save_merged_weights",)
-VISION_TOWER_PREFIX = "visual."
-MERGER_PREFIX = "visual.merger."
+from qwenvl_data.training._settings import RecipeSettings
+from qwenvl_data.training._signals import RunStopped, StopRequest
+from qwenvl_data.training._skips import SkipLedger
+from qwenvl_data.training._watchdog import ReadWatchdog
 
 
 class FinetuneRecipe:
@@ -88,178 +64,66 @@ class FinetuneRecipe:
     distributed: bool = False
     lora: bool = False
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, stop_request: StopRequest | None = None) -> None:
         self.metric_logger = self.output_lock = None  # cleanup() runs even when __init__ or setup() fails
-        name = type(self).__name__
-        check_config_keys(cfg, name, REQUIRED_KEYS, OPTIONAL_KEYS + (LORA_KEYS if self.lora else ()), VALUE_RULES)
-        self.device = utils.get_device(cfg.get("device", "cpu"))
+        self.stop_request = stop_request or StopRequest()  # run_recipe installs it: SIGTERM/SIGINT stop cleanly
+        self.settings = settings = RecipeSettings.from_config(cfg, type(self).__name__, lora=self.lora)
+        self.device = utils.get_device(settings.device)
         if self.distributed:
-            init_distributed(self.device, cfg.get("collective_timeout_s", DEFAULT_COLLECTIVE_TIMEOUT_S))
+            init_distributed(self.device, settings.collective_timeout_s)
         self.rank, self.world_size = rank_and_world()
-        self.read_watchdog = ReadWatchdog(cfg.get("data_timeout_s", DEFAULT_DATA_TIMEOUT_S), self.rank,
-                                          self.world_size, int(cfg.get("num_workers", 0)))  # fmt: skip
+        self.read_watchdog = ReadWatchdog(settings.data_timeout_s, self.rank, self.world_size, settings.num_workers)
         self.is_main = self.rank == 0
-        self.dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self.device)
-        self.seed = int(cfg.get("seed", 0))
-        self.epochs = int(cfg.epochs)
-        self.batch_size = int(cfg.batch_size)
-        self.grad_accum = int(cfg.get("gradient_accumulation_steps", 1))
-        self.max_steps_per_epoch = cfg.get("max_steps_per_epoch")
-        self.stop_after_step = cfg.get("stop_after_step")
-        self.clip_grad_norm = cfg.get("clip_grad_norm")
-        self.log_every = int(cfg.get("log_every_n_steps", 1))
-        self.skip_nonfinite = cfg.get("on_nonfinite_loss", "stop") == "skip_step"
-        self.skips = SkipLedger(float(cfg.get("max_skip_fraction", 0.01)))
-        self.periodic = PeriodicSchedule.from_config(cfg, name)
-        self.output_dir = Path(cfg.output_dir)
+        self.dtype = training.get_dtype(settings.dtype, device=self.device)
+        self.skips = SkipLedger(settings.max_skip_fraction)
+        self.periodic = PeriodicSchedule(settings.eval_every_n_steps, settings.save_hf_every_n_steps,
+                                         settings.keep_last_n_hf)  # fmt: skip
+        self.output_dir = Path(settings.output_dir)
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, cfg: DictConfig) -> None:
         """Build data, model, optimizer, schedule and logging; restore a saved state if asked."""
-        self.cfg = cfg
+        self.cfg, settings = cfg, self.settings
         self.output_lock = OutputDirLock(self.output_dir) if self.is_main else None  # before building anything
-        _seed_everything(self.seed)
+        _seed_everything(settings.seed)
         self.transform = build(cfg, "tokenizer")
         self.collate_fn = build(cfg, "collate_fn")
         self.loss_fn = build(cfg, "loss")
         check_loss_contract(self.loss_fn, cfg.loss._component_)
-        dataset_cfg, self.packed_buffer_size = cfg.dataset, None
-        if isinstance(cfg.dataset, DictConfig):
-            dataset_cfg, self.packed_buffer_size = split_packing_options(cfg.dataset)
-        self.packed = self.packed_buffer_size is not None
-        shuffle = bool(cfg.get("shuffle", True))
-        self.dataset = build_dataset(OmegaConf.create({"dataset": dataset_cfg}), self.transform, seed=self.seed,
-                                     shuffle=shuffle)  # fmt: skip
-        self.eval_dataset = build(cfg, "eval_dataset", self.transform) if cfg.get("eval_dataset") else None
+        dataset, packed_buffer_size = build_training_dataset(cfg, self.transform, settings)
+        self.eval_dataset = build(cfg, "eval_dataset", self.transform) if settings.eval_dataset else None
         if self.periodic.eval_every is not None and self.eval_dataset is None:
             raise ValueError(f"{type(self).__name__}: `eval_every_n_steps` needs an `eval_dataset` to validate on")
         self.checkpointer: TrainingCheckpointer = build(cfg, "checkpointer")
         self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
         check_builder_fits_checkpoint(cfg.model._component_, self.checkpointer.checkpoint_dir)
         self.checkpointer.fingerprint = run_fingerprint(cfg, self.world_size)  # what its states depend on
-        self.model = self._build_model(cfg)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if not trainable:
-            raise ValueError("no trainable parameters: check freeze_vision_tower / freeze_merger / the LoRA settings")
-        self.optimizer = build(cfg, "optimizer", trainable)
-        if self.packed:
-            self.batches, self.steps_per_epoch = build_packed_dataloader(
-                self.dataset, self.transform, self.batch_size, buffer_size=self.packed_buffer_size,
-                max_steps_per_epoch=self.max_steps_per_epoch, shuffle=shuffle, seed=self.seed,
-                num_workers=int(cfg.get("num_workers", 0)), ledger=self.skips,
-            )  # fmt: skip
-        else:
-            self.batches = RefillingBatches(
-                self.dataset, self.collate_fn, self.batch_size, self.skips, shuffle=shuffle, seed=self.seed,
-                num_workers=int(cfg.get("num_workers", 0)),
-            )  # fmt: skip
-            planned = self.batches.planned_batches
-            if planned is None and not self.max_steps_per_epoch:
-                raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
-                                 "mixture): set `max_steps_per_epoch`")  # fmt: skip
-            batches = (self.max_steps_per_epoch * self.grad_accum if planned is None else planned) // self.grad_accum
-            if batches == 0:
-                raise ValueError(
-                    f"the dataset holds fewer than one step of {self.batch_size} x {self.grad_accum} x "
-                    f"{self.world_size} ranks samples"
-                )
-            self.steps_per_epoch = min(batches, self.max_steps_per_epoch or batches)
-        self.total_steps = self.epochs * self.steps_per_epoch
+        plan = ModelPlan(type(self).__name__, self.lora, self.distributed, self.device, self.dtype)
+        self.model = build_model(cfg, settings, self.checkpointer, plan)
+        self.optimizer = build(cfg, "optimizer", [p for p in self.model.parameters() if p.requires_grad])
+        self.batches = build_batches(dataset, packed_buffer_size, transform=self.transform, collate_fn=self.collate_fn,
+                                     settings=settings, ledger=self.skips)  # fmt: skip
+        self.steps_per_epoch = self.batches.planned_steps(settings.gradient_accumulation_steps,
+                                                          settings.max_steps_per_epoch)  # fmt: skip
+        self.total_steps = settings.epochs * self.steps_per_epoch
         self.lr_scheduler = (
             build(cfg, "lr_scheduler", self.optimizer, num_training_steps=self.total_steps)
-            if cfg.get("lr_scheduler") else None
+            if settings.lr_scheduler else None
         )  # fmt: skip
-        self.metric_logger = build(cfg, "metric_logger") if cfg.get("metric_logger") and self.is_main else None
+        self.metric_logger = build(cfg, "metric_logger") if settings.metric_logger and self.is_main else None
         self.epoch = self.steps_in_epoch = self.global_step = 0
         self.history: dict[str, Any] = {"steps": [], "loss": [], "tokens_per_s": [], "samples_per_s": [],
                                         "skipped_by_epoch": [], "nonfinite_steps_skipped": []}  # fmt: skip
         self.train_seconds = 0.0
         self._resume_dataloader_state = None
-        resume = cfg.get("resume_from_checkpoint", False)
-        if resume:
-            self._resume(resume)
+        if settings.resume_from_checkpoint:
+            self._resume(settings.resume_from_checkpoint)
         else:
             self.history["eval_before"] = self._evaluate("before training")
 
-    def _build_model(self, cfg: DictConfig) -> torch.nn.Module:
-        pretrained = self.checkpointer.checkpoint_dir is not None
-        if self.distributed and pretrained:
-            return self._build_sharded_pretrained(cfg)
-        with training.set_default_dtype(self.dtype), self.device:
-            model = build(cfg, "model", **self._trained_in_full(cfg))
-        self._check_adapters(model, cfg)
-        if cfg.get("init_std") is not None:
-            if pretrained:
-                raise ValueError("`init_std` re-initializes a from-scratch model; it cannot be used with a checkpoint_dir")
-            init_weights(model, float(cfg.init_std))
-        self.checkpointer.load_pretrained(model, self.dtype, trainable_only_missing=self.lora)
-        self._prepare(model, cfg)
-        if self.distributed:
-            shard_model(model, reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)))
-        return model
-
-    def _build_sharded_pretrained(self, cfg: DictConfig) -> torch.nn.Module:
-        """Build on the meta device, shard, then stream rank 0's checkpoint weights to every rank.
-
-        Only rank 0 ever holds the full weights (on CPU), so a 72B model fits on a node.
-        """
-        with training.set_default_dtype(self.dtype), torch.device("meta"):
-            model = build(cfg, "model", **self._trained_in_full(cfg))
-        self._check_adapters(model, cfg)
-        self._prepare(model, cfg)
-        shard_model(model, reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)))
-        model.to_empty(device=self.device)
-        for module in model.modules():  # what to_empty left uninitialized and no checkpoint holds
-            if hasattr(module, "rope_init"):
-                module.rope_init()
-            if self.lora and hasattr(module, "initialize_parameters"):
-                module.initialize_parameters()
-        full = self.checkpointer.pretrained_state_dict(self.dtype) if self.is_main else {}
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not self.lora)
-        set_model_state_dict(model, full, options=options)
-        if self.lora and self.checkpointer.adapter_dir is None:
-            initialize_dora_magnitudes(model)  # from the loaded weights (an adapter_dir brings its own)
-        return model
-
-    def _check_adapters(self, model: torch.nn.Module, cfg: DictConfig) -> None:
-        """The model has LoRA/DoRA adapters exactly when this is a LoRA recipe (whatever the builder's name)."""
-        adapted = has_adapters(model)
-        if adapted != self.lora:
-            raise ValueError(
-                f"{type(self).__name__}: `model._component_` ({cfg.model._component_}) builds a model "
-                f"{'with' if adapted else 'without'} LoRA/DoRA adapters: run it with a "
-                f"{'lora' if adapted else 'full'}_finetune_* recipe"
-            )
-
-    def _trained_in_full(self, cfg: DictConfig) -> dict[str, bool]:
-        """LoRA builders' ``train_vision_tower`` / ``train_merger`` from the recipe's ``freeze_vision_tower`` /
-        ``freeze_merger``, the one vocabulary of trainability in every config: a LoRA run trains its adapters
-        and the merger, not the tower, unless told otherwise. A value the ``model`` section sets itself (the
-        older spelling) wins; builders without these arguments get nothing."""
-        if not self.lora:
-            return {}
-        wanted = {"train_vision_tower": not cfg.get("freeze_vision_tower", True),
-                  "train_merger": not cfg.get("freeze_merger", False)}  # fmt: skip
-        return {k: v for k, v in wanted.items() if k not in cfg.model and accepts_keyword(cfg.model._component_, k)}
-
-    def _prepare(self, model: torch.nn.Module, cfg: DictConfig) -> None:
-        """Trainable set, activation checkpointing and compilation (before sharding, names unchanged)."""
-        if self.lora:
-            train_adapters_only(model)
-        freeze_tower, freeze_merger = bool(cfg.get("freeze_vision_tower", False)), bool(cfg.get("freeze_merger", False))
-        for name, param in model.named_parameters():
-            in_merger = name.startswith(MERGER_PREFIX)
-            in_tower = name.startswith(VISION_TOWER_PREFIX) and not in_merger
-            if (freeze_tower and in_tower) or (freeze_merger and in_merger):
-                param.requires_grad_(False)
-        if cfg.get("enable_activation_checkpointing", False):
-            apply_activation_checkpointing(model)
-        if cfg.get("compile", False):
-            compile_blocks(model)
-
     def _resume(self, resume: bool | str) -> None:
         path, state = restore_training_state(self.checkpointer, resume, self.model, self.optimizer, self.lr_scheduler,
-                                             list(self.cfg.get("resume_overrides") or []), announce=self.is_main)
+                                             list(self.settings.resume_overrides), announce=self.is_main)
         self.epoch, self.steps_in_epoch, self.global_step = state["epoch"], state["steps_in_epoch"], state["global_step"]
         self.history, self.train_seconds = state["history"], state["train_seconds"]
         self.skips.load_state_dict(state["skips"])
@@ -277,8 +141,8 @@ class FinetuneRecipe:
         if self.eval_dataset is None:
             return None
         result = answer_accuracy(
-            self.model, self.eval_dataset, self.collate_fn, batch_size=int(self.cfg.get("eval_batch_size", 8)),
-            device=self.device, dtype=self.dtype, max_samples=self.cfg.get("eval_max_samples"),
+            self.model, self.eval_dataset, self.collate_fn, batch_size=self.settings.eval_batch_size,
+            device=self.device, dtype=self.dtype, max_samples=self.settings.eval_max_samples,
         )  # fmt: skip
         if self.is_main:
             chance = "" if result["chance"] is None else f", chance {result['chance']:.1%}"
@@ -289,12 +153,19 @@ class FinetuneRecipe:
 
     # ---- training -----------------------------------------------------------------------------
     def train(self) -> None:
-        """Run the remaining optimizer steps, saving resumable states as configured."""
+        """Run the remaining optimizer steps, saving resumable states as configured.
+
+        Raises:
+            RunStopped: SIGTERM or SIGINT arrived (see training/_signals.py); the state was saved and reported.
+        """
         progress = TrainingProgress(self.total_steps, self.global_step, enabled=self.is_main)
         self.model.train()
         stopped_early = False
         try:
-            while self.epoch < self.epochs and not stopped_early:
+            signum = self.stop_request.agreed(self.device, self.world_size)  # one that came while setting up
+            if signum is not None:
+                self._stop_on_signal(signum, saved=None)
+            while self.epoch < self.settings.epochs and not stopped_early:
                 stopped_early = self._train_epoch(progress)
                 if not stopped_early:
                     self.epoch, self.steps_in_epoch = self.epoch + 1, 0
@@ -327,24 +198,40 @@ class FinetuneRecipe:
             self.steps_in_epoch += 1
             self._record(progress, *step)
             self._periodic_work()
-            stopped_early = self.stop_after_step is not None and self.global_step >= self.stop_after_step
+            stop_after = self.settings.stop_after_step
+            stopped_early = stop_after is not None and self.global_step >= stop_after
             end_of_epoch = self.steps_in_epoch == self.steps_per_epoch
             if end_of_epoch:  # before the save, so a resumed run's history holds this report too
                 self._report_epoch_skips(progress)
+            saved = None
             if stopped_early or end_of_epoch or self.checkpointer.due(self.global_step):
-                self.save_checkpoint()
+                saved = self.save_checkpoint()
+            signum = self.stop_request.agreed(self.device, self.world_size)  # also one that came during the save
+            if signum is not None:
+                self._stop_on_signal(signum, saved or self.save_checkpoint())
             if stopped_early:
                 return True
         return False
 
+    def _stop_on_signal(self, signum: int, saved: Path | None) -> None:
+        """Say where the run stopped and how to resume it, then end it (``RunStopped``)."""
+        if self.is_main:
+            name, latest = signal.Signals(signum).name, saved or self.checkpointer.latest_state()
+            where = f"resumable state of step {self.global_step}: {latest}" if latest else "nothing saved yet"
+            how = ("run the same command again with resume_from_checkpoint=true" if latest
+                   else "run the same command again")  # fmt: skip
+            print(f"stopped by {name} after step {self.global_step} ({where}); to continue, {how} "
+                  f"(output_dir={self.output_dir})", flush=True)  # fmt: skip
+        raise RunStopped(signum)
+
     def _report_epoch_skips(self, progress: TrainingProgress) -> None:
         """Console, metrics.json and the metric logger: the epoch's skips by cause with example record ids."""
-        report = {"epoch": self.epoch, **self.skips.report("epoch")}
-        self.history["skipped_by_epoch"].append(report)
+        report = self.skips.report("epoch")
+        self.history["skipped_by_epoch"].append({"epoch": self.epoch, **report.as_dict()})
         if self.is_main:
-            progress.write(f"epoch {self.epoch}: {describe(report)}")
+            progress.write(f"epoch {self.epoch}: {report.describe()}")
             if self.metric_logger is not None:
-                self.metric_logger.log_dict(skipped_scalars(report), step=self.global_step)
+                self.metric_logger.log_dict(report.scalars(), step=self.global_step)
             write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir=None))
 
     def _optimizer_step(self) -> tuple[float, int, int] | None:
@@ -364,7 +251,7 @@ class FinetuneRecipe:
         tokens = torch.zeros((), dtype=torch.int64, device=self.device)
         counts = torch.zeros(2, dtype=torch.int64, device=self.device)  # samples, input tokens
         micro_batches = 0
-        for _ in range(self.grad_accum):
+        for _ in range(self.settings.gradient_accumulation_steps):
             with self.read_watchdog.watch():
                 batch = self.batches.next_batch()
             if not self._every_rank_has(batch):
@@ -377,8 +264,9 @@ class FinetuneRecipe:
             micro_loss.backward()
             loss_sum += micro_loss.detach()
             tokens += targets.numel()
-            counts[0] += int((batch["seq_lens"] > 0).sum()) if "seq_lens" in batch else batch["tokens"].shape[0]
-            counts[1] += batch["attention_mask"].sum() if "attention_mask" in batch else batch["tokens"].numel()
+            samples, input_tokens = self.batches.sizes(batch)
+            counts[0] += samples
+            counts[1] += input_tokens
             del micro_loss
         if micro_batches == 0:
             return None
@@ -388,10 +276,10 @@ class FinetuneRecipe:
         for param in self.model.parameters():
             if param.grad is not None:
                 param.grad.mul_(scale)
-        grad_norm = gradient_norm(self.model, None if self.clip_grad_norm is None else float(self.clip_grad_norm))
+        grad_norm = gradient_norm(self.model, self.settings.clip_grad_norm)
         global_loss = float(all_reduce_sum(loss_sum)) / max(int(global_tokens), 1)
         problem = nonfinite_message(self.global_step + 1, global_loss, grad_norm)
-        if problem is not None and not self.skip_nonfinite:
+        if problem is not None and self.settings.on_nonfinite_loss != "skip_step":
             raise NonFiniteLossError(problem)
         if problem is None:
             self.optimizer.step()
@@ -417,7 +305,7 @@ class FinetuneRecipe:
         self.history["loss"].append(loss)
         self.history["tokens_per_s"].append(figures["tokens_per_s"])
         self.history["samples_per_s"].append(figures["samples_per_s"])
-        if self.metric_logger is not None and self.global_step % self.log_every == 0:
+        if self.metric_logger is not None and self.global_step % self.settings.log_every_n_steps == 0:
             lr = self.optimizer.param_groups[0]["lr"]
             skipped = {"skipped_records": float(self.skips.skipped_in_run)}
             self.metric_logger.log_dict({"loss": loss, "lr": lr, **figures, **skipped}, step=self.global_step)
@@ -459,11 +347,12 @@ class FinetuneRecipe:
                       f"resume_from_checkpoint=true output_dir={self.output_dir}", flush=True)  # fmt: skip
             return None
         self.history["eval_after"] = self._evaluate("after training")
-        self.history["skipped_in_run"] = self.skips.report("run")
+        run_skips = self.skips.report("run")
+        self.history["skipped_in_run"] = run_skips.as_dict()
         check_weights_finite(self.model)
         final_dir = self._save_final_weights()
         if self.is_main:
-            self._write_report(final_dir)
+            self._write_report(final_dir, run_skips)
         return final_dir
 
     def _save_final_weights(self) -> Path | None:
@@ -477,7 +366,7 @@ class FinetuneRecipe:
             # From scratch there is no base checkpoint to apply the adapter to; hf_model/ has it merged already.
             note = "" if base else " (its base is this run's random init, not saved: use the merged hf_model/)"
             print(f"LoRA adapter: {adapter_dir}{note}", flush=True)
-        if not self.cfg.get("save_merged_weights", True):
+        if not self.settings.save_merged_weights:
             return self.output_dir / "adapter"
         return self._save_hf(state_dict=full)
 
@@ -501,7 +390,7 @@ class FinetuneRecipe:
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }  # fmt: skip
 
-    def _write_report(self, final_dir: Path | None) -> None:
+    def _write_report(self, final_dir: Path | None, run_skips: SkipReport) -> None:
         before, after = self.history.get("eval_before"), self.history.get("eval_after")
         metrics_path = write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir))
         title = f"{type(self).__name__}: {self.global_step} steps"
@@ -512,34 +401,19 @@ class FinetuneRecipe:
             self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title,
             eval_steps=[e["step"] for e in evals], eval_losses=[e["loss"] for e in evals],
         )  # fmt: skip
-        skipped = describe(self.history["skipped_in_run"])
         nonfinite = nonfinite_steps_note(self.history["nonfinite_steps_skipped"])
-        print(f"trained {self.global_step} steps{nonfinite} in {self.train_seconds:.1f}s; {skipped}; "
+        print(f"trained {self.global_step} steps{nonfinite} in {self.train_seconds:.1f}s; {run_skips.describe()}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
-        adapter_only = self.lora and not self.cfg.get("save_merged_weights", True)
+        adapter_only = self.lora and not self.settings.save_merged_weights
         print(f"{'LoRA adapter (PEFT format)' if adapter_only else 'HF checkpoint'}: {final_dir}", flush=True)
 
     def cleanup(self) -> None:
+        self.batches = None  # its DataLoader workers exit now, not when the interpreter terminates them
         if getattr(self, "metric_logger", None) is not None:  # None too when setup failed before building it
             self.metric_logger.close()
         if getattr(self, "output_lock", None) is not None:
             self.output_lock.release()
         destroy_distributed()
-
-
-def init_weights(model: torch.nn.Module, std: float) -> None:
-    """From-scratch init as HF's `initializer_range`: weights ~ N(0, std), biases 0.
-
-    torch's default embedding init (N(0, 1)) gives a tied output projection logits of std ~sqrt(dim):
-    a loss near 100 at step 0 that the first hundred steps only spend shrinking.
-    """
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in ("lora_a", "lora_b"):  # adapters keep their own (zero-B) init
-            continue
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv3d)):
-            torch.nn.init.normal_(module.weight, std=std)
-            if getattr(module, "bias", None) is not None:
-                torch.nn.init.zeros_(module.bias)
 
 
 def _seed_everything(seed: int) -> None:
@@ -550,16 +424,26 @@ def _seed_everything(seed: int) -> None:
 
 
 def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
-    """setup -> train -> finish -> cleanup, the sequence every fine-tuning recipe_main runs."""
-    recipe = recipe_class(cfg)
-    try:
-        recipe.setup(cfg)
-        recipe.train()
-        recipe.finish()
-    except BaseException:
-        _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
-        raise
-    recipe.cleanup()
+    """setup -> train -> finish -> cleanup, the sequence every fine-tuning recipe_main runs.
+
+    SIGTERM and SIGINT stop it cleanly (training/_signals.py): the current step finishes, a resumable state
+    is saved, and the process exits with 128 + the signal number (143, 130) without a traceback.
+    """
+    stop_request, stopped = StopRequest(), None
+    with stop_request.installed():
+        recipe = recipe_class(cfg, stop_request)
+        try:
+            recipe.setup(cfg)
+            recipe.train()
+            recipe.finish()
+        except RunStopped as stop:
+            stopped = stop
+        except BaseException:
+            _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
+            raise
+        recipe.cleanup()  # still catching: torchrun signals the ranks again once the first one exits
+    if stopped is not None:
+        raise SystemExit(stopped.exit_code)
 
 
 def _cleanup_quietly(recipe: FinetuneRecipe) -> None:

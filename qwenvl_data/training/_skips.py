@@ -1,9 +1,9 @@
-"""What the training loop read and skipped: counts by cause with the first record ids, per epoch and for the
+"""What the training loop read and skipped: counts by cause with the first record names, per epoch and for the
 run, and the ``max_skip_fraction`` stop.
 
 The loop counts the outcomes its steps consume, in the main process, so the figures are exact (read-ahead
 by DataLoader workers is not counted), identical across a resume (the ledger is saved with each training
-state) and summed over ranks for the report.
+state) and summed over ranks for the report. Every skip arrives as a ``SkippedRecord`` (datasets/_stats.py).
 """
 
 from fractions import Fraction
@@ -11,8 +11,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from qwenvl_data.datasets._processing import SkippedRecord
-from qwenvl_data.datasets._stats import SkipCounts, describe_causes
+from qwenvl_data.datasets._stats import SkipCounts, SkippedRecord, SkipReport
 from qwenvl_data.errors import SampleError
 
 MIN_RECORDS_FOR_FRACTION = 100  # below this, a few bad records would be a large fraction by chance
@@ -37,7 +36,7 @@ class SkipLedger:
         self.run, self.epoch = SkipCounts(max_workers=0), SkipCounts(max_workers=0)
         self.read_in_run = self.read_in_epoch = 0
 
-    def record(self, outcome: dict | SkippedRecord | None) -> dict | None:
+    def record(self, outcome: dict | SkippedRecord) -> dict | None:
         """Count one consumed record; returns the sample, or None when it was skipped.
 
         Raises:
@@ -45,8 +44,6 @@ class SkipLedger:
         """
         self.read_in_run += 1
         self.read_in_epoch += 1
-        if outcome is None:  # a dataset that skips without saying why
-            outcome = SkippedRecord(self.read_in_epoch - 1, None, "invalid_sample", "skipped by the dataset")
         if isinstance(outcome, SkippedRecord):
             self._add(outcome)
         self._check_fraction()
@@ -54,12 +51,12 @@ class SkipLedger:
 
     def reject(self, sample: dict, error: SampleError) -> None:
         """Count a sample already read as skipped after all (the collator refused it: ``error``)."""
-        self._add(SkippedRecord(-1, sample.get("id", "unknown id"), error.cause, str(error)))
+        self._add(SkippedRecord.refused(sample, error))
         self._check_fraction()
 
     def _add(self, skipped: SkippedRecord) -> None:
-        self.run.add(skipped.cause, skipped.example)
-        self.epoch.add(skipped.cause, skipped.example)
+        self.run.add(skipped)
+        self.epoch.add(skipped)
 
     def _check_fraction(self) -> None:
         skipped = self.run.total()
@@ -98,33 +95,13 @@ class SkipLedger:
         self.epoch.load_state_dict(state["epoch"])
         self.read_in_run, self.read_in_epoch = state["read_in_run"], state["read_in_epoch"]
 
-    def report(self, scope: str) -> dict[str, Any]:
-        """``{"read", "skipped", "by_cause": {cause: {"count", "examples"}}}`` of ``scope`` ("run" or "epoch"),
-        summed over all ranks (collective under torch.distributed: every rank calls it)."""
+    def report(self, scope: str) -> SkipReport:
+        """The skips of ``scope`` ("run" or "epoch") with the records read, summed over all ranks (collective
+        under torch.distributed: every rank calls it)."""
         counts, read = (self.run, self.read_in_run) if scope == "run" else (self.epoch, self.read_in_epoch)
-        reports = [(read, counts.report())]
+        reports = [counts.report(read)]
         if dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, reports[0])
             reports = gathered
-        by_cause: dict[str, dict[str, Any]] = {}
-        for _, rank_report in reports:
-            for cause, entry in rank_report.items():
-                merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
-                merged["count"] += entry["count"]
-                new = [e for e in entry["examples"] if e not in merged["examples"]]
-                merged["examples"] = (merged["examples"] + new)[: counts.max_examples]
-        return {"read": sum(r for r, _ in reports), "skipped": sum(e["count"] for e in by_cause.values()),
-                "by_cause": by_cause}  # fmt: skip
-
-
-def describe(report: dict[str, Any]) -> str:
-    """One line for the console: records skipped of those read, by cause with example ids."""
-    return f"skipped {report['skipped']} of {report['read']} records" + describe_causes(report["by_cause"])
-
-
-def skipped_scalars(report: dict[str, Any]) -> dict[str, float]:
-    """The report as flat scalars for a metric logger: ``skipped/<cause>`` and ``skipped/total``."""
-    scalars = {f"skipped/{cause}": float(entry["count"]) for cause, entry in report["by_cause"].items()}
-    return {**scalars, "skipped/total": float(report["skipped"]), "records_read": float(report["read"])}
-
+        return SkipReport.merged(reports, counts.max_examples)

@@ -11,6 +11,7 @@ from typing import Any
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from qwenvl_data.datasets import StreamingChatDataset, WeightedMixture
+from qwenvl_data.training._signals import SHIELD_WORKER
 
 
 def _pass_through(item: Any) -> Any:
@@ -19,10 +20,10 @@ def _pass_through(item: Any) -> Any:
 
 
 def sample_loader(dataset: Any, sampler: Any = None, num_workers: int = 0) -> StatefulDataLoader:
-    """A resumable loader of single items, uncollated (samples, or ``SkippedRecord`` s of skipped records)."""
-    return StatefulDataLoader(
-        dataset, batch_size=None, sampler=sampler, collate_fn=_pass_through, num_workers=num_workers
-    )
+    """A resumable loader of single items, uncollated (samples, or ``SkippedRecord`` s of skipped records),
+    whose workers leave stopping to the training process (``SHIELD_WORKER``)."""
+    return StatefulDataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_pass_through,
+                              num_workers=num_workers, worker_init_fn=SHIELD_WORKER if num_workers else None)  # fmt: skip
 
 
 def stream_outcomes(

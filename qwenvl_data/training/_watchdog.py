@@ -16,8 +16,6 @@ from contextlib import contextmanager
 
 from qwenvl_data._reading import last_reading
 
-DEFAULT_DATA_TIMEOUT_S = 300.0
-DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 EXIT_CODE_STUCK_READ = 3
 
 

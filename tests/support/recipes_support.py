@@ -3,15 +3,20 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from qwenvl_data.training import NextTokenCrossEntropy, TrainingCheckpointer
+from qwenvl_data.training._distributed import rank_and_world
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,11 +65,16 @@ def recipe_class(name: str) -> type:
 SUBPROCESS_THREADS = 1  # intra-op threads of each process run_command starts
 
 
-def run_command(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run from the repo root; a timeout, because a failed rank leaves the other one waiting."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(SUBPROCESS_THREADS), "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+def run_command(args: list[str], timeout: float, returncode: int | None = 0) -> subprocess.CompletedProcess:
+    """Run from the repo root, in a process group of its own, with this tests folder importable (``support``);
+    a timeout, because a failed rank leaves the other one waiting. ``returncode``: the exit status expected
+    (None: any but 0)."""
+    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO / "tests")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": str(SUBPROCESS_THREADS), "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                            start_new_session=True)  # fmt: skip
+    expected = result.returncode != 0 if returncode is None else result.returncode == returncode
+    assert expected, f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
 
@@ -85,3 +95,47 @@ def threads_of_run_command() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class SignalingLoss(NextTokenCrossEntropy):
+    """The recipes' loss, sending ``signum`` during its ``signal_at_call``-th training call (one call per
+    micro-batch): a preemption (SIGTERM) or a Ctrl-C (SIGINT) arriving in the middle of a step, with its
+    other micro-batches still to read. ``group``: to every process of this process group, as SLURM and a
+    terminal do (DataLoader workers included); else to this process only. ``rank``: only that rank sends."""
+
+    def __init__(self, signum: int, signal_at_call: int, group: bool = False, rank: int | None = None) -> None:
+        super().__init__()
+        self.signum, self.signal_at_call, self.group, self.rank, self.calls = signum, signal_at_call, group, rank, 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():  # training, not validation
+            self.calls += 1
+            if self.calls == self.signal_at_call and self.rank in (None, rank_and_world()[0]):
+                os.killpg(os.getpgrp(), self.signum) if self.group else os.kill(os.getpid(), self.signum)
+        return super().forward(*args, **kwargs)
+
+
+class _SignalWhenPickled:
+    """Sends ``signum`` ``times`` times to this process while torch.save pickles it (loads back as 0)."""
+
+    def __init__(self, signum: int, times: int) -> None:
+        self.signum, self.times = signum, times
+
+    def __reduce__(self) -> tuple:
+        for _ in range(self.times):
+            os.kill(os.getpid(), self.signum)
+        return (int, (0,))
+
+
+class SignalDuringSave(TrainingCheckpointer):
+    """A checkpointer that gets SIGINT twice (Ctrl-C, Ctrl-C) in the middle of writing the state of step
+    ``signal_at_step``: after the model and optimizer files, while the trainer state is being written."""
+
+    def __init__(self, *, signal_at_step: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.signal_at_step = signal_at_step
+
+    def save_state(self, step: int, model: Any, optimizer: Any, trainer_state: dict) -> Path:
+        if step == self.signal_at_step:
+            trainer_state = {**trainer_state, "signals": _SignalWhenPickled(signal.SIGINT, times=2)}
+        return super().save_state(step, model, optimizer, trainer_state)

@@ -16,7 +16,7 @@ from qwenvl_data.packing import packed_attention_mask, packed_block_mask, packed
 from qwenvl_data.training import NextTokenCrossEntropy, packaged_vocab_transform
 from qwenvl_data.training._packed_data import PackedBatches, sample_loader
 from qwenvl_data.training._loss import output_loss, project_trained_rows, trained_rows
-from qwenvl_data.training._recipe import init_weights
+from qwenvl_data.training._model_setup import init_weights
 
 MAX_SEQ_LEN = 160
 

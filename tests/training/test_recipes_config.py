@@ -40,8 +40,7 @@ def test_shipped_config_names_importable_components(name):
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n != "generate"])
 def test_shipped_config_keys_are_accepted_by_its_recipe(name):
     recipe = recipe_class(_recipe_for(name))
-    from qwenvl_data.training._recipe import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
-    from qwenvl_data.training._settings import VALUE_RULES
+    from qwenvl_data.training._settings import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS, VALUE_RULES
 
     cfg = OmegaConf.load(REPO / "configs" / f"{name}.yaml")
     cfg.device = "cpu"  # the released configs ask for cuda, which this machine may not have
@@ -159,11 +158,12 @@ def test_tune_run_finds_this_repos_recipe_and_reports_a_bad_override():
 @pytest.mark.parametrize("freeze_tower, freeze_merger", [(True, False), (False, True), (True, True)])
 def test_freeze_options_freeze_the_vision_tower_and_the_merger_separately(freeze_tower, freeze_merger):
     from qwenvl_data.models import qwen2_5_vl_tiny
+    from qwenvl_data.training._model_setup import prepare_model
 
     cfg = load_config("tiny_synthetic", {"freeze_vision_tower": freeze_tower, "freeze_merger": freeze_merger})
     recipe = load_recipe("full_finetune_single_device").FullFinetuneRecipeSingleDevice(cfg)
     model = qwen2_5_vl_tiny()
-    recipe._prepare(model, cfg)
+    prepare_model(model, recipe.settings, lora=False)
     merger = {f"visual.merger.{name}" for name, _ in model.visual.merger.named_parameters()}
     tower = {f"visual.{name}" for name, _ in model.visual.named_parameters()} - merger
     expected = (tower if freeze_tower else set()) | (merger if freeze_merger else set())
@@ -195,3 +195,15 @@ def test_a_loss_of_another_contract_is_refused_before_training(tmp_path, loss):
     """(logits, labels) losses would fail only at the first step, after the pre-training evaluation."""
     message = _setup_error("full_finetune_single_device", "tiny_synthetic", {"loss._component_": loss}, tmp_path)
     assert f"config key `loss` ({loss}) takes" in message and "loss_fn(hidden [N, dim], output_projection" in message
+
+
+def test_every_top_level_value_is_checked_by_the_same_rules_and_reported_at_once():
+    """The long-run keys (validation, HF step directories) are checked with all the others, before setup."""
+    bad = {"eval_every_n_steps": 0, "keep_last_n_hf": 1.5, "save_hf_every_n_steps": "often", "batch_size": 2.7}
+    with pytest.raises(ValueError) as error:
+        _recipe_class()(load_config("tiny_synthetic", {**TINY_OVERRIDES, **bad}))
+    message = str(error.value)
+    assert message.startswith("FullFinetuneRecipeSingleDevice: bad config: ")
+    for problem in ("`eval_every_n_steps` must be >= 1, got 0", "`keep_last_n_hf` must be int, got float 1.5",
+                    "`save_hf_every_n_steps` must be int or null, got str 'often'", "`batch_size` must be int"):
+        assert problem in message, problem

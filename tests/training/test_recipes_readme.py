@@ -73,8 +73,7 @@ def test_every_tune_run_command_passes_its_recipes_config_checks():
         if recipe_name == "generate":
             recipe(cfg)  # its __init__ only checks the config
             continue
-        from qwenvl_data.training._recipe import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS
-        from qwenvl_data.training._settings import VALUE_RULES
+        from qwenvl_data.training._settings import LORA_KEYS, OPTIONAL_KEYS, REQUIRED_KEYS, VALUE_RULES
 
         optional = OPTIONAL_KEYS + (LORA_KEYS if recipe.lora else ())
         check_config_keys(cfg, " ".join(argv), REQUIRED_KEYS, optional, VALUE_RULES)

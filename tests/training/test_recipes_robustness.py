@@ -350,4 +350,26 @@ def test_a_sample_the_collator_refuses_is_counted_and_its_place_refilled(tmp_pat
     refill.start_epoch(0)
     assert [refill.next_batch()["tokens"].shape for _ in range(2)] == [(2, 64), (2, 64)]
     assert refill.next_batch() is None
-    assert ledger.report("epoch")["by_cause"] == {"too_long": {"count": 1, "examples": ["long"]}}
+    assert ledger.report("epoch").by_cause == {"too_long": {"count": 1, "examples": ["long"]}}
+
+
+def test_a_dataset_that_skips_by_returning_none_has_its_records_named_by_their_index():
+    """None from ``dataset[i]`` becomes a SkippedRecord of record i (not of its place in the shuffled order)."""
+
+    class EveryThirdMissing(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 9
+
+        def __getitem__(self, index: int) -> dict | None:
+            return None if index % 3 == 2 else {"id": f"r{index}"}
+
+    dataset = EveryThirdMissing()
+    ledger = SkipLedger(max_skip_fraction=1.0)
+    refill = RefillingBatches(dataset, lambda samples: [s["id"] for s in samples], 2, ledger, shuffle=True, seed=3)
+    refill.start_epoch(0)
+    list(iter(refill.next_batch, None))
+    order = list(torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3))
+    assert order != sorted(order)  # the read order is not the index order
+    assert ledger.report("epoch").by_cause == {
+        "invalid_sample": {"count": 3, "examples": [f"#{i}" for i in order if i % 3 == 2]}
+    }
