@@ -108,10 +108,8 @@ class GenerateRecipe:
             entries, samples = {}, []
             for index in range(start, min(start + self.batch_size, count)):
                 outcome = sample_or_skip(self.dataset, index)
-                if outcome is None:  # a dataset that skips without saying why
-                    outcome = SkippedRecord(index, None, "invalid_sample", "skipped by the dataset")
                 if isinstance(outcome, SkippedRecord):
-                    skipped.add(outcome.cause, outcome.example)
+                    skipped.add(outcome)
                     entries[index] = {"id": outcome.example, "skipped": outcome.cause, "error": outcome.message,
                                       "correct": False}  # fmt: skip
                 else:
@@ -127,7 +125,7 @@ class GenerateRecipe:
         correct = sum(r["correct"] for r in records)
         result = {
             "accuracy": correct / len(records) if records else 0.0, "correct": correct, "total": len(records),
-            "skipped": skipped.total(), "skipped_by_cause": skipped.report(),
+            "skipped": skipped.total(), "skipped_by_cause": skipped.report().by_cause,
         }  # fmt: skip
         print(f"accuracy: {result['accuracy']:.1%} ({correct}/{len(records)} exact answers)", flush=True)
         if skipped.total():
