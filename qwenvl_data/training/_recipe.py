@@ -142,7 +142,9 @@ class FinetuneRecipe:
                 self.dataset, self.collate_fn, self.batch_size, self.skips, shuffle=shuffle, seed=self.seed,
                 num_workers=int(cfg.get("num_workers", 0)),
             )  # fmt: skip
-            planned = self.batches.planned_batches
+            # a stream's epoch is max_steps_per_epoch steps whether or not its length is known (it reads on,
+            # starting its data again where it is shorter, and says so: see SkipLedger)
+            planned = None if self.batches.stream and self.max_steps_per_epoch else self.batches.planned_batches
             if planned is None and not self.max_steps_per_epoch:
                 raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
                                  "mixture): set `max_steps_per_epoch`")  # fmt: skip
@@ -150,8 +152,10 @@ class FinetuneRecipe:
             if batches == 0:
                 raise ValueError(
                     f"the dataset holds fewer than one step of {self.batch_size} x {self.grad_accum} x "
-                    f"{self.world_size} ranks samples"
-                )
+                    f"{self.world_size} ranks samples: lower batch_size / gradient_accumulation_steps"
+                    + (", or set max_steps_per_epoch (a stream then reads its data again)" if self.batches.stream
+                       else "")
+                )  # fmt: skip
             self.steps_per_epoch = min(batches, self.max_steps_per_epoch or batches)
         self.total_steps = self.epochs * self.steps_per_epoch
         self.lr_scheduler = (

@@ -1,6 +1,11 @@
 """What the training loop read and skipped: counts by cause with the first record ids, per epoch and for the
 run, and the ``max_skip_fraction`` stop.
 
+Records are counted each time they are read: when a stream (or a mixture's dataset) runs out inside an epoch
+and starts its data again (a ``PassStarted``), a record read in two passes counts twice, read or skipped. The
+restarts are counted too (``passes_started``), said on the console when they happen and in every report, so
+that "skipped 28 of 76 records" over 11 records is read with "the data was started again 6 times".
+
 The loop counts the outcomes its steps consume, in the main process, so the figures are exact (read-ahead
 by DataLoader workers is not counted), identical across a resume (the ledger is saved with each training
 state) and summed over ranks for the report.
@@ -10,6 +15,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from qwenvl_data.datasets._nodes import PassStarted
 from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.datasets._stats import SkipCounts, describe_causes
 from qwenvl_data.errors import SampleError
@@ -35,13 +41,22 @@ class SkipLedger:
         self.max_skip_fraction = max_skip_fraction
         self.run, self.epoch = SkipCounts(max_workers=0), SkipCounts(max_workers=0)
         self.read_in_run = self.read_in_epoch = 0
+        self.passes_in_run = self.passes_in_epoch = 0
 
-    def record(self, outcome: dict | SkippedRecord | None) -> dict | None:
-        """Count one consumed record; returns the sample, or None when it was skipped.
+    def record(self, outcome: dict | SkippedRecord | PassStarted | None) -> dict | None:
+        """Count one consumed record; returns the sample, or None when it was skipped (or was no record: a
+        ``PassStarted``, counted and announced on the console).
 
         Raises:
             TooManySkipsError: the run's skip fraction is now over ``max_skip_fraction``.
         """
+        if isinstance(outcome, PassStarted):
+            self.passes_in_run += 1
+            self.passes_in_epoch += 1
+            print(f"{outcome.dataset}: the data ran out after {self.read_in_epoch} records of this epoch; reading "
+                  f"it again (restart {outcome.number} of this reader): records and skips of repeated passes are "
+                  "counted again", flush=True)  # fmt: skip
+            return None
         self.read_in_run += 1
         self.read_in_epoch += 1
         if outcome is None:  # a dataset that skips without saying why
@@ -79,7 +94,7 @@ class SkipLedger:
 
     def start_epoch(self) -> None:
         self.epoch.reset()
-        self.read_in_epoch = 0
+        self.read_in_epoch = self.passes_in_epoch = 0
 
     @property
     def skipped_in_run(self) -> int:
@@ -87,40 +102,53 @@ class SkipLedger:
 
     def state_dict(self) -> dict[str, Any]:
         return {"run": self.run.state_dict(), "epoch": self.epoch.state_dict(),
-                "read_in_run": self.read_in_run, "read_in_epoch": self.read_in_epoch}  # fmt: skip
+                "read_in_run": self.read_in_run, "read_in_epoch": self.read_in_epoch,
+                "passes_in_run": self.passes_in_run, "passes_in_epoch": self.passes_in_epoch}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run.load_state_dict(state["run"])
         self.epoch.load_state_dict(state["epoch"])
         self.read_in_run, self.read_in_epoch = state["read_in_run"], state["read_in_epoch"]
+        self.passes_in_run = state.get("passes_in_run", 0)  # states saved before restarts were counted
+        self.passes_in_epoch = state.get("passes_in_epoch", 0)
 
     def report(self, scope: str) -> dict[str, Any]:
-        """``{"read", "skipped", "by_cause": {cause: {"count", "examples"}}}`` of ``scope`` ("run" or "epoch"),
-        summed over all ranks (collective under torch.distributed: every rank calls it)."""
-        counts, read = (self.run, self.read_in_run) if scope == "run" else (self.epoch, self.read_in_epoch)
-        reports = [(read, counts.report())]
+        """``{"read", "skipped", "passes_started", "by_cause": {cause: {"count", "examples"}}}`` of ``scope``
+        ("run" or "epoch"), summed over all ranks (collective under torch.distributed: every rank calls it);
+        ``read`` and ``skipped`` count a record again in each pass that read it (``passes_started`` restarts)."""
+        counts, read, passes = (
+            (self.run, self.read_in_run, self.passes_in_run) if scope == "run"
+            else (self.epoch, self.read_in_epoch, self.passes_in_epoch)
+        )  # fmt: skip
+        reports = [(read, passes, counts.report())]
         if dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, reports[0])
             reports = gathered
         by_cause: dict[str, dict[str, Any]] = {}
-        for _, rank_report in reports:
+        for _, _, rank_report in reports:
             for cause, entry in rank_report.items():
                 merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
                 merged["count"] += entry["count"]
                 new = [e for e in entry["examples"] if e not in merged["examples"]]
                 merged["examples"] = (merged["examples"] + new)[: counts.max_examples]
-        return {"read": sum(r for r, _ in reports), "skipped": sum(e["count"] for e in by_cause.values()),
-                "by_cause": by_cause}  # fmt: skip
+        return {"read": sum(r for r, _, _ in reports), "skipped": sum(e["count"] for e in by_cause.values()),
+                "passes_started": sum(p for _, p, _ in reports), "by_cause": by_cause}  # fmt: skip
 
 
 def describe(report: dict[str, Any]) -> str:
-    """One line for the console: records skipped of those read, by cause with example ids."""
-    return f"skipped {report['skipped']} of {report['read']} records" + describe_causes(report["by_cause"])
+    """One line for the console: records skipped of those read, by cause with example ids, and whether the data
+    was read again (then each read of a record counts)."""
+    passes = report.get("passes_started", 0)
+    repeated = (f" (the data ran out and was read again {passes} time{'s' if passes > 1 else ''}: a record counts "
+                "once per pass that read it)") if passes else ""  # fmt: skip
+    return f"skipped {report['skipped']} of {report['read']} records{repeated}" + describe_causes(report["by_cause"])
 
 
 def skipped_scalars(report: dict[str, Any]) -> dict[str, float]:
-    """The report as flat scalars for a metric logger: ``skipped/<cause>`` and ``skipped/total``."""
+    """The report as flat scalars for a metric logger: ``skipped/<cause>``, ``skipped/total``, ``records_read``
+    and ``data_passes_restarted``."""
     scalars = {f"skipped/{cause}": float(entry["count"]) for cause, entry in report["by_cause"].items()}
-    return {**scalars, "skipped/total": float(report["skipped"]), "records_read": float(report["read"])}
+    return {**scalars, "skipped/total": float(report["skipped"]), "records_read": float(report["read"]),
+            "data_passes_restarted": float(report.get("passes_started", 0))}  # fmt: skip
 
