@@ -120,6 +120,8 @@ def raised(read, **options) -> BaseException:
         (dict(source=None, data_files="img0.png"), ValueError, "cannot tell the format of '{root}/img0.png'"),
         (dict(source="jsonl", data_files={"train": "lines.jsonl"}, split="test"), ValueError, "no split 'test'"),
         (dict(source="jsonl"), ValueError, "data_files is not set"),
+        (dict(source=None, data_files="parts"), FileNotFoundError,
+         "data file '{root}/parts' is a directory, not a file: .* pass source='{root}/parts' without data_files"),
     ],
 )  # fmt: skip
 def test_bad_data_files_are_the_same_error_for_both_kinds(corpus, options, error, message):
