@@ -16,6 +16,7 @@ in member order.
 import json
 import os
 import tarfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -200,9 +201,9 @@ def shards_of(files: Sequence[DataFile]) -> list[Shard]:
 def shard_labels(shards: Sequence[Shard]) -> list[str]:
     """How streamed records name their shard (``<label>#<record number>``): the shard's ``name``, or, where two
     shards share it (``a/part.jsonl``, ``b/part.jsonl``), its path, so that every label names one shard."""
-    names = [shard.name for shard in shards]
+    uses = Counter(shard.name for shard in shards)
     return [
-        shard.name if names.count(shard.name) == 1 else shard.name.replace(os.path.basename(shard.path), shard.path)
+        shard.name if uses[shard.name] == 1 else shard.name.replace(os.path.basename(shard.path), shard.path, 1)
         for shard in shards
     ]
 

@@ -49,8 +49,8 @@ class JsonlSource:
     Args:
         data_files: one path or a list of paths; records are numbered across files in order. Each file
             is a JSON array when its first non-whitespace character is ``[``, JSON Lines otherwise.
-        media_dir: the directory the records' relative media paths resolve under (``media_dir(index)``);
-            None: the processor's ``image_dir``, or paths as given.
+        media_dir: the directory the records' relative media paths resolve under (``media_dir(index)``) when
+            the processor has no ``image_dir``; None: each record's own file's directory.
 
     Raises:
         FileNotFoundError: a file does not exist.
@@ -104,9 +104,11 @@ class JsonlSource:
         """Where record ``index`` starts: ``"<path> line <n>"`` (counted on demand, for error messages)."""
         return line_location(self.paths[int(self.file_index[index])], int(self.offsets[index]))
 
-    def media_dir(self, index: int) -> str | None:
+    def media_dir(self, index: int) -> str:
         """The directory record ``index``'s relative media paths resolve under by default."""
-        return self._media_dir
+        if self._media_dir is not None:
+            return self._media_dir
+        return os.path.dirname(os.path.abspath(self.paths[int(self.file_index[index])]))
 
 
 class HFSource:
