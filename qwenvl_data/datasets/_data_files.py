@@ -37,12 +37,16 @@ class DataFile:
         kind: ``"jsonl"`` | ``"json"`` (a JSON array) | ``"parquet"`` | ``"arrow"`` | ``"tar"`` (or, map-style only,
             another ``datasets`` builder name such as ``"csv"``).
         path: the file.
-        media_dir: absolute directory its records' relative media paths resolve under by default.
+        media_dir: directory its records' relative media paths resolve under by default (None: the file's own).
     """
 
     kind: str
     path: str
-    media_dir: str
+    media_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.media_dir is None:
+            object.__setattr__(self, "media_dir", os.path.dirname(os.path.abspath(self.path)))
 
 
 def expand_data_files(data_files: Any, split: str = "train", root: str | None = None) -> list[str]:
@@ -172,9 +176,4 @@ def resolve_data_files(source: Any, data_files: Any = None, split: str = "train"
             f"source must be one of {SOURCES} (with data_files), a dataset directory or None, got {source!r}"
             + ("" if isinstance(source, str) else " (a datasets.Dataset object: use multimodal_chat_dataset)")
         )
-    return [data_file(_kind(path, source), path) for path in expand_data_files(data_files, split)]
-
-
-def data_file(kind: str, path: str) -> DataFile:
-    """A data file outside a dataset directory: its records' media resolve under the file's own directory."""
-    return DataFile(kind, path, os.path.dirname(os.path.abspath(path)))
+    return [DataFile(_kind(path, source), path) for path in expand_data_files(data_files, split)]

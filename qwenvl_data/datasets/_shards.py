@@ -36,14 +36,18 @@ class Shard:
         kind: ``"jsonl"`` | ``"json"`` | ``"parquet"`` | ``"arrow"`` | ``"tar"``.
         path: the file.
         row_group: the parquet row group (parquet only).
-        media_dir: where its records' relative media paths resolve by default (``DataFile.media_dir``); None:
-            as given.
+        media_dir: where its records' relative media paths resolve by default (``DataFile.media_dir``; None:
+            the file's own directory).
     """
 
     kind: str
     path: str
     row_group: int | None = None
     media_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.media_dir is None:
+            object.__setattr__(self, "media_dir", os.path.dirname(os.path.abspath(self.path)))
 
     @property
     def name(self) -> str:
@@ -227,7 +231,7 @@ class ShardOrigins:
         shard, number = self._shard(label)
         return shard.location(number)
 
-    def media_dir(self, label: str) -> str | None:
+    def media_dir(self, label: str) -> str:
         """The directory the record's relative media paths resolve under by default (its shard's)."""
         return self._shard(label)[0].media_dir
 

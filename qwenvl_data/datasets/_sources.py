@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from qwenvl_data.datasets._data_files import SOURCES, DataFile, data_file, expand_data_files, resolve_data_files
+from qwenvl_data.datasets._data_files import SOURCES, DataFile, expand_data_files, resolve_data_files
 from qwenvl_data.datasets._json_files import line_location, record_spans
 
 if TYPE_CHECKING:  # imported lazily: JSON Lines datasets (and their DataLoader workers) never need it
@@ -244,6 +244,6 @@ def open_source(source: Any, data_files: Any = None, split: str = "train", **loa
 
         return HFSource(source[split] if isinstance(source, datasets.DatasetDict) else source)
     if isinstance(source, str) and source not in SOURCES and not os.path.isdir(source):
-        return open_files([data_file(source, path) for path in expand_data_files(data_files, split)],
+        return open_files([DataFile(source, path) for path in expand_data_files(data_files, split)],
                           **load_dataset_kwargs)  # fmt: skip
     return open_files(resolve_data_files(source, data_files, split), **load_dataset_kwargs)
