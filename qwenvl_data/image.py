@@ -10,7 +10,7 @@ frames. Departures, documented where they happen: files are turned upright by th
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import torch
@@ -124,9 +124,18 @@ class Qwen2_5_VLImageTransform:
         give each its own sample.
 
         Raises:
-            ValueError: options beside both an image and a video.
+            TypeError: ``sample`` is not a dict (a bare image or path: wrap it as ``{"image": ...}``, or call
+                ``encode_image``).
+            ValueError: options beside both an image and a video, or a sample holding neither.
         """
+        if not isinstance(sample, MutableMapping):
+            raise TypeError(
+                f"Qwen2_5_VLImageTransform takes a sample dict {{'image': ...}} or {{'video': ...}} (plus options), "
+                f"got {type(sample).__name__}: call transform({{'image': value}}) or transform.encode_image(value)"
+            )
         image, video = sample.get("image"), sample.get("video")
+        if image is None and video is None:
+            raise ValueError(f"the sample holds no 'image' or 'video' to transform (keys: {sorted(map(str, sample))})")
         if image is not None and video is not None and held_options(sample, "image"):
             raise ValueError("a sample with both an image and a video cannot carry options; transform them apart")
         if image is not None:

@@ -89,11 +89,11 @@ class RecordInspector:
     def __call__(self, index: int) -> RecordReport:
         report = RecordReport(index=index, id=index)
         try:
-            record = self.processor.parse(index, self.source[index], getattr(self.source, "location", None))
+            record = self.processor.parse(index, self.source[index], self.source)
             if isinstance(record, dict):
                 report.id = record.get("id", index)
             report.layout = self.processor.to_messages.layout_of(record)
-            sample, _ = self.processor.convert(index, record)
+            sample, _ = self.processor.convert(index, record, self.source)
             parts = [p for m in sample["messages"] for p in m.content]
             report.images = sum(p["type"] == "image" for p in parts)
             report.videos = sum(p["type"] == "video" for p in parts)

@@ -175,7 +175,8 @@ class RecordToMessages:
     Args:
         format: a name in ``FORMATS`` or None to detect the layout per record.
         column_map: ``{expected field: your field}`` renames applied before anything else.
-        image_dir: directory media paths resolve under (anything outside is refused).
+        image_dir: directory media paths resolve under (anything outside is refused); a call's ``image_dir``
+            (the record's own directory, from the dataset) replaces it for that record. None: paths as given.
         video_options: ``VideoOptions`` keys for every video part that does not set them itself.
         keep_fields: fields the caller copies into the sample (e.g. a reference ``answer``): read, not unread.
 
@@ -209,7 +210,8 @@ class RecordToMessages:
         except InvalidConversationError:
             return None
 
-    def __call__(self, record: Any) -> dict[str, Any]:
+    def __call__(self, record: Any, image_dir: str | None = None) -> dict[str, Any]:
+        image_dir = self.image_dir if image_dir is None else image_dir
         if not isinstance(record, Mapping):
             raise InvalidConversationError(f"record must be a JSON object, got {type(record).__name__}")
         fields = RecordFields(record, self.column_map)
@@ -221,7 +223,7 @@ class RecordToMessages:
             videos=fields.media("video"),
             system=fields.system(),
             tools=fields.get("tools"),
-            resolve=lambda kind, reference: _RESOLVERS[kind](reference, self.image_dir),
+            resolve=lambda kind, reference: _RESOLVERS[kind](reference, image_dir),
             video_defaults=self.video_options,
         )
         _check_contents(messages)

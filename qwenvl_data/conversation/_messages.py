@@ -133,6 +133,13 @@ def _place_media(messages: list[Message], given: dict[str, list]) -> None:
             part["type"] = "video"
     for kind in MEDIA_KINDS:
         slots = _slots(messages, kind)
+        carried = [part for m in messages for part in m.content if part["type"] == kind and part["content"] is not None]
+        if given[kind] and not slots and carried:
+            raise PlaceholderMismatchError(
+                f"field '{kind}s' ({len(given[kind])} {kind}s) is not used by any part: the {len(carried)} {kind} "
+                f"part(s) carry their own payloads (remove the field, or leave the parts' payloads out so that "
+                f"they take the list in order)"
+            )
         if len(slots) != len(given[kind]):
             raise PlaceholderMismatchError(
                 f"{len(slots)} <{kind}> placeholders, {len(given[kind])} {kind}s given in the '{kind}s' list "

@@ -1,6 +1,6 @@
 """Which files a dataset reads and what each holds: the one resolver behind map-style and streaming datasets.
 
-``resolve_data_files(source, data_files, split)`` -> an ordered list of ``DataFile(kind, path)``:
+``resolve_data_files(source, data_files, split)`` -> an ordered list of ``DataFile(kind, path, media_dir)``:
 - ``data_files``: a path, a glob pattern (its matches sorted; ``**`` spans directories), a list of them (in
   list order), or ``{split: those}`` (the ``split`` entry). A file or pattern that matches nothing is a
   ``FileNotFoundError`` naming it.
@@ -10,6 +10,9 @@
   ``train-*.jsonl`` / ``test.parquet`` ...).
 - kinds: ``"jsonl"`` or ``"json"`` (an array) by content (see ``_json_files``) for JSON sources and
   ``.json`` / ``.jsonl`` files, ``"parquet"``, ``"arrow"`` (Arrow stream files), ``"tar"`` (WebDataset).
+- ``media_dir``: where the relative media paths of the file's records resolve (and stay confined) when no
+  ``image_dir`` is given: a directory ``source``, else the file's own directory, so that ``a/part.jsonl`` and
+  ``b/part.jsonl`` each name their own ``pic.png``.
 """
 
 import glob
@@ -31,12 +34,19 @@ class DataFile:
     """One data file and what it holds.
 
     Args:
-        kind: ``"jsonl"`` | ``"json"`` (a JSON array) | ``"parquet"`` | ``"arrow"`` | ``"tar"``.
+        kind: ``"jsonl"`` | ``"json"`` (a JSON array) | ``"parquet"`` | ``"arrow"`` | ``"tar"`` (or, map-style only,
+            another ``datasets`` builder name such as ``"csv"``).
         path: the file.
+        media_dir: directory its records' relative media paths resolve under by default (None: the file's own).
     """
 
     kind: str
     path: str
+    media_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.media_dir is None:
+            object.__setattr__(self, "media_dir", os.path.dirname(os.path.abspath(self.path)))
 
 
 def expand_data_files(data_files: Any, split: str = "train", root: str | None = None) -> list[str]:
@@ -68,9 +78,14 @@ def expand_data_files(data_files: Any, split: str = "train", root: str | None = 
             paths.extend(matches)
         elif os.path.isfile(item):
             paths.append(item)
+        elif os.path.isdir(item):
+            raise FileNotFoundError(
+                f"data file {item!r} is a directory, not a file: for a dataset directory (save_to_disk, or data "
+                f"files split by name) pass source={item!r} without data_files; for its files, a pattern such as "
+                f"data_files={os.path.join(item, '*.jsonl')!r}"
+            )
         else:
-            what = "is a directory, not a file" if os.path.isdir(item) else "does not exist"
-            raise FileNotFoundError(f"data file {item!r} {what}")
+            raise FileNotFoundError(f"data file {item!r} does not exist")
     if not paths:
         raise ValueError("data_files is an empty list")
     return paths
@@ -147,24 +162,18 @@ def resolve_data_files(source: Any, data_files: Any = None, split: str = "train"
     """
     if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         directory = os.fspath(source)
+        root = os.path.abspath(directory)
         saved = saved_dataset_files(directory, split)
         if saved is not None:
             if data_files is not None:
                 raise ValueError(f"{directory!r} was written by save_to_disk: it takes no data_files")
-            return [DataFile("arrow", path) for path in saved]
+            return [DataFile("arrow", path, root) for path in saved]
         if data_files is None:
-            return [DataFile(_kind(p, None), p) for p in _directory_data_files(directory, split)]
-        return [DataFile(_kind(p, None), p) for p in expand_data_files(data_files, split, root=directory)]
+            return [DataFile(_kind(p, None), p, root) for p in _directory_data_files(directory, split)]
+        return [DataFile(_kind(p, None), p, root) for p in expand_data_files(data_files, split, root=directory)]
     if source is not None and source not in SOURCES:
         raise ValueError(
             f"source must be one of {SOURCES} (with data_files), a dataset directory or None, got {source!r}"
             + ("" if isinstance(source, str) else " (a datasets.Dataset object: use multimodal_chat_dataset)")
         )
     return [DataFile(_kind(path, source), path) for path in expand_data_files(data_files, split)]
-
-
-def media_root(source: Any, paths: list[str]) -> str:
-    """The directory media paths resolve under by default: a directory ``source``, else the first data file's."""
-    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        return os.path.abspath(source)
-    return os.path.dirname(os.path.abspath(paths[0]))

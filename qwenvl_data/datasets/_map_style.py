@@ -26,8 +26,9 @@ class ChatDataset(SkipReporting, Dataset):
     a memory-mapped Arrow table otherwise) plus, with ``filter_fn``, one int64 per kept record.
 
     Args:
-        source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts); a source
-            with ``location(index)`` names where a record is in invalid-JSON errors and skip reports.
+        source: random-access raw records (``JsonlSource``, ``HFSource`` or any sequence of dicts), also their
+            ``RecordOrigin``: a source with ``location(index)`` names where a record is in invalid-JSON errors and
+            skip reports; with ``media_dir(index)`` it says where the record's relative media paths resolve.
         processor: what each record goes through (``RecordProcessor``: layout, media, model transform,
             token budget, ``on_error``); its ``stats`` are this dataset's skip counts.
         filter_fn: predicate on the parsed raw record; evaluated once over the source at construction,
@@ -52,7 +53,6 @@ class ChatDataset(SkipReporting, Dataset):
                 f"built once), got {type(processor).__name__}; multimodal_chat_dataset takes the flat keywords"
             )
         self.source, self.processor = source, processor
-        self.locate = getattr(source, "location", None)
         self.indices: np.ndarray | None = None
         self.num_filtered = 0
         if filter_fn is not None:
@@ -87,7 +87,7 @@ class ChatDataset(SkipReporting, Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         index = index % len(self)
         record_index = index if self.indices is None else int(self.indices[index])
-        return self.processor.process(record_index, self.source[record_index], self.locate)
+        return self.processor.process(record_index, self.source[record_index], self.source)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -123,8 +123,9 @@ def multimodal_chat_dataset(
             through ``datasets`` (memory-mapped). WebDataset tars are read by ``streaming_chat_dataset`` only.
         data_files: a path, a glob pattern, a list of them, or a split dict of those.
         split: the split of a split dict, a dataset directory or a ``DatasetDict``.
-        image_dir: where media paths resolve; default the first data file's directory
-            (or the dataset directory); a ``Dataset`` object's paths are used as given unless it is set.
+        image_dir: where every record's media paths resolve (and must stay); default each record's own data
+            file's directory (or the dataset directory); a ``Dataset`` object's paths are used as given unless it
+            is set.
         format: a layout name (``"sharegpt"`` / ``"llava"``, ``"openai"``, ``"prompt_completion"``,
             ``"cauldron"``, ``"alpaca"``, ``"input_output"``; see ``qwenvl_data.conversation._layouts``) or None to detect
             per record.
@@ -148,9 +149,9 @@ def multimodal_chat_dataset(
         >>> ds[0]["messages"][0].content[0]["type"]  # torchtune Messages
         'image'
     """
-    records, root = open_source(source, data_files, split, **load_dataset_kwargs)
+    records = open_source(source, data_files, split, **load_dataset_kwargs)
     processor = RecordProcessor(
-        model_transform, format=format, column_map=column_map, image_dir=root if image_dir is None else image_dir,
+        model_transform, format=format, column_map=column_map, image_dir=image_dir,
         on_error=on_error, max_tokens=max_tokens, video_options=video_options, video_fps=video_fps,
     )  # fmt: skip
     return ChatDataset(records, processor, filter_fn=filter_fn)

@@ -4,7 +4,8 @@ Each draw picks a dataset with probability ``weight / sum(weights)`` (a seeded `
 reader) and takes that dataset's next sample. Map-style datasets are read in a seeded ``DistributedSampler``
 order over all readers (dropping the tail that does not fill one sample per reader, as the map-style
 loader does); streaming datasets through their own sharded record stream. A dataset that runs out starts
-its next epoch (a new order), so the mixture never ends: training length is ``max_steps_per_epoch``.
+its next epoch (a new order), so the mixture never ends: training length is ``max_steps_per_epoch``. With
+``keep_skipped`` (the recipes) each such restart is announced by a ``PassStarted`` naming the dataset.
 """
 
 import functools
@@ -55,15 +56,18 @@ class WeightedMixture(ReaderNodeDataset):
         self.seed, self.shuffle = seed, shuffle
 
     def _samples(self, number: int, dataset: Dataset, reader: int, num_readers: int) -> BaseNode:
+        """Dataset ``number``'s outcomes for this reader, skipped records and restarts (``PassStarted``) kept."""
+        name = "dataset" if len(self.datasets) == 1 else f"dataset[{number}]"
         if isinstance(dataset, StreamingChatDataset):
-            return dataset.samples_node(dataset.records_node(reader, num_readers), keep_skipped=True)
+            return dataset.samples_node(dataset.records_node(reader, num_readers), keep_skipped=True, name=name)
         if len(dataset) < num_readers:
             raise ValueError(f"a dataset of {len(dataset)} samples cannot be split over {num_readers} readers")
         sampler = DistributedSampler(  # seed + number: datasets of equal size are not read in the same order
             dataset, num_replicas=num_readers, rank=reader, shuffle=self.shuffle, seed=self.seed + number,
             drop_last=True,
         )  # fmt: skip
-        return Mapper(SamplerWrapper(sampler), functools.partial(sample_or_skip, dataset))
+        return DropSkipped(Mapper(SamplerWrapper(sampler), functools.partial(sample_or_skip, dataset)),
+                           keep_skipped=True, name=name)  # fmt: skip
 
     def reader_node(self, reader: int, num_readers: int) -> BaseNode:
         sources = {str(i): self._samples(i, d, reader, num_readers) for i, d in enumerate(self.datasets)}

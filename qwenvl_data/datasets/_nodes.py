@@ -5,6 +5,7 @@ that runs one such graph per reader (rank x DataLoader worker) with ``state_dict
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -52,22 +53,51 @@ class ShardRecordNode(BaseNode[tuple[str, Any]]):
         return self.stream.state()
 
 
+@dataclass(frozen=True)
+class PassStarted:
+    """What a reader's stream yields, instead of a sample, when it starts reading its data again (pass ``number``,
+    counted from 1 for the second pass) without being asked to (a mixture, or the recipes' endless stream, that
+    runs out of records): the training loop counts these, so that repeated reading is seen, never silent.
+
+    Args:
+        dataset: which dataset (``"dataset[1]"`` in a mixture, ``"dataset"`` alone).
+        number: passes started again so far by this reader.
+    """
+
+    dataset: str
+    number: int
+
+
 class DropSkipped(BaseNode[dict]):
     """Passes samples through and drops skipped records (``SkippedRecord`` or None); logs ``stats`` (if given)
     at epoch end. ``keep_skipped=True`` passes ``SkippedRecord`` s through instead, for a training loop that
-    counts and reports them (the recipes)."""
+    counts and reports them (the recipes), and, each time the node is reset to start its data again (not to
+    resume), first a ``PassStarted`` naming ``name``; otherwise those markers are dropped too."""
 
     SOURCE_KEY = "source"
+    PASSES_KEY = "passes_started"
 
-    def __init__(self, source: BaseNode, stats: SkipCounts | None = None, keep_skipped: bool = False) -> None:
+    def __init__(
+        self, source: BaseNode, stats: SkipCounts | None = None, keep_skipped: bool = False, name: str = "dataset"
+    ) -> None:
         super().__init__()
-        self.source, self.stats, self.keep_skipped = source, stats, keep_skipped
+        self.source, self.stats, self.keep_skipped, self.name = source, stats, keep_skipped, name
+        self.passes_started, self._announce, self._reset_before = 0, False, False
 
     def reset(self, initial_state: dict | None = None) -> None:
         super().reset(initial_state)
         self.source.reset(None if initial_state is None else initial_state[self.SOURCE_KEY])
+        if initial_state is not None:
+            self.passes_started, self._announce = int(initial_state.get(self.PASSES_KEY, 0)), False
+        elif self._reset_before:  # the data starts again, not for the first time
+            self.passes_started, self._announce = self.passes_started + 1, True
+        self._reset_before = True
 
-    def next(self) -> dict | SkippedRecord:
+    def next(self) -> dict | SkippedRecord | PassStarted:
+        if self._announce:
+            self._announce = False
+            if self.keep_skipped:
+                return PassStarted(self.name, self.passes_started)
         while True:
             try:
                 sample = next(self.source)
@@ -75,12 +105,12 @@ class DropSkipped(BaseNode[dict]):
                 if self.stats is not None:
                     logger.info("epoch finished; dataset %s", self.stats.summary())
                 raise
-            if sample is None or (isinstance(sample, SkippedRecord) and not self.keep_skipped):
+            if sample is None or (isinstance(sample, (SkippedRecord, PassStarted)) and not self.keep_skipped):
                 continue
             return sample
 
     def get_state(self) -> dict[str, Any]:
-        return {self.SOURCE_KEY: self.source.state_dict()}
+        return {self.SOURCE_KEY: self.source.state_dict(), self.PASSES_KEY: self.passes_started}
 
 
 def reader_place(rank: int, world_size: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from qwenvl_data._constants import IGNORE_INDEX
 from qwenvl_data._reading import mark_reading
@@ -27,7 +27,24 @@ from qwenvl_data.video import VideoOptions
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
-Locate = Callable[[Any], "str | None"]  # a record's index -> where it is in its files, for error messages
+
+
+class RecordOrigin(Protocol):
+    """Where a dataset's records come from, asked per record by its index (an int, or a stream's label): the
+    map-style sources (``JsonlSource`` ...) and the stream's ``ShardOrigins`` answer it; either method may be
+    missing (a plain list of dicts has neither)."""
+
+    def location(self, index: Any) -> str | None:
+        """Where the record is in its files (``"train.jsonl line 7"``), for error messages; None if unknown."""
+
+    def media_dir(self, index: Any) -> str | None:
+        """The directory the record's relative media paths resolve under (and stay inside) when the processor
+        has no ``image_dir``: its own data file's; None: paths as given."""
+
+
+def _ask(origin: RecordOrigin | None, question: str, index: Any) -> str | None:
+    answer = getattr(origin, question, None)
+    return None if answer is None else answer(index)
 
 
 def sample_or_skip(dataset: Any, index: int) -> dict | SkippedRecord:
@@ -47,8 +64,9 @@ class RecordProcessor:
             None returns the internal-form sample untransformed.
         format: a layout name (``FORMATS`` in ``qwenvl_data.conversation._layouts``) or None to detect per record.
         column_map: ``{expected field: your field}`` renames (see ``qwenvl_data.conversation._layouts``).
-        image_dir: directory media paths resolve under; paths escaping it are refused. None: paths are used as
-            given (records built in code).
+        image_dir: directory every record's media paths resolve under; paths escaping it are refused. None: each
+            record's own directory, ``origin.media_dir(index)`` (its data file's), confined likewise; paths as
+            given where the origin has none (records built in code).
         on_error: ``"raise"`` re-raises a bad sample's error naming its index and id; ``"skip"`` returns
             None (``process``: a ``SkippedRecord``) and counts the cause, with the record's id, in ``stats``.
             Any exception raised for one record counts (see ``process``), not only ``SampleError``.
@@ -88,38 +106,40 @@ class RecordProcessor:
         self.keep_fields = tuple(keep_fields)
         self.video_options = {**(video_options or {}), **({"fps": video_fps} if video_fps is not None else {})}
         VideoOptions().updated(self.video_options)  # unknown keys and bad values fail here, not per sample
-        image_dir = None if image_dir is None else os.fspath(image_dir)
+        image_dir = self.image_dir = None if image_dir is None else os.fspath(image_dir)
         self.to_messages = RecordToMessages(
             format, column_map, image_dir=image_dir, video_options=self.video_options, keep_fields=self.keep_fields
         )
         self.stats = SkipCounts()
 
-    def parse(self, index: int | str, record: Any, locate: Locate | None = None) -> Any:
+    def parse(self, index: int | str, record: Any, origin: RecordOrigin | None = None) -> Any:
         """Record number ``index`` as read from its source: JSON text is parsed, anything else returned as is.
 
         Args:
-            locate: record index -> where it is (``"train.jsonl line 7"``), named in invalid-JSON errors.
+            origin: where records come from (``RecordOrigin``); its ``location`` is named in invalid-JSON errors.
 
         Raises:
-            InvalidConversationError: invalid JSON, naming where it is when ``locate`` can say.
+            InvalidConversationError: invalid JSON, naming where it is when ``origin`` can say.
         """
         if not isinstance(record, (bytes, str)):
             return record
         try:
             return json.loads(record)
         except ValueError as err:
-            location = None if locate is None else locate(index)
+            location = _ask(origin, "location", index)
             where = f" at {location}" if location else ""
             raise InvalidConversationError(f"invalid JSON{where} ({err})") from err
 
-    def convert(self, index: int, record: Any) -> tuple[dict, str]:
+    def convert(self, index: int | str, record: Any, origin: RecordOrigin | None = None) -> tuple[dict, str]:
         """A parsed record -> (``{"id", "messages": list[Message], ...}``, layout name); the id is the record's
-        ``id`` when it holds one, else ``index``; ``keep_fields`` that hold values are copied.
+        ``id`` when it holds one, else ``index``; ``keep_fields`` that hold values are copied. Media paths resolve
+        under ``image_dir``, else under ``origin.media_dir(index)``.
 
         Raises:
             SampleError: no known layout, bad conversation or media references (the sample is not named).
         """
-        converted = self.to_messages(record)
+        media_dir = self.image_dir if self.image_dir is not None else _ask(origin, "media_dir", index)
+        converted = self.to_messages(record, image_dir=media_dir)
         sample = {"id": _record_id(index, record), "messages": converted["messages"]}
         sample.update({key: record[key] for key in self.keep_fields if holds_value(record.get(key))})
         return sample, converted["layout"]
@@ -139,16 +159,16 @@ class RecordProcessor:
             raise NoTrainedTokenError("no trained token (no assistant turn, or every answer token masked)")
         return sample
 
-    def __call__(self, index: int | str, record: Any, locate: Locate | None = None) -> dict | None:
-        """Process record number ``index`` (a dict, or one JSON text line); ``locate`` as for ``parse``.
+    def __call__(self, index: int | str, record: Any, origin: RecordOrigin | None = None) -> dict | None:
+        """Process record number ``index`` (a dict, or one JSON text line) from ``origin`` (``RecordOrigin``).
 
         Returns:
             the transformed sample (with ``"id"``), or None when it was skipped under ``on_error="skip"``.
         """
-        sample = self.process(index, record, locate)
+        sample = self.process(index, record, origin)
         return None if isinstance(sample, SkippedRecord) else sample
 
-    def process(self, index: int | str, record: Any, locate: Locate | None = None) -> dict | SkippedRecord:
+    def process(self, index: int | str, record: Any, origin: RecordOrigin | None = None) -> dict | SkippedRecord:
         """As ``__call__``, but a skipped record comes back as a ``SkippedRecord`` saying why.
 
         Any exception raised while turning this one record into a sample is the record's fault here
@@ -163,27 +183,27 @@ class RecordProcessor:
             if isinstance(record, DamagedShard):  # the rest of a stream's shard is unreadable: named and counted
                 sample_id = os.path.basename(record.path)
                 raise DamagedShardError(record.message())
-            record = self.parse(index, record, locate)
+            record = self.parse(index, record, origin)
             sample_id = _record_id(index, record)
             mark_reading(sample_name(index, sample_id))
-            sample, _ = self.convert(index, record)
+            sample, _ = self.convert(index, record, origin)
             return self.transform(sample)
         except SampleError as err:
             if self.on_error == "raise":
                 # The model transform already names the sample by id; say it once, with the index added.
                 detail = str(err).removeprefix(f"{sample_name(None, sample_id)}: ")
                 raise type(err)(f"{sample_name(index, sample_id)}: {detail}") from err
-            return self._skip(index, sample_id, err, locate)
+            return self._skip(index, sample_id, err, origin)
         except MemoryError:
             raise
         except Exception as err:
             if self.on_error == "raise":
                 err.add_note(f"while processing {sample_name(index, sample_id)}")
                 raise
-            return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"), locate)
+            return self._skip(index, sample_id, UnexpectedSampleError(f"{type(err).__name__}: {err}"), origin)
 
-    def _skip(self, index: int | str, sample_id: Any, err: SampleError, locate: Locate | None) -> SkippedRecord:
-        location = locate(index) if sample_id is None and locate is not None else None
+    def _skip(self, index: int | str, sample_id: Any, err: SampleError, origin: RecordOrigin | None) -> SkippedRecord:
+        location = _ask(origin, "location", index) if sample_id is None else None
         skipped = SkippedRecord.from_error(index, sample_id, err, location)
         self.stats.add(skipped)
         logger.info("skipping sample %s (%s) [%s]: %s", index, sample_id, err.cause, err)

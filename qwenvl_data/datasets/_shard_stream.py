@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qwenvl_data.datasets._shards import Shard
+from qwenvl_data.datasets._shards import Shard, shard_labels
 
 Position = tuple[int, int]  # (index in this reader's plan, record number inside that shard)
 
@@ -43,6 +43,7 @@ class ShardStream:
         if not shards:
             raise ValueError("the corpus has no shards (empty parquet files or an empty dataset directory?)")
         self.shards, self.reader, self.num_readers = list(shards), reader, num_readers
+        self.labels = shard_labels(self.shards)
         self.seed, self.buffer_size = seed, buffer_size
         self.start_epoch(epoch)
 
@@ -138,4 +139,4 @@ class ShardStream:
         self.buffer[pick] = self.buffer[-1]
         self.buffer.pop()
         self.emitted += 1
-        return f"{self.shards[self.plan[cursor][0]].name}#{k}", record
+        return f"{self.labels[self.plan[cursor][0]]}#{k}", record

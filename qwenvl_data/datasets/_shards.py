@@ -17,6 +17,7 @@ import json
 import os
 import tarfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +37,18 @@ class Shard:
         kind: ``"jsonl"`` | ``"json"`` | ``"parquet"`` | ``"arrow"`` | ``"tar"``.
         path: the file.
         row_group: the parquet row group (parquet only).
+        media_dir: where its records' relative media paths resolve by default (``DataFile.media_dir``; None:
+            the file's own directory).
     """
 
     kind: str
     path: str
     row_group: int | None = None
+    media_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.media_dir is None:
+            object.__setattr__(self, "media_dir", os.path.dirname(os.path.abspath(self.path)))
 
     @property
     def name(self) -> str:
@@ -219,18 +227,46 @@ def shards_of(files: Sequence[DataFile]) -> list[Shard]:
             import pyarrow.parquet as pq
 
             with pq.ParquetFile(file.path) as parquet:
-                shards.extend(Shard("parquet", file.path, g) for g in range(parquet.metadata.num_row_groups))
+                shards.extend(
+                    Shard("parquet", file.path, g, file.media_dir) for g in range(parquet.metadata.num_row_groups)
+                )
         else:
-            shards.append(Shard(file.kind, file.path))
+            shards.append(Shard(file.kind, file.path, media_dir=file.media_dir))
     return shards
 
 
-def shard_location(shards: Sequence[Shard], label: str) -> str | None:
-    """Where the record that ``ShardStream`` labels ``<shard name>#<number>`` is: ``"<path> line <n>"`` for a
-    JSON shard (as the map-style index says), else None; None too when two shards share the name."""
-    name, _, number = label.rpartition("#")
-    named = [shard for shard in shards if shard.name == name]
-    return named[0].location(int(number)) if len(named) == 1 else None
+def shard_labels(shards: Sequence[Shard]) -> list[str]:
+    """How streamed records name their shard (``<label>#<record number>``): the shard's ``name``, or, where two
+    shards share it (``a/part.jsonl``, ``b/part.jsonl``), its path, so that every label names one shard."""
+    uses = Counter(shard.name for shard in shards)
+    return [
+        shard.name if uses[shard.name] == 1 else shard.name.replace(os.path.basename(shard.path), shard.path, 1)
+        for shard in shards
+    ]
+
+
+class ShardOrigins:
+    """The ``RecordOrigin`` of streamed records, labelled ``<shard label>#<record number>`` (``shard_labels``).
+
+    Args:
+        shards: the corpus, in ``list_shards`` order.
+    """
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        self.by_label = dict(zip(shard_labels(shards), shards))
+
+    def _shard(self, label: str) -> tuple[Shard, int]:
+        name, _, number = label.rpartition("#")
+        return self.by_label[name], int(number)
+
+    def location(self, label: str) -> str | None:
+        """``"<path> line <n>"`` for a record of a JSON shard (as the map-style index says), else None."""
+        shard, number = self._shard(label)
+        return shard.location(number)
+
+    def media_dir(self, label: str) -> str:
+        """The directory the record's relative media paths resolve under by default (its shard's)."""
+        return self._shard(label)[0].media_dir
 
 
 def count_records(shards: Sequence[Shard]) -> int | None:

@@ -8,7 +8,10 @@ opened here for reading by index:
 - ``HFSource``: a Hugging Face ``datasets.Dataset``, Arrow-backed and memory-mapped from disk: parquet files
   (through ``datasets``' Arrow cache), the Arrow files of a ``save_to_disk`` directory, a ``Dataset`` object.
 - WebDataset tars are not indexed: they are read in sequence, by ``streaming_chat_dataset``.
-Consecutive files of different kinds are read as one source, in file order (``ConcatSource``).
+Consecutive files of different kinds (or media directories) are read as one source, in file order
+(``ConcatSource``). Every source is also its records' origin (``RecordOrigin``): ``location(index)`` for error
+messages and ``media_dir(index)``, the directory that record's relative media paths resolve under by default
+(its own data file's, from ``resolve_data_files``).
 """
 
 import bisect
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from qwenvl_data.datasets._data_files import SOURCES, DataFile, expand_data_files, media_root, resolve_data_files
+from qwenvl_data.datasets._data_files import SOURCES, DataFile, expand_data_files, resolve_data_files
 from qwenvl_data.datasets._json_files import line_location, record_spans
 
 if TYPE_CHECKING:  # imported lazily: JSON Lines datasets (and their DataLoader workers) never need it
@@ -28,7 +31,8 @@ if TYPE_CHECKING:  # imported lazily: JSON Lines datasets (and their DataLoader 
 
 
 class RecordSource(Protocol):
-    """What the map-style dataset reads: a length and raw records (dicts or JSON text) by index."""
+    """What the map-style dataset reads: a length and raw records (dicts or JSON text) by index (and, optionally,
+    ``location(index)`` and ``media_dir(index)``: see ``RecordOrigin``)."""
 
     def __len__(self) -> int: ...
 
@@ -45,13 +49,18 @@ class JsonlSource:
     Args:
         data_files: one path or a list of paths; records are numbered across files in order. Each file
             is a JSON array when its first non-whitespace character is ``[``, JSON Lines otherwise.
+        media_dir: the directory the records' relative media paths resolve under (``media_dir(index)``) when
+            the processor has no ``image_dir``; None: each record's own file's directory.
 
     Raises:
         FileNotFoundError: a file does not exist.
         ValueError: a JSON array file that does not parse, naming the file and line.
     """
 
-    def __init__(self, data_files: str | os.PathLike | Sequence[str | os.PathLike]) -> None:
+    def __init__(
+        self, data_files: str | os.PathLike | Sequence[str | os.PathLike], media_dir: str | None = None
+    ) -> None:
+        self._media_dir = media_dir
         single = isinstance(data_files, (str, os.PathLike))
         self.paths = [os.fspath(path) for path in ([data_files] if single else data_files)]
         offsets, ends, files = [], [], []
@@ -95,6 +104,12 @@ class JsonlSource:
         """Where record ``index`` starts: ``"<path> line <n>"`` (counted on demand, for error messages)."""
         return line_location(self.paths[int(self.file_index[index])], int(self.offsets[index]))
 
+    def media_dir(self, index: int) -> str:
+        """The directory record ``index``'s relative media paths resolve under by default."""
+        if self._media_dir is not None:
+            return self._media_dir
+        return os.path.dirname(os.path.abspath(self.paths[int(self.file_index[index])]))
+
 
 class HFSource:
     """A Hugging Face ``datasets.Dataset`` as a record source (rows as dicts, memory-mapped).
@@ -106,9 +121,14 @@ class HFSource:
     inside ``datasets``.
     """
 
-    def __init__(self, dataset: "datasets.Dataset") -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: "datasets.Dataset", media_dir: str | None = None) -> None:
+        self.dataset, self._media_dir = dataset, media_dir
         self._rows = dataset.with_format("arrow")
+
+    def media_dir(self, index: int) -> str | None:
+        """The directory a row's relative media paths resolve under by default (None: a ``Dataset`` object's
+        paths are used as given unless the processor has an ``image_dir``)."""
+        return self._media_dir
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -137,9 +157,16 @@ class ConcatSource:
 
     def location(self, index: int) -> str | None:
         """Where record ``index`` is, when its source can say (JSON files), else None."""
+        return self._ask(index, "location")
+
+    def media_dir(self, index: int) -> str | None:
+        """The directory record ``index``'s relative media paths resolve under by default (its part's)."""
+        return self._ask(index, "media_dir")
+
+    def _ask(self, index: int, question: str) -> str | None:
         part, local = self._part(int(index))
-        locate: Callable[[int], str] | None = getattr(part, "location", None)
-        return None if locate is None else locate(local)
+        answer: Callable[[int], str | None] | None = getattr(part, question, None)
+        return None if answer is None else answer(local)
 
 
 def _check_load_dataset_kwargs(load_dataset_kwargs: dict[str, Any]) -> None:
@@ -168,41 +195,45 @@ def _load_dataset(builder: str, paths: list[str], **load_dataset_kwargs: Any) ->
                          f"{type(cause).__name__}: {cause}") from error  # fmt: skip
 
 
-def _open_kind(kind: str, paths: list[str], **load_dataset_kwargs: Any) -> RecordSource:
-    """A source over consecutive files of one kind (``"json"`` standing for both JSON kinds)."""
+def _open_kind(kind: str, paths: list[str], media_dir: str, **load_dataset_kwargs: Any) -> RecordSource:
+    """A source over consecutive files of one kind (``"json"`` standing for both JSON kinds; another ``datasets``
+    builder name is read by ``datasets``) whose media resolve under ``media_dir``."""
     if kind == "json":
-        return JsonlSource(paths)
-    if kind == "parquet":
-        return HFSource(_load_dataset("parquet", paths, **load_dataset_kwargs))
+        return JsonlSource(paths, media_dir)
     if kind == "arrow":
         import datasets
 
-        return HFSource(datasets.concatenate_datasets([datasets.Dataset.from_file(path) for path in paths]))
-    raise ValueError(
-        f"{paths[0]}: WebDataset tar shards are read in sequence, not by index: use streaming_chat_dataset "
-        f"(source: webdataset)"
-    )
+        return HFSource(
+            datasets.concatenate_datasets([datasets.Dataset.from_file(path) for path in paths]), media_dir
+        )
+    if kind == "tar":
+        raise ValueError(
+            f"{paths[0]}: WebDataset tar shards are read in sequence, not by index: use streaming_chat_dataset "
+            f"(source: webdataset)"
+        )
+    return HFSource(_load_dataset(kind, paths, **load_dataset_kwargs), media_dir)
 
 
 def open_files(files: Sequence[DataFile], **load_dataset_kwargs: Any) -> RecordSource:
-    """A random-access source over resolved data files, records in file order."""
+    """A random-access source over resolved data files, records in file order, each answering ``media_dir`` with
+    its own file's ``DataFile.media_dir``."""
     parts = [
-        _open_kind(kind, [file.path for file in group], **load_dataset_kwargs)
-        for kind, group in itertools.groupby(files, key=lambda file: "json" if file.kind == "jsonl" else file.kind)
+        _open_kind(kind, [file.path for file in group], media_dir, **load_dataset_kwargs)
+        for (kind, media_dir), group in itertools.groupby(
+            files, key=lambda file: ("json" if file.kind == "jsonl" else file.kind, file.media_dir)
+        )
     ]
     return parts[0] if len(parts) == 1 else ConcatSource(parts)
 
 
-def open_source(
-    source: Any, data_files: Any = None, split: str = "train", **load_dataset_kwargs: Any
-) -> tuple[RecordSource, str | None]:
-    """The map-style source of ``(source, data_files, split)``, and the data's directory (None for a ``Dataset``).
+def open_source(source: Any, data_files: Any = None, split: str = "train", **load_dataset_kwargs: Any) -> RecordSource:
+    """The map-style source of ``(source, data_files, split)``.
 
     Files are resolved by ``resolve_data_files`` (the streaming rule). Also accepted, map-style only: a
-    ``datasets.Dataset`` / ``DatasetDict`` object (its ``split``), and another ``datasets`` builder name
-    (``"csv"``, ...) with ``data_files``. ``load_dataset_kwargs`` go to ``datasets.load_dataset`` where it
-    reads (parquet, other builders); JSON files are always indexed by byte offset, so records of different
-    layouts keep their own fields (Arrow would merge them into one schema).
+    ``datasets.Dataset`` / ``DatasetDict`` object (its ``split``; its ``media_dir`` is None), and another
+    ``datasets`` builder name (``"csv"``, ...) with ``data_files``. ``load_dataset_kwargs`` go to
+    ``datasets.load_dataset`` where it reads (parquet, other builders); JSON files are always indexed by byte
+    offset, so records of different layouts keep their own fields (Arrow would merge them into one schema).
 
     Raises:
         TypeError: a keyword that ``datasets.load_dataset`` does not take either.
@@ -211,10 +242,8 @@ def open_source(
     if not isinstance(source, (str, os.PathLike, type(None))):
         import datasets
 
-        dataset = source[split] if isinstance(source, datasets.DatasetDict) else source
-        return HFSource(dataset), None
+        return HFSource(source[split] if isinstance(source, datasets.DatasetDict) else source)
     if isinstance(source, str) and source not in SOURCES and not os.path.isdir(source):
-        paths = expand_data_files(data_files, split)
-        return HFSource(_load_dataset(source, paths, **load_dataset_kwargs)), media_root(source, paths)
-    files = resolve_data_files(source, data_files, split)
-    return open_files(files, **load_dataset_kwargs), media_root(source, [file.path for file in files])
+        return open_files([DataFile(source, path) for path in expand_data_files(data_files, split)],
+                          **load_dataset_kwargs)  # fmt: skip
+    return open_files(resolve_data_files(source, data_files, split), **load_dataset_kwargs)

@@ -68,11 +68,14 @@ class SkippedRecord:
 
 @dataclass(frozen=True)
 class SkipReport:
-    """Skips by cause with the first record names of each (``{cause: {"count", "examples"}}``), and how many
-    records were read (None where the counter does not know: a dataset counts only what it skipped)."""
+    """Skips by cause with the first record names of each (``{cause: {"count", "examples"}}``), how many
+    records were read (None where the counter does not know: a dataset counts only what it skipped), and how
+    often the data ran out and was read again (``passes_started``: then ``read`` and the skips count a record
+    once per pass that read it)."""
 
     by_cause: dict[str, dict[str, Any]] = field(default_factory=dict)
     read: int | None = None
+    passes_started: int = 0
 
     @property
     def skipped(self) -> int:
@@ -82,31 +85,38 @@ class SkipReport:
     def merged(cls, reports: Iterable["SkipReport"], max_examples: int) -> "SkipReport":
         """The sum of ``reports`` (e.g. one per rank): counts added, the first ``max_examples`` distinct names."""
         by_cause: dict[str, dict[str, Any]] = {}
-        read = 0
+        read = passes = 0
         for report in reports:
             read += report.read or 0
+            passes += report.passes_started
             for cause, entry in report.by_cause.items():
                 merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
                 merged["count"] += entry["count"]
                 new = [e for e in entry["examples"] if e not in merged["examples"]]
                 merged["examples"] = (merged["examples"] + new)[:max_examples]
-        return cls(by_cause, read)
+        return cls(by_cause, read, passes)
 
     def as_dict(self) -> dict[str, Any]:
-        """metrics.json's form: ``{"read", "skipped", "by_cause"}``."""
-        return {"read": self.read, "skipped": self.skipped, "by_cause": self.by_cause}
+        """metrics.json's form: ``{"read", "skipped", "passes_started", "by_cause"}``."""
+        return {"read": self.read, "skipped": self.skipped, "passes_started": self.passes_started,
+                "by_cause": self.by_cause}  # fmt: skip
 
     def describe(self) -> str:
         """One line for the console: ``skipped 3 of 90 records: cause=n (e.g. id, id); ...``."""
         counted = "samples" if self.read is None else f"of {self.read} records"
         parts = [f"{cause}={e['count']}" + (f" (e.g. {', '.join(e['examples'])})" if e["examples"] else "")
                  for cause, e in self.by_cause.items()]  # fmt: skip
-        return f"skipped {self.skipped} {counted}" + (": " + "; ".join(parts) if parts else "")
+        passes = self.passes_started
+        repeated = (f" (the data ran out and was read again {passes} time{'s' if passes > 1 else ''}: a record "
+                    "counts once per pass that read it)") if passes else ""  # fmt: skip
+        return f"skipped {self.skipped} {counted}{repeated}" + (": " + "; ".join(parts) if parts else "")
 
     def scalars(self) -> dict[str, float]:
-        """Flat scalars for a metric logger: ``skipped/<cause>``, ``skipped/total`` and ``records_read``."""
+        """Flat scalars for a metric logger: ``skipped/<cause>``, ``skipped/total``, ``records_read`` and
+        ``data_passes_restarted``."""
         scalars = {f"skipped/{cause}": float(entry["count"]) for cause, entry in self.by_cause.items()}
-        return {**scalars, "skipped/total": float(self.skipped), "records_read": float(self.read or 0)}
+        return {**scalars, "skipped/total": float(self.skipped), "records_read": float(self.read or 0),
+                "data_passes_restarted": float(self.passes_started)}  # fmt: skip
 
 
 def _error_classes() -> list[type[SampleError]]:

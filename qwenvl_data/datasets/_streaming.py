@@ -11,14 +11,14 @@ from typing import Any, Literal
 from torchdata.nodes import BaseNode, Mapper, ParallelMapper
 
 from qwenvl_data.datasets._nodes import DropSkipped, ReaderNodeDataset, ShardRecordNode
-from qwenvl_data.datasets._data_files import media_root, resolve_data_files
-from qwenvl_data.datasets._processing import Locate, RecordProcessor, SkippedRecord, SkipReporting
-from qwenvl_data.datasets._shards import Shard, count_records, shard_location, shards_of
+from qwenvl_data.datasets._data_files import resolve_data_files
+from qwenvl_data.datasets._processing import RecordProcessor, SkippedRecord, SkipReporting
+from qwenvl_data.datasets._shards import Shard, ShardOrigins, count_records, shards_of
 
 
-def _process_item(processor: RecordProcessor, locate: Locate, item: tuple[str, Any]) -> dict | SkippedRecord:
+def _process_item(processor: RecordProcessor, origins: ShardOrigins, item: tuple[str, Any]) -> dict | SkippedRecord:
     label, record = item
-    return processor.process(label, record, locate)
+    return processor.process(label, record, origins)
 
 
 class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
@@ -84,17 +84,19 @@ class StreamingChatDataset(SkipReporting, ReaderNodeDataset):
         num_workers: int = 0,
         method: Literal["thread", "process"] = "thread",
         keep_skipped: bool | None = None,
+        name: str = "dataset",
     ) -> DropSkipped:
         """Transformed samples of ``records``: ``Mapper | ParallelMapper(processor) -> DropSkipped``; skipped
-        records pass as ``SkippedRecord`` when ``keep_skipped`` (default: ``self.keep_skipped``)."""
+        records pass as ``SkippedRecord`` when ``keep_skipped`` (default: ``self.keep_skipped``), and each new
+        pass over the data is announced as ``PassStarted(name, ...)`` then."""
         # the shards, not the dataset, go with the function to process workers
-        process = functools.partial(_process_item, self.processor, functools.partial(shard_location, self.shards))
+        process = functools.partial(_process_item, self.processor, ShardOrigins(self.shards))
         if num_workers > 0:
             mapped = ParallelMapper(records, process, num_workers, method=method)
         else:
             mapped = Mapper(records, process)
         keep = self.keep_skipped if keep_skipped is None else keep_skipped
-        return DropSkipped(mapped, self.processor.stats, keep_skipped=keep)
+        return DropSkipped(mapped, self.processor.stats, keep_skipped=keep, name=name)
 
     def reader_node(self, reader: int, num_readers: int) -> BaseNode:
         self._records = self.records_node(reader, num_readers)
@@ -144,7 +146,8 @@ def streaming_chat_dataset(
             ``.tar``); files as for ``multimodal_chat_dataset`` (``resolve_data_files``).
         data_files: a path, a glob pattern (``"shards/train-*.tar"``), a list of them, or a split dict.
         split: the split of a split dict or a dataset directory.
-        image_dir: where media paths resolve; default the first data file's directory (or the dataset directory).
+        image_dir: where every record's media paths resolve (and must stay); default each record's own data
+            file's directory (or the dataset directory), as for ``multimodal_chat_dataset``.
         format, column_map, on_error, max_tokens, video_options, video_fps: as for ``multimodal_chat_dataset``.
         seed, shuffle_buffer_size, epochs, rank, world_size: as for ``StreamingChatDataset``.
 
@@ -158,9 +161,8 @@ def streaming_chat_dataset(
     """
     files = resolve_data_files(source, data_files, split)
     processor = RecordProcessor(
-        model_transform, format=format, column_map=column_map,
-        image_dir=media_root(source, [file.path for file in files]) if image_dir is None else image_dir,
-        on_error=on_error, max_tokens=max_tokens, video_options=video_options, video_fps=video_fps,
+        model_transform, format=format, column_map=column_map, image_dir=image_dir, on_error=on_error,
+        max_tokens=max_tokens, video_options=video_options, video_fps=video_fps,
     )  # fmt: skip
     return StreamingChatDataset(
         shards_of(files), processor, seed=seed, shuffle_buffer_size=shuffle_buffer_size, epochs=epochs, rank=rank,

@@ -131,8 +131,10 @@ class RefillingBatches:
         self._records: Iterator[Any] | None = None
 
     def planned_steps(self, grad_accum: int, max_steps_per_epoch: int | None) -> int:
-        """Optimizer steps per epoch: the micro-batches an epoch gives when no record is skipped (a stream of
-        unknown length plans none: ``max_steps_per_epoch`` decides), over ``grad_accum``, capped.
+        """Optimizer steps per epoch: the micro-batches an epoch gives when no record is skipped, over
+        ``grad_accum``, capped by ``max_steps_per_epoch``. A stream's epoch is ``max_steps_per_epoch`` steps
+        whether or not its length is known (it reads on, starting its data again where it is shorter, and says
+        so: see ``SkipLedger``); a stream of unknown length needs it.
 
         Raises:
             ValueError: a stream of unknown length without ``max_steps_per_epoch``, or less than one step.
@@ -140,17 +142,19 @@ class RefillingBatches:
         world = rank_and_world()[1]
         if not self.stream:
             planned = math.ceil(len(self.loader.sampler) / self.batch_size)
-        elif self._stream_records is not None:
-            planned = self._stream_records // (world * self.batch_size)
         elif max_steps_per_epoch:
             planned = max_steps_per_epoch * grad_accum
+        elif self._stream_records is not None:
+            planned = self._stream_records // (world * self.batch_size)
         else:
             raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
                              "mixture): set `max_steps_per_epoch`")  # fmt: skip
         steps = planned // grad_accum
         if steps == 0:
             raise ValueError(
-                f"the dataset holds fewer than one step of {self.batch_size} x {grad_accum} x {world} ranks samples"
+                f"the dataset holds fewer than one step of {self.batch_size} x {grad_accum} x {world} ranks samples: "
+                "lower batch_size / gradient_accumulation_steps"
+                + (", or set max_steps_per_epoch (a stream then reads its data again)" if self.stream else "")
             )
         return min(steps, max_steps_per_epoch or steps)
 

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from qwenvl_data.datasets._nodes import PassStarted
 from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import sample_name
 from qwenvl_data.errors import SampleTooLongError
@@ -164,6 +165,8 @@ class PackedBatches:
                 if self._pulled_this_epoch == 0:
                     raise ValueError("the dataset yielded no samples in a whole pass: nothing to pack") from None
                 self._epoch, self._iterator = self._epoch + 1, None
+                if self.ledger is not None:  # said and counted, as a stream's restarts are (PassStarted)
+                    self.ledger.record(PassStarted("dataset", self._epoch))
                 continue
             self._pulled_this_epoch += 1
             length = len(sample["tokens"]) if isinstance(sample, dict) else 0

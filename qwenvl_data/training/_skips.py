@@ -1,16 +1,23 @@
 """What the training loop read and skipped: counts by cause with the first record names, per epoch and for the
 run, and the ``max_skip_fraction`` stop.
 
+Records are counted each time they are read: when a stream (or a mixture's dataset) runs out inside an epoch
+and starts its data again (a ``PassStarted``), a record read in two passes counts twice, read or skipped. The
+restarts are counted too (``passes_started``), said on the console when they happen and in every report, so
+that "skipped 28 of 76 records" over 11 records is read with "the data was started again 6 times".
+
 The loop counts the outcomes its steps consume, in the main process, so the figures are exact (read-ahead
 by DataLoader workers is not counted), identical across a resume (the ledger is saved with each training
 state) and summed over ranks for the report. Every skip arrives as a ``SkippedRecord`` (datasets/_stats.py).
 """
 
+import dataclasses
 from fractions import Fraction
 from typing import Any
 
 import torch.distributed as dist
 
+from qwenvl_data.datasets._nodes import PassStarted
 from qwenvl_data.datasets._stats import SkipCounts, SkippedRecord, SkipReport
 from qwenvl_data.errors import SampleError
 
@@ -35,13 +42,22 @@ class SkipLedger:
         self.max_skip_fraction = max_skip_fraction
         self.run, self.epoch = SkipCounts(max_workers=0), SkipCounts(max_workers=0)
         self.read_in_run = self.read_in_epoch = 0
+        self.passes_in_run = self.passes_in_epoch = 0
 
-    def record(self, outcome: dict | SkippedRecord) -> dict | None:
-        """Count one consumed record; returns the sample, or None when it was skipped.
+    def record(self, outcome: dict | SkippedRecord | PassStarted) -> dict | None:
+        """Count one consumed record; returns the sample, or None when it was skipped (or was no record: a
+        ``PassStarted``, counted and announced on the console).
 
         Raises:
             TooManySkipsError: the run's skip fraction is now over ``max_skip_fraction``.
         """
+        if isinstance(outcome, PassStarted):
+            self.passes_in_run += 1
+            self.passes_in_epoch += 1
+            print(f"{outcome.dataset}: the data ran out after {self.read_in_epoch} records of this epoch; reading "
+                  f"it again (restart {outcome.number} of this reader): records and skips of repeated passes are "
+                  "counted again", flush=True)  # fmt: skip
+            return None
         self.read_in_run += 1
         self.read_in_epoch += 1
         if isinstance(outcome, SkippedRecord):
@@ -80,7 +96,7 @@ class SkipLedger:
 
     def start_epoch(self) -> None:
         self.epoch.reset()
-        self.read_in_epoch = 0
+        self.read_in_epoch = self.passes_in_epoch = 0
 
     @property
     def skipped_in_run(self) -> int:
@@ -88,18 +104,24 @@ class SkipLedger:
 
     def state_dict(self) -> dict[str, Any]:
         return {"run": self.run.state_dict(), "epoch": self.epoch.state_dict(),
-                "read_in_run": self.read_in_run, "read_in_epoch": self.read_in_epoch}  # fmt: skip
+                "read_in_run": self.read_in_run, "read_in_epoch": self.read_in_epoch,
+                "passes_in_run": self.passes_in_run, "passes_in_epoch": self.passes_in_epoch}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run.load_state_dict(state["run"])
         self.epoch.load_state_dict(state["epoch"])
         self.read_in_run, self.read_in_epoch = state["read_in_run"], state["read_in_epoch"]
+        self.passes_in_run = state.get("passes_in_run", 0)  # states saved before restarts were counted
+        self.passes_in_epoch = state.get("passes_in_epoch", 0)
 
     def report(self, scope: str) -> SkipReport:
-        """The skips of ``scope`` ("run" or "epoch") with the records read, summed over all ranks (collective
-        under torch.distributed: every rank calls it)."""
-        counts, read = (self.run, self.read_in_run) if scope == "run" else (self.epoch, self.read_in_epoch)
-        reports = [counts.report(read)]
+        """The skips of ``scope`` ("run" or "epoch") with the records read and the data's restarts, summed over
+        all ranks (collective under torch.distributed: every rank calls it)."""
+        counts, read, passes = (
+            (self.run, self.read_in_run, self.passes_in_run) if scope == "run"
+            else (self.epoch, self.read_in_epoch, self.passes_in_epoch)
+        )  # fmt: skip
+        reports = [dataclasses.replace(counts.report(read), passes_started=passes)]
         if dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, reports[0])

@@ -130,6 +130,20 @@ def test_placeholder_count_must_match_the_media(record, image_dir):
         to_conversation(record, None, image_dir)
 
 
+def test_a_media_list_no_part_uses_is_named_when_the_parts_carry_their_own_payloads(image_dir):
+    record = {
+        "id": "u2",
+        "images": ["b.png"],
+        "messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg"}, {"type": "text", "text": "Q"}]},
+                     {"role": "assistant", "content": "A"}],
+    }  # fmt: skip
+    with pytest.raises(PlaceholderMismatchError) as caught:
+        to_conversation(record, None, image_dir)
+    assert "field 'images' (1 images) is not used by any part: the 1 image part(s) carry their own payloads" in str(
+        caught.value
+    )
+
+
 @pytest.mark.parametrize(
     "record",
     [

@@ -100,7 +100,7 @@ def test_both_dataset_kinds_read_the_same_records_in_the_same_order(corpus, case
     samples = map_style(**options)
     assert [s["id"] for s in samples] == expected_ids
     assert streamed(**options) == samples
-    image = samples[0]["messages"][0][1][0]["content"]  # under the first data file's directory
+    image = samples[0]["messages"][0][1][0]["content"]  # under its data file's directory
     assert os.path.isfile(image) and os.path.basename(image) == f"img{int(samples[0]['id'][1:]) % 3}.png"
 
 
@@ -120,6 +120,8 @@ def raised(read, **options) -> BaseException:
         (dict(source=None, data_files="img0.png"), ValueError, "cannot tell the format of '{root}/img0.png'"),
         (dict(source="jsonl", data_files={"train": "lines.jsonl"}, split="test"), ValueError, "no split 'test'"),
         (dict(source="jsonl"), ValueError, "data_files is not set"),
+        (dict(source=None, data_files="parts"), FileNotFoundError,
+         "data file '{root}/parts' is a directory, not a file: .* pass source='{root}/parts' without data_files"),
     ],
 )  # fmt: skip
 def test_bad_data_files_are_the_same_error_for_both_kinds(corpus, options, error, message):
@@ -215,3 +217,46 @@ def test_dataset_classes_take_a_built_processor_that_the_builders_build_from_the
         ChatDataset(JsonlSource(files), lambda sample: sample)
     with pytest.raises(ValueError, match="on_error must be one of"):
         RecordProcessor(None, on_error="ignore")
+
+
+def pic_record(name: str, image: str = "pic.png") -> dict:
+    return {"id": name, "image": image, "conversations": llava_turns("<image>\nWhat is it?", name)}
+
+
+def image_of(sample: dict) -> str:
+    return sample["messages"][0][1][0]["content"]
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    """Same-named data files in two folders, each record naming the ``pic.png`` beside its own file."""
+    for folder in ("a", "b"):
+        write_photos(tmp_path / folder, ["pic.png"])
+        write_jsonl(tmp_path / folder / "part.jsonl", [pic_record(f"{folder}-jsonl")])
+        pq.write_table(pa.Table.from_pylist([pic_record(f"{folder}-parquet")]), tmp_path / folder / "part.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "data_files", [["a/part.jsonl", "b/part.jsonl"], "*/part.jsonl", ["a/part.parquet", "b/part.parquet"],
+                   ["a/part.jsonl", "b/part.parquet", "a/part.parquet", "b/part.jsonl"]],
+)  # fmt: skip
+def test_each_record_resolves_media_under_its_own_data_files_directory_in_both_kinds(folders, data_files):
+    options = in_corpus(folders, dict(source=None, data_files=data_files))
+    for samples in (map_style(**options), streamed(**options)):
+        assert len(samples) == (len(data_files) if isinstance(data_files, list) else 2)
+        for sample in samples:
+            folder = sample["id"].split("-")[0]
+            assert image_of(sample) == str(folders / folder / "pic.png"), sample["id"]
+
+
+def test_a_record_cannot_reach_another_data_files_folder_without_image_dir(folders):
+    write_jsonl(folders / "b" / "up.jsonl", [pic_record("b-up", "../a/pic.png")])
+    options = in_corpus(folders, dict(source="jsonl", data_files=["a/part.jsonl", "b/up.jsonl"]))
+    for read in (map_style, streamed):
+        assert f"outside image_dir {str(folders / 'b')!r}" in str(raised(read, **options))
+    # an explicit image_dir holds every data file's media: paths resolve under it, as given
+    write_jsonl(folders / "b" / "rooted.jsonl", [pic_record("b-rooted", "a/pic.png")])
+    options = in_corpus(folders, dict(source="jsonl", data_files=["b/rooted.jsonl"]))
+    for read in (map_style, streamed):
+        assert image_of(read(**options, image_dir=str(folders))[0]) == str(folders / "a" / "pic.png")

@@ -1,6 +1,7 @@
 """Recipes on a streaming dataset and on a weighted mixture: a run stopped mid-stream and resumed reaches
 the weights of an uninterrupted run bit for bit (the stream position is part of the training state)."""
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -101,3 +102,29 @@ def test_mixture_item_without_weight_is_named(photo_corpus, tmp_path):
     mixture = [{"_component_": "qwenvl_data.datasets.streaming_chat_dataset", "data_files": str(photo_corpus[0])}]
     with pytest.raises(ValueError, match=r"dataset\[0\].*needs a `weight`"):
         _run(_streaming_overrides(photo_corpus, tmp_path / "run", dataset=mixture))
+
+
+def test_a_saved_dataset_shorter_than_one_step_is_read_again_and_the_report_says_so(tmp_path, capsys):
+    """tiny_streaming.yaml with `dataset.source=<saved dataset>` alone: 4 records (one naming a missing image),
+    a step of 16 samples. The stream reads its data again until the step is full, says so on the console and in
+    metrics.json, and its skip counts count each pass's read of the bad record."""
+    saved = tmp_path / "saved"
+    write_photos(saved, [f"p{i}.png" for i in range(3)], size=(56, 56))
+    records = [
+        {"id": f"s{i}", "image": f"p{i}.png" if i < 3 else "missing.png",
+         "conversations": llava_turns("<image>\nWhat is this?", f"Photo {i}.")}
+        for i in range(4)
+    ]  # fmt: skip
+    datasets.Dataset.from_list(records).save_to_disk(str(saved))
+    cfg = load_config("tiny_streaming", {"dataset.source": str(saved), "output_dir": str(tmp_path / "run"),
+                                         "max_steps_per_epoch": 1})  # fmt: skip
+    recipe = load_recipe("full_finetune_single_device")
+    recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg)
+    # 16 usable samples at 3 per pass: 5 passes whole, then part of a 6th (started again 5 times)
+    epoch = metrics(tmp_path / "run")["history"]["skipped_by_epoch"][0]
+    assert epoch["passes_started"] == 5
+    assert epoch["read"] - epoch["skipped"] == 16 and epoch["skipped"] in (5, 6)
+    assert epoch["by_cause"]["bad_image"]["count"] == epoch["skipped"]
+    console = capsys.readouterr().out
+    assert "reading it again (restart 5 of this reader)" in console
+    assert f"skipped {epoch['skipped']} of {epoch['read']} records (the data ran out and was read again 5 times" in console

@@ -5,16 +5,16 @@ import pytest
 import torch
 
 from qwenvl_data.datasets._processing import SkippedRecord
-from qwenvl_data.training._skips import SkipLedger, TooManySkipsError, describe
+from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
 
 
 def test_a_skipped_record_id_with_a_lone_surrogate_is_reported_escaped():
     ledger = SkipLedger(1.0)
     ledger.record(SkippedRecord(0, "bad\ud800id", "bad_image", "missing image"))
     report = ledger.report("run")
-    assert report["by_cause"]["bad_image"]["examples"] == ["bad\\ud800id"]
-    assert "bad\\ud800id" in describe(report)
-    describe(report).encode("utf-8")  # printable
+    assert report.by_cause["bad_image"]["examples"] == ["bad\\ud800id"]
+    assert "bad\\ud800id" in report.describe()
+    report.describe().encode("utf-8")  # printable
 
 
 def test_a_skip_fraction_exactly_at_max_skip_fraction_does_not_stop_and_one_more_does():

@@ -143,3 +143,14 @@ def test_smart_resize_matches_reference_over_many_sizes():
 def test_invalid_options_are_refused(bad):
     with pytest.raises(ValueError):
         Qwen2_5_VLImageTransform(**bad)
+
+
+@pytest.mark.parametrize("value", ["photo.png", photo(32, 32)], ids=["path", "pil_image"])
+def test_a_bare_image_instead_of_a_sample_dict_is_a_type_error_saying_what_it_takes(value):
+    with pytest.raises(TypeError, match=r"takes a sample dict \{'image': \.\.\.\} or \{'video': \.\.\.\}"):
+        Qwen2_5_VLImageTransform()(value)
+
+
+def test_a_sample_without_image_or_video_is_an_error_naming_its_keys():
+    with pytest.raises(ValueError, match=r"no 'image' or 'video' to transform \(keys: \['img'\]\)"):
+        Qwen2_5_VLImageTransform()({"img": photo(32, 32)})
