@@ -39,7 +39,7 @@ def test_a_damaged_shard_is_a_named_counted_skip_and_the_rest_is_read(tmp_path, 
     ids = [sample["id"] for sample in dataset]
     assert ids == [f"r{i}" for i in range(complete)] + [f"r{i}" for i in range(100, 104)]
     assert {cause: n for cause, n in dataset.stats.items() if n} == {"damaged_shard": 1}
-    examples = dataset.processor.stats.report()["damaged_shard"]["examples"]
+    examples = dataset.processor.stats.report().by_cause["damaged_shard"]["examples"]
     assert examples == ["bad.tar"]
 
 
