@@ -51,6 +51,7 @@ from qwenvl_data.training._periodic import (
     prune_hf_step_dirs,
 )
 from qwenvl_data.training._plot import plot_loss, write_metrics
+from qwenvl_data.training._position_rule import collator_for_model
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import VALUE_RULES
 from qwenvl_data.training._skips import SkipLedger, describe, skipped_scalars
@@ -127,6 +128,7 @@ class FinetuneRecipe:
         self.checkpointer.transform = self.transform  # HF directories get the run's tokenizer and pixel budgets
         check_builder_fits_checkpoint(cfg.model._component_, self.checkpointer.checkpoint_dir)
         self.model = self._build_model(cfg)
+        self.collate_fn = collator_for_model(self.collate_fn, self.model)  # one video position rule per run
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("no trainable parameters: check freeze_vision_tower / freeze_merger / the LoRA settings")
@@ -136,6 +138,7 @@ class FinetuneRecipe:
                 self.dataset, self.transform, self.batch_size, buffer_size=self.packed_buffer_size,
                 max_steps_per_epoch=self.max_steps_per_epoch, shuffle=shuffle, seed=self.seed,
                 num_workers=int(cfg.get("num_workers", 0)), ledger=self.skips,
+                tokens_per_second=self.collate_fn.tokens_per_second,
             )  # fmt: skip
         else:
             self.batches = RefillingBatches(
