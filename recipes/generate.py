@@ -142,7 +142,7 @@ class GenerateRecipe:
             print(f"{result['unscored']} of {len(records)} records have no reference answer: answered, not scored",
                   flush=True)  # fmt: skip
         if skipped.total():
-            print(f"{skipped.total()} of these {len(scored)} scored records could not be asked and count as wrong "
+            print(f"{skipped.total()} of these {len(scored)} records could not be asked and count as wrong "
                   f"answers ({skip_advice(self.cfg)}); {skipped.summary()}", flush=True)
         if self.cfg.get("output_dir"):
             out = Path(self.cfg.output_dir)
