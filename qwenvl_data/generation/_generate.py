@@ -165,7 +165,9 @@ def generate(
     check_sampling_options(temperature, top_k, top_p)
     max_new_tokens = new_token_budget(max_new_tokens, max_generated_tokens)
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens (or its earlier name max_generated_tokens) must be >= 1, got {max_new_tokens}")
+        raise ValueError(
+            f"max_new_tokens (or its earlier name max_generated_tokens) must be >= 1, got {max_new_tokens}"
+        )
     if batch.get("document_ids") is not None:
         raise ValueError("generate needs one prompt per row; packed batches (document_ids) cannot be continued")
     tokens = batch["tokens"]

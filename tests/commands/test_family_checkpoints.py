@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from support.models_reference import mm_token_type_ids, save_random_hf_model, save_random_qwen2_vl_hf_model
-from support.recipes_support import load_config, recipe_class
+from support.recipes_support import released_lora_setup
 
 from qwenvl_data.models import QWEN2_5_VL, QWEN2_VL, family_of_model, load_hf_model
 from qwenvl_data.vocab import qwen_vocab_files
@@ -51,19 +51,9 @@ def video_records(tmp_path_factory):
 
 
 def lora_setup(checkpoint_dir, data, tmp_path, **overrides):
-    """setup() of the released 3B LoRA config on CPU (no training), with small video budgets."""
-    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
-        "checkpoint_dir": str(checkpoint_dir), "dataset.data_files": str(data), "output_dir": str(tmp_path / "run"),
-        "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0, "batch_size": 1,
-        "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1,
-        "tokenizer.video_min_pixels": 3136, "video_max_pixels": 12544, **overrides,
-    })  # fmt: skip
-    recipe = recipe_class("lora_finetune_single_device")(cfg)
-    try:
-        recipe.setup(cfg)
-    finally:
-        recipe.cleanup()
-    return recipe
+    """setup() of the released 3B LoRA config on CPU (no training), one sample per batch, small video budgets."""
+    small = {"batch_size": 1, "tokenizer.video_min_pixels": 3136, "video_max_pixels": 12544}
+    return released_lora_setup(checkpoint_dir, data, tmp_path / "run", **{**small, **overrides})
 
 
 def first_batch(recipe) -> dict:

@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 from omegaconf import OmegaConf
-from support.recipes_support import REPO, load_config, recipe_class
+from support.recipes_support import REPO, load_config, recipe_class, released_lora_setup
 
 from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.training._config import build
@@ -107,17 +107,7 @@ def _lora_setup(tiny_checkpoint, tmp_path, **overrides):
     """setup() of the released 3B LoRA config on CPU with the tiny checkpoint and three records (no training)."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
-    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
-        "checkpoint_dir": str(tiny_checkpoint), "dataset.data_files": str(data), "output_dir": str(tmp_path / "run"),
-        "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
-        "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1, **overrides,
-    })  # fmt: skip
-    recipe = recipe_class("lora_finetune_single_device")(cfg)
-    try:
-        recipe.setup(cfg)
-    finally:
-        recipe.cleanup()
-    return recipe
+    return released_lora_setup(tiny_checkpoint, data, tmp_path / "run", **overrides)
 
 
 def test_a_released_config_takes_the_model_size_from_checkpoint_dir(tiny_checkpoint, tmp_path):
