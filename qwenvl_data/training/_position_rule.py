@@ -20,7 +20,8 @@ def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Call
     Args:
         collate_fn: ``Qwen2_5_VLCollator`` / ``Qwen2_5_VLPackedCollator`` (or a collate function of your own,
             returned unchanged: it owns its positions).
-        model: the run's model (a ``Qwen2_5_VLModel`` of either family).
+        model: the run's model (a ``Qwen2_5_VLModel`` of either family; a model without ``tokens_per_second``
+            leaves ``collate_fn`` unchanged).
 
     Returns:
         ``collate_fn`` itself when it already applies the model's rule, else a copy bound to it.
@@ -28,9 +29,9 @@ def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Call
     Raises:
         ValueError: the collator sets a ``tokens_per_second`` the model's family does not use, naming both.
     """
+    if not hasattr(collate_fn, "tokens_per_second_set") or not hasattr(model, "tokens_per_second"):
+        return collate_fn  # a collate function or model of your own: no family rule to agree on
     rule = model.tokens_per_second
-    if not hasattr(collate_fn, "tokens_per_second_set"):
-        return collate_fn
     if collate_fn.tokens_per_second_set:
         if collate_fn.tokens_per_second != rule:
             family = family_of_model(model)

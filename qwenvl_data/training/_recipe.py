@@ -138,7 +138,7 @@ class FinetuneRecipe:
                 self.dataset, self.transform, self.batch_size, buffer_size=self.packed_buffer_size,
                 max_steps_per_epoch=self.max_steps_per_epoch, shuffle=shuffle, seed=self.seed,
                 num_workers=int(cfg.get("num_workers", 0)), ledger=self.skips,
-                tokens_per_second=self.collate_fn.tokens_per_second,
+                tokens_per_second=self.model.tokens_per_second,
             )  # fmt: skip
         else:
             self.batches = RefillingBatches(
