@@ -17,7 +17,7 @@ from qwenvl_data._input_checks import grid_problem
 from qwenvl_data.vision._concat import concat_rows
 from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError, sample_name
-from qwenvl_data.rope import mrope_position_ids
+from qwenvl_data.rope import MODEL_RULE, collator_position_rule, mrope_position_ids
 
 __all__ = ["Qwen2_5_VLCollator", "padded_collate_qwen2_5_vl"]
 
@@ -320,7 +320,9 @@ class Qwen2_5_VLCollator:
         padding_side: "right" (training) or "left" (generation).
         pad_to_multiple_of: round the padded length up to a multiple of this.
         max_seq_len: pad every batch to exactly this length; longer samples are an error.
-        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL).
+        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL). Leave it out
+            (``MODEL_RULE``) and the recipes take it from the model's family; set, it must agree with the model.
+            Unbound and unset, Qwen2.5-VL's rule applies.
     """
 
     def __init__(
@@ -328,13 +330,13 @@ class Qwen2_5_VLCollator:
         padding_side: str = "right",
         pad_to_multiple_of: int | None = None,
         max_seq_len: int | None = None,
-        tokens_per_second: int | None = TOKENS_PER_SECOND,
+        tokens_per_second: int | None = MODEL_RULE,
     ) -> None:
         _check_options(padding_side, pad_to_multiple_of, max_seq_len)
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_seq_len = max_seq_len
-        self.tokens_per_second = tokens_per_second
+        self.tokens_per_second, self.tokens_per_second_set = collator_position_rule(tokens_per_second)
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``padded_collate_qwen2_5_vl``."""

@@ -12,6 +12,7 @@ import torch
 from qwenvl_data._constants import IGNORE_INDEX, PAD_ID, TOKENS_PER_SECOND
 from qwenvl_data.collate import CheckedSample, assemble_batch, check_fits, check_samples, pad_rows
 from qwenvl_data.errors import SampleError
+from qwenvl_data.rope import MODEL_RULE, collator_position_rule
 
 __all__ = [
     "Qwen2_5_VLPackedCollator",
@@ -131,14 +132,15 @@ class Qwen2_5_VLPackedCollator:
 
     Args:
         max_seq_len: length of every packed row.
-        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL).
+        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL); left out, the
+            model's family decides (see ``Qwen2_5_VLCollator``).
     """
 
-    def __init__(self, max_seq_len: int, tokens_per_second: int | None = TOKENS_PER_SECOND) -> None:
+    def __init__(self, max_seq_len: int, tokens_per_second: int | None = MODEL_RULE) -> None:
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
         self.max_seq_len = max_seq_len
-        self.tokens_per_second = tokens_per_second
+        self.tokens_per_second, self.tokens_per_second_set = collator_position_rule(tokens_per_second)
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``packed_collate_qwen2_5_vl``."""

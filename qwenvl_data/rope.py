@@ -137,6 +137,27 @@ def _locate_items(
     return _VisionItems(token_index, item_of_token, first_index, extent, layout, time_interval)
 
 
+class _ModelRule:
+    """The collators' ``tokens_per_second`` default: the model's family decides (see ``collator_for_model``)."""
+
+    def __repr__(self) -> str:
+        return "MODEL_RULE"
+
+
+MODEL_RULE = _ModelRule()
+
+
+def collator_position_rule(tokens_per_second: "int | None | _ModelRule") -> tuple[int | None, bool]:
+    """A collator's ``tokens_per_second`` argument -> (the rule it applies, whether its user chose it).
+
+    ``MODEL_RULE`` (not set) applies Qwen2.5-VL's rule until a recipe binds the collator to its model's family;
+    a value set (None included: Qwen2-VL's rule) is the user's, which a recipe checks against the model.
+    """
+    if tokens_per_second is MODEL_RULE:
+        return TOKENS_PER_SECOND, False
+    return tokens_per_second, True
+
+
 def mrope_position_ids(
     input_ids: torch.Tensor,
     image_grid_thw: torch.Tensor | None = None,

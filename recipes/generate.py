@@ -23,15 +23,17 @@ from torchtune import config, training, utils
 from qwenvl_data.datasets._processing import SkippedRecord, sample_or_skip
 from qwenvl_data.datasets._stats import SkipCounts
 from qwenvl_data.generation import generate
-from qwenvl_data.training import prompt_sample, split_prompt_and_answer
+from qwenvl_data.generation._generate import new_token_budget
+from qwenvl_data.training import QuestionTransform, collator_for_model, prompt_and_reference, prompt_sample
 from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import move_to_device
 
 REQUIRED_KEYS = ("checkpoint_dir", "model", "tokenizer", "collate_fn")
 OPTIONAL_KEYS = (
     "device", "dtype", "seed", "prompt", "images", "videos", "dataset", "max_samples", "max_new_tokens", "output_dir",
-    "batch_size", "temperature", "top_k", "top_p",
+    "batch_size", "temperature", "top_k", "top_p", "max_generated_tokens",
 )  # fmt: skip
+DEFAULT_MAX_NEW_TOKENS = 32
 
 
 class GenerateRecipe:
@@ -43,7 +45,10 @@ class GenerateRecipe:
             raise ValueError("GenerateRecipe: set `prompt` (one question, takes precedence) or `dataset` (accuracy)")
         self.device = utils.get_device(cfg.get("device", "cpu"))
         self.dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self.device)
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 32))
+        # max_generated_tokens: generate()'s earlier keyword, accepted here too
+        self.max_new_tokens = new_token_budget(
+            cfg.get("max_new_tokens"), cfg.get("max_generated_tokens"), default=DEFAULT_MAX_NEW_TOKENS
+        )
         self.batch_size = int(cfg.get("batch_size", 8))
         if self.batch_size < 1:
             raise ValueError(f"GenerateRecipe: batch_size must be >= 1, got {self.batch_size}")
@@ -59,10 +64,10 @@ class GenerateRecipe:
         torch.manual_seed(seed)
         self.rng = torch.Generator(self.device).manual_seed(seed)
         self.transform = build(cfg, "tokenizer")
-        self.collate_fn = build(cfg, "collate_fn")
         self.model = build(cfg, "model").to(device=self.device, dtype=self.dtype).eval()
+        self.collate_fn = collator_for_model(build(cfg, "collate_fn"), self.model)  # the model's video positions
         answer_prompt = cfg.get("prompt") is not None
-        self.dataset = None if answer_prompt else build(cfg, "dataset", self.transform)
+        self.dataset = None if answer_prompt else build(cfg, "dataset", QuestionTransform(self.transform))
 
     def _answer(self, prompts: list[dict[str, Any]]) -> list[list[int]]:
         """Generated ids (without the stop token) for each prompt sample, `batch_size` prompts at a time."""
@@ -70,7 +75,7 @@ class GenerateRecipe:
         for start in range(0, len(prompts), self.batch_size):
             batch = move_to_device(self.collate_fn(prompts[start : start + self.batch_size]), self.device, self.dtype)
             out = generate(
-                self.model, batch, max_generated_tokens=self.max_new_tokens, stop_tokens=self.transform.stop_tokens,
+                self.model, batch, max_new_tokens=self.max_new_tokens, stop_tokens=self.transform.stop_tokens,
                 rng=self.rng, **self.sampling,
             )  # fmt: skip
             answers += out.answers()
@@ -100,7 +105,8 @@ class GenerateRecipe:
         return questions, [self.transform({"messages": messages}, inference=True) for messages in conversations]
 
     def _score_dataset(self) -> dict[str, Any]:
-        """Exact-match accuracy over the first `max_samples` records; a skipped record counts as a wrong answer."""
+        """Answer the first `max_samples` records; exact-match accuracy over those with a reference answer (a
+        skipped record counts as a wrong answer; one without a reference is answered, not scored)."""
         limit = self.cfg.get("max_samples")
         count = len(self.dataset) if limit is None else min(int(limit), len(self.dataset))
         records, skipped = [], SkipCounts(max_workers=0)
@@ -114,23 +120,29 @@ class GenerateRecipe:
                                       "correct": False}  # fmt: skip
                 else:
                     samples.append((index, outcome))
-            splits = [split_prompt_and_answer(sample) for _, sample in samples]
+            splits = [prompt_and_reference(sample) for _, sample in samples]
             prompts = [prompt_sample(sample, prompt) for (_, sample), (prompt, _) in zip(samples, splits)]
             for (index, sample), (_, reference), answer in zip(samples, splits, self._answer(prompts)):
                 entries[index] = {
                     "id": sample.get("id", index), "answer": self.transform.decode(answer),
-                    "reference": self.transform.decode(reference), "correct": answer == reference,
+                    "reference": None if reference is None else self.transform.decode(reference),
+                    "correct": None if reference is None else answer == reference,
                 }  # fmt: skip
             records += [entries[index] for index in sorted(entries)]
-        correct = sum(r["correct"] for r in records)
+        scored = [r for r in records if r["correct"] is not None]
+        correct = sum(r["correct"] for r in scored)
         result = {
-            "accuracy": correct / len(records) if records else 0.0, "correct": correct, "total": len(records),
-            "skipped": skipped.total(), "skipped_by_cause": skipped.report().by_cause,
+            "accuracy": correct / len(scored) if scored else 0.0, "correct": correct, "total": len(scored),
+            "unscored": len(records) - len(scored), "skipped": skipped.total(),
+            "skipped_by_cause": skipped.report().by_cause,
         }  # fmt: skip
-        print(f"accuracy: {result['accuracy']:.1%} ({correct}/{len(records)} exact answers)", flush=True)
+        print(f"accuracy: {result['accuracy']:.1%} ({correct}/{len(scored)} exact answers)", flush=True)
+        if result["unscored"]:
+            print(f"{result['unscored']} of {len(records)} records have no reference answer: answered, not scored",
+                  flush=True)  # fmt: skip
         if skipped.total():
-            print(f"{skipped.total()} of these {len(records)} records could not be asked and count as wrong answers "
-                  f"(dataset.on_error=raise stops at the first with its error); {skipped.summary()}", flush=True)
+            print(f"{skipped.total()} of these {len(scored)} records could not be asked and count as wrong "
+                  f"answers ({skip_advice(self.cfg)}); {skipped.summary()}", flush=True)
         if self.cfg.get("output_dir"):
             out = Path(self.cfg.output_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +153,15 @@ class GenerateRecipe:
 
     def cleanup(self) -> None:
         """Nothing to release: no process group, no open files."""
+
+
+def skip_advice(cfg: DictConfig) -> str:
+    """What to set to see a skipped record's error, for the run's ``dataset.on_error``."""
+    dataset = cfg.get("dataset")
+    on_error = dataset.get("on_error", "raise") if isinstance(dataset, DictConfig) else "raise"
+    if on_error == "skip":
+        return "dataset.on_error=skip: the answers list each one's error; dataset.on_error=raise stops at the first"
+    return f"dataset.on_error={on_error}, yet the dataset skipped them itself: the answers list each one's cause"
 
 
 @config.parse

@@ -20,7 +20,7 @@ Layouts (``format`` names; detected per record from the fields that hold values,
 - ``"alpaca"`` (LLaMA-Factory): ``instruction``, optional ``input`` (prompt = instruction + "\\n" + input),
   ``output``, optional ``history`` (``[query, response]`` pairs, earlier turns) and ``system``.
 - ``"input_output"`` (torchtune's ``vqa_dataset``, VQA-style hub sets): ``input`` (or ``question``) and
-  ``output`` (or ``answer``) strings: one user turn, one assistant turn.
+  ``output`` (or ``answer``) strings: one user turn, one assistant turn (none without an answer).
 
 Shared by every layout: media from ``image`` / ``images`` and ``video`` / ``videos`` (a single value or a
 list), a record-level system prompt from ``system`` / ``system_prompt`` (it replaces the default system
@@ -141,18 +141,18 @@ class AlpacaToMessages:
 
 
 class InputOutputToMessages:
-    """One question and its answer: ``input`` / ``question`` and ``output`` / ``answer``."""
+    """One question and its answer: ``input`` / ``question`` and ``output`` / ``answer``. A question without an
+    answer is one user turn: a prompt to generate's dataset, a record with no trained token to training's."""
 
     name = "input_output"
 
     def matches(self, fields: RecordFields) -> bool:
-        return ("input" in fields or "question" in fields) and ("output" in fields or "answer" in fields)
+        return "input" in fields or "question" in fields
 
     def turns(self, fields: RecordFields) -> list[dict]:
-        return [
-            {"role": "user", "content": fields.one_of(("input", "question"), "the question")},
-            {"role": "assistant", "content": fields.one_of(("output", "answer"), "the answer")},
-        ]
+        question = {"role": "user", "content": fields.one_of(("input", "question"), "the question")}
+        answer = fields.one_of(("output", "answer"), "the answer")
+        return [question] if answer is None else [question, {"role": "assistant", "content": answer}]
 
 
 LAYOUTS = (

@@ -29,11 +29,11 @@ class GenerationOutput:
     """What ``generate`` produced for each prompt of the batch.
 
     Attributes:
-        tokens: int64 [B, T] generated ids, T <= ``max_generated_tokens`` (less when every row
+        tokens: int64 [B, T] generated ids, T <= ``max_new_tokens`` (less when every row
             stopped earlier). A row's stop token is kept; every position after it holds ``pad_id``.
         lengths: int64 [B], tokens each row generated, its stop token included.
         stopped: bool [B], True where the row ended with one of ``stop_tokens`` (False: it ran
-            out of ``max_generated_tokens``).
+            out of ``max_new_tokens``).
     """
 
     tokens: torch.Tensor
@@ -81,11 +81,29 @@ def _kv_caches(
     if cache.batch_size != batch_size or capacity < seq_len:
         raise ValueError(
             f"the model's KV caches hold {cache.batch_size} rows of {capacity} tokens; this batch needs {batch_size} "
-            f"rows of {seq_len} (prompt + max_generated_tokens). Delete them (torchtune.modules.delete_kv_caches) "
+            f"rows of {seq_len} (prompt + max_new_tokens). Delete them (torchtune.modules.delete_kv_caches) "
             "and generate sets up its own."
         )
     model.reset_caches()
     yield
+
+
+def new_token_budget(max_new_tokens: int | None, max_generated_tokens: int | None, default: int | None = None) -> int:
+    """The one budget of new tokens given under either name (``max_generated_tokens`` is the earlier one), else
+    ``default``.
+
+    Raises:
+        ValueError: neither name and no default, or both names with different values.
+    """
+    given = {value for value in (max_new_tokens, max_generated_tokens) if value is not None}
+    if not given and default is not None:
+        return default
+    if len(given) != 1:
+        raise ValueError(
+            f"set max_new_tokens (or its earlier name max_generated_tokens) once; got max_new_tokens={max_new_tokens}, "
+            f"max_generated_tokens={max_generated_tokens}"
+        )
+    return int(given.pop())
 
 
 @torch.no_grad()
@@ -93,13 +111,14 @@ def generate(
     model: Qwen2_5_VLModel,
     batch: dict[str, Any],
     *,
-    max_generated_tokens: int,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
     stop_tokens: Sequence[int] = (IM_END_ID,),
     rng: torch.Generator | None = None,
     pad_id: int = PAD_ID,
+    max_generated_tokens: int | None = None,
 ) -> GenerationOutput:
     """Continue every prompt of a batch, feeding one token per row per step through KV caches.
 
@@ -114,20 +133,22 @@ def generate(
             ``Qwen2_5_VLTransform(..., inference=True)``), on the model's device: ``tokens``,
             ``attention_mask``, the vision keys, and ``position_ids``/``rope_deltas`` (computed
             when absent). Other keys (``labels``, ...) are ignored.
-        max_generated_tokens: new tokens per row at most.
+        max_new_tokens: new tokens per row at most (torchtune's and the generate config's name).
         temperature: 0 = greedy; above 0 = sampling (see ``sample_next_token``).
         top_k: sample among the ``top_k`` most likely tokens only.
         top_p: nucleus sampling threshold.
         stop_tokens: a row ends after generating one of these (default ``<|im_end|>``); empty = never.
         rng: ``torch.Generator`` on the model's device for sampling; a fixed seed repeats the output.
         pad_id: what fills a row after its stop token (default ``<|endoftext|>``).
+        max_generated_tokens: the earlier name of ``max_new_tokens``.
 
     Returns:
         GenerationOutput: ``tokens`` int64 [B, T], ``lengths`` int64 [B], ``stopped`` bool [B]
         (``answers()`` gives each row's ids without stop token and padding).
 
     Raises:
-        ValueError: right-padded or packed prompts, bad sampling options, ``max_generated_tokens`` < 1,
+        ValueError: right-padded or packed prompts, bad sampling options, ``max_new_tokens`` < 1 (or not
+            given, or given under both names),
             prompt + new tokens longer than the model's ``max_seq_len``, or existing KV caches of
             another size.
         PlaceholderMismatchError: pad tokens and vision inputs of the prompts disagree.
@@ -137,13 +158,16 @@ def generate(
         >>> from qwenvl_data.models import qwen2_5_vl_tiny
         >>> model = qwen2_5_vl_tiny()
         >>> batch = padded_collate_qwen2_5_vl([{"tokens": [1, 2, 3]}, {"tokens": [4]}], padding_side="left")
-        >>> out = generate(model, batch, max_generated_tokens=4, stop_tokens=())
+        >>> out = generate(model, batch, max_new_tokens=4, stop_tokens=())
         >>> out.tokens.shape, out.lengths.tolist()
         (torch.Size([2, 4]), [4, 4])
     """
     check_sampling_options(temperature, top_k, top_p)
-    if max_generated_tokens < 1:
-        raise ValueError(f"max_generated_tokens must be >= 1, got {max_generated_tokens}")
+    max_new_tokens = new_token_budget(max_new_tokens, max_generated_tokens)
+    if max_new_tokens < 1:
+        raise ValueError(
+            f"max_new_tokens (or its earlier name max_generated_tokens) must be >= 1, got {max_new_tokens}"
+        )
     if batch.get("document_ids") is not None:
         raise ValueError("generate needs one prompt per row; packed batches (document_ids) cannot be continued")
     tokens = batch["tokens"]
@@ -154,10 +178,10 @@ def generate(
         attention_mask = torch.ones_like(tokens, dtype=torch.bool)
     attention_mask = attention_mask.bool()
     _check_left_padded(attention_mask)
-    total_len = prompt_len + max_generated_tokens
+    total_len = prompt_len + max_new_tokens
     if total_len > model.decoder.max_seq_len:
         raise ValueError(
-            f"prompt ({prompt_len} tokens) + max_generated_tokens ({max_generated_tokens}) exceeds the model's "
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"max_seq_len ({model.decoder.max_seq_len})"
         )
     media = {key: batch[key] for key in _MEDIA_KEYS if batch.get(key) is not None}
@@ -173,11 +197,11 @@ def generate(
             tokens_per_second=model.tokens_per_second,
         )
     # Every generated token is text: its ids continue from the prompt's largest one, row by row.
-    step_positions = next_position_ids(rope_deltas, attention_mask.sum(1, keepdim=True), max_generated_tokens)
+    step_positions = next_position_ids(rope_deltas, attention_mask.sum(1, keepdim=True), max_new_tokens)
     last_position = torch.zeros_like(attention_mask)
     last_position[:, -1] = True
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    generated = torch.full((batch_size, max_generated_tokens), pad_id, dtype=torch.long, device=device)
+    generated = torch.full((batch_size, max_new_tokens), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     was_training = model.training
@@ -189,13 +213,13 @@ def generate(
             slot_index = torch.arange(cache_len, device=device)
             with project_rows(model, last_position):  # only the last prompt position's logits are needed
                 logits = model(tokens, **media, position_ids=position_ids, attention_mask=attention_mask)
-            for step in range(max_generated_tokens):
+            for step in range(max_new_tokens):
                 next_token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng)
                 next_token = next_token.masked_fill(done, pad_id)
                 generated[:, step] = next_token
                 done |= torch.isin(next_token, stops)
                 num_generated = step + 1
-                if num_generated == max_generated_tokens or bool(done.all()):
+                if num_generated == max_new_tokens or bool(done.all()):
                     break
                 positions = step_positions[:, :, step : step + 1]
                 mask = attended & (slot_index <= prompt_len + step)

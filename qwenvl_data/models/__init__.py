@@ -1,7 +1,11 @@
 """Qwen2.5-VL and Qwen2-VL in torchtune modules: family descriptions, builders, HF checkpoint conversion and I/O."""
 
 from qwenvl_data.models._adapters import DoRALinear, initialize_dora_magnitudes, merged_state_dict
-from qwenvl_data.models._checkpoint_builder import check_builder_fits_checkpoint, qwen2_5_vl_from_checkpoint
+from qwenvl_data.models._checkpoint_builder import (
+    check_builder_fits_checkpoint,
+    model_from_checkpoint,
+    qwen2_5_vl_from_checkpoint,
+)
 from qwenvl_data.models._component_builders import (
     lora_qwen2_5_vl,
     qwen2_5_vl,
@@ -114,6 +118,7 @@ __all__ = [
     "ModelFamily",
     "family_of_model",
     "model_family",
+    "model_from_checkpoint",
     "model_from_hf_config",
     "lora_qwen2_vl",
     "qwen2_vl",

@@ -30,6 +30,7 @@ from typing import Any
 
 from qwenvl_data._constants import ENDOFTEXT_ID, IM_END_ID, RESCALE_FACTOR
 from qwenvl_data._files import read_json
+from qwenvl_data.models._families import QWEN2_5_VL, model_family
 from qwenvl_data.transform import Qwen2_5_VLTransform
 
 GENERATION_CONFIG = "generation_config.json"
@@ -48,6 +49,12 @@ _IMAGE_KEYS = {"min_pixels": "min_pixels", "max_pixels": "max_pixels"}
 _VIDEO_KEYS = {
     "min_pixels": "video_min_pixels", "max_pixels": "video_max_pixels", "fps": "video_fps",
     "min_frames": "video_min_frames", "max_frames": "video_max_frames",
+}  # fmt: skip
+# ModelFamily attribute -> Qwen2_5_VLTransform argument: a family's preprocessing numbers.
+_FAMILY_NUMBERS = {
+    "patch_size": "patch_size", "merge_size": "merge_size", "temporal_patch_size": "temporal_patch_size",
+    "image_mean": "image_mean", "image_std": "image_std", "image_min_pixels": "min_pixels",
+    "image_max_pixels": "max_pixels", "video_min_pixels": "video_min_pixels", "video_max_pixels": "video_max_pixels",
 }  # fmt: skip
 # Steps the transform always takes; a config asking for anything else cannot be honoured.
 _FIXED_STEPS = {
@@ -76,7 +83,8 @@ def checkpoint_transform(
     """The transform an HF checkpoint directory describes: its tokenizer, pixel and frame budgets, patch sizes.
 
     Precedence, per setting: an override given here (a config's ``tokenizer.max_pixels``), then the
-    checkpoint's files, then the defaults. An override of None for a setting the checkpoint holds keeps
+    checkpoint's preprocessor files, then the numbers of the family its ``config.json`` names (``ModelFamily``),
+    then the defaults. An override of None for a setting the checkpoint holds keeps
     the checkpoint's (``max_pixels: null`` in YAML).
 
     Args:
@@ -100,7 +108,7 @@ def checkpoint_transform(
     if (model_dir is None) == (checkpoint_dir is None):
         raise TypeError("checkpoint_transform takes one directory: model_dir (or its earlier name checkpoint_dir)")
     root = Path(model_dir if model_dir is not None else checkpoint_dir)
-    settings = processor_settings(root)
+    settings = {**family_settings(root), **processor_settings(root)}
     _warn_on_other_chat_template(root)
     given = {key: value for key, value in overrides.items() if value is not None or key not in settings}
     return Qwen2_5_VLTransform(*tokenizer_files(root), **{**settings, **given})
@@ -117,6 +125,19 @@ def tokenizer_files(root: Path) -> tuple[str, str | None]:
     if (root / "vocab.json").is_file() and (root / "merges.txt").is_file():
         return str(root / "vocab.json"), str(root / "merges.txt")
     raise FileNotFoundError(f"{root} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+
+
+def family_settings(root: Path) -> dict[str, Any]:
+    """``Qwen2_5_VLTransform`` arguments of the family ``root/config.json`` names ({} without a config.json).
+
+    Raises:
+        ValueError: config.json names no supported family.
+    """
+    config_file = root / "config.json"
+    if not config_file.is_file():
+        return {}
+    family = model_family(read_json(config_file).get("model_type"), str(config_file))
+    return {argument: getattr(family, attribute) for attribute, argument in _FAMILY_NUMBERS.items()}
 
 
 def processor_settings(root: Path) -> dict[str, Any]:
@@ -203,7 +224,11 @@ def _warn_on_other_chat_template(root: Path) -> None:
 
 
 def write_processor_files(
-    out_dir: str | Path, transform: Qwen2_5_VLTransform | None = None, source_dir: str | Path | None = None
+    out_dir: str | Path,
+    transform: Qwen2_5_VLTransform | None = None,
+    source_dir: str | Path | None = None,
+    *,
+    processor_class: str = QWEN2_5_VL.processor_class,
 ) -> None:
     """Write the tokenizer, chat template, preprocessor and generation configs next to the weights.
 
@@ -214,6 +239,8 @@ def write_processor_files(
             ``qwenvl_data[vocab]`` with the default budgets.
         source_dir: the HF checkpoint the weights came from; its generation_config.json and the
             tokenizer_config.json settings that do not change token ids are carried over.
+        processor_class: transformers' processor class of the weights' family (``ModelFamily.processor_class``),
+            written in the preprocessor configs.
 
     Raises:
         FileNotFoundError: no tokenizer can be found (no transform, none in ``source_dir``, and the
@@ -224,7 +251,7 @@ def write_processor_files(
     if transform is None:
         transform = _transform_of(source)
     _write_tokenizer(out_dir, transform, _source_tokenizer_config(source))
-    images, videos = _preprocessor_configs(transform)
+    images, videos = _preprocessor_configs(transform, processor_class)
     (out_dir / IMAGE_CONFIG).write_text(json.dumps(images, indent=2))
     (out_dir / VIDEO_CONFIG).write_text(json.dumps(videos, indent=2))
     if source is not None and (source / GENERATION_CONFIG).is_file():
@@ -307,14 +334,14 @@ def _write_tokenizer(out_dir: Path, transform: Qwen2_5_VLTransform, carried: dic
     (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # a stale one would win over chat_template.json
 
 
-def _preprocessor_configs(transform: Qwen2_5_VLTransform) -> tuple[dict, dict]:
+def _preprocessor_configs(transform: Qwen2_5_VLTransform, processor_class: str) -> tuple[dict, dict]:
     """(preprocessor_config.json, video_preprocessor_config.json) with the transform's settings, both spellings."""
     image = transform.image_transform
     video = image.video_options
     shared = {
         **_FIXED_STEPS,
         **{key: _as_json(getattr(image, argument)) for key, argument in _SHARED_KEYS.items()},
-        "processor_class": "Qwen2_5_VLProcessor",
+        "processor_class": processor_class,
     }
     images = {
         **shared, "image_processor_type": "Qwen2VLImageProcessor",

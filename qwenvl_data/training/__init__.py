@@ -10,19 +10,30 @@ from qwenvl_data.training._components import (
     packaged_vocab_transform,
     records_or_synthetic_dataset,
 )
-from qwenvl_data.training._eval import answer_accuracy, greedy_answer, prompt_sample, split_prompt_and_answer
+from qwenvl_data.training._eval import (
+    QuestionTransform,
+    answer_accuracy,
+    greedy_answer,
+    prompt_and_reference,
+    prompt_sample,
+    split_prompt_and_answer,
+)
 from qwenvl_data.training._loss import NextTokenCrossEntropy
+from qwenvl_data.training._position_rule import collator_for_model
 from qwenvl_data.training._recipe import FinetuneRecipe, run_recipe
 
 __all__ = [
     "FinetuneRecipe",
+    "QuestionTransform",
     "NextTokenCrossEntropy",
     "TrainingCheckpointer",
     "answer_accuracy",
     "checkpoint_transform",
+    "collator_for_model",
     "packaged_vocab_transform",
     "records_or_synthetic_dataset",
     "greedy_answer",
+    "prompt_and_reference",
     "prompt_sample",
     "run_recipe",
     "split_prompt_and_answer",

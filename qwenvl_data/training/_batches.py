@@ -66,12 +66,14 @@ def build_batches(
     collate_fn: Any,
     settings: RecipeSettings,
     ledger: SkipLedger,
+    tokens_per_second: int | None,
 ) -> Batches:
-    """The micro-batches of ``dataset``: packed rows when ``packed_buffer_size`` is set, else padded batches."""
+    """The micro-batches of ``dataset``: packed rows when ``packed_buffer_size`` is set, else padded batches
+    (``collate_fn``); ``tokens_per_second``: the model's video position rule, for the packed rows."""
     if packed_buffer_size is not None:
         return packed_batches(
             dataset, transform, settings.batch_size, buffer_size=packed_buffer_size, shuffle=settings.shuffle,
-            seed=settings.seed, num_workers=settings.num_workers, ledger=ledger,
+            seed=settings.seed, num_workers=settings.num_workers, ledger=ledger, tokens_per_second=tokens_per_second,
         )  # fmt: skip
     return RefillingBatches(dataset, collate_fn, settings.batch_size, ledger, shuffle=settings.shuffle,
                             seed=settings.seed, num_workers=settings.num_workers)  # fmt: skip

@@ -12,6 +12,7 @@ from qwenvl_data._constants import IGNORE_INDEX, IM_END_ID
 from qwenvl_data.generation import generate
 from qwenvl_data.training._data import move_to_device
 from qwenvl_data.training._loss import project_trained_rows, trained_rows
+from qwenvl_data.training._position_rule import collator_for_model
 
 
 @torch.no_grad()
@@ -35,6 +36,8 @@ def answer_accuracy(
 
     Args:
         dataset: samples from the model transform (`tokens`, `labels` with -100 outside the answer).
+        collate_fn: batches them; a collator that leaves ``tokens_per_second`` out takes the model's rule
+            (``collator_for_model``), one that sets another is refused.
         max_samples: evaluate only the first this many samples.
 
     Returns:
@@ -42,6 +45,7 @@ def answer_accuracy(
         ``chance`` is the mean of the samples' ``chance`` (accuracy of guessing, as synthetic samples carry it),
         None without it; ``loss`` is the cross-entropy per trained token (None when no token is trained).
     """
+    collate_fn = collator_for_model(collate_fn, model)  # the model's video position rule
     was_training = model.training
     model.eval()
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
@@ -98,6 +102,41 @@ def split_prompt_and_answer(sample: dict[str, Any]) -> tuple[list[int], list[int
     return list(sample["tokens"][:start]), rest[:end]
 
 
+class QuestionTransform:
+    """Model transform of a dataset to answer (generate's): a record ending with its reference answer -> the
+    labeled sample (``split_prompt_and_answer`` finds the reference); a record without one (a question with no
+    answer, a conversation ending with a user turn) -> its prompt, ``transform(sample, inference=True)`` without
+    labels, which is answered and left out of the accuracy.
+
+    Args:
+        transform: ``Qwen2_5_VLTransform`` (or any transform taking ``inference=True``).
+    """
+
+    def __init__(self, transform: Callable[..., dict[str, Any]]) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        final = sample["messages"][-1] if sample.get("messages") else None
+        role = final.get("role") if isinstance(final, dict) else getattr(final, "role", None)
+        if role == "assistant":
+            return self.transform(sample)
+        prompt = self.transform(sample, inference=True)
+        return {key: value for key, value in prompt.items() if key not in ("labels", "mask")}
+
+    def __getattr__(self, name: str) -> Any:  # decode, stop_tokens, max_seq_len: the wrapped transform's
+        if name == "transform":
+            raise AttributeError(name)
+        return getattr(self.transform, name)
+
+
+def prompt_and_reference(sample: dict[str, Any]) -> tuple[list[int], list[int] | None]:
+    """(prompt tokens, reference answer tokens) of a ``QuestionTransform`` sample; None: no reference (a prompt
+    sample, without labels, whose tokens are the prompt)."""
+    if "labels" not in sample:
+        return list(sample["tokens"]), None
+    return split_prompt_and_answer(sample)
+
+
 def prompt_sample(sample: dict[str, Any], prompt: list[int]) -> dict[str, Any]:
     """``sample`` as a generation prompt: ``prompt`` as its tokens, no labels (its media unchanged)."""
     return {**{k: v for k, v in sample.items() if k not in ("labels", "mask")}, "tokens": list(prompt)}
@@ -124,5 +163,5 @@ def greedy_answer(
     Returns:
         the generated token ids, without the stop token.
     """
-    batch = move_to_device(collate_fn([prompt_sample(sample, prompt)]), device, dtype)
-    return generate(model, batch, max_generated_tokens=max_new_tokens, stop_tokens=stop_token_ids).answers()[0]
+    batch = move_to_device(collator_for_model(collate_fn, model)([prompt_sample(sample, prompt)]), device, dtype)
+    return generate(model, batch, max_new_tokens=max_new_tokens, stop_tokens=stop_token_ids).answers()[0]

@@ -13,6 +13,7 @@ waiting (the loader's own state dict), how many samples were pulled since, and w
 already went into rows. Restoring re-reads those few samples instead of storing them.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -259,11 +260,13 @@ def packed_batches(
     seed: int,
     num_workers: int = 0,
     ledger: SkipLedger | None = None,
+    tokens_per_second: int | None,
 ) -> PackedBatches:
     """The recipes' batches for ``dataset.packed: true``: rows of ``transform.max_seq_len`` tokens.
 
     Map-style datasets are read through a DistributedSampler (this rank's share, reshuffled each
-    pass); an IterableDataset (streaming) is read as it shards itself.
+    pass); an IterableDataset (streaming) is read as it shards itself. ``tokens_per_second`` is the model's video
+    position rule (``ModelFamily.tokens_per_second``).
 
     Raises:
         ValueError: no ``tokenizer.max_seq_len`` (the row length).
@@ -277,5 +280,7 @@ def packed_batches(
     else:
         dataset = Outcomes(dataset)
         sampler = rank_sampler(dataset, shuffle, seed)
-    return PackedBatches(sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size,
-                         ledger=ledger)  # fmt: skip
+    return PackedBatches(
+        sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size,
+        collate=functools.partial(collate_packed_rows, tokens_per_second=tokens_per_second), ledger=ledger,
+    )  # fmt: skip

@@ -47,6 +47,7 @@ from qwenvl_data.training._periodic import (
     prune_hf_step_dirs,
 )
 from qwenvl_data.training._plot import plot_loss, write_metrics
+from qwenvl_data.training._position_rule import collator_for_model
 from qwenvl_data.training._progress import TrainingProgress
 from qwenvl_data.training._settings import RecipeSettings
 from qwenvl_data.training._signals import RunStopped, StopRequest
@@ -100,9 +101,11 @@ class FinetuneRecipe:
         self.checkpointer.fingerprint = run_fingerprint(cfg, self.world_size)  # what its states depend on
         plan = ModelPlan(type(self).__name__, self.lora, self.distributed, self.device, self.dtype)
         self.model = build_model(cfg, settings, self.checkpointer, plan)
+        self.collate_fn = collator_for_model(self.collate_fn, self.model)  # one video position rule per run
         self.optimizer = build(cfg, "optimizer", [p for p in self.model.parameters() if p.requires_grad])
         self.batches = build_batches(dataset, packed_buffer_size, transform=self.transform, collate_fn=self.collate_fn,
-                                     settings=settings, ledger=self.skips)  # fmt: skip
+                                     settings=settings, ledger=self.skips,
+                                     tokens_per_second=self.model.tokens_per_second)  # fmt: skip
         self.steps_per_epoch = self.batches.planned_steps(settings.gradient_accumulation_steps,
                                                           settings.max_steps_per_epoch)  # fmt: skip
         self.total_steps = settings.epochs * self.steps_per_epoch

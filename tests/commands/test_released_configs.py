@@ -8,7 +8,7 @@ import datasets
 import pytest
 import torch
 from omegaconf import OmegaConf
-from support.recipes_support import REPO, load_config, recipe_class
+from support.recipes_support import REPO, load_config, recipe_class, released_lora_setup
 
 from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.training._config import build
@@ -107,17 +107,7 @@ def _lora_setup(tiny_checkpoint, tmp_path, **overrides):
     """setup() of the released 3B LoRA config on CPU with the tiny checkpoint and three records (no training)."""
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
-    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
-        "checkpoint_dir": str(tiny_checkpoint), "dataset.data_files": str(data), "output_dir": str(tmp_path / "run"),
-        "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
-        "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1, **overrides,
-    })  # fmt: skip
-    recipe = recipe_class("lora_finetune_single_device")(cfg)
-    try:
-        recipe.setup(cfg)
-    finally:
-        recipe.cleanup()
-    return recipe
+    return released_lora_setup(tiny_checkpoint, data, tmp_path / "run", **overrides)
 
 
 def test_a_released_config_takes_the_model_size_from_checkpoint_dir(tiny_checkpoint, tmp_path):
@@ -160,6 +150,39 @@ def test_generate_scores_your_records_with_one_override_and_counts_skips(tiny_ch
     assert "1 of these 4 records could not be asked and count as wrong answers" in capsys.readouterr().out
     lines = (tmp_path / "generate" / "answers.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["r0", "no-picture", "r1", "r2"]
+
+
+def test_generate_answers_records_without_a_reference_and_leaves_them_unscored(tiny_checkpoint, tmp_path, capsys):
+    question = {"id": "q-only", "question": "What is 2 + 2?"}
+    no_assistant = {"id": "user-only", "messages": [{"role": "user", "content": "Name a color."}]}
+    broken = {"id": "no-picture", "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "missing.png"}, {"type": "text", "text": "Color?"}]},
+        {"role": "assistant", "content": "red"}]}  # fmt: skip
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [question, RECORDS[0], no_assistant, broken]))
+    recipe = _generate(tiny_checkpoint, tmp_path, **{"dataset.data_files": str(data)})
+    result = recipe.generate()
+    by_id = {r["id"]: r for r in result["records"]}
+    for name, text in (("q-only", "What is 2 + 2?"), ("user-only", "Name a color.")):
+        record = by_id[name]
+        assert record["reference"] is None and record["correct"] is None and isinstance(record["answer"], str)
+        prompt = recipe.transform({"messages": [{"role": "user", "content": text}]}, inference=True)
+        expected = recipe._answer([prompt])[0]  # the same prompt asked alone
+        assert record["answer"] == recipe.transform.decode(expected)
+    assert by_id["r0"]["reference"] == "0" and by_id["r0"]["correct"] in (True, False)
+    assert (result["total"], result["unscored"], result["skipped"]) == (2, 2, 1)  # r0 and the skipped record
+    assert result["accuracy"] == result["correct"] / 2
+    out = capsys.readouterr().out
+    assert "2 of 4 records have no reference answer: answered, not scored" in out
+    assert "1 of these 2 records could not be asked" in out and "dataset.on_error=skip:" in out
+    written = [json.loads(line) for line in (tmp_path / "generate" / "answers.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in written] == ["q-only", "r0", "user-only", "no-picture"]
+
+
+def test_generate_takes_max_generated_tokens_as_max_new_tokens(tiny_checkpoint, tmp_path):
+    assert _generate(tiny_checkpoint, tmp_path, max_new_tokens=None, max_generated_tokens=3).max_new_tokens == 3
+    with pytest.raises(ValueError, match="once"):
+        _generate(tiny_checkpoint, tmp_path, max_generated_tokens=3)  # and max_new_tokens=2
 
 
 def test_generate_answers_a_question_about_a_video(tiny_checkpoint, tmp_path):

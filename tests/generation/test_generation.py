@@ -46,7 +46,7 @@ def left_batch():
 @pytest.fixture(scope="module")
 def greedy(models, left_batch):
     ours, hf = models
-    return generate(ours, left_batch, max_generated_tokens=NEW_TOKENS, stop_tokens=()), hf_generate(
+    return generate(ours, left_batch, max_new_tokens=NEW_TOKENS, stop_tokens=()), hf_generate(
         hf, left_batch, NEW_TOKENS
     )
 
@@ -62,11 +62,19 @@ def test_greedy_tokens_equal_transformers_for_images_video_text_and_left_padding
 
 
 def test_each_row_alone_gives_its_batched_answer(models, greedy):
+    """Also: the earlier keyword ``max_generated_tokens`` is ``max_new_tokens``."""
     ours, _ = models
     batched, _ = greedy
     for row, prompt in enumerate(prompts()[:2]):
         alone = generate(ours, padded_collate_qwen2_5_vl([prompt]), max_generated_tokens=NEW_TOKENS, stop_tokens=())
         assert torch.equal(alone.tokens[0], batched.tokens[row])
+
+
+def test_the_new_token_budget_is_given_once(models, left_batch):
+    ours, _ = models
+    for both in ({"max_new_tokens": 2, "max_generated_tokens": 3}, {}):
+        with pytest.raises(ValueError, match="set max_new_tokens .or its earlier name max_generated_tokens. once"):
+            generate(ours, left_batch, **both)
 
 
 def test_stop_token_ends_its_row_and_pads_it_like_transformers(models, greedy, left_batch):

@@ -1,10 +1,18 @@
-"""The model size comes from the checkpoint's config.json; a builder named for another size is refused naming both."""
+"""The model family and size come from the checkpoint's config.json; a builder named for another family or size is
+refused naming both."""
 
 import pytest
-from support.models_reference import save_random_hf_model, tiny_hf_config
+from support.models_reference import save_random_hf_model, tiny_hf_config, tiny_qwen2_vl_hf_config
 from transformers import Qwen2_5_VLConfig
 
-from qwenvl_data.models import check_builder_fits_checkpoint, load_hf_model, qwen2_5_vl_from_checkpoint
+from qwenvl_data.models import (
+    QWEN2_VL,
+    check_builder_fits_checkpoint,
+    family_of_model,
+    load_hf_model,
+    model_from_checkpoint,
+    qwen2_5_vl_from_checkpoint,
+)
 
 # The released Qwen2.5-VL-7B-Instruct config.json's shapes (transformers writes the nested layout).
 RELEASED_7B = Qwen2_5_VLConfig(
@@ -50,3 +58,26 @@ def test_from_checkpoint_builds_what_load_hf_model_loads(tmp_path):
     lora = qwen2_5_vl_from_checkpoint(tmp_path, lora_attn_modules=["q_proj"], lora_rank=4, lora_alpha=8)
     assert any(name.endswith("lora_a.weight") for name in lora.state_dict())
     assert built.tok_embeddings.weight.shape[1] == tiny_hf_config().text_config.hidden_size
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_a_qwen2_vl_checkpoint_builds_qwen2_vl_under_either_name(tmp_path, tied):
+    tiny_qwen2_vl_hf_config(tie_word_embeddings=tied).save_pretrained(tmp_path)
+    for builder in (model_from_checkpoint, qwen2_5_vl_from_checkpoint):
+        lora = builder(tmp_path, lora_attn_modules=["q_proj"], lora_rank=4, lora_alpha=8)
+        assert family_of_model(lora) is QWEN2_VL and lora.tokens_per_second is None
+        assert ("decoder.output.weight" in lora.state_dict()) is not tied
+
+
+def test_a_builder_of_another_family_or_tie_is_refused_naming_what_differs(tmp_path):
+    tiny_qwen2_vl_hf_config().save_pretrained(tmp_path / "tied")
+    with pytest.raises(ValueError) as error:
+        check_builder_fits_checkpoint("qwenvl_data.models.lora_qwen2_5_vl_tiny", tmp_path / "tied")
+    assert "model_type qwen2_5_vl vs qwen2_vl" in str(error.value)
+    assert "fits qwenvl_data.models.lora_qwen2_vl_tiny" in str(error.value)
+    check_builder_fits_checkpoint("qwenvl_data.models.lora_qwen2_vl_tiny", tmp_path / "tied")
+    tiny_qwen2_vl_hf_config(tie_word_embeddings=False).save_pretrained(tmp_path / "untied")
+    with pytest.raises(ValueError) as error:
+        check_builder_fits_checkpoint("qwenvl_data.models.lora_qwen2_vl_tiny", tmp_path / "untied")
+    assert "tie_word_embeddings True vs False" in str(error.value)
+    assert "qwenvl_data.models.model_from_checkpoint" in str(error.value)

@@ -236,3 +236,16 @@ def test_a_chat_template_other_than_the_official_one_is_reported(tmp_path, token
 def test_a_directory_without_tokenizer_files_is_an_error_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         checkpoint_transform(tmp_path)
+
+
+def test_the_numbers_preprocessor_configs_leave_out_are_the_checkpoint_familys(tmp_path, tokenizer_dir):
+    from qwenvl_data.models import QWEN2_VL
+
+    qwen2_vl = checkpoint_transform(with_configs(tmp_path / "q2", tokenizer_dir, {"config.json": {
+        "model_type": "qwen2_vl"}})).image_transform  # fmt: skip
+    assert (qwen2_vl.patch_size, qwen2_vl.merge_size, qwen2_vl.temporal_patch_size) == (
+        QWEN2_VL.patch_size, QWEN2_VL.merge_size, QWEN2_VL.temporal_patch_size)  # fmt: skip
+    assert (qwen2_vl.min_pixels, qwen2_vl.max_pixels) == (QWEN2_VL.image_min_pixels, QWEN2_VL.image_max_pixels)
+    # A family whose numbers are not known is refused, not given Qwen2.5-VL's patches.
+    with pytest.raises(ValueError, match="model_type 'qwen3_vl' .Qwen3-VL. is not yet supported"):
+        checkpoint_transform(with_configs(tmp_path / "q3", tokenizer_dir, {"config.json": {"model_type": "qwen3_vl"}}))

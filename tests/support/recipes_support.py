@@ -62,6 +62,21 @@ def recipe_class(name: str) -> type:
                 and hasattr(v, "setup"))  # fmt: skip
 
 
+def released_lora_setup(checkpoint_dir: Path, data_files: Path, output_dir: Path, **overrides: object):
+    """The recipe after setup() of the released 3B LoRA config on CPU in fp32 (no training)."""
+    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
+        "checkpoint_dir": str(checkpoint_dir), "dataset.data_files": str(data_files), "output_dir": str(output_dir),
+        "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
+        "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1, **overrides,
+    })  # fmt: skip
+    recipe = recipe_class("lora_finetune_single_device")(cfg)
+    try:
+        recipe.setup(cfg)
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
 SUBPROCESS_THREADS = 1  # intra-op threads of each process run_command starts
 
 
