@@ -32,7 +32,7 @@ from qwenvl_data.training._distributed import (
     rank_and_world,
     shard_model,
 )
-from qwenvl_data.training._eval import answer_accuracy
+from qwenvl_data.training._eval import accuracy_line, answer_accuracy, answer_examples, example_lines
 from qwenvl_data.training._lora import has_adapters, save_adapter, train_adapters_only
 from qwenvl_data.training._loss import check_loss_contract, output_loss, trained_rows
 from qwenvl_data.training._nonfinite import (
@@ -50,8 +50,8 @@ from qwenvl_data.training._periodic import (
     hf_step_dir,
     prune_hf_step_dirs,
 )
-from qwenvl_data.training._plot import plot_loss, write_metrics
-from qwenvl_data.training._progress import TrainingProgress
+from qwenvl_data.training._plot import plot_history, write_metrics
+from qwenvl_data.training._progress import TrainingProgress, say
 from qwenvl_data.training._settings import VALUE_RULES
 from qwenvl_data.training._skips import SkipLedger, describe, skipped_scalars
 
@@ -65,6 +65,7 @@ OPTIONAL_KEYS = (
     "log_every_n_steps", "clip_grad_norm", "num_workers", "enable_activation_checkpointing", "compile",
     "freeze_vision_tower", "freeze_merger", "stop_after_step", "fsdp_reshard_after_forward", "init_std",
     "max_skip_fraction", "on_nonfinite_loss", "eval_every_n_steps", "save_hf_every_n_steps", "keep_last_n_hf",
+    "eval_examples",
 )  # fmt: skip
 LORA_KEYS = ("save_merged_weights",)
 VISION_TOWER_PREFIX = "visual."
@@ -272,10 +273,7 @@ class FinetuneRecipe:
             device=self.device, dtype=self.dtype, max_samples=self.cfg.get("eval_max_samples"),
         )  # fmt: skip
         if self.is_main:
-            chance = "" if result["chance"] is None else f", chance {result['chance']:.1%}"
-            loss = "" if result["loss"] is None else f", loss {result['loss']:.4f}"
-            print(f"held-out answer accuracy {when}: {result['accuracy']:.1%} "
-                  f"({result['correct']}/{result['total']}{chance}){loss}", flush=True)  # fmt: skip
+            say(accuracy_line(result, when))
         return result
 
     # ---- training -----------------------------------------------------------------------------
@@ -428,7 +426,7 @@ class FinetuneRecipe:
             out_dir = self._save_hf(hf_step_dir(self.checkpointer.final_dir, step), full)
             if self.is_main:
                 prune_hf_step_dirs(self.checkpointer.final_dir, self.periodic.keep_last_n_hf)
-                print(f"HF checkpoint at step {step}: {out_dir}", flush=True)
+                say(f"HF checkpoint at step {step}: {out_dir}")
 
     # ---- saving -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -449,12 +447,25 @@ class FinetuneRecipe:
                       f"resume_from_checkpoint=true output_dir={self.output_dir}", flush=True)  # fmt: skip
             return None
         self.history["eval_after"] = self._evaluate("after training")
+        self._show_examples()
         self.history["skipped_in_run"] = self.skips.report("run")
         check_weights_finite(self.model)
         final_dir = self._save_final_weights()
         if self.is_main:
             self._write_report(final_dir)
         return final_dir
+
+    def _show_examples(self) -> None:
+        """Print the generated answers to the first `eval_examples` held-out questions (one process only: the
+        KV-cached generation runs on an unsharded model)."""
+        count = int(self.cfg.get("eval_examples", 0))
+        if self.eval_dataset is None or not count or self.world_size > 1:
+            return
+        self.history["examples"] = answer_examples(self.model, self.eval_dataset, self.collate_fn,
+                                                   self.transform.decode, count=count, device=self.device,
+                                                   dtype=self.dtype)  # fmt: skip
+        for line in example_lines(self.history["examples"]):
+            say(line)
 
     def _save_final_weights(self) -> Path | None:
         """HF weights (LoRA: merged by save_hf_model) and, for LoRA, the adapter on its own (PEFT's format)."""
@@ -497,11 +508,7 @@ class FinetuneRecipe:
         title = f"{type(self).__name__}: {self.global_step} steps"
         if before and after:
             title += f", held-out accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}"
-        evals = self.history.get("eval", [])
-        plot_path = plot_loss(
-            self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title,
-            eval_steps=[e["step"] for e in evals], eval_losses=[e["loss"] for e in evals],
-        )  # fmt: skip
+        plot_path = plot_history(self.output_dir / "loss.png", self.history, title)
         skipped = describe(self.history["skipped_in_run"])
         print(f"trained {self.global_step} steps in {self.train_seconds:.1f}s; {skipped}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip

@@ -20,6 +20,7 @@ VALUE_RULES: dict[str, Rule] = {
     "log_every_n_steps": _COUNT,
     "eval_batch_size": _COUNT,
     "eval_max_samples": _OPTIONAL_COUNT,
+    "eval_examples": Rule((int,), minimum=0),
     "num_workers": Rule((int,), minimum=0),
     "resume_from_checkpoint": Rule((bool, str)),
     "device": Rule((str,)),
