@@ -17,10 +17,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_command(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     command = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", "configs/tiny_synthetic.yaml"]
-    result = run_command([*command, f"output_dir={out}", *as_cli(TINY_OVERRIDES)], timeout=300)
+    return out, run_command([*command, f"output_dir={out}", *as_cli(TINY_OVERRIDES)], timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_command):
+    out, result = tiny_command
     return out, result.stdout
 
 
@@ -30,6 +35,29 @@ def test_tiny_run_prints_progress_accuracies_and_the_checkpoint_path(tiny_run):
     assert "held-out answer accuracy before training" in stdout
     assert "held-out answer accuracy after training" in stdout
     assert stdout.strip().splitlines()[-1] == f"HF checkpoint: {out / 'hf_model'}"
+
+
+def test_tiny_run_prints_no_warning_of_a_library(tiny_command):
+    """stderr holds only what a person needs: here nothing (no deprecation warnings of torch, torchdata, ...)."""
+    _, result = tiny_command
+    assert not [line for line in result.stderr.splitlines() if "Warning" in line], result.stderr
+
+
+def test_tiny_run_shows_generated_answers_to_held_out_questions_before_its_last_lines(tiny_run):
+    out, stdout = tiny_run
+    cfg = load_config("tiny_synthetic", TINY_OVERRIDES)
+    eval_set = build(cfg, "eval_dataset", packaged_vocab_transform(max_seq_len=256, max_pixels=cfg.max_pixels))
+    examples = metrics(out)["history"]["examples"]
+    assert len(examples) == min(cfg.eval_examples, len(eval_set)) > 0
+    lines = stdout.strip().splitlines()
+    header = lines.index(f"answers to {len(examples)} held-out questions (generated):")
+    assert header < len(lines) - 2  # the run's summary and the checkpoint path stay the last lines
+    for i, (example, line) in enumerate(zip(examples, lines[header + 1 :])):
+        sample = eval_set[i]
+        assert example["truth"] == sample["answer"] and example["picture"] == sample["description"]
+        assert example["correct"] == (example["answer"] == example["truth"])
+        assert example["question"].endswith("?") and "<|" not in example["question"]
+        assert example["picture"] in line and example["question"] in line and repr(example["answer"]) in line
 
 
 def test_tiny_run_writes_metrics_plot_and_hf_directory(tiny_run):
