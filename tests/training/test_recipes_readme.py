@@ -101,7 +101,7 @@ def test_quick_start_figures_agree_with_the_default_config():
     assert (steps, batch) == (cfg.dataset.num_samples // cfg.batch_size, cfg.batch_size)
     assert int(re.search(r"evaluates (\d+) held-out questions", text)[1]) == cfg.eval_dataset.num_samples
     assert int(re.search(r"measured every (\d+) steps", text)[1]) == cfg.eval_every_n_steps
-    assert int(re.search(r"answers to (\d+) held-out questions", text)[1]) == cfg.eval_examples
+    assert int(re.search(r"to (\d+) held-out questions next to the truth", text)[1]) == cfg.eval_examples
     side = cfg.dataset.image_size
     assert f"{side}x{side} picture" in text and cfg.eval_dataset.image_size == side
     assert f"`{cfg.model._component_.rsplit('.', 1)[-1]}`" in text
