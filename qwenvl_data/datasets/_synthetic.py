@@ -1,7 +1,9 @@
 """Shapes VQA generated on the fly: no files, deterministic by ``(seed, index)``, learnable by a tiny model.
 
 Each sample draws one question type, then its answer uniformly from that type's choices, then images that
-make the answer true (shapes on a 3x3 grid so they never overlap). Question types and answers:
+make the answer true: shapes in the cells of a grid (3x3 by default) so they never overlap, each at a random size
+and place inside its cell and in a slightly varied shade of its color, so that no two pictures are alike and a
+held-out set (another seed) never shows a training picture. Question types and answers:
 
 - ``color``: "What color is the triangle?" -> one of ``COLORS`` (the asked shape appears once).
 - ``shape``: "Which shape is red?" -> one of ``SHAPES`` (the asked color appears once).
@@ -10,7 +12,8 @@ make the answer true (shapes on a 3x3 grid so they never overlap). Question type
 - ``which_image`` (2..``max_images`` images): "Which image has the square?" -> "first" | "second" | ...
 
 Every sample carries ``answer`` (ground truth), ``question_type``, ``choices`` (the possible answers for this
-question) and ``chance`` (= 1 / len(choices), the accuracy of guessing), next to the transformed keys.
+question), ``chance`` (= 1 / len(choices), the accuracy of guessing) and ``description`` (the pictures in words,
+for people reading a run's examples), next to the transformed keys.
 """
 
 import os
@@ -58,6 +61,11 @@ class _Layout(NamedTuple):
                     f"{self.grid**2} cells of grid={self.grid}"
                 )
 BACKGROUND = (235, 235, 235)
+# A shape's side as a fraction of its cell (drawn per shape), the empty border kept inside every cell (so
+# shapes in neighbouring cells never touch), and the most each color channel of a shape varies.
+SHAPE_SCALE = (0.65, 0.9)
+CELL_MARGIN = 0.05
+COLOR_JITTER = 10
 
 
 def answer_choices(question_type: str, num_images: int = 2) -> tuple[str, ...]:
@@ -72,12 +80,21 @@ def answer_choices(question_type: str, num_images: int = 2) -> tuple[str, ...]:
     return choices[question_type]
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, cell: tuple[int, int], cell_size: float) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, shape: str, color: str, cell: tuple[int, int], cell_size: float
+) -> None:
+    """One shape in its cell, at a random size and place inside it, in a slightly varied shade of its color.
+
+    The variation makes every picture new (a held-out picture is never one seen in training) while the answer
+    stays readable: each channel moves by at most ``COLOR_JITTER``, far less than two palette colors differ.
+    """
     row, col = cell
-    margin = cell_size * 0.12
-    x0, y0 = col * cell_size + margin, row * cell_size + margin
-    x1, y1 = (col + 1) * cell_size - margin, (row + 1) * cell_size - margin
-    fill = COLORS[color]
+    side = cell_size * rng.uniform(*SHAPE_SCALE)
+    free = cell_size * (1 - 2 * CELL_MARGIN) - side
+    x0 = col * cell_size + cell_size * CELL_MARGIN + rng.uniform(0, free)
+    y0 = row * cell_size + cell_size * CELL_MARGIN + rng.uniform(0, free)
+    x1, y1 = x0 + side, y0 + side
+    fill = tuple(int(np.clip(c + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1), 0, 255)) for c in COLORS[color])
     if shape == "circle":
         draw.ellipse([x0, y0, x1, y1], fill=fill)
     elif shape == "square":
@@ -86,12 +103,28 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, color: str, cell: tuple[int, in
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
 
 
-def _scene(size: int, items: list[tuple[str, str, tuple[int, int]]], grid: int) -> Image.Image:
+class _Scene(NamedTuple):
+    """A drawn picture and what it shows in words (for people reading a run's examples; never a model input)."""
+
+    image: Image.Image
+    description: str
+
+
+def _scene(rng: np.random.Generator, size: int, items: list[tuple[str, str, tuple[int, int]]], grid: int) -> _Scene:
     image = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for shape, color, cell in items:
-        _draw(draw, shape, color, cell, size / grid)
-    return image
+        _draw(draw, rng, shape, color, cell, size / grid)
+    return _Scene(image, f"{size}x{size} px: {_describe(items, grid)}")
+
+
+def _describe(items: list[tuple[str, str, tuple[int, int]]], grid: int) -> str:
+    """E.g. "an orange circle" (one cell) or "a red square at row 1, column 3, ..." (row by row)."""
+    words = []
+    for shape, color, (row, col) in sorted(items, key=lambda item: item[2]):
+        where = "" if grid == 1 else f" at row {row + 1}, column {col + 1}"
+        words.append(f"{'an' if color[0] in 'aeiou' else 'a'} {color} {shape}{where}")
+    return ", ".join(words) or "nothing"
 
 
 def _cells(rng: np.random.Generator, count: int, pool: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -118,29 +151,29 @@ def _distractors(
     return items
 
 
-def _color_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
+def _color_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[_Scene], str, str]:
     shape, answer = str(rng.choice(SHAPES)), str(rng.choice(tuple(COLORS)))
     cells = _cells(rng, 1 + int(rng.integers(0, layout.max_distractors + 1)), _board(layout.grid))
     items = [(shape, answer, cells[0])] + _distractors(rng, cells[1:], avoid_shape=shape)
-    return [_scene(size, items, layout.grid)], f"What color is the {shape}?", answer
+    return [_scene(rng, size, items, layout.grid)], f"What color is the {shape}?", answer
 
 
-def _shape_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
+def _shape_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[_Scene], str, str]:
     color, answer = str(rng.choice(tuple(COLORS))), str(rng.choice(SHAPES))
     cells = _cells(rng, 1 + int(rng.integers(0, layout.max_distractors + 1)), _board(layout.grid))
     items = [(answer, color, cells[0])] + _distractors(rng, cells[1:], avoid_color=color)
-    return [_scene(size, items, layout.grid)], f"Which shape is {color}?", answer
+    return [_scene(rng, size, items, layout.grid)], f"Which shape is {color}?", answer
 
 
-def _count_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
+def _count_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[_Scene], str, str]:
     shape, answer = str(rng.choice(SHAPES)), str(rng.choice(COUNTS))
     cells = _cells(rng, int(answer) + int(rng.integers(0, layout.max_distractors + 1)), _board(layout.grid))
     items = [(shape, str(rng.choice(tuple(COLORS))), cell) for cell in cells[: int(answer)]]
     items += _distractors(rng, cells[int(answer) :], avoid_shape=shape)
-    return [_scene(size, items, layout.grid)], f"How many {shape}s are there?", answer
+    return [_scene(rng, size, items, layout.grid)], f"How many {shape}s are there?", answer
 
 
-def _position_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[Image.Image], str, str]:
+def _position_question(rng: np.random.Generator, size: int, layout: _Layout) -> tuple[list[_Scene], str, str]:
     shape, answer = str(rng.choice(SHAPES)), str(rng.choice(("left", "right")))
     grid = layout.grid
     column = 0 if answer == "left" else grid - 1
@@ -149,22 +182,22 @@ def _position_question(rng: np.random.Generator, size: int, layout: _Layout) -> 
     middle = [(r, c) for r in range(grid) for c in range(1, grid - 1)]
     items = [(shape, str(rng.choice(tuple(COLORS))), target)]
     items += _distractors(rng, _cells(rng, int(rng.integers(0, layout.max_distractors + 1)), middle), avoid_shape=shape)
-    return [_scene(size, items, layout.grid)], f"Is the {shape} on the left or the right?", answer
+    return [_scene(rng, size, items, layout.grid)], f"Is the {shape} on the left or the right?", answer
 
 
 def _which_image_question(
     rng: np.random.Generator, size: int, layout: _Layout, num_images: int
-) -> tuple[list[Image.Image], str, str]:
+) -> tuple[list[_Scene], str, str]:
     shape = str(rng.choice(SHAPES))
     position = int(rng.integers(num_images))
-    images = []
+    scenes = []
     for i in range(num_images):
         cells = _cells(rng, 1 + int(rng.integers(0, min(1, layout.max_distractors) + 1)), _board(layout.grid))
         items = _distractors(rng, cells, avoid_shape=shape)
         if i == position:
             items[0] = (shape, items[0][1], items[0][2])
-        images.append(_scene(size, items, layout.grid))
-    return images, f"Which image has the {shape}?", ORDINALS[position]
+        scenes.append(_scene(rng, size, items, layout.grid))
+    return scenes, f"Which image has the {shape}?", ORDINALS[position]
 
 
 class SyntheticVQASource:
@@ -178,8 +211,8 @@ class SyntheticVQASource:
         max_images: most images in a ``which_image`` sample (2..4).
         max_distractors: most other shapes beside the asked one(s) in a single-image question (0..2).
         grid: shapes sit in the cells of a ``grid`` x ``grid`` board (default 3). ``grid=1`` with
-            ``max_distractors=0`` draws one shape filling the picture: the easiest task, which the tiny CPU
-            model learns in a few hundred steps.
+            ``max_distractors=0`` draws one shape per picture, 65-90% of its side: the easiest task, which
+            ``qwen2_5_vl_mini`` learns on CPU in configs/tiny_synthetic.yaml.
     """
 
     def __init__(
@@ -217,7 +250,7 @@ class SyntheticVQASource:
         num_images = 1
         if question_type == "which_image":
             num_images = int(rng.integers(2, self.max_images + 1))
-            images, question, answer = _which_image_question(rng, size, self.layout, num_images)
+            scenes, question, answer = _which_image_question(rng, size, self.layout, num_images)
         else:
             generate = {
                 "color": _color_question,
@@ -225,9 +258,12 @@ class SyntheticVQASource:
                 "count": _count_question,
                 "position": _position_question,
             }[question_type]
-            images, question, answer = generate(rng, size, self.layout)
+            scenes, question, answer = generate(rng, size, self.layout)
         choices = answer_choices(question_type, num_images)
-        content = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": question}]
+        content = [{"type": "image", "image": scene.image} for scene in scenes] + [{"type": "text", "text": question}]
+        described = [scene.description for scene in scenes]
+        if len(described) > 1:
+            described = [f"image {i + 1}, {text}" for i, text in enumerate(described)]
         return {
             "id": f"synthetic-{self.seed}-{index}",
             "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": answer}],
@@ -235,6 +271,7 @@ class SyntheticVQASource:
             "question_type": question_type,
             "choices": list(choices),
             "chance": 1.0 / len(choices),
+            "description": "; ".join(described),
         }
 
 
@@ -271,6 +308,6 @@ def synthetic_vqa_dataset(
     source = SyntheticVQASource(num_samples, seed, image_size, question_types, max_images, max_distractors, grid)
     processor = RecordProcessor(
         model_transform, format="openai", image_dir=os.getcwd(),  # samples hold PIL images, never paths
-        on_error=on_error, max_tokens=max_tokens, keep_fields=("answer", "question_type", "choices", "chance"),
+        on_error=on_error, max_tokens=max_tokens, keep_fields=("answer", "question_type", "choices", "chance", "description"),
     )  # fmt: skip
     return ChatDataset(source, processor)

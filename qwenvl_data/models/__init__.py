@@ -42,6 +42,7 @@ from qwenvl_data.models._model_builders import (
     qwen2_5_vl_32b,
     qwen2_5_vl_72b,
     qwen2_5_vl_from_hf_config,
+    qwen2_5_vl_mini,
     qwen2_5_vl_tiny,
 )
 from qwenvl_data.models._peft import (
@@ -105,6 +106,7 @@ __all__ = [
     "qwen2_5_vl_from_checkpoint",
     "qwen2_5_vl_from_hf_config",
     "qwen2_5_vl_text_decoder",
+    "qwen2_5_vl_mini",
     "qwen2_5_vl_tiny",
     "qwen2_5_vl_vision_encoder",
     "read_peft_adapter",

@@ -44,6 +44,14 @@ QWEN2_5_VL_TINY = dict(
     vision_full_attention_layers=(1,), vision_window_size=112,
 )  # fmt: skip
 
+# Mini: tiny's vocabulary and widths with 4 decoder layers (MLP 512) and a 4-block vision tower of width 128, the
+# embedded default's model: the vocabulary-sized parts (embedding, output projection, their optimizer state)
+# cost the same as tiny's, and those deeper stacks learn the shapes VQA within the CPU demo's budget.
+QWEN2_5_VL_MINI = {
+    **QWEN2_5_VL_TINY, "num_layers": 4, "intermediate_dim": 512,
+    "vision_depth": 4, "vision_embed_dim": 128, "vision_intermediate_dim": 256, "vision_full_attention_layers": (1, 3),
+}  # fmt: skip
+
 
 def qwen2_5_vl_3b() -> Qwen2_5_VLModel:
     """Qwen2.5-VL-3B (36 layers, hidden 2048, 16/2 heads, tied embeddings), randomly initialized."""
@@ -79,6 +87,22 @@ def qwen2_5_vl_tiny() -> Qwen2_5_VLModel:
         torch.Size([1, 3, 151936])
     """
     return qwen2_5_vl(**QWEN2_5_VL_TINY)
+
+
+def qwen2_5_vl_mini() -> Qwen2_5_VLModel:
+    """The embedded default's model (configs/tiny_synthetic.yaml): ``qwen2_5_vl_tiny`` with 4 decoder layers.
+
+    Language model: 4 layers, hidden 128, 4 query / 2 key-value heads, MLP 512, tied embeddings on the real
+    151936-token vocabulary. Vision tower: 4 blocks (1 and 3 full attention, 0 and 2 windowed), hidden 128,
+    4 heads, MLP 256, merger to 128. About 21M parameters, 19.4M of them the embedding.
+
+    Example:
+        >>> import torch
+        >>> model = qwen2_5_vl_mini()
+        >>> model(torch.tensor([[151644, 872, 198]])).shape
+        torch.Size([1, 3, 151936])
+    """
+    return qwen2_5_vl(**QWEN2_5_VL_MINI)
 
 
 def lora_qwen2_5_vl_3b(lora_attn_modules: Sequence[str], **lora_args: object) -> Qwen2_5_VLModel:

@@ -8,6 +8,7 @@ saved state resumes exactly: no record is seen twice or skipped, whatever was sk
 """
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,11 @@ from qwenvl_data.training._config import build, build_node
 from qwenvl_data.training._distributed import rank_and_world
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._stream_loader import sample_loader, stream_outcomes
+
+# torchdata 0.11's StatefulDataLoader calls torch.set_vital, which torch 2.13 deprecated: a warning every run that
+# says nothing about the run. Only that warning, from that caller, is silenced.
+warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated", category=UserWarning,
+                        module=r"torchdata\.stateful_dataloader")  # fmt: skip
 
 
 def build_dataset(cfg: DictConfig, model_transform: Any, *, seed: int, shuffle: bool = True) -> Dataset:

@@ -1,4 +1,5 @@
-"""A tqdm bar that shows the loss, the throughput and the records skipped so far of a training run."""
+"""The console of a training run: a tqdm bar with the loss, the throughput and the records skipped so far, and
+``say`` for every other line, printed above the bar so that nothing lands inside it."""
 
 import sys
 import time
@@ -46,8 +47,13 @@ class TrainingProgress:
     def write(self, line: str) -> None:
         """Print a line above the bar (the bar stays the last line while running); silent where disabled."""
         if not self._bar.disable:
-            self._bar.write(line, file=sys.stdout)
-            sys.stdout.flush()
+            say(line)
 
     def close(self) -> None:
         self._bar.close()
+
+
+def say(line: str) -> None:
+    """Print a line on stdout above any open progress bar (which is redrawn below it), or plainly when none is."""
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()

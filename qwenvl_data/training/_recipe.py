@@ -26,7 +26,7 @@ from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build
 from qwenvl_data.training._data import move_to_device
 from qwenvl_data.training._distributed import all_reduce_sum, destroy_distributed, init_distributed, rank_and_world
-from qwenvl_data.training._eval import answer_accuracy
+from qwenvl_data.training._eval import accuracy_line, answer_accuracy, answer_examples, example_lines
 from qwenvl_data.training._lora import save_adapter
 from qwenvl_data.training._loss import check_loss_contract, output_loss, trained_rows
 from qwenvl_data.training._model_setup import ModelPlan, build_model
@@ -46,9 +46,9 @@ from qwenvl_data.training._periodic import (
     hf_step_dir,
     prune_hf_step_dirs,
 )
-from qwenvl_data.training._plot import plot_loss, write_metrics
+from qwenvl_data.training._plot import plot_history, write_metrics
 from qwenvl_data.training._position_rule import collator_for_model
-from qwenvl_data.training._progress import TrainingProgress
+from qwenvl_data.training._progress import TrainingProgress, say
 from qwenvl_data.training._settings import RecipeSettings
 from qwenvl_data.training._signals import RunStopped, StopRequest
 from qwenvl_data.training._skips import SkipLedger
@@ -148,10 +148,7 @@ class FinetuneRecipe:
             device=self.device, dtype=self.dtype, max_samples=self.settings.eval_max_samples,
         )  # fmt: skip
         if self.is_main:
-            chance = "" if result["chance"] is None else f", chance {result['chance']:.1%}"
-            loss = "" if result["loss"] is None else f", loss {result['loss']:.4f}"
-            print(f"held-out answer accuracy {when}: {result['accuracy']:.1%} "
-                  f"({result['correct']}/{result['total']}{chance}){loss}", flush=True)  # fmt: skip
+            say(accuracy_line(result, when))
         return result
 
     # ---- training -----------------------------------------------------------------------------
@@ -329,7 +326,7 @@ class FinetuneRecipe:
             out_dir = self._save_hf(hf_step_dir(self.checkpointer.final_dir, step), full)
             if self.is_main:
                 prune_hf_step_dirs(self.checkpointer.final_dir, self.periodic.keep_last_n_hf)
-                print(f"HF checkpoint at step {step}: {out_dir}", flush=True)
+                say(f"HF checkpoint at step {step}: {out_dir}")
 
     # ---- saving -------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -350,6 +347,7 @@ class FinetuneRecipe:
                       f"resume_from_checkpoint=true output_dir={self.output_dir}", flush=True)  # fmt: skip
             return None
         self.history["eval_after"] = self._evaluate("after training")
+        self._show_examples()
         run_skips = self.skips.report("run")
         self.history["skipped_in_run"] = run_skips.as_dict()
         check_weights_finite(self.model)
@@ -357,6 +355,18 @@ class FinetuneRecipe:
         if self.is_main:
             self._write_report(final_dir, run_skips)
         return final_dir
+
+    def _show_examples(self) -> None:
+        """Print the generated answers to the first `eval_examples` held-out questions (one process only: the
+        KV-cached generation runs on an unsharded model)."""
+        count = self.settings.eval_examples
+        if self.eval_dataset is None or not count or self.world_size > 1:
+            return
+        self.history["examples"] = answer_examples(self.model, self.eval_dataset, self.collate_fn,
+                                                   self.transform.decode, count=count, device=self.device,
+                                                   dtype=self.dtype)  # fmt: skip
+        for line in example_lines(self.history["examples"]):
+            say(line)
 
     def _save_final_weights(self) -> Path | None:
         """HF weights (LoRA: merged by save_hf_model) and, for LoRA, the adapter on its own (PEFT's format)."""
@@ -399,11 +409,7 @@ class FinetuneRecipe:
         title = f"{type(self).__name__}: {self.global_step} steps"
         if before and after:
             title += f", held-out accuracy {before['accuracy']:.0%} -> {after['accuracy']:.0%}"
-        evals = self.history.get("eval", [])
-        plot_path = plot_loss(
-            self.output_dir / "loss.png", self.history["steps"], self.history["loss"], title,
-            eval_steps=[e["step"] for e in evals], eval_losses=[e["loss"] for e in evals],
-        )  # fmt: skip
+        plot_path = plot_history(self.output_dir / "loss.png", self.history, title)
         nonfinite = nonfinite_steps_note(self.history["nonfinite_steps_skipped"])
         print(f"trained {self.global_step} steps{nonfinite} in {self.train_seconds:.1f}s; {run_skips.describe()}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip

@@ -74,6 +74,7 @@ class RecipeSettings:
     # evaluation and saving (see training/_periodic.py)
     eval_batch_size: int = _key(_COUNT, 8)
     eval_max_samples: int | None = _key(_OPTIONAL_COUNT, None)
+    eval_examples: int = _key(Rule((int,), minimum=0), 0)  # held-out questions answered on the console at the end
     eval_every_n_steps: int | None = _key(_OPTIONAL_COUNT, None)
     save_hf_every_n_steps: int | None = _key(_OPTIONAL_COUNT, None)
     keep_last_n_hf: int = _key(_COUNT, 1)

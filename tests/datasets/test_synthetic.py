@@ -1,13 +1,16 @@
 """Synthetic shapes VQA: deterministic by seed, and every answer true of its image(s), checked by decoding
 the pixels (cell by cell: color by nearest palette entry, shape by how much of its box it fills)."""
 
+import hashlib
 import re
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
+from support.recipes_support import REPO
 
 from qwenvl_data.datasets import QUESTION_TYPES, answer_choices, synthetic_vqa_dataset
-from qwenvl_data.datasets._synthetic import COLORS
+from qwenvl_data.datasets._synthetic import COLORS, SyntheticVQASource
 
 ORDINALS = ["first", "second", "third", "fourth"]
 
@@ -110,9 +113,12 @@ def test_one_cell_board_without_distractors_draws_one_shape_filling_the_picture(
         (scene,) = [decode_scene(image_part["content"], grid=1)]
         assert len(scene) == 1
         assert true_answer(question["content"], [scene]) == sample["answer"]
-        # a 3x3 board would leave a shape at most 1/9 of the picture; the smallest, a triangle, fills ~29% here
+        # a 3x3 board would leave a shape at most 1/9 of the picture; the smallest here, a triangle of side
+        # 0.65 x 84 px, fills about 0.5 x 0.65^2 = 21% of it
         covered = (np.asarray(image_part["content"]) != np.array((235, 235, 235))).any(-1).mean()
-        assert covered > 0.25, f"sample {i}: the shape covers only {covered:.0%} of the picture"
+        assert covered > 0.19, f"sample {i}: the shape covers only {covered:.0%} of the picture"
+        shape, color, _ = scene[0]
+        assert sample["description"] == f"84x84 px: {'an' if color == 'orange' else 'a'} {color} {shape}"
 
 
 @pytest.mark.parametrize(
@@ -127,3 +133,29 @@ def test_one_cell_board_without_distractors_draws_one_shape_filling_the_picture(
 def test_layouts_too_small_for_the_questions_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         synthetic_vqa_dataset(None, **options)
+
+
+def test_pictures_vary_in_size_place_and_shade_so_that_none_repeats():
+    ds = synthetic_vqa_dataset(None, num_samples=60, seed=4, image_size=56, question_types=["color"], grid=1,
+                               max_distractors=0)  # fmt: skip
+    images = [ds[i]["messages"][0]["content"][0]["image"].tobytes() for i in range(len(ds))]
+    # 60 samples of at most 3 shapes x 6 colors: drawn the same way each time, most pictures would repeat
+    assert len(set(images)) == len(images)
+
+
+def test_the_default_run_never_trains_on_a_held_out_picture():
+    """configs/tiny_synthetic.yaml: no picture of its held-out set is one of its training pictures."""
+    cfg = OmegaConf.load(REPO / "configs" / "tiny_synthetic.yaml")
+
+    def pictures(section: str) -> set[bytes]:
+        options = {k: v for k, v in OmegaConf.to_container(cfg[section]).items() if k != "_component_"}
+        assert cfg[section]._component_ == "qwenvl_data.datasets.synthetic_vqa_dataset"
+        records = SyntheticVQASource(**options)  # the records the dataset transforms, pictures included
+        return {
+            hashlib.sha256(part["image"].tobytes()).digest()
+            for i in range(len(records)) for part in records[i]["messages"][0]["content"][:-1]
+        }  # fmt: skip
+
+    held_out = pictures("eval_dataset")
+    assert len(held_out) == cfg.eval_dataset.num_samples >= 256  # every held-out picture differs from the others
+    assert not held_out & pictures("dataset")

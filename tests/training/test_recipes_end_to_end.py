@@ -8,7 +8,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 
 from qwenvl_data.collate import Qwen2_5_VLCollator
-from qwenvl_data.models import load_hf_model, qwen2_5_vl_tiny
+from qwenvl_data.models import load_hf_model
 from qwenvl_data.training import answer_accuracy, packaged_vocab_transform, run_recipe
 from qwenvl_data.training._config import build
 from support.recipes_support import (
@@ -19,10 +19,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_command(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     command = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", "configs/tiny_synthetic.yaml"]
-    result = run_command([*command, f"output_dir={out}", *as_cli(TINY_OVERRIDES)], timeout=300)
+    return out, run_command([*command, f"output_dir={out}", *as_cli(TINY_OVERRIDES)], timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_command):
+    out, result = tiny_command
     return out, result.stdout
 
 
@@ -32,6 +37,29 @@ def test_tiny_run_prints_progress_accuracies_and_the_checkpoint_path(tiny_run):
     assert "held-out answer accuracy before training" in stdout
     assert "held-out answer accuracy after training" in stdout
     assert stdout.strip().splitlines()[-1] == f"HF checkpoint: {out / 'hf_model'}"
+
+
+def test_tiny_run_prints_no_warning_of_a_library(tiny_command):
+    """stderr holds only what a person needs: here nothing (no deprecation warnings of torch, torchdata, ...)."""
+    _, result = tiny_command
+    assert not [line for line in result.stderr.splitlines() if "Warning" in line], result.stderr
+
+
+def test_tiny_run_shows_generated_answers_to_held_out_questions_before_its_last_lines(tiny_run):
+    out, stdout = tiny_run
+    cfg = load_config("tiny_synthetic", TINY_OVERRIDES)
+    eval_set = build(cfg, "eval_dataset", packaged_vocab_transform(max_seq_len=256, max_pixels=cfg.max_pixels))
+    examples = metrics(out)["history"]["examples"]
+    assert len(examples) == min(cfg.eval_examples, len(eval_set)) > 0
+    lines = stdout.strip().splitlines()
+    header = lines.index(f"answers to {len(examples)} held-out questions (generated):")
+    assert header < len(lines) - 2  # the run's summary and the checkpoint path stay the last lines
+    for i, (example, line) in enumerate(zip(examples, lines[header + 1 :])):
+        sample = eval_set[i]
+        assert example["truth"] == sample["answer"] and example["picture"] == sample["description"]
+        assert example["correct"] == (example["answer"] == example["truth"])
+        assert example["question"].endswith("?") and "<|" not in example["question"]
+        assert example["picture"] in line and example["question"] in line and repr(example["answer"]) in line
 
 
 def test_tiny_run_writes_metrics_plot_and_hf_directory(tiny_run):
@@ -52,7 +80,7 @@ def test_hf_checkpoint_holds_exactly_the_trained_weights(tiny_run):
     """load_hf_model(final dir) == the model weights of the last resumable training state, bit for bit."""
     out, _ = tiny_run
     reloaded = load_hf_model(out / "hf_model").state_dict()
-    trained = qwen2_5_vl_tiny().state_dict()
+    trained = build(load_config("tiny_synthetic", TINY_OVERRIDES), "model").state_dict()  # the run's model
     last_state = sorted((out / "training_state").glob("step_*"))[-1]
     dcp.load({"model": trained}, checkpoint_id=last_state / "model_optimizer")
     assert reloaded.keys() == trained.keys()

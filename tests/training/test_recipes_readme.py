@@ -81,10 +81,36 @@ def test_every_tune_run_command_passes_its_recipes_config_checks():
 
 def test_the_useful_keys_are_in_every_released_config():
     sentence = README[README.index("Useful keys (all in the released configs):") :].split("\n\n")[0]
-    keys = {k.split("=")[0] for k in re.findall(r"`([\w.]+(?:=\w+)?)`", sentence)} - {"video_total_pixels"}
+    keys = {k.split("=")[0] for k in re.findall(r"`([\w.]+(?:=\w+)?)`", sentence)}
     keys = {k for k in keys if not k.startswith("dataset.")}  # dataset options are shown, not set, there
     assert {"freeze_vision_tower", "freeze_merger", "tokenizer.max_seq_len", "max_skip_fraction"} <= keys
     for config in sorted((REPO / "configs").glob("qwen2_5_vl_*.yaml")):
         cfg = OmegaConf.load(config)
         missing = [k for k in keys if OmegaConf.select(cfg, k, default="__missing__") == "__missing__"]
         assert not missing, (config.name, missing)
+
+
+def test_quick_start_figures_agree_with_the_default_config():
+    """The default run as README's Quick start describes it: sizes, schedule, chance and per-seed accuracies."""
+    from qwenvl_data.datasets._synthetic import SyntheticVQASource
+
+    text = " ".join(_section("Quick start").split())
+    cfg = OmegaConf.load(REPO / "configs" / "tiny_synthetic.yaml")
+    steps, batch = (int(n) for n in re.search(r"trains for (\d+) steps of (\d+) samples", text).groups())
+    assert (steps, batch) == (cfg.dataset.num_samples // cfg.batch_size, cfg.batch_size)
+    assert int(re.search(r"evaluates (\d+) held-out questions", text)[1]) == cfg.eval_dataset.num_samples
+    assert int(re.search(r"measured every (\d+) steps", text)[1]) == cfg.eval_every_n_steps
+    assert int(re.search(r"to (\d+) held-out questions next to the truth", text)[1]) == cfg.eval_examples
+    side = cfg.dataset.image_size
+    assert f"{side}x{side} picture" in text and cfg.eval_dataset.image_size == side
+    assert f"`{cfg.model._component_.rsplit('.', 1)[-1]}`" in text
+    options = {k: v for k, v in OmegaConf.to_container(cfg.eval_dataset).items() if k != "_component_"}
+    held_out = SyntheticVQASource(**options)
+    chance = sum(held_out[i]["chance"] for i in range(len(held_out))) / len(held_out)
+    assert f"chance {100 * chance:.1f}%" in text  # what the run prints beside its accuracy
+    rows = re.findall(r"\| (\d)(?: \(default\))? \| ([\d.]+)% \((\d+)/(\d+)\) \|", text)
+    assert sorted(int(seed) for seed, *_ in rows) == [0, 1, 2]
+    for seed, percent, correct, total in rows:
+        assert int(total) == cfg.eval_dataset.num_samples >= 256, seed
+        assert percent == f"{100 * int(correct) / int(total):.1f}", seed  # as the run prints it
+        assert int(correct) / int(total) > chance, seed
