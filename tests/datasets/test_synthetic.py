@@ -138,7 +138,7 @@ def test_layouts_too_small_for_the_questions_are_refused(options, message):
 def test_pictures_vary_in_size_place_and_shade_so_that_none_repeats():
     ds = synthetic_vqa_dataset(None, num_samples=60, seed=4, image_size=56, question_types=["color"], grid=1,
                                max_distractors=0)  # fmt: skip
-    images = [ds[i]["messages"][0]["content"][0]["image"].tobytes() for i in range(len(ds))]
+    images = [ds[i]["messages"][0].content[0]["content"].tobytes() for i in range(len(ds))]
     # 60 samples of at most 3 shapes x 6 colors: drawn the same way each time, most pictures would repeat
     assert len(set(images)) == len(images)
 

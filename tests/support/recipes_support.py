@@ -63,7 +63,8 @@ def recipe_class(name: str) -> type:
 
 
 def released_lora_setup(checkpoint_dir: Path, data_files: Path, output_dir: Path, **overrides: object):
-    """The recipe after setup() of the released 3B LoRA config on CPU in fp32 (no training)."""
+    """The recipe after setup() of the released 3B LoRA config on CPU in fp32 (no training; its batches are ready
+    to read, so it is cleaned up only when setup fails: ``num_workers`` is 0, nothing runs in the background)."""
     cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
         "checkpoint_dir": str(checkpoint_dir), "dataset.data_files": str(data_files), "output_dir": str(output_dir),
         "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
@@ -72,8 +73,9 @@ def released_lora_setup(checkpoint_dir: Path, data_files: Path, output_dir: Path
     recipe = recipe_class("lora_finetune_single_device")(cfg)
     try:
         recipe.setup(cfg)
-    finally:
+    except BaseException:
         recipe.cleanup()
+        raise
     return recipe
 
 

@@ -51,6 +51,7 @@ def _config(tmp_path, **overrides):
                    "data_files": str(data_dir / "train.jsonl"), "image_dir": str(data_dir),
                    "video_options": {"min_pixels": 3136, "max_pixels": 3136}}  # fmt: skip
     cfg.pop("eval_dataset")
+    cfg.eval_every_n_steps = None  # it validates on eval_dataset
     # SGD: a weight's difference between the two runs is lr x the gradients' difference, which the float32
     # bound below covers (Adam divides by sqrt(v) and would amplify rounding in near-zero gradients).
     settings = {"shuffle": False, "batch_size": 2, "max_steps_per_epoch": STEPS, "epochs": 1,

@@ -56,6 +56,7 @@ def _jsonl_config(directory: Path, records: list, **dataset_kwargs) -> Path:
     data = write_jsonl(directory / "data.jsonl", records)
     cfg = OmegaConf.load(REPO / "configs" / "tiny_synthetic.yaml")
     del cfg["eval_dataset"]
+    cfg.eval_every_n_steps = None  # it validates on eval_dataset
     cfg.dataset = {"_component_": "qwenvl_data.datasets.multimodal_chat_dataset", "source": "jsonl",
                    "data_files": str(data), "on_error": "skip", **dataset_kwargs}  # fmt: skip
     cfg.max_pixels = 3136

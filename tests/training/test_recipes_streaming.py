@@ -43,7 +43,7 @@ def _run(overrides: dict) -> None:
     dataset = overrides.pop("dataset")
     cfg = load_config("tiny_synthetic", overrides)
     cfg.dataset = dataset  # replaced, not merged into the synthetic dataset's keys
-    cfg.eval_dataset = None
+    cfg.eval_dataset = cfg.eval_every_n_steps = None
     recipe = load_recipe("full_finetune_single_device")
     recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg)
 
