@@ -56,7 +56,7 @@ def _config(tmp_path, **overrides):
     # bound below covers (Adam divides by sqrt(v) and would amplify rounding in near-zero gradients).
     settings = {"shuffle": False, "batch_size": 2, "max_steps_per_epoch": STEPS, "epochs": 1,
                 "checkpointer.save_every_n_steps": None,
-                "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.5}, "lr_scheduler": None,
+                "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.5, "fused": False}, "lr_scheduler": None,
                 "metric_logger._component_": "torchtune.training.metric_logging.DiskLogger", **overrides}  # fmt: skip
     for key, value in settings.items():
         OmegaConf.update(cfg, key, value, force_add=True)

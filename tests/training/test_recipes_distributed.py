@@ -59,7 +59,7 @@ def test_two_rank_lora_from_hf_checkpoint_on_llava_data_keeps_base_weights_at_lr
                 {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": f"Picture {i}."}]}) + "\n")  # fmt: skip
     overrides = {
         "checkpoint_dir": str(checkpoint), "output_dir": str(tmp_path / "out"), "device": "cpu", "dtype": "fp32",
-        "model._component_": "qwenvl_data.models.lora_qwen2_5_vl_tiny", "dataset.data_files": str(data / "train.jsonl"),
+        "dataset.data_files": str(data / "train.jsonl"),  # the model: what checkpoint_dir's config.json describes
         "max_pixels": 3136, "batch_size": 1, "gradient_accumulation_steps": 2, "max_steps_per_epoch": 1,
         "num_workers": 0, "optimizer.lr": 0.0, "optimizer.fused": False,
     }  # fmt: skip
