@@ -25,6 +25,14 @@ class InvalidConversationError(SampleError):
     cause = "bad_conversation"
 
 
+class UnreadFieldError(InvalidConversationError):
+    """A record field that holds a value its layout does not read (``fields`` names them; counted by inspect)."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+
 class SampleTooLongError(SampleError):
     """A sample longer than ``max_seq_len`` that cannot be shortened without cutting a vision span."""
 

@@ -4,20 +4,26 @@
 
 The config's ``tokenizer`` and ``dataset`` sections are instantiated as the recipes do (overrides as in
 ``tune run``), then every record is parsed, converted by its layout and transformed, in parallel over
-processes. Printed (and written as JSON with ``--json``): records by layout, unusable records by cause with
-example ids, token lengths (p50/p90/p99/max, measured without the length limit) and how many exceed
+processes; a streaming dataset is read once, in file order, through the same ``RecordProcessor``. Printed (and
+written as JSON with ``--json``): records by layout, records refused for fields their layout does not read (by
+field), tool turns (records with tool calls or results, and how many calls and results), unusable records by
+cause with example ids, token lengths (p50/p90/p99/max, measured without the length limit) and how many exceed
 ``max_seq_len``, images and videos per sample, image sizes before and after ``smart_resize``.
-Exit status: 0 when every record is usable, 1 when any is not, 2 when the config cannot be built.
+Exit status: 0 when every record is usable, 1 when any is not, 2 when the config cannot be built, the
+``--json`` path cannot be written or a worker process dies (one line on stderr naming the file and the cause).
 """
 
 import argparse
 import io
+import itertools
 import json
 import multiprocessing
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,18 +32,21 @@ import yaml
 from PIL import Image
 
 from qwenvl_data._constants import PATCH_SIZE
-from qwenvl_data.errors import SampleError, SampleTooLongError
+from qwenvl_data.datasets._shards import DamagedShard, ShardOrigins
+from qwenvl_data.errors import DamagedShardError, SampleError, SampleTooLongError, UnreadFieldError
 
 _ORIENTATION_TAG = 0x0112  # EXIF orientations 5-8 are a quarter turn: the transform sees width and height swapped
 _CHUNK = 64  # records per task handed to a worker process
+_IN_FLIGHT = 2  # tasks per worker submitted ahead: a stream is never read far ahead of the workers
 
 
 @dataclass
 class RecordReport:
     """What inspecting one record found (small and picklable: workers send these back)."""
 
-    index: int
+    index: int | str  # a map-style record number, or a stream's "<shard>#<record number>"
     id: Any
+    order: int = 0  # position in the read order (reports are sorted by it)
     layout: str | None = None
     cause: str | None = None  # None: usable
     error: str | None = None
@@ -46,6 +55,13 @@ class RecordReport:
     videos: int = 0
     sizes_before: list[tuple[int, int]] = field(default_factory=list)  # (width, height) per image
     sizes_after: list[tuple[int, int]] = field(default_factory=list)
+    unread_fields: tuple[str, ...] = ()  # fields the layout does not read (the record was refused for them)
+    tool_calls: int = 0  # <tool_call> blocks in assistant turns
+    tool_results: int = 0  # tool (result) turns
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process ended without returning its records (killed by a signal, out of memory, os._exit)."""
 
 
 def _image_size(value: Any) -> tuple[int, int]:
@@ -65,17 +81,19 @@ class RecordInspector:
     """Checks one record the way the dataset reads it: parse, layout, model transform, token budget.
 
     Args:
-        dataset: a dataset built from records (``ChatDataset`` / ``StreamingChatDataset``: ``source``,
-            ``processor``).
+        dataset: a dataset built from records: ``ChatDataset`` (``source``, ``processor``) or
+            ``StreamingChatDataset`` (``shards``, ``processor``).
         cfg: the run's config; its ``tokenizer`` section is built again without ``max_seq_len`` (once, when
             a sample reaches the limit) to measure how long such samples really are.
 
-    Returns (on call with a record index):
+    Returns (on call with a task: a map-style record index, or a stream's ``(order, label, raw record)``):
         a ``RecordReport``; ``cause`` is None when the run would train on the record.
     """
 
     def __init__(self, dataset: Any, cfg: Any) -> None:
-        self.source, self.processor, self.cfg = dataset.source, dataset.processor, cfg
+        self.processor, self.cfg = dataset.processor, cfg
+        self.source = getattr(dataset, "source", None)  # map-style: workers read their records by index
+        self.origin = self.source if self.source is not None else ShardOrigins(dataset.shards)
         self.max_seq_len = getattr(self.processor.model_transform, "max_seq_len", None)
         self._unlimited = None
 
@@ -86,14 +104,21 @@ class RecordInspector:
             self._unlimited = build(self.cfg, "tokenizer", max_seq_len=None)
         return len(self._unlimited(sample)["tokens"])
 
-    def __call__(self, index: int) -> RecordReport:
-        report = RecordReport(index=index, id=index)
+    def __call__(self, task: int | tuple[int, str, Any]) -> RecordReport:
+        order, index, record = task if isinstance(task, tuple) else (task, task, None)
+        report = RecordReport(index=index, id=index, order=order)
         try:
-            record = self.processor.parse(index, self.source[index], self.source)
+            if self.source is not None:
+                record = self.source[index]
+            if isinstance(record, DamagedShard):  # the rest of a stream's shard is unreadable
+                report.id = os.path.basename(record.path)
+                raise DamagedShardError(record.message())
+            record = self.processor.parse(index, record, self.origin)
             if isinstance(record, dict):
                 report.id = record.get("id", index)
             report.layout = self.processor.to_messages.layout_of(record)
-            sample, _ = self.processor.convert(index, record, self.source)
+            sample, _ = self.processor.convert(index, record, self.origin)
+            _count_tool_turns(report, sample["messages"])
             parts = [p for m in sample["messages"] for p in m.content]
             report.images = sum(p["type"] == "image" for p in parts)
             report.videos = sum(p["type"] == "video" for p in parts)
@@ -113,6 +138,8 @@ class RecordInspector:
             grids = out.get("image_grid_thw")
             if grids is not None:
                 report.sizes_after = [(int(w) * PATCH_SIZE, int(h) * PATCH_SIZE) for _, h, w in grids.tolist()]
+        except UnreadFieldError as err:
+            report.cause, report.error, report.unread_fields = err.cause, str(err), err.fields
         except SampleError as err:
             report.cause, report.error = err.cause, str(err)
         except Exception as err:  # a bug or an unforeseen input: reported, not fatal to the whole check
@@ -120,11 +147,21 @@ class RecordInspector:
         return report
 
 
+def _count_tool_turns(report: RecordReport, messages: list) -> None:
+    """Tool calls (each a ``<tool_call>`` text part of an assistant turn, as the conversation module writes
+    them) and tool result turns of one converted record."""
+    report.tool_calls = sum(
+        part["type"] == "text" and part["content"].lstrip("\n").startswith("<tool_call>")
+        for message in messages if message.role == "assistant" for part in message.content
+    )  # fmt: skip
+    report.tool_results = sum(message.role == "tool" for message in messages)
+
+
 _INSPECTOR: RecordInspector | None = None  # set before the worker processes fork; they inherit it
 
 
-def _inspect_chunk(indices: Sequence[int]) -> list[RecordReport]:
-    return [_INSPECTOR(i) for i in indices]
+def _inspect_chunk(tasks: Sequence[Any]) -> list[RecordReport]:
+    return [_INSPECTOR(task) for task in tasks]
 
 
 def _worker_init() -> None:
@@ -133,34 +170,80 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core; intra-op threads would oversubscribe
 
 
+def _chunks(tasks: Iterable[Any]) -> Iterator[list[Any]]:
+    iterator = iter(tasks)
+    while chunk := list(itertools.islice(iterator, _CHUNK)):
+        yield chunk
+
+
+def _name(task: Any) -> Any:
+    return task[1] if isinstance(task, tuple) else task
+
+
+def _in_processes(chunks: Iterator[list[Any]], num_workers: int) -> Iterator[list[RecordReport]]:
+    """``_inspect_chunk`` of every chunk over ``num_workers`` processes, at most ``_IN_FLIGHT`` chunks per
+    worker submitted ahead (a stream is read as the workers need it).
+
+    Raises:
+        WorkerDiedError: a worker ended without an answer (``concurrent.futures`` notices at once, where
+            ``multiprocessing.Pool`` would wait for the lost task forever), naming the records in flight.
+    """
+    context = multiprocessing.get_context("fork")  # the workers inherit _INSPECTOR
+    pending: dict[Future, list[Any]] = {}
+    with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_worker_init) as pool:
+        try:
+            for chunk in itertools.chain(chunks, [None]):
+                if chunk is not None:
+                    pending[pool.submit(_inspect_chunk, chunk)] = chunk
+                while pending and (chunk is None or len(pending) >= _IN_FLIGHT * num_workers):
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield future.result()
+                        del pending[future]
+        except BrokenProcessPool as err:
+            tasks = [task for chunk in pending.values() for task in chunk]
+            where = f" while records {_name(tasks[0])}..{_name(tasks[-1])} were in flight" if tasks else ""
+            raise WorkerDiedError(
+                f"a worker process died{where} (killed by a signal or out of memory?); "
+                "rerun with --num-workers 1 to see the failure in this process"
+            ) from err
+
+
 def inspect_records(
-    inspector: RecordInspector, indices: Sequence[int], num_workers: int, progress: bool = True
+    inspector: RecordInspector, tasks: Iterable[Any], num_workers: int, progress: bool = True,
+    total: int | None = None,
 ) -> list[RecordReport]:
-    """Every record of ``indices`` through ``inspector``, over ``num_workers`` processes (1: this process)."""
+    """Every task (see ``RecordInspector``) through ``inspector``, over ``num_workers`` processes (1: this
+    process), sorted by read order.
+
+    Raises:
+        WorkerDiedError: a worker process died (see ``_in_processes``).
+    """
     from tqdm import tqdm
 
     global _INSPECTOR
     _INSPECTOR = inspector
-    chunks = [indices[i : i + _CHUNK] for i in range(0, len(indices), _CHUNK)]
-    bar = tqdm(total=len(indices), unit="rec", desc="inspect", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, unit="rec", desc="inspect", disable=not progress, file=sys.stderr)
     reports: list[RecordReport] = []
-    results: Iterator[list[RecordReport]]
-    if num_workers <= 1:
-        results = map(_inspect_chunk, chunks)
-        pool = None
-    else:
-        pool = multiprocessing.get_context("fork").Pool(num_workers, initializer=_worker_init)
-        results = pool.imap_unordered(_inspect_chunk, chunks)
+    chunks = _chunks(tasks)
+    results = map(_inspect_chunk, chunks) if num_workers <= 1 else _in_processes(chunks, num_workers)
     try:
         for chunk in results:
             reports += chunk
             bar.update(len(chunk))
     finally:
         bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return sorted(reports, key=lambda r: r.index)
+    return sorted(reports, key=lambda r: r.order)
+
+
+def stream_tasks(dataset: Any) -> Iterator[tuple[int, str, Any]]:
+    """A streaming dataset's raw records, once, in file order: ``(order, "<shard>#<record number>", record)``."""
+    from qwenvl_data.datasets._nodes import ShardRecordNode
+
+    node = ShardRecordNode(dataset.shards, 0, 1, seed=0, shuffle_buffer_size=1, epoch=0)
+    node.reset()
+    for order, (label, record) in enumerate(node):
+        yield order, label, record
 
 
 def _percentiles(values: list[int], qs: Sequence[int]) -> dict[str, int]:
@@ -188,11 +271,18 @@ def summarize(reports: list[RecordReport], max_seq_len: int | None, examples: in
             entry["examples"].append(r.id)
     lengths = [r.tokens for r in reports if r.tokens is not None]
     usable = [r for r in reports if r.cause is None]
+    tool_records = [r for r in reports if r.tool_calls or r.tool_results]
     return {
         "records": len(reports),
         "usable": len(usable),
         "unusable": len(bad),
         "layouts": dict(Counter(r.layout or "unknown" for r in reports).most_common()),
+        "unread_fields": dict(Counter(name for r in reports for name in r.unread_fields).most_common()),
+        "tool_turns": {
+            "records": len(tool_records),
+            "tool_calls": sum(r.tool_calls for r in tool_records),
+            "tool_results": sum(r.tool_results for r in tool_records),
+        },
         "unusable_by_cause": by_cause,
         "tokens": {
             **_percentiles(lengths, (50, 90, 99)),
@@ -221,10 +311,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"height {s['height']['min']}..{s['height']['max']} (p50 {s['height']['p50']}), "
                 f"pixels p50 {s['pixels']['p50']}, max {s['pixels']['max']}")
 
-    tokens = summary["tokens"]
+    tokens, tools = summary["tokens"], summary["tool_turns"]
     lines = [
         f"records: {summary['records']}, usable: {summary['usable']}, unusable: {summary['unusable']}",
         f"by layout: {counts(summary['layouts'])}",
+        f"refused for unread fields: {counts(summary['unread_fields'])}",
+        f"tool turns: {tools['records']} records, {tools['tool_calls']} tool calls, "
+        f"{tools['tool_results']} tool results",
     ]
     for cause, entry in summary["unusable_by_cause"].items():
         lines.append(f"unusable [{cause}]: {entry['count']} (e.g. ids {', '.join(map(str, entry['examples']))})")
@@ -242,26 +335,71 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def load_config(config: str, overrides: Sequence[str]) -> Any:
+    """The recipe config with ``key=value`` overrides applied by ``tune run``'s own rules (also ``~key``).
+
+    Raises:
+        ValueError: a config file that cannot be read or is not YAML holding a mapping, or a bad override;
+            the message names the file and the cause.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+    from torchtune.config._utils import _merge_yaml_and_cli_args
+
+    try:
+        with open(config) as f:
+            settings = yaml.safe_load(f)
+    except OSError as err:
+        raise ValueError(f"config {config}: {err.strerror or err}") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"config {config} is not valid YAML: {err}") from err
+    if not isinstance(settings, dict):
+        raise ValueError(f"config {config} must hold a mapping of settings, got {type(settings).__name__}")
+    try:
+        return _merge_yaml_and_cli_args(argparse.Namespace(**settings), list(overrides))
+    except (ValueError, OmegaConfBaseException) as err:
+        raise ValueError(f"config {config} with overrides {list(overrides)}: {err}") from err
+
+
 def build_dataset(config: str, overrides: Sequence[str]) -> tuple[Any, Any]:
     """(dataset, cfg) from a recipe config and ``key=value`` overrides, instantiated as the recipes do.
 
     Raises:
-        ValueError: a config section that cannot be built, or a dataset that is not built from records.
+        ValueError: a config that cannot be read or built (``load_config``), or a dataset that is not built from
+            records by one processor (a mixture: inspect each of its datasets on its own).
     """
-    from torchtune.config._utils import _merge_yaml_and_cli_args  # tune run's own override rules (also ~key)
-
     from qwenvl_data.training._config import build
 
-    with open(config) as f:
-        cfg = _merge_yaml_and_cli_args(argparse.Namespace(**yaml.safe_load(f)), list(overrides))
+    cfg = load_config(config, overrides)
     transform = build(cfg, "tokenizer")
     dataset = build(cfg, "dataset", transform)
-    if not (hasattr(dataset, "source") and hasattr(dataset, "processor")):
+    if not hasattr(dataset, "processor") or not (hasattr(dataset, "source") or hasattr(dataset, "shards")):
         raise ValueError(
-            f"dataset {cfg.dataset._component_} is not built from records; inspect reads "
-            "multimodal_chat_dataset and streaming_chat_dataset"
+            f"dataset {type(dataset).__name__} is not one dataset of records; inspect reads one "
+            "multimodal_chat_dataset or streaming_chat_dataset (inspect each dataset of a mixture on its own)"
         )
     return dataset, cfg
+
+
+def check_writable(path: str) -> None:
+    """Fail now, not after the long work, when the JSON report could not be written to ``path``.
+
+    Raises:
+        OSError: naming the path and the cause (no file is left behind by the check).
+    """
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--json {path}: is a directory")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as err:
+        raise OSError(f"--json {path}: {err.strerror or err}") from err
+    if not existed:
+        os.remove(path)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,19 +413,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        if args.json_path:
+            check_writable(args.json_path)
         dataset, cfg = build_dataset(args.config, args.overrides)
     except (ValueError, OSError) as err:
-        print(f"inspect: {err}", file=sys.stderr)
+        print(f"inspect: {_one_line(err)}", file=sys.stderr)
         return 2
     inspector = RecordInspector(dataset, cfg)
-    kept = getattr(dataset, "indices", None)  # a map-style dataset's filter_fn result
-    indices = list(range(len(dataset.source))) if kept is None else kept.tolist()
-    reports = inspect_records(inspector, indices, args.num_workers, progress=not args.no_progress)
+    if inspector.source is None:
+        tasks: Iterable[Any] = stream_tasks(dataset)
+        total = dataset.num_records()
+    else:
+        kept = getattr(dataset, "indices", None)  # a map-style dataset's filter_fn result
+        tasks = list(range(len(dataset.source))) if kept is None else kept.tolist()
+        total = len(tasks)
+    try:
+        reports = inspect_records(inspector, tasks, args.num_workers, progress=not args.no_progress, total=total)
+    except WorkerDiedError as err:
+        print(f"inspect: {_one_line(err)}", file=sys.stderr)
+        return 2
     summary = summarize(reports, inspector.max_seq_len)
     print(format_summary(summary))
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+        try:
+            with open(args.json_path, "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+        except OSError as err:
+            print(f"inspect: --json {args.json_path}: {err.strerror or err}", file=sys.stderr)
+            return 2
     return 0 if summary["unusable"] == 0 else 1
 
 

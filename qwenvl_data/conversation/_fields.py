@@ -9,7 +9,7 @@ a system prompt of "" holds a value, an explicitly empty system turn.
 from collections.abc import Mapping
 from typing import Any
 
-from qwenvl_data.errors import InvalidConversationError
+from qwenvl_data.errors import InvalidConversationError, UnreadFieldError
 
 # Spellings of the fields that carry media or a system prompt, by what they carry.
 MEDIA_FIELDS = {"image": ("image", "images"), "video": ("video", "videos")}
@@ -109,14 +109,15 @@ class RecordFields:
         ``question`` holding a copy of ``first_user_text`` count as read).
 
         Raises:
-            InvalidConversationError: naming the field and the layout.
+            UnreadFieldError: naming the field(s) and the layout.
         """
         copies = {name for name in COPY_FIELDS if self.values.get(name) == first_user_text}
         unread = [name for name in KNOWN_FIELDS if name in self.values and name not in self.read | copies]
         if unread:
-            raise InvalidConversationError(
+            raise UnreadFieldError(
                 f"field(s) {unread} hold values that the {layout!r} layout does not read; rename them with "
-                "column_map, choose another format, or remove them"
+                "column_map, choose another format, or remove them",
+                tuple(unread),
             )
 
 

@@ -138,3 +138,123 @@ def test_size_before_resize_is_what_the_transform_sees_after_exif_rotation(tmp_p
     Image.new("RGB", (120, 40), "red").save(path, exif=exif.tobytes())
     with Image.open(path) as image:
         assert _image_size(str(path)) == ImageOps.exif_transpose(image).size == (40, 120)
+
+
+def streaming_config(data, path: str = "stream.yaml") -> str:
+    """The fixture's config with the dataset streamed (buffer and seed as a run would set them)."""
+    text = (data["dir"] / "run.yaml").read_text().replace("multimodal_chat_dataset", "streaming_chat_dataset")
+    config = data["dir"] / path
+    config.write_text(text + "  shuffle_buffer_size: 1000\n  seed: 3\n")
+    return str(config)
+
+
+def test_a_stream_is_read_once_and_reported_as_the_map_style_dataset_is(data):
+    _, indexed = run(data)
+    code, streamed = run({**data, "config": streaming_config(data)})
+    assert code == 1
+    named = lambda index: f"mixed.jsonl#{index}"  # noqa: E731  a stream names a record "<file>#<record number>"
+    # a record without an id is named by its index, here the stream's name for it
+    for entry in indexed["unusable_records"]:
+        entry["index"], entry["id"] = named(entry["index"]), named(entry["id"]) if entry["id"] == entry["index"] \
+            else entry["id"]
+    indexed["unusable_by_cause"]["bad_conversation"]["examples"] = [named(5)]
+    assert [{k: v for k, v in r.items() if k != "error"} for r in streamed.pop("unusable_records")] == [
+        {k: v for k, v in r.items() if k != "error"} for r in indexed.pop("unusable_records")]
+    assert streamed == indexed
+
+
+def test_the_released_streaming_config_with_data_files(data, capsys):
+    code = main(["--config", "configs/tiny_streaming.yaml", f"dataset.data_files={data['dir'] / 'mixed.jsonl'}",
+                 "--num-workers", "1", "--no-progress"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "records: 7, usable: 4, unusable: 3" in out  # max_seq_len 256 there: the long record fits
+
+
+def test_a_dead_worker_ends_the_command_with_exit_2_naming_it(data, monkeypatch, capsys):
+    import os
+    import signal
+
+    from qwenvl_data.inspect import RecordInspector
+
+    parent, inspect_one = os.getpid(), RecordInspector.__call__
+
+    def killed_on_record_4(self, task):
+        if os.getpid() != parent and task == 4:
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer ends a worker
+        return inspect_one(self, task)
+
+    monkeypatch.setattr(RecordInspector, "__call__", killed_on_record_4)
+    signal.alarm(120)  # a hang fails the test instead of blocking the suite
+    try:
+        code = main(["--config", data["config"], "--num-workers", "2", "--no-progress"])
+    finally:
+        signal.alarm(0)
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "a worker process died while records 0..6 were in flight" in err
+    assert "--num-workers 1" in err
+
+
+@pytest.mark.parametrize("problem", ["bad_yaml", "not_a_mapping", "missing_config", "json_in_missing_dir",
+                                     "json_is_a_directory"])
+def test_config_and_json_path_faults_are_one_line_naming_the_file_before_any_work(data, capsys, problem):
+    config, json_path = data["config"], str(data["dir"] / "report.json")
+    if problem == "bad_yaml":
+        config = data["dir"] / "bad.yaml"
+        config.write_text("tokenizer:\n  max_seq_len: [96\ndataset: {}\n")
+        expected = f"config {config} is not valid YAML:"
+    elif problem == "not_a_mapping":
+        config = data["dir"] / "list.yaml"
+        config.write_text("- tokenizer\n")
+        expected = f"config {config} must hold a mapping of settings, got list"
+    elif problem == "missing_config":
+        config = data["dir"] / "absent.yaml"
+        expected = f"config {config}: No such file or directory"
+    elif problem == "json_in_missing_dir":
+        json_path = str(data["dir"] / "no_dir" / "report.json")
+        expected = f"--json {json_path}: No such file or directory"
+    else:
+        json_path = str(data["dir"])
+        expected = f"--json {json_path}: is a directory"
+    code = main(["--config", str(config), "--json", json_path, "--num-workers", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith(f"inspect: {expected}") and captured.err.count("\n") == 1
+    assert captured.out == ""  # refused before any record was read
+    assert not (data["dir"] / "report.json").exists()
+
+
+def test_layouts_unread_fields_and_tool_turns_are_reported(data, capsys):
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    tools = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    records = [
+        {"id": "alpaca", "instruction": "Translate.", "input": "Bonjour", "output": "Hello"},
+        {"id": "extra", "conversations": llava_turns("Hi", "Hello"), "instruction": "never read"},
+        {"id": "llamafactory", "tools": json.dumps(tools),
+         "conversations": [{"from": "human", "value": "Weather?"}, {"from": "function_call", "value": json.dumps(call)},
+                           {"from": "observation", "value": "21"}, {"from": "gpt", "value": "21 degrees."}]},
+        {"id": "ms_swift", "tools": json.dumps(tools),
+         "messages": [{"role": "user", "content": "Weather?"}, {"role": "tool_call", "content": json.dumps(call)},
+                      {"role": "tool_response", "content": "21"}, {"role": "assistant", "content": "21 degrees."}]},
+        {"id": "openai_two_calls", "tools": tools,
+         "messages": [{"role": "user", "content": "Paris and Rome?"},
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                          {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+                      {"role": "tool", "content": "21"}, {"role": "tool", "content": "25"},
+                      {"role": "assistant", "content": [{"type": "text", "text": "21 and 25 degrees."}]}]},
+    ]  # fmt: skip
+    path = write_jsonl(data["dir"] / "layouts.jsonl", records)
+    out_json = data["dir"] / "layouts.json"
+    code = main(["--config", data["config"], f"dataset.data_files={path}", "tokenizer.max_seq_len=1024",
+                 "--json", str(out_json), "--num-workers", "1", "--no-progress"])
+    report = json.loads(out_json.read_text())
+    assert code == 1 and report["unusable_by_cause"] == {"bad_conversation": {"count": 1, "examples": ["extra"]}}
+    assert report["layouts"] == {"sharegpt": 3, "alpaca": 1, "openai": 1}
+    assert report["unread_fields"] == {"instruction": 1}
+    assert report["tool_turns"] == {"records": 3, "tool_calls": 4, "tool_results": 4}
+    out = capsys.readouterr().out
+    assert "by layout: sharegpt: 3, alpaca: 1, openai: 1" in out
+    assert "refused for unread fields: instruction: 1" in out
+    assert "tool turns: 3 records, 4 tool calls, 4 tool results" in out
