@@ -13,7 +13,7 @@ from torch import nn
 from torchtune.modules import FeedForward
 
 from qwenvl_data._constants import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
-from qwenvl_data.models._component_builders import add_lora, qwen2_5_vl_text_decoder
+from qwenvl_data.models._component_builders import lora_qwen2_5_vl, qwen2_5_vl_text_decoder
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._vision import PatchMerger, Qwen2_5_VisionTransformer, VisionBlock, VisionRotaryEmbeddings
 
@@ -132,4 +132,6 @@ def lora_qwen2_vl(
     Returns:
         Qwen2_5_VLModel with ``LoRALinear`` (or ``DoRALinear``) projections.
     """
-    return add_lora(qwen2_vl, lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output, **lora_and_model_args)
+    return lora_qwen2_5_vl(
+        lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output, build=qwen2_vl, **lora_and_model_args
+    )
