@@ -75,10 +75,30 @@ def qwen2_5_vl_vision_encoder(
         VisionBlock(embed_dim, num_heads, intermediate_dim, full_attention=i in full, norm_eps=norm_eps)
         for i in range(depth)
     )
+    merger = PatchMerger(embed_dim, out_dim, merge_size=merge_size, norm_eps=norm_eps)
+    patching = (in_channels, patch_size, temporal_patch_size, merge_size)
+    return vision_tower(layers, merger, embed_dim, num_heads, *patching, window_size=window_size)
+
+
+def vision_tower(
+    layers: nn.ModuleList,
+    merger: PatchMerger,
+    embed_dim: int,
+    num_heads: int,
+    in_channels: int,
+    patch_size: int,
+    temporal_patch_size: int,
+    merge_size: int,
+    *,
+    window_size: int | None,
+) -> Qwen2_5_VisionTransformer:
+    """A vision tower around its family's blocks and merger: the patch embedding (no bias) and the
+    rotary table are the same in every family (arguments as in ``qwen2_5_vl_vision_encoder``;
+    ``window_size=None``: no windows)."""
     return Qwen2_5_VisionTransformer(
         patch_embed=nn.Linear(in_channels * temporal_patch_size * patch_size * patch_size, embed_dim, bias=False),
         layers=layers,
-        merger=PatchMerger(embed_dim, out_dim, merge_size=merge_size, norm_eps=norm_eps),
+        merger=merger,
         rope=VisionRotaryEmbeddings(embed_dim // num_heads, merge_size),
         patch_size=patch_size,
         temporal_patch_size=temporal_patch_size,
