@@ -75,10 +75,30 @@ def qwen2_5_vl_vision_encoder(
         VisionBlock(embed_dim, num_heads, intermediate_dim, full_attention=i in full, norm_eps=norm_eps)
         for i in range(depth)
     )
+    merger = PatchMerger(embed_dim, out_dim, merge_size=merge_size, norm_eps=norm_eps)
+    patching = (in_channels, patch_size, temporal_patch_size, merge_size)
+    return vision_tower(layers, merger, embed_dim, num_heads, *patching, window_size=window_size)
+
+
+def vision_tower(
+    layers: nn.ModuleList,
+    merger: PatchMerger,
+    embed_dim: int,
+    num_heads: int,
+    in_channels: int,
+    patch_size: int,
+    temporal_patch_size: int,
+    merge_size: int,
+    *,
+    window_size: int | None,
+) -> Qwen2_5_VisionTransformer:
+    """A vision tower around its family's blocks and merger: the patch embedding (no bias) and the
+    rotary table are the same in every family (arguments as in ``qwen2_5_vl_vision_encoder``;
+    ``window_size=None``: no windows)."""
     return Qwen2_5_VisionTransformer(
         patch_embed=nn.Linear(in_channels * temporal_patch_size * patch_size * patch_size, embed_dim, bias=False),
         layers=layers,
-        merger=PatchMerger(embed_dim, out_dim, merge_size=merge_size, norm_eps=norm_eps),
+        merger=merger,
         rope=VisionRotaryEmbeddings(embed_dim // num_heads, merge_size),
         patch_size=patch_size,
         temporal_patch_size=temporal_patch_size,
@@ -237,9 +257,13 @@ def lora_qwen2_5_vl(
     quantize_base: bool = False,
     train_vision_tower: bool = False,
     train_merger: bool = True,
+    build: Callable[..., Qwen2_5_VLModel] = qwen2_5_vl,
     **model_args: object,
 ) -> Qwen2_5_VLModel:
     """Build Qwen2.5-VL with LoRA adapters on chosen language-model projections.
+
+    The one LoRA wiring of every family whose decoder is torchtune's: ``lora_qwen2_vl`` is this
+    with ``build=qwen2_vl``.
 
     Trainable after ``set_trainable_params(model, get_adapter_params(model))``: the adapters,
     the merger (``train_merger``) and the whole vision tower (``train_vision_tower``).
@@ -256,7 +280,8 @@ def lora_qwen2_5_vl(
         quantize_base: NF4-quantize the adapted base weights (QLoRA).
         train_vision_tower: train the vision tower (merger included) in full.
         train_merger: train the merger in full even when the tower is frozen.
-        **model_args: the arguments of ``qwen2_5_vl``.
+        build: the base model's builder, called with ``model_args`` (``qwen2_5_vl``).
+        **model_args: the arguments of ``build``.
 
     Returns:
         Qwen2_5_VLModel with ``LoRALinear`` (or ``DoRALinear``) projections.
@@ -264,39 +289,6 @@ def lora_qwen2_5_vl(
     Raises:
         ValueError: for unknown module names, no adapted module at all, or LoRA on a tied output.
     """
-    return add_lora(
-        qwen2_5_vl,
-        lora_attn_modules,
-        apply_lora_to_mlp,
-        apply_lora_to_output,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        use_dora=use_dora,
-        quantize_base=quantize_base,
-        train_vision_tower=train_vision_tower,
-        train_merger=train_merger,
-        **model_args,
-    )
-
-
-def add_lora(
-    build: Callable[..., Qwen2_5_VLModel],
-    lora_attn_modules: Sequence[str],
-    apply_lora_to_mlp: bool = False,
-    apply_lora_to_output: bool = False,
-    *,
-    lora_rank: int,
-    lora_alpha: float,
-    lora_dropout: float = 0.0,
-    use_dora: bool = False,
-    quantize_base: bool = False,
-    train_vision_tower: bool = False,
-    train_merger: bool = True,
-    **model_args: object,
-) -> Qwen2_5_VLModel:
-    """``build(**model_args)`` with LoRA/DoRA swapped into its language model: the one LoRA wiring of
-    every family whose decoder is torchtune's (arguments as in ``lora_qwen2_5_vl``)."""
     unknown = set(lora_attn_modules) - set(LORA_ATTN_MODULES.__args__)
     if unknown:
         raise ValueError(f"unknown lora_attn_modules {sorted(unknown)}; choose from {LORA_ATTN_MODULES.__args__}")

@@ -13,9 +13,9 @@ from torch import nn
 from torchtune.modules import FeedForward
 
 from qwenvl_data._constants import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE
-from qwenvl_data.models._component_builders import add_lora, qwen2_5_vl_text_decoder
+from qwenvl_data.models._component_builders import lora_qwen2_5_vl, qwen2_5_vl_text_decoder, vision_tower
 from qwenvl_data.models._model import Qwen2_5_VLModel
-from qwenvl_data.models._vision import PatchMerger, Qwen2_5_VisionTransformer, VisionBlock, VisionRotaryEmbeddings
+from qwenvl_data.models._vision import PatchMerger, Qwen2_5_VisionTransformer, VisionBlock
 
 
 class QuickGELU(nn.Module):
@@ -72,16 +72,9 @@ def qwen2_vl_vision_encoder(
         )
         for _ in range(depth)
     )
-    return Qwen2_5_VisionTransformer(
-        patch_embed=nn.Linear(in_channels * temporal_patch_size * patch_size * patch_size, embed_dim, bias=False),
-        layers=layers,
-        merger=PatchMerger(embed_dim, out_dim, merge_size=merge_size, norm=nn.LayerNorm(embed_dim, eps=norm_eps)),
-        rope=VisionRotaryEmbeddings(embed_dim // num_heads, merge_size),
-        patch_size=patch_size,
-        temporal_patch_size=temporal_patch_size,
-        merge_size=merge_size,
-        window_size=None,
-    )
+    merger = PatchMerger(embed_dim, out_dim, merge_size=merge_size, norm=nn.LayerNorm(embed_dim, eps=norm_eps))
+    patching = (in_channels, patch_size, temporal_patch_size, merge_size)
+    return vision_tower(layers, merger, embed_dim, num_heads, *patching, window_size=None)
 
 
 def qwen2_vl(
@@ -132,4 +125,6 @@ def lora_qwen2_vl(
     Returns:
         Qwen2_5_VLModel with ``LoRALinear`` (or ``DoRALinear``) projections.
     """
-    return add_lora(qwen2_vl, lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output, **lora_and_model_args)
+    return lora_qwen2_5_vl(
+        lora_attn_modules, apply_lora_to_mlp, apply_lora_to_output, build=qwen2_vl, **lora_and_model_args
+    )
