@@ -214,15 +214,17 @@ class FinetuneRecipe:
         return False
 
     def _stop_on_signal(self, signum: int, saved: Path | None) -> None:
-        """Say where the run stopped and how to resume it, then end it (``RunStopped``)."""
+        """End the run (``RunStopped``) with where it stopped and how to resume it (``run_recipe`` prints that
+        last, after the progress bar closed, so that it is the log's last line)."""
+        message = None
         if self.is_main:
             name, latest = signal.Signals(signum).name, saved or self.checkpointer.latest_state()
             where = f"resumable state of step {self.global_step}: {latest}" if latest else "nothing saved yet"
             how = ("run the same command again with resume_from_checkpoint=true" if latest
                    else "run the same command again")  # fmt: skip
-            print(f"stopped by {name} after step {self.global_step} ({where}); to continue, {how} "
-                  f"(output_dir={self.output_dir})", flush=True)  # fmt: skip
-        raise RunStopped(signum)
+            message = (f"stopped by {name} after step {self.global_step} ({where}); to continue, {how} "
+                       f"(output_dir={self.output_dir})")  # fmt: skip
+        raise RunStopped(signum, message)
 
     def _report_epoch_skips(self, progress: TrainingProgress) -> None:
         """Console, metrics.json and the metric logger: the epoch's skips by cause with example record ids."""
@@ -452,6 +454,8 @@ def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
             raise
         recipe.cleanup()  # still catching: torchrun signals the ranks again once the first one exits
     if stopped is not None:
+        if stopped.message is not None:
+            print(stopped.message, flush=True)
         raise SystemExit(stopped.exit_code)
 
 

@@ -40,9 +40,10 @@ _STOPPING = multiprocessing.Event()
 class RunStopped(Exception):
     """Raised by the loop after it saved and reported a stop asked for by ``signum``."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, message: str | None = None) -> None:
         super().__init__(signal.Signals(signum).name)
         self.exit_code = 128 + signum  # what a shell reports for a process ended by that signal
+        self.message = message  # where the run stopped and how to resume: printed last, once the bar is gone
 
 
 class StopRequest:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from qwenvl_data.datasets._nodes import PassStarted
 from qwenvl_data.datasets._stats import SkipCounts, SkippedRecord, SkipReport
 from qwenvl_data.errors import SampleError
+from qwenvl_data.training._progress import say
 
 MIN_RECORDS_FOR_FRACTION = 100  # below this, a few bad records would be a large fraction by chance
 
@@ -54,9 +55,9 @@ class SkipLedger:
         if isinstance(outcome, PassStarted):
             self.passes_in_run += 1
             self.passes_in_epoch += 1
-            print(f"{outcome.dataset}: the data ran out after {self.read_in_epoch} records of this epoch; reading "
-                  f"it again (restart {outcome.number} of this reader): records and skips of repeated passes are "
-                  "counted again", flush=True)  # fmt: skip
+            say(f"{outcome.dataset}: the data ran out after {self.read_in_epoch} records of this epoch; reading "
+                f"it again (restart {outcome.number} of this reader): records and skips of repeated passes are "
+                "counted again")  # fmt: skip
             return None
         self.read_in_run += 1
         self.read_in_epoch += 1
