@@ -13,6 +13,8 @@ from torchtune import config
 from torchtune.config._errors import InstantiationError
 from torchtune.config._utils import _get_component_from_path
 
+from qwenvl_data.training._refusal import ConfigError
+
 _INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w]*)")
 
 
@@ -44,7 +46,7 @@ def check_config_keys(
     - ``device``: it must exist on this machine.
 
     Raises:
-        ValueError: ``"<recipe>: bad config: <problem>; <problem>..."``.
+        ConfigError: (a ValueError) ``"<recipe>: bad config: <problem>; <problem>..."``.
     """
     required, optional = set(required), set(optional)
     known = required | optional
@@ -64,7 +66,7 @@ def check_config_keys(
         problems += device_problems(cfg.device)
     if problems:
         valid = f". Valid keys: {', '.join(sorted(known))}" if unknown else ""
-        raise ValueError(f"{recipe}: bad config: " + "; ".join(problems) + valid)
+        raise ConfigError(f"{recipe}: bad config: " + "; ".join(problems) + valid)
 
 
 def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
@@ -75,11 +77,11 @@ def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
 def build_node(node: Any, key: str, *args: Any, **kwargs: Any) -> Any:
     """config.instantiate(node, ...) for the config entry named ``key`` (e.g. ``dataset[1]``), errors naming it."""
     if not isinstance(node, DictConfig) or "_component_" not in node:
-        raise ValueError(f"config key `{key}` must be a mapping with a `_component_` entry, got {node!r}")
+        raise ConfigError(f"config key `{key}` must be a mapping with a `_component_` entry, got {node!r}")
     try:
         return config.instantiate(node, *args, **kwargs)
     except (TypeError, InstantiationError) as error:
-        raise ValueError(f"config key `{key}` ({node._component_}): {error}") from error
+        raise ConfigError(f"config key `{key}` ({node._component_}): {error}") from error
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from qwenvl_data.training._integrity import sha256_of
+from qwenvl_data.training._refusal import RunRefused
 
 FULL_HASH_BYTES = 64 << 20
 _EDGE_BYTES = 1 << 20
@@ -41,7 +42,7 @@ _DATA_PATH_KEYS = ("source", "data_files", "data_dir")
 DATA_FILES, CHECKPOINT_FILES = "data_files", "checkpoint_files"
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(RunRefused, ValueError):
     """The data files or settings differ from those the training state was saved with."""
 
 

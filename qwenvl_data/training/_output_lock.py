@@ -14,10 +14,12 @@ import socket
 import time
 from pathlib import Path
 
+from qwenvl_data.training._refusal import RunRefused
+
 LOCK_NAME = ".run.lock"
 
 
-class OutputDirBusyError(RuntimeError):
+class OutputDirBusyError(RunRefused, RuntimeError):
     """Another live run holds the ``output_dir`` lock."""
 
 

@@ -50,6 +50,7 @@ from qwenvl_data.training._plot import plot_history, write_metrics
 from qwenvl_data.training._position_rule import collator_for_model
 from qwenvl_data.training._progress import TrainingProgress, say
 from qwenvl_data.training._settings import RecipeSettings
+from qwenvl_data.training._refusal import RunRefused
 from qwenvl_data.training._signals import RunStopped, StopRequest
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._watchdog import ReadWatchdog
@@ -438,17 +439,24 @@ def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
     """setup -> train -> finish -> cleanup, the sequence every fine-tuning recipe_main runs.
 
     SIGTERM and SIGINT stop it cleanly (training/_signals.py): the current step finishes, a resumable state
-    is saved, and the process exits with 128 + the signal number (143, 130) without a traceback.
+    is saved, and the process exits with 128 + the signal number (143, 130) without a traceback. A refusal
+    (``RunRefused``: bad config, busy output_dir, resume mismatch, too many skips) is printed as the last line,
+    without a traceback, and exits with 1.
     """
     stop_request, stopped = StopRequest(), None
     with stop_request.installed():
-        recipe = recipe_class(cfg, stop_request)
+        recipe = None
         try:
+            recipe = recipe_class(cfg, stop_request)
             recipe.setup(cfg)
             recipe.train()
             recipe.finish()
         except RunStopped as stop:
             stopped = stop
+        except RunRefused as refusal:
+            _cleanup_quietly(recipe)
+            print(f"{type(refusal).__name__}: {refusal}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         except BaseException:
             _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
             raise
@@ -459,7 +467,9 @@ def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
         raise SystemExit(stopped.exit_code)
 
 
-def _cleanup_quietly(recipe: FinetuneRecipe) -> None:
+def _cleanup_quietly(recipe: FinetuneRecipe | None) -> None:
+    if recipe is None:  # its constructor refused the config: nothing was set up
+        return
     try:
         recipe.cleanup()
     except Exception as error:  # reported, but never raised over the error that ended the run

@@ -21,11 +21,12 @@ from qwenvl_data.datasets._nodes import PassStarted
 from qwenvl_data.datasets._stats import SkipCounts, SkippedRecord, SkipReport
 from qwenvl_data.errors import SampleError
 from qwenvl_data.training._progress import say
+from qwenvl_data.training._refusal import RunRefused
 
 MIN_RECORDS_FOR_FRACTION = 100  # below this, a few bad records would be a large fraction by chance
 
 
-class TooManySkipsError(RuntimeError):
+class TooManySkipsError(RunRefused, RuntimeError):
     """More records were skipped than ``max_skip_fraction`` allows, or an epoch had no usable record at all."""
 
 

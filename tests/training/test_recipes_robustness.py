@@ -2,6 +2,7 @@
 configs, non-finite losses, LoRA training-state size and file errors (the error is always the last line)."""
 
 import errno
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -143,22 +144,31 @@ def _run_in_process(config: Path, overrides: dict) -> None:
     recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg)
 
 
-def test_more_skips_than_max_skip_fraction_stop_the_run_with_causes_and_ids(tmp_path):
+def _refusal(capsys: pytest.CaptureFixture, config: Path, overrides: dict) -> str:
+    """Run in this process; the run must be refused (exit 1): return its last stderr line, the message."""
+    with pytest.raises(SystemExit) as stopped:
+        _run_in_process(config, overrides)
+    assert stopped.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_more_skips_than_max_skip_fraction_stop_the_run_with_causes_and_ids(tmp_path, capsys):
     good = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
             for i in range(110)]  # fmt: skip
     records = [_question(f"gone{i}", image="img/missing.png") if i % 10 == 9 else r for i, r in enumerate(good)]
     config = _jsonl_config(tmp_path, records)
     # the stop comes at the 100th record read, whatever the shuffle order put before it
     message = r"(\d+) of the 100 records read so far were skipped .* > max_skip_fraction=0.01\).*bad_image=\1 \(e.g. gone\d+"
-    with pytest.raises(TooManySkipsError, match=message):
-        _run_in_process(config, {"output_dir": str(tmp_path / "out"), "batch_size": 100})
+    last = _refusal(capsys, config, {"output_dir": str(tmp_path / "out"), "batch_size": 100})
+    assert last.startswith(f"{TooManySkipsError.__name__}: ") and re.search(message, last), last
     assert not (tmp_path / "out" / "hf_model").exists()
 
 
-def test_all_bad_dataset_stops_at_once_with_its_causes(tmp_path):
+def test_all_bad_dataset_stops_at_once_with_its_causes(tmp_path, capsys):
     config = _jsonl_config(tmp_path, _bad_records())
-    with pytest.raises(TooManySkipsError, match=r"epoch 0: no usable sample: all 6 records read were skipped.*no_trained_token=1"):
-        _run_in_process(config, {"output_dir": str(tmp_path / "out"), "batch_size": 2})
+    last = _refusal(capsys, config, {"output_dir": str(tmp_path / "out"), "batch_size": 2})
+    assert last.startswith(f"{TooManySkipsError.__name__}: "), last
+    assert re.search(r"epoch 0: no usable sample: all 6 records read were skipped.*no_trained_token=1", last), last
     assert not (tmp_path / "out" / "hf_model").exists()
 
 
@@ -193,7 +203,7 @@ def test_bad_config_values_nested_typos_and_a_missing_device_are_refused_at_star
     if not torch.cuda.is_available():
         bad.append("device=cuda")
     last = _failing_run([*TUNE_FULL, str(config), f"output_dir={tmp_path / 'out'}", *bad])
-    assert last.startswith("ValueError: FullFinetuneRecipeSingleDevice: bad config: ")
+    assert last.startswith("ConfigError: FullFinetuneRecipeSingleDevice: bad config: ")
     assert "`batch_size` must be int, got float 2.7" in last
     assert "`max_steps_per_epoch` must be >= 1, got -5" in last
     assert "unknown key `dataset.data_file` for qwenvl_data.datasets.multimodal_chat_dataset (did you mean `dataset.data_files`?)" in last
