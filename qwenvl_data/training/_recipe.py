@@ -137,6 +137,9 @@ class FinetuneRecipe:
             self._resume_dataloader_state = state["dataloader"]
         if self.is_main:
             print(f"resumed from {path} at step {self.global_step} (epoch {self.epoch})", flush=True)
+            if self.global_step >= self.total_steps:
+                print(f"the state is the end of the run ({self.total_steps} steps): nothing left to train; "
+                      "writing the final outputs again (raise `epochs` to train on)", flush=True)
             note = resume_numerics_note(state.get("numerics"), numerics_settings(self.device))
             if note is not None:
                 print(note, flush=True)

@@ -141,6 +141,13 @@ def test_an_accepted_new_lr_takes_effect_from_the_saved_step(stopped_run, capsys
     assert recipe.lr_scheduler.base_lrs == [1e-4]
 
 
+def test_resuming_a_state_at_the_runs_last_step_says_nothing_is_left_to_train(stopped_run, capsys):
+    _setup_resumed(stopped_run, max_steps_per_epoch=2, resume_overrides=["max_steps_per_epoch"])
+    out = capsys.readouterr().out
+    assert "at step 2 (epoch 1)" in out
+    assert "the state is the end of the run (2 steps): nothing left to train" in out
+
+
 def test_a_new_lr_without_an_override_is_refused_not_dropped(stopped_run):
     with pytest.raises(ResumeMismatchError, match=r"optimizer.lr: 0.003 -> 0.0001.*resume_overrides=\[optimizer.lr\]"):
         _setup_resumed(stopped_run, **{"optimizer.lr": 1e-4})
