@@ -103,7 +103,8 @@ class SkipReport:
 
     def describe(self) -> str:
         """One line for the console: ``skipped 3 of 90 records: cause=n (e.g. id, id); ...``."""
-        counted = "samples" if self.read is None else f"of {self.read} records"
+        noun = "record" if self.skipped == 1 else "records"
+        counted = noun if self.read is None else f"of {self.read} records"
         parts = [f"{cause}={e['count']}" + (f" (e.g. {', '.join(e['examples'])})" if e["examples"] else "")
                  for cause, e in self.by_cause.items()]  # fmt: skip
         passes = self.passes_started

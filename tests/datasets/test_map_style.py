@@ -167,7 +167,7 @@ def test_skip_returns_none_and_counts_each_cause_across_workers(llava_dir, num_w
     samples = [s for batch in loader for s in batch]
     assert [s is None for s in samples] == [i % 3 == 1 for i in range(len(samples))]
     assert {c: n for c, n in ds.stats.items() if n} == expected_skips()
-    assert ds.log_stats(epoch=0).startswith(f"epoch 0: skipped {len(BAD_RECORDS)} samples")
+    assert ds.log_stats(epoch=0).startswith(f"epoch 0: skipped {len(BAD_RECORDS)} records")
     ds.reset_stats()
     assert sum(ds.stats.values()) == 0
 
