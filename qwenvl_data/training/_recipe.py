@@ -77,7 +77,7 @@ class FinetuneRecipe:
         self.read_watchdog = ReadWatchdog(settings.data_timeout_s, self.rank, self.world_size, settings.num_workers)
         self.is_main = self.rank == 0
         self.dtype = training.get_dtype(settings.dtype, device=self.device)
-        self.skips = SkipLedger(settings.max_skip_fraction)
+        self.skips = SkipLedger(settings.max_skip_fraction, announce=self.is_main)  # restarts said once, by rank 0
         self.periodic = PeriodicSchedule(settings.eval_every_n_steps, settings.save_hf_every_n_steps,
                                          settings.keep_last_n_hf)  # fmt: skip
         self.output_dir = Path(settings.output_dir)

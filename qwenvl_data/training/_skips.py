@@ -36,12 +36,15 @@ class SkipLedger:
     Args:
         max_skip_fraction: stop once at least ``MIN_RECORDS_FOR_FRACTION`` records were read in the run and
             more than this fraction of them were skipped (0 stops at the first skip, 1 never stops).
+        announce: say a restart of the data on the console (the main rank's ledger only: every rank
+            restarts its own shard, and all restarts are counted in the totals).
     """
 
-    def __init__(self, max_skip_fraction: float) -> None:
+    def __init__(self, max_skip_fraction: float, announce: bool = True) -> None:
         if not 0.0 <= max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be in [0, 1], got {max_skip_fraction}")
         self.max_skip_fraction = max_skip_fraction
+        self.announce = announce
         self.run, self.epoch = SkipCounts(max_workers=0), SkipCounts(max_workers=0)
         self.read_in_run = self.read_in_epoch = 0
         self.passes_in_run = self.passes_in_epoch = 0
@@ -56,9 +59,10 @@ class SkipLedger:
         if isinstance(outcome, PassStarted):
             self.passes_in_run += 1
             self.passes_in_epoch += 1
-            say(f"{outcome.dataset}: the data ran out after {self.read_in_epoch} records of this epoch; reading "
-                f"it again (restart {outcome.number} of this reader): records and skips of repeated passes are "
-                "counted again")  # fmt: skip
+            if self.announce:
+                say(f"{outcome.dataset}: the data ran out after {self.read_in_epoch} records of this epoch; reading "
+                    f"it again (restart {outcome.number} of this reader): records and skips of repeated passes are "
+                    "counted again")  # fmt: skip
             return None
         self.read_in_run += 1
         self.read_in_epoch += 1

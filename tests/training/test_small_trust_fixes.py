@@ -26,6 +26,18 @@ def test_a_skip_fraction_exactly_at_max_skip_fraction_does_not_stop_and_one_more
         ledger.record(SkippedRecord(100, "r100", "bad_image", "x"))
 
 
+@pytest.mark.parametrize("announce", [True, False])
+def test_a_restart_of_the_data_is_said_by_the_main_ranks_ledger_only_and_counted_by_every_rank(announce, capsys):
+    from qwenvl_data.datasets._nodes import PassStarted
+
+    ledger = SkipLedger(1.0, announce=announce)
+    ledger.record({"id": 0})
+    ledger.record(PassStarted("dataset", 1))
+    said = "dataset: the data ran out after 1 records of this epoch; reading it again (restart 1 of this reader)"
+    assert (said in capsys.readouterr().out) is announce
+    assert ledger.report("run").passes_started == 1
+
+
 # ---- model and collator inputs whose shapes disagree are errors, not broadcasts -------------------------------
 @pytest.fixture(scope="module")
 def tiny_batch():
