@@ -128,15 +128,16 @@ class SkipReport:
                     "counts once per pass that read it)") if passes else ""  # fmt: skip
         return f"skipped {self.skipped} {counted}{repeated}" + (": " + "; ".join(parts) if parts else "")
 
+    def brief(self) -> str:
+        """``describe()`` with the restarts as ``; restarted 2 times``, for one dataset of a mixture."""
+        passes = self.passes_started
+        restarts = f"; restarted {passes} time{'s' if passes > 1 else ''}" if passes else ""
+        return dataclasses.replace(self, passes_started=0).describe() + restarts
+
     def source_lines(self) -> list[str]:
         """One console line per dataset of a mixture (none outside one): ``  <name>: skipped 1 of 40 records:
-        bad_image=1 (e.g. r3)``, its restarts as ``restarted 2 times``."""
-        lines = []
-        for name, source in self.by_source.items():
-            line = f"  {name}: {dataclasses.replace(source, passes_started=0).describe()}"
-            passes = source.passes_started
-            lines.append(line + (f"; restarted {passes} time{'s' if passes > 1 else ''}" if passes else ""))
-        return lines
+        bad_image=1 (e.g. r3); restarted 2 times``."""
+        return [f"  {name}: {source.brief()}" for name, source in self.by_source.items()]
 
     def scalars(self) -> dict[str, float]:
         """Flat scalars for a metric logger: ``skipped/<cause>``, ``skipped/total``, ``records_read`` and

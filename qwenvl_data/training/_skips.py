@@ -126,15 +126,21 @@ class SkipLedger:
             raise TooManySkipsError(
                 f"stopping: {skipped} of the {read} records read so far were skipped "
                 f"({skipped / read:.1%} > max_skip_fraction={self.max_skip_fraction}); "
-                f"{self._run.skips.summary()}. Fix these records (dataset.on_error=raise stops at the first one with "
-                "its error) or raise max_skip_fraction"
+                f"{self._run.skips.summary()}{self._per_source('run')}. Fix these records (dataset.on_error=raise "
+                "stops at the first one with its error) or raise max_skip_fraction"
             )
+
+    def _per_source(self, scope: str) -> str:
+        """``; per dataset: <name>: skipped 2 of 40 records: ...`` of this rank in a mixture, else empty."""
+        index = 0 if scope == "run" else 1
+        parts = [f"{name}: {tallies[index].report().brief()}" for name, tallies in self._sources.items()]
+        return "; per dataset: " + "; ".join(parts) if parts else ""
 
     def no_usable_record(self, epoch: int) -> TooManySkipsError:
         """The error for an epoch whose records gave no usable sample at all."""
         return TooManySkipsError(
             f"epoch {epoch}: no usable sample: all {self.read_in_epoch} records read were skipped; "
-            f"{self._epoch.skips.summary()}"
+            f"{self._epoch.skips.summary()}{self._per_source('epoch')}"
         )
 
     def start_epoch(self) -> None:

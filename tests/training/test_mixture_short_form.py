@@ -7,12 +7,12 @@ from support.datasets_records import write_jsonl
 from support.recipes_support import load_config, recipe_class
 
 from qwenvl_data.collate import Qwen2_5_VLCollator
-from qwenvl_data.datasets._stats import SOURCE_KEY
+from qwenvl_data.datasets._stats import SOURCE_KEY, SkippedRecord
 from qwenvl_data.inspect import load_config as load_cli_config
 from qwenvl_data.training import packaged_vocab_transform
 from qwenvl_data.training._data import RefillingBatches, build_dataset
 from qwenvl_data.training._mixture_config import mixture_entries
-from qwenvl_data.training._skips import SkipLedger
+from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
 
 
 @pytest.mark.parametrize(
@@ -96,3 +96,16 @@ def test_a_map_style_mixture_counts_each_datasets_reads_and_skips_and_the_state_
     resumed = SkipLedger(max_skip_fraction=1.0)
     resumed.load_state_dict(ledger.state_dict())
     assert resumed.report("run") == report and resumed.report("epoch") == ledger.report("epoch")
+
+
+def test_a_run_stopped_for_too_many_skips_says_which_dataset_they_came_from():
+    ledger = SkipLedger(max_skip_fraction=0.1)
+    ledger.expect_sources(["clean.jsonl", "broken.jsonl"])
+    with pytest.raises(TooManySkipsError) as error:
+        for i in range(100):
+            source = "broken.jsonl" if i % 5 == 0 else "clean.jsonl"
+            ledger.record(SkippedRecord(i, f"b{i}", "bad_image", "gone", source=source) if source == "broken.jsonl"
+                          else {"id": f"c{i}", SOURCE_KEY: source})  # fmt: skip
+    assert "20 of the 100 records" in str(error.value)
+    assert "per dataset: clean.jsonl: skipped 0 of 80 records; broken.jsonl: skipped 20 of 20 records: bad_image=20 " \
+           "(e.g. b0, b5, b10, b15, b20)" in str(error.value)  # fmt: skip
