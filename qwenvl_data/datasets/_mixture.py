@@ -6,7 +6,7 @@ order over all readers (dropping the tail that does not fill one sample per read
 loader does); streaming datasets through their own sharded record stream. A dataset that runs out starts
 its next epoch (a new order), so the mixture never ends: training length is ``max_steps_per_epoch``. With
 ``keep_skipped`` (the recipes) each such restart is announced by a ``PassStarted`` naming the dataset, and
-every outcome of a mixture of several datasets names the one it was drawn from (a sample under ``SOURCE_KEY``,
+every outcome of a mixture of several datasets names the one it was drawn from (a sample under ``MIXTURE_SOURCE_KEY``,
 a ``SkippedRecord`` as its ``source``), so that the recipes count records read and skipped per dataset.
 """
 

@@ -16,7 +16,7 @@ from qwenvl_data.datasets._distributed import rank_and_world_size
 from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.datasets._shard_stream import ShardStream
 from qwenvl_data.datasets._shards import Shard
-from qwenvl_data.datasets._stats import SOURCE_KEY, SkipCounts
+from qwenvl_data.datasets._stats import MIXTURE_SOURCE_KEY, SkipCounts
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +71,9 @@ class PassStarted:
 
 def drawn_from(name: str, outcome: Any) -> Any:
     """``outcome`` naming the dataset ``name`` of a mixture it was drawn from: a sample (a shallow copy) under
-    ``SOURCE_KEY``, a ``SkippedRecord`` as its ``source``; a ``PassStarted`` names its dataset already."""
+    ``MIXTURE_SOURCE_KEY``, a ``SkippedRecord`` as its ``source``; a ``PassStarted`` names its dataset already."""
     if isinstance(outcome, dict):
-        return {**outcome, SOURCE_KEY: name}
+        return {**outcome, MIXTURE_SOURCE_KEY: name}
     if isinstance(outcome, SkippedRecord):
         return dataclasses.replace(outcome, source=name)
     return outcome

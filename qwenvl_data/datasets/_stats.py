@@ -22,7 +22,7 @@ from qwenvl_data.errors import SampleError, UnexpectedSampleError
 EXAMPLE_BYTES = 96  # an example id (and exception type) is cut to this many UTF-8 bytes
 # The sample key under which a mixture read by the recipes names the dataset a sample was drawn from (the
 # collators read only their own keys); a ``SkippedRecord`` carries it as ``source``.
-SOURCE_KEY = "mixture_source"
+MIXTURE_SOURCE_KEY = "mixture_source"
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class SkippedRecord:
     @classmethod
     def refused(cls, sample: Mapping[str, Any], error: SampleError) -> "SkippedRecord":
         """A sample read as usable and refused afterwards (the collator's ``error``), named by its id (and its
-        mixture dataset, ``SOURCE_KEY``)."""
-        return cls(None, sample.get("id"), error.cause, str(error), source=sample.get(SOURCE_KEY))
+        mixture dataset, ``MIXTURE_SOURCE_KEY``)."""
+        return cls(None, sample.get("id"), error.cause, str(error), source=sample.get(MIXTURE_SOURCE_KEY))
 
     @classmethod
     def unexplained(cls, index: int) -> "SkippedRecord":

@@ -18,7 +18,7 @@ from typing import Any
 import torch.distributed as dist
 
 from qwenvl_data.datasets._nodes import PassStarted
-from qwenvl_data.datasets._stats import SOURCE_KEY, SkipCounts, SkippedRecord, SkipReport
+from qwenvl_data.datasets._stats import MIXTURE_SOURCE_KEY, SkipCounts, SkippedRecord, SkipReport
 from qwenvl_data.errors import SampleError
 from qwenvl_data.training._progress import say
 
@@ -53,7 +53,7 @@ class _Tally:
 
 class SkipLedger:
     """Records read and skipped by this rank's loop, for the current epoch and for the whole run; in a mixture
-    also per dataset (each outcome names its dataset: ``SOURCE_KEY`` of a sample, ``source`` of a skip, the
+    also per dataset (each outcome names its dataset: ``MIXTURE_SOURCE_KEY`` of a sample, ``source`` of a skip, the
     ``dataset`` of a ``PassStarted``).
 
     Args:
@@ -103,7 +103,7 @@ class SkipLedger:
                 "counted again")  # fmt: skip
             return None
         skipped = isinstance(outcome, SkippedRecord)
-        for tally in self._tallies(outcome.source if skipped else outcome.get(SOURCE_KEY)):
+        for tally in self._tallies(outcome.source if skipped else outcome.get(MIXTURE_SOURCE_KEY)):
             tally.read += 1
             if skipped:
                 tally.skips.add(outcome)

@@ -247,8 +247,8 @@ def test_llava_video_records_with_a_real_clip_read_alike_from_json_jsonl_and_a_s
     pads = int(reference["video_grid_thw"].prod()) // 4
     assert pads > 0 and "pixel_values" not in reference
     assert transform.decode(reference["tokens"]).endswith(
-        "<|im_start|>user\nLook.\n<|vision_start|>" + "<|video_pad|>" * pads + "<|vision_end|>\nWhat happens?<|im_end|>\n"
-        "<|im_start|>assistant\nThe colour changes.<|im_end|>\n")  # fmt: skip
+        "<|im_start|>user\nLook.\n<|vision_start|>" + "<|video_pad|>" * pads
+        + "<|vision_end|>\nWhat happens?<|im_end|>\n<|im_start|>assistant\nThe colour changes.<|im_end|>\n")  # fmt: skip
     for name, (image_tag, video_tag) in loaded.items():
         for sample in (image_tag, video_tag):
             assert sample["tokens"] == reference["tokens"] and sample["labels"] == reference["labels"], name

@@ -7,7 +7,7 @@ from support.datasets_records import write_jsonl
 from support.recipes_support import load_config, recipe_class
 
 from qwenvl_data.collate import Qwen2_5_VLCollator
-from qwenvl_data.datasets._stats import SOURCE_KEY, SkippedRecord
+from qwenvl_data.datasets._stats import MIXTURE_SOURCE_KEY, SkippedRecord
 from qwenvl_data.inspect import load_config as load_cli_config
 from qwenvl_data.training import packaged_vocab_transform
 from qwenvl_data.training._data import RefillingBatches, build_dataset
@@ -20,11 +20,14 @@ from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
     [
         (["dataset.mixture=a.jsonl,b.jsonl", "dataset.weights=[1, 1]"],
          r"`dataset.mixture` must be a list of data paths .*got 'a.jsonl,b.jsonl'"),
-        (["dataset.mixture=[a.jsonl, 3]", "dataset.weights=[1, 1]"], r"`dataset.mixture\[1\]` must be a data path.*got 3"),
+        (["dataset.mixture=[a.jsonl, 3]", "dataset.weights=[1, 1]"],
+         r"`dataset.mixture\[1\]` must be a data path.*got 3"),
         (["dataset.mixture=[a.jsonl, b.jsonl]"], r"`dataset.weights` is not set: it takes one weight per path"),
         (["dataset.mixture=[a.jsonl, b.jsonl]", "dataset.weights=[1]"], r"`dataset.weights` is \[1\]: it takes one"),
-        (["dataset.mixture=[a.jsonl, b.jsonl]", "dataset.weights=[1, 0]"], r"`dataset.weights\[1\]` must be a number > 0.*got 0"),
-        (["dataset.mixture=[a.jsonl, b.jsonl]", "dataset.weights=[1, x]"], r"`dataset.weights\[1\]` must be a number.*got 'x'"),
+        (["dataset.mixture=[a.jsonl, b.jsonl]", "dataset.weights=[1, 0]"],
+         r"`dataset.weights\[1\]` must be a number > 0.*got 0"),
+        (["dataset.mixture=[a.jsonl, b.jsonl]", "dataset.weights=[1, x]"],
+         r"`dataset.weights\[1\]` must be a number.*got 'x'"),
         (["dataset.weights=[1, 2]"], r"`dataset.weights=\[1, 2\]` needs `dataset.mixture`"),
         (["dataset.mixture=[a.jsonl, a.jsonl]", "dataset.weights=[1, 2]"], r"names \['a.jsonl'\] more than once"),
         (["dataset.mixture=[a.jsonl, b.jsonl]", "dataset.weights=[1, 2]", "dataset.data_files=c.jsonl"],
@@ -76,7 +79,7 @@ def test_a_map_style_mixture_counts_each_datasets_reads_and_skips_and_the_state_
 
     def drawn(samples: list[dict]) -> list[tuple[str, str]]:
         collator(samples)  # refuses y_long (SampleError): RefillingBatches counts and replaces it
-        return [(sample[SOURCE_KEY], sample["id"]) for sample in samples]
+        return [(sample[MIXTURE_SOURCE_KEY], sample["id"]) for sample in samples]
 
     ledger = SkipLedger(max_skip_fraction=1.0)
     ledger.expect_sources(dataset.names)
@@ -105,7 +108,7 @@ def test_a_run_stopped_for_too_many_skips_says_which_dataset_they_came_from():
         for i in range(100):
             source = "broken.jsonl" if i % 5 == 0 else "clean.jsonl"
             ledger.record(SkippedRecord(i, f"b{i}", "bad_image", "gone", source=source) if source == "broken.jsonl"
-                          else {"id": f"c{i}", SOURCE_KEY: source})  # fmt: skip
+                          else {"id": f"c{i}", MIXTURE_SOURCE_KEY: source})  # fmt: skip
     assert "20 of the 100 records" in str(error.value)
     assert "per dataset: clean.jsonl: skipped 0 of 80 records; broken.jsonl: skipped 20 of 20 records: bad_image=20 " \
            "(e.g. b0, b5, b10, b15, b20)" in str(error.value)  # fmt: skip
