@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.media import photo  # noqa: E402
 
-from qwenvl_data.inspect import RecordInspector, build_dataset, inspect_records  # noqa: E402
+from qwenvl_data.inspect import RecordInspector, build_datasets, inspect_records  # noqa: E402
 
 
 def write_data(directory: Path, n: int) -> Path:
@@ -61,7 +61,7 @@ def main() -> None:
             f"dataset:\n  _component_: qwenvl_data.datasets.multimodal_chat_dataset\n  source: jsonl\n"
             f"  data_files: {data}\n  on_error: skip\n"
         )
-        dataset, cfg = build_dataset(str(config), [])
+        [(_, _, dataset)], cfg = build_datasets(str(config), [])
         indices = list(range(len(dataset)))
         start = time.perf_counter()
         for i in indices:

@@ -11,6 +11,8 @@ cause with example ids, token lengths (p50/p90/p99/max, measured without the len
 ``max_seq_len``, images and videos per sample, image sizes before and after ``smart_resize``.
 Exit status: 0 when every record is usable, 1 when any is not, 2 when the config cannot be built, the
 ``--json`` path cannot be written or a worker process dies (one line on stderr naming the file and the cause).
+A mixture (``dataset.mixture`` + ``dataset.weights``, or a list under ``dataset``) is inspected dataset by dataset:
+the report covers them all, with the same counts per dataset (``by_source``) and each bad record's dataset.
 """
 
 import argparse
@@ -58,6 +60,7 @@ class RecordReport:
     unread_fields: tuple[str, ...] = ()  # fields the layout does not read (the record was refused for them)
     tool_calls: int = 0  # <tool_call> blocks in assistant turns
     tool_results: int = 0  # tool (result) turns
+    source: str | None = None  # the dataset of a mixture it belongs to (None: not a mixture)
 
 
 class WorkerDiedError(RuntimeError):
@@ -295,8 +298,23 @@ def summarize(reports: list[RecordReport], max_seq_len: int | None, examples: in
             "before_smart_resize": _size_summary([s for r in usable for s in r.sizes_before]),
             "after_smart_resize": _size_summary([s for r in usable for s in r.sizes_after]),
         },
-        "unusable_records": [{"index": r.index, "id": r.id, "cause": r.cause, "error": r.error} for r in bad],
+        "unusable_records": [{"index": r.index, "id": r.id, "cause": r.cause, "error": r.error}
+                             | ({"source": r.source} if r.source is not None else {}) for r in bad],
     }
+
+
+SOURCE_SUMMARY_KEYS = ("records", "usable", "unusable", "layouts", "unread_fields", "tool_turns", "unusable_by_cause")
+
+
+def summarize_mixture(reports: list[RecordReport], weights: dict[str, float], max_seq_len: int | None) -> dict:
+    """``summarize`` of all the datasets of a mixture, plus ``by_source``: its record counts per dataset (by
+    name, in the mixture's order, with its ``weight``)."""
+    summary = summarize(reports, max_seq_len)
+    summary["by_source"] = {}
+    for name, weight in weights.items():
+        own = summarize([r for r in reports if r.source == name], max_seq_len)
+        summary["by_source"][name] = {"weight": weight} | {key: own[key] for key in SOURCE_SUMMARY_KEYS}
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -311,16 +329,22 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"height {s['height']['min']}..{s['height']['max']} (p50 {s['height']['p50']}), "
                 f"pixels p50 {s['pixels']['p50']}, max {s['pixels']['max']}")
 
-    tokens, tools = summary["tokens"], summary["tool_turns"]
-    lines = [
-        f"records: {summary['records']}, usable: {summary['usable']}, unusable: {summary['unusable']}",
-        f"by layout: {counts(summary['layouts'])}",
-        f"refused for unread fields: {counts(summary['unread_fields'])}",
-        f"tool turns: {tools['records']} records, {tools['tool_calls']} tool calls, "
-        f"{tools['tool_results']} tool results",
-    ]
-    for cause, entry in summary["unusable_by_cause"].items():
-        lines.append(f"unusable [{cause}]: {entry['count']} (e.g. ids {', '.join(map(str, entry['examples']))})")
+    def records(s: dict) -> list[str]:
+        tools = s["tool_turns"]
+        return [
+            f"records: {s['records']}, usable: {s['usable']}, unusable: {s['unusable']}",
+            f"by layout: {counts(s['layouts'])}",
+            f"refused for unread fields: {counts(s['unread_fields'])}",
+            f"tool turns: {tools['records']} records, {tools['tool_calls']} tool calls, {tools['tool_results']} "
+            "tool results",
+            *(f"unusable [{cause}]: {entry['count']} (e.g. ids {', '.join(map(str, entry['examples']))})"
+              for cause, entry in s["unusable_by_cause"].items()),
+        ]  # fmt: skip
+
+    tokens = summary["tokens"]
+    lines = records(summary)
+    for name, source in summary.get("by_source", {}).items():
+        lines.append(f"dataset {name} (weight {source['weight']:g}): " + "; ".join(records(source)))
     if "max" in tokens:
         line = f"tokens: p50 {tokens['p50']}, p90 {tokens['p90']}, p99 {tokens['p99']}, max {tokens['max']}"
         if tokens["max_seq_len"] is not None:
@@ -360,24 +384,52 @@ def load_config(config: str, overrides: Sequence[str]) -> Any:
         raise ValueError(f"config {config} with overrides {list(overrides)}: {err}") from err
 
 
-def build_dataset(config: str, overrides: Sequence[str]) -> tuple[Any, Any]:
-    """(dataset, cfg) from a recipe config and ``key=value`` overrides, instantiated as the recipes do.
+def build_datasets(config: str, overrides: Sequence[str]) -> tuple[list[tuple[str | None, float, Any]], Any]:
+    """The datasets of a recipe config and ``key=value`` overrides, instantiated as the recipes do: ``(name,
+    weight, dataset)`` for each dataset of a mixture, ``[(None, 1.0, dataset)]`` for one dataset; and the config.
 
     Raises:
-        ValueError: a config that cannot be read or built (``load_config``), or a dataset that is not built from
-            records by one processor (a mixture: inspect each of its datasets on its own).
+        ValueError: a config that cannot be read or built (``load_config``, a mixture spelled wrong), or a dataset
+            that is not built from records by one processor.
     """
     from qwenvl_data.training._config import build
+    from qwenvl_data.training._mixture_config import mixture_entries
 
     cfg = load_config(config, overrides)
     transform = build(cfg, "tokenizer")
-    dataset = build(cfg, "dataset", transform)
-    if not hasattr(dataset, "processor") or not (hasattr(dataset, "source") or hasattr(dataset, "shards")):
-        raise ValueError(
-            f"dataset {type(dataset).__name__} is not one dataset of records; inspect reads one "
-            "multimodal_chat_dataset or streaming_chat_dataset (inspect each dataset of a mixture on its own)"
-        )
-    return dataset, cfg
+    entries = mixture_entries(cfg.get("dataset"))
+    if entries is None:
+        datasets = [(None, 1.0, build(cfg, "dataset", transform))]
+    else:
+        datasets = [(entry.name, entry.weight, entry.build(transform)) for entry in entries]
+    for name, _, dataset in datasets:
+        if not hasattr(dataset, "processor") or not (hasattr(dataset, "source") or hasattr(dataset, "shards")):
+            raise ValueError(
+                f"dataset {name or ''} ({type(dataset).__name__}) is not one dataset of records; inspect reads "
+                "multimodal_chat_dataset and streaming_chat_dataset datasets"
+            )
+    return datasets, cfg
+
+
+def _inspect_dataset(name: str | None, dataset: Any, cfg: Any, args: argparse.Namespace) -> tuple[list, Any]:
+    """Every record of one dataset inspected (see ``inspect_records``), each report naming ``name``; and the
+    inspector (its ``max_seq_len``).
+
+    Raises:
+        WorkerDiedError: a worker process died.
+    """
+    inspector = RecordInspector(dataset, cfg)
+    if inspector.source is None:
+        tasks: Iterable[Any] = stream_tasks(dataset)
+        total = dataset.num_records()
+    else:
+        kept = getattr(dataset, "indices", None)  # a map-style dataset's filter_fn result
+        tasks = list(range(len(dataset.source))) if kept is None else kept.tolist()
+        total = len(tasks)
+    reports = inspect_records(inspector, tasks, args.num_workers, progress=not args.no_progress, total=total)
+    for report in reports:
+        report.source = name
+    return reports, inspector
 
 
 def check_writable(path: str) -> None:
@@ -415,24 +467,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.json_path:
             check_writable(args.json_path)
-        dataset, cfg = build_dataset(args.config, args.overrides)
+        datasets, cfg = build_datasets(args.config, args.overrides)
     except (ValueError, OSError) as err:
         print(f"inspect: {_one_line(err)}", file=sys.stderr)
         return 2
-    inspector = RecordInspector(dataset, cfg)
-    if inspector.source is None:
-        tasks: Iterable[Any] = stream_tasks(dataset)
-        total = dataset.num_records()
-    else:
-        kept = getattr(dataset, "indices", None)  # a map-style dataset's filter_fn result
-        tasks = list(range(len(dataset.source))) if kept is None else kept.tolist()
-        total = len(tasks)
+    reports: list[RecordReport] = []
     try:
-        reports = inspect_records(inspector, tasks, args.num_workers, progress=not args.no_progress, total=total)
+        for name, _, dataset in datasets:
+            found, inspector = _inspect_dataset(name, dataset, cfg, args)
+            reports += found
     except WorkerDiedError as err:
         print(f"inspect: {_one_line(err)}", file=sys.stderr)
         return 2
-    summary = summarize(reports, inspector.max_seq_len)
+    if datasets[0][0] is None:
+        summary = summarize(reports, inspector.max_seq_len)
+    else:
+        summary = summarize_mixture(reports, {name: weight for name, weight, _ in datasets}, inspector.max_seq_len)
     print(format_summary(summary))
     if args.json_path:
         try:

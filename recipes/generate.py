@@ -27,6 +27,7 @@ from qwenvl_data.generation._generate import new_token_budget
 from qwenvl_data.training import QuestionTransform, collator_for_model, prompt_and_reference, prompt_sample
 from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import move_to_device
+from qwenvl_data.training._mixture_config import check_not_a_mixture
 
 REQUIRED_KEYS = ("checkpoint_dir", "model", "tokenizer", "collate_fn")
 OPTIONAL_KEYS = (
@@ -43,6 +44,7 @@ class GenerateRecipe:
         check_config_keys(cfg, type(self).__name__, REQUIRED_KEYS, OPTIONAL_KEYS)
         if cfg.get("prompt") is None and cfg.get("dataset") is None:
             raise ValueError("GenerateRecipe: set `prompt` (one question, takes precedence) or `dataset` (accuracy)")
+        check_not_a_mixture(cfg.get("dataset"), type(self).__name__)
         self.device = utils.get_device(cfg.get("device", "cpu"))
         self.dtype = training.get_dtype(cfg.get("dtype", "fp32"), device=self.device)
         # max_generated_tokens: generate()'s earlier keyword, accepted here too

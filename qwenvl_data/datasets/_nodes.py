@@ -3,6 +3,7 @@
 that runs one such graph per reader (rank x DataLoader worker) with ``state_dict()`` / ``load_state_dict()``.
 """
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from qwenvl_data.datasets._distributed import rank_and_world_size
 from qwenvl_data.datasets._processing import SkippedRecord
 from qwenvl_data.datasets._shard_stream import ShardStream
 from qwenvl_data.datasets._shards import Shard
-from qwenvl_data.datasets._stats import SkipCounts
+from qwenvl_data.datasets._stats import MIXTURE_SOURCE_KEY, SkipCounts
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,27 @@ class PassStarted:
     number: int
 
 
+def drawn_from(name: str, outcome: Any) -> Any:
+    """``outcome`` naming the dataset ``name`` of a mixture it was drawn from: a sample (a shallow copy) under
+    ``MIXTURE_SOURCE_KEY``, a ``SkippedRecord`` as its ``source``; a ``PassStarted`` names its dataset already."""
+    if isinstance(outcome, dict):
+        return {**outcome, MIXTURE_SOURCE_KEY: name}
+    if isinstance(outcome, SkippedRecord):
+        return dataclasses.replace(outcome, source=name)
+    return outcome
+
+
 class DropSkipped(BaseNode[dict]):
     """Passes samples through and drops skipped records (``SkippedRecord`` or None); logs ``stats`` (if given)
     at epoch end. ``keep_skipped=True`` passes ``SkippedRecord`` s through instead, for a training loop that
     counts and reports them (the recipes), and, each time the node is reset to start its data again (not to
-    resume), first a ``PassStarted`` naming ``name``; otherwise those markers are dropped too."""
+    resume), first a ``PassStarted`` naming ``name``; otherwise those markers are dropped too. With
+    ``names_outcomes`` (a mixture's dataset read by the recipes) each outcome also names ``name``
+    (``drawn_from``)."""
 
     SOURCE_KEY = "source"
     PASSES_KEY = "passes_started"
+    names_outcomes: bool = False
 
     def __init__(
         self, source: BaseNode, stats: SkipCounts | None = None, keep_skipped: bool = False, name: str = "dataset"
@@ -107,7 +121,7 @@ class DropSkipped(BaseNode[dict]):
                 raise
             if sample is None or (isinstance(sample, (SkippedRecord, PassStarted)) and not self.keep_skipped):
                 continue
-            return sample
+            return drawn_from(self.name, sample) if self.names_outcomes else sample
 
     def get_state(self) -> dict[str, Any]:
         return {self.SOURCE_KEY: self.source.state_dict(), self.PASSES_KEY: self.passes_started}

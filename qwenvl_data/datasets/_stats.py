@@ -8,6 +8,7 @@ per copy and be lost. The counts and example ids live in shared-memory tensors c
 processes ever update the same cell and no cross-process lock is needed.
 """
 
+import dataclasses
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from torch.utils.data import get_worker_info
 from qwenvl_data.errors import SampleError, UnexpectedSampleError
 
 EXAMPLE_BYTES = 96  # an example id (and exception type) is cut to this many UTF-8 bytes
+# The sample key under which a mixture read by the recipes names the dataset a sample was drawn from (the
+# collators read only their own keys); a ``SkippedRecord`` carries it as ``source``.
+MIXTURE_SOURCE_KEY = "mixture_source"
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class SkippedRecord:
 
     ``example`` is the one way reports name the record: its id; without one (e.g. a malformed JSON line) where
     it is (``train.jsonl line 7``, or a stream's ``shard#record``), else ``#index``; with the exception type for
-    an unexpected error.
+    an unexpected error. ``source``: the dataset of a mixture it was drawn from (None outside a mixture).
     """
 
     index: int | str | None  # None: not known (a sample refused after it was read, e.g. by the collator)
@@ -35,6 +39,7 @@ class SkippedRecord:
     cause: str
     message: str
     location: str | None = None
+    source: str | None = None
 
     @classmethod
     def from_error(cls, index: int | str | None, sample_id: Any, error: SampleError,
@@ -43,8 +48,9 @@ class SkippedRecord:
 
     @classmethod
     def refused(cls, sample: Mapping[str, Any], error: SampleError) -> "SkippedRecord":
-        """A sample read as usable and refused afterwards (the collator's ``error``), named by its id."""
-        return cls.from_error(None, sample.get("id"), error)
+        """A sample read as usable and refused afterwards (the collator's ``error``), named by its id (and its
+        mixture dataset, ``MIXTURE_SOURCE_KEY``)."""
+        return cls(None, sample.get("id"), error.cause, str(error), source=sample.get(MIXTURE_SOURCE_KEY))
 
     @classmethod
     def unexplained(cls, index: int) -> "SkippedRecord":
@@ -71,11 +77,13 @@ class SkipReport:
     """Skips by cause with the first record names of each (``{cause: {"count", "examples"}}``), how many
     records were read (None where the counter does not know: a dataset counts only what it skipped), and how
     often the data ran out and was read again (``passes_started``: then ``read`` and the skips count a record
-    once per pass that read it)."""
+    once per pass that read it); in a mixture, ``by_source`` holds the same for each of its datasets, by name
+    (in the mixture's order; they add up to the totals)."""
 
     by_cause: dict[str, dict[str, Any]] = field(default_factory=dict)
     read: int | None = None
     passes_started: int = 0
+    by_source: dict[str, "SkipReport"] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -83,8 +91,10 @@ class SkipReport:
 
     @classmethod
     def merged(cls, reports: Iterable["SkipReport"], max_examples: int) -> "SkipReport":
-        """The sum of ``reports`` (e.g. one per rank): counts added, the first ``max_examples`` distinct names."""
+        """The sum of ``reports`` (e.g. one per rank): counts added, the first ``max_examples`` distinct names;
+        per source likewise."""
         by_cause: dict[str, dict[str, Any]] = {}
+        sources: dict[str, list[SkipReport]] = {}
         read = passes = 0
         for report in reports:
             read += report.read or 0
@@ -94,12 +104,19 @@ class SkipReport:
                 merged["count"] += entry["count"]
                 new = [e for e in entry["examples"] if e not in merged["examples"]]
                 merged["examples"] = (merged["examples"] + new)[:max_examples]
-        return cls(by_cause, read, passes)
+            for name, source in report.by_source.items():
+                sources.setdefault(name, []).append(source)
+        by_source = {name: cls.merged(parts, max_examples) for name, parts in sources.items()}
+        return cls(by_cause, read, passes, by_source)
 
     def as_dict(self) -> dict[str, Any]:
-        """metrics.json's form: ``{"read", "skipped", "passes_started", "by_cause"}``."""
-        return {"read": self.read, "skipped": self.skipped, "passes_started": self.passes_started,
-                "by_cause": self.by_cause}  # fmt: skip
+        """metrics.json's form: ``{"read", "skipped", "passes_started", "by_cause"}``, and in a mixture
+        ``"by_source": {name: the same}``."""
+        entry = {"read": self.read, "skipped": self.skipped, "passes_started": self.passes_started,
+                 "by_cause": self.by_cause}  # fmt: skip
+        if self.by_source:
+            entry["by_source"] = {name: source.as_dict() for name, source in self.by_source.items()}
+        return entry
 
     def describe(self) -> str:
         """One line for the console: ``skipped 3 of 90 records: cause=n (e.g. id, id); ...``."""
@@ -111,6 +128,17 @@ class SkipReport:
         repeated = (f" (the data ran out and was read again {passes} time{'s' if passes > 1 else ''}: a record "
                     "counts once per pass that read it)") if passes else ""  # fmt: skip
         return f"skipped {self.skipped} {counted}{repeated}" + (": " + "; ".join(parts) if parts else "")
+
+    def brief(self) -> str:
+        """``describe()`` with the restarts as ``; restarted 2 times``, for one dataset of a mixture."""
+        passes = self.passes_started
+        restarts = f"; restarted {passes} time{'s' if passes > 1 else ''}" if passes else ""
+        return dataclasses.replace(self, passes_started=0).describe() + restarts
+
+    def source_lines(self) -> list[str]:
+        """One console line per dataset of a mixture (none outside one): ``  <name>: skipped 1 of 40 records:
+        bad_image=1 (e.g. r3); restarted 2 times``."""
+        return [f"  {name}: {source.brief()}" for name, source in self.by_source.items()]
 
     def scalars(self) -> dict[str, float]:
         """Flat scalars for a metric logger: ``skipped/<cause>``, ``skipped/total``, ``records_read`` and

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from qwenvl_data.datasets import WeightedMixture
 from qwenvl_data.training._data import RefillingBatches, build_dataset
 from qwenvl_data.training._packed_data import packed_batches, split_packing_options
 from qwenvl_data.training._settings import RecipeSettings
@@ -46,7 +47,7 @@ class Batches(Protocol):
 
 
 def build_training_dataset(cfg: DictConfig, transform: Any, settings: RecipeSettings) -> tuple[Dataset, int | None]:
-    """The ``dataset`` config built (one ``_component_``, or a weighted mixture), before the model.
+    """The ``dataset`` config built (one ``_component_``, or a weighted mixture in either spelling), before the model.
 
     Returns:
         (the dataset, the packing buffer size when ``dataset.packed: true``, else None).
@@ -69,7 +70,10 @@ def build_batches(
     tokens_per_second: int | None,
 ) -> Batches:
     """The micro-batches of ``dataset``: packed rows when ``packed_buffer_size`` is set, else padded batches
-    (``collate_fn``); ``tokens_per_second``: the model's video position rule, for the packed rows."""
+    (``collate_fn``); ``tokens_per_second``: the model's video position rule, for the packed rows. The ``ledger``
+    counts a mixture's records per dataset too, in the mixture's order."""
+    if isinstance(dataset, WeightedMixture) and len(dataset.names) > 1:
+        ledger.expect_sources(dataset.names)
     if packed_buffer_size is not None:
         return packed_batches(
             dataset, transform, settings.batch_size, buffer_size=packed_buffer_size, shuffle=settings.shuffle,

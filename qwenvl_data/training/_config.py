@@ -158,8 +158,9 @@ def _parameters(component: Callable) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-# Keys the recipe takes off a `dataset` entry before building it: a mixture item's weight, the packing switch.
-RECIPE_DATASET_KEYS = frozenset({"weight", "packed", "packed_buffer_size"})
+# Keys the recipe takes off a `dataset` entry before building it: a mixture item's weight, the command line's
+# mixture (training/_mixture_config.py), the packing switch.
+RECIPE_DATASET_KEYS = frozenset({"weight", "mixture", "weights", "packed", "packed_buffer_size"})
 
 
 def accepts_keyword(component_path: str, name: str) -> bool:

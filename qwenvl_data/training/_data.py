@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -21,8 +21,9 @@ from qwenvl_data.datasets import WeightedMixture
 from qwenvl_data.datasets._processing import sample_or_skip
 from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import SampleError
-from qwenvl_data.training._config import build, build_node
+from qwenvl_data.training._config import build
 from qwenvl_data.training._distributed import rank_and_world
+from qwenvl_data.training._mixture_config import mixture_entries
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._stream_loader import sample_loader, stream_outcomes
 
@@ -33,21 +34,18 @@ warnings.filterwarnings("ignore", message=r"'set_vital' is deprecated", category
 
 
 def build_dataset(cfg: DictConfig, model_transform: Any, *, seed: int, shuffle: bool = True) -> Dataset:
-    """The ``dataset`` config: one ``_component_``, or a list of them with a ``weight`` each (a ``WeightedMixture``).
+    """The ``dataset`` config: one ``_component_``, or a weighted mixture (``WeightedMixture``) in either spelling
+    (a list of them with a ``weight`` each, or ``dataset.mixture`` + ``dataset.weights``: training/_mixture_config.py).
 
     Raises:
-        ValueError: a list item without a ``weight`` (naming it), or any error of ``build``.
+        ValueError: a mixture spelled wrong (naming the key and the value), or any error of ``build``.
     """
-    if not isinstance(cfg.get("dataset"), ListConfig):
+    entries = mixture_entries(cfg.get("dataset"))
+    if entries is None:
         return build(cfg, "dataset", model_transform)
-    datasets, weights = [], []
-    for i, item in enumerate(cfg.dataset):
-        spec = OmegaConf.to_container(item, resolve=True) if isinstance(item, DictConfig) else None
-        if spec is None or "weight" not in spec:
-            raise ValueError(f"config key `dataset[{i}]`: each dataset of a mixture needs a `weight`, got {item!r}")
-        weights.append(spec.pop("weight"))
-        datasets.append(build_node(OmegaConf.create(spec), f"dataset[{i}]", model_transform))
-    return WeightedMixture(datasets, weights, seed=seed, shuffle=shuffle)
+    datasets = [entry.build(model_transform) for entry in entries]
+    return WeightedMixture(datasets, [entry.weight for entry in entries], seed=seed, shuffle=shuffle,
+                           names=[entry.name for entry in entries])  # fmt: skip
 
 
 def rank_sampler(dataset: Dataset, shuffle: bool, seed: int) -> DistributedSampler:

@@ -38,7 +38,7 @@ NOT_COMPUTATION = (
     "save_hf_every_n_steps", "keep_last_n_hf", "max_skip_fraction", "on_nonfinite_loss", "save_merged_weights",
     "device", "enable_activation_checkpointing", "compile", "fsdp_reshard_after_forward",
 )  # fmt: skip
-_DATA_PATH_KEYS = ("source", "data_files", "data_dir")
+_DATA_PATH_KEYS = ("source", "data_files", "data_dir", "mixture")
 DATA_FILES, CHECKPOINT_FILES = "data_files", "checkpoint_files"
 
 

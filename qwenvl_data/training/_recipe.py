@@ -235,7 +235,8 @@ class FinetuneRecipe:
         report = self.skips.report("epoch")
         self.history["skipped_by_epoch"].append({"epoch": self.epoch, **report.as_dict()})
         if self.is_main:
-            progress.write(f"epoch {self.epoch}: {report.describe()}")
+            for line in [f"epoch {self.epoch}: {report.describe()}", *report.source_lines()]:
+                progress.write(line)
             if self.metric_logger is not None:
                 self.metric_logger.log_dict(report.scalars(), step=self.global_step)
             write_metrics(self.output_dir / "metrics.json", self._metrics(final_dir=None))
@@ -419,6 +420,8 @@ class FinetuneRecipe:
         nonfinite = nonfinite_steps_note(self.history["nonfinite_steps_skipped"])
         print(f"trained {self.global_step} steps{nonfinite} in {self.train_seconds:.1f}s; {run_skips.describe()}; "
               f"metrics: {metrics_path}; loss plot: {plot_path}", flush=True)  # fmt: skip
+        for line in run_skips.source_lines():
+            print(line, flush=True)
         adapter_only = self.lora and not self.settings.save_merged_weights
         print(f"{'LoRA adapter (PEFT format)' if adapter_only else 'HF checkpoint'}: {final_dir}", flush=True)
 

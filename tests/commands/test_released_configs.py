@@ -1,6 +1,7 @@
 """The released configs build what the checkpoint describes, take a config override over the checkpoint's value,
 and read your data from one override: `dataset.data_files=...` or `dataset.source=<saved dataset directory>`."""
 
+import itertools
 import json
 import shutil
 
@@ -11,7 +12,8 @@ from omegaconf import OmegaConf
 from support.recipes_support import REPO, load_config, recipe_class, released_lora_setup
 
 from qwenvl_data.errors import ImageLoadError
-from qwenvl_data.training._config import build
+from qwenvl_data.training._config import build, component_problems
+from qwenvl_data.training._data import build_dataset
 from qwenvl_data.vocab import qwen_vocab_files
 
 RELEASED = sorted(p.stem for p in (REPO / "configs").glob("qwen2_5_vl_*.yaml"))
@@ -87,6 +89,21 @@ def test_data_files_is_one_override_on_every_released_config(name, tmp_path):
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
     dataset = build(load_config(name, {"dataset.data_files": str(data)}), "dataset", None)
     assert [dataset[i]["id"] for i in range(len(dataset))] == [r["id"] for r in RECORDS]
+
+
+@pytest.mark.parametrize("name", [*RELEASED, "tiny_streaming"])
+def test_a_weighted_mixture_is_two_overrides_on_every_released_config(name, saved_dataset, tmp_path):
+    """A saved dataset directory and a JSON Lines file, 3:1, read by the config's own dataset builder (map-style or
+    streaming) with its other keys; the config check takes the two keys."""
+    data = tmp_path / "more.jsonl"
+    data.write_text("".join(json.dumps({**record, "id": f"m{i}"}) + "\n" for i, record in enumerate(RECORDS)))
+    cfg = load_config(name, {"dataset.mixture": [str(saved_dataset), str(data)], "dataset.weights": [3, 1]})
+    assert not [problem for problem in component_problems(cfg) if problem.startswith("unknown key `dataset")]
+    mixture = build_dataset(cfg, None, seed=0)  # None: records in their internal form, no tokenizer needed
+    assert (mixture.names, mixture.weights) == ([str(saved_dataset), str(data)], [3.0, 1.0])
+    assert {type(part).__name__ for part in mixture.datasets} == {
+        "StreamingChatDataset" if name == "tiny_streaming" else "ChatDataset"}
+    assert {sample["id"] for sample in itertools.islice(mixture, 40)} == {"r0", "r1", "r2", "m0", "m1", "m2"}
 
 
 def test_a_released_config_without_data_says_which_keys_to_set():

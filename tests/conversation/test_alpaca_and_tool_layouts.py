@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from support.datasets_records import write_jsonl, write_photos
 from support.image_reference import reference_image
+from support.media import write_video
 from support.text_reference import hf_tokenizer, reference_ids
 
 from qwenvl_data._constants import IGNORE_INDEX
@@ -229,6 +230,30 @@ def test_llava_video_image_placeholder_for_the_video_equals_the_video_placeholde
     assert ds[0]["tokens"] == ds[1]["tokens"]
     assert torch.equal(ds[0]["pixel_values_videos"], ds[1]["pixel_values_videos"])
     assert "pixel_values" not in ds[0]
+
+
+def test_llava_video_records_with_a_real_clip_read_alike_from_json_jsonl_and_a_saved_dataset(tmp_path, transform):
+    """A LLaVA-Video record (an mp4, `<image>` written for it) from each container: the clip's frames are the
+    video, in the place of the placeholder, as the `<video>` spelling renders them; only the answer trains."""
+    write_video(tmp_path / "clip.mp4", 8, 56, 56, rate=4)
+
+    def record(record_id: str, tag: str) -> dict:
+        return {"id": record_id, "video": "clip.mp4", "data_source": "academic",
+                "conversations": [{"from": "human", "value": f"Look.\n{tag}\nWhat happens?"},
+                                  {"from": "gpt", "value": "The colour changes."}]}  # fmt: skip
+
+    loaded = load_each_way(tmp_path, [record("v", "<image>"), record("w", "<video>")], transform)
+    reference = loaded["jsonl"][1]
+    pads = int(reference["video_grid_thw"].prod()) // 4
+    assert pads > 0 and "pixel_values" not in reference
+    assert transform.decode(reference["tokens"]).endswith(
+        "<|im_start|>user\nLook.\n<|vision_start|>" + "<|video_pad|>" * pads
+        + "<|vision_end|>\nWhat happens?<|im_end|>\n<|im_start|>assistant\nThe colour changes.<|im_end|>\n")  # fmt: skip
+    for name, (image_tag, video_tag) in loaded.items():
+        for sample in (image_tag, video_tag):
+            assert sample["tokens"] == reference["tokens"] and sample["labels"] == reference["labels"], name
+            assert torch.equal(sample["pixel_values_videos"], reference["pixel_values_videos"]), name
+            assert trained_text(transform, sample) == "The colour changes.<|im_end|>", name
 
 
 # Each layout forced, with a field some other layout reads: the record is refused naming the field.
