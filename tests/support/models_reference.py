@@ -1,6 +1,7 @@
 """Tiny random transformers Qwen2.5-VL and Qwen2-VL models (the reference), shared by the model tests and
 bench/model.py."""
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -107,8 +108,11 @@ def hf_generate(
 
     transformers computes its own MRoPE ids from the tokens (``mm_token_type_ids`` marks the vision
     pads); ``eos_token_id=None`` generates all ``max_new_tokens`` (the model's default stop ids are off).
+    Only the media keys the model's ``forward`` takes are given (Qwen2-VL has no ``second_per_grid_ts``).
     """
-    keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    taken = inspect.signature(model.forward).parameters
+    keys = [k for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                        "second_per_grid_ts") if k in taken]  # fmt: skip
     with torch.no_grad():
         out = model.generate(
             input_ids=batch["tokens"],
