@@ -20,3 +20,11 @@ def vocab_files() -> tuple[str, str]:
 def chat_template() -> str:
     """The chat template shipped with the released Qwen2.5-VL Instruct checkpoints, verbatim."""
     return CHAT_TEMPLATE_PATH.read_text()
+
+
+@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl"])
+def family_checkpoint(request, tmp_path_factory) -> Path:
+    """Each family's released processor files in a checkpoint directory (support.families)."""
+    from support.families import FAMILIES
+
+    return FAMILIES[request.param].write_processor_files(tmp_path_factory.mktemp(request.param))
