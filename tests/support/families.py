@@ -10,8 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.models_reference import save_random_hf_model, save_random_qwen2_vl_hf_model
-from transformers import PreTrainedModel, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+from support.models_reference import (
+    save_random_hf_model,
+    save_random_qwen2_vl_hf_model,
+    tiny_hf_config,
+    tiny_qwen2_vl_hf_config,
+)
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
 
 from qwenvl_data.models import QWEN2_5_VL, QWEN2_VL, ModelFamily
 from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
@@ -27,6 +37,8 @@ class FamilyUnderTest:
     Attributes:
         family: our description (``models/_families.py``).
         hf_class: transformers' model class, the reference.
+        hf_config: (*, tie_word_embeddings, vision_depth, vision_width, **text_config keys) -> the config of a
+            small transformers model of the family (the tiny builder's shapes by default).
         save_random_hf_model: (out_dir, *, seed, tie_word_embeddings) -> a tiny random transformers model of the
             family saved into out_dir (the shapes of the family's ``*_tiny`` builder).
         tiny_config, tiny_lora_config: configs/<name>.yaml of the family's from-scratch CPU runs.
@@ -36,6 +48,7 @@ class FamilyUnderTest:
 
     family: ModelFamily
     hf_class: type[PreTrainedModel]
+    hf_config: Callable[..., PretrainedConfig]
     save_random_hf_model: Callable[..., PreTrainedModel]
     tiny_config: str
     tiny_lora_config: str
@@ -82,6 +95,7 @@ FAMILIES = {
     "qwen2_5_vl": FamilyUnderTest(
         QWEN2_5_VL,
         Qwen2_5_VLForConditionalGeneration,
+        tiny_hf_config,
         save_random_hf_model,
         "tiny_synthetic",
         "tiny_synthetic_lora",
@@ -91,6 +105,7 @@ FAMILIES = {
     "qwen2_vl": FamilyUnderTest(
         QWEN2_VL,
         Qwen2VLForConditionalGeneration,
+        tiny_qwen2_vl_hf_config,
         save_random_qwen2_vl_hf_model,
         "tiny_synthetic_qwen2_vl",
         "tiny_synthetic_lora_qwen2_vl",
