@@ -1,6 +1,6 @@
-"""`tune run` of each family's tiny from-scratch config end to end: the HF directory it writes is that family's, and
-transformers' class of the family loads it to our logits. (The default's run, Qwen2.5-VL, is
-test_recipes_end_to_end's; its LoRA config and each family's run there too, parametrized by family.)"""
+"""`tune run` of each family's tiny from-scratch configs (full and LoRA) end to end: the HF directory it writes is
+that family's, and transformers' class of the family loads it to our logits. (The default's runs, Qwen2.5-VL, are
+test_recipes_end_to_end's, which also checks each family's LoRA adapter in PEFT against the merged weights.)"""
 
 import json
 
@@ -19,27 +19,32 @@ TOLERANCE = 1e-4
 OTHER_FAMILIES = [name for name in FAMILIES if name != "qwen2_5_vl"]
 
 
-@pytest.fixture(scope="module", params=OTHER_FAMILIES)
+@pytest.fixture(scope="module", params=[(name, method) for name in OTHER_FAMILIES for method in ("full", "lora")],
+                ids=lambda param: "-".join(param))  # fmt: skip
 def family_run(request, tmp_path_factory):
-    family = FAMILIES[request.param]
-    out = tmp_path_factory.mktemp(family.model_type) / "run"
-    command = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", f"configs/{family.tiny_config}.yaml"]
+    """(family, method, output_dir, stdout) of `tune run` of the family's tiny full or LoRA config, a few steps."""
+    name, method = request.param
+    family = FAMILIES[name]
+    config = family.tiny_config if method == "full" else family.tiny_lora_config
+    out = tmp_path_factory.mktemp(f"{name}_{method}") / "run"
+    command = ["tune", "run", f"recipes/{method}_finetune_single_device.py", "--config", f"configs/{config}.yaml"]
     result = run_command([*command, f"output_dir={out}", *as_cli(TINY_OVERRIDES)], timeout=300)
-    return family, out, result.stdout
+    return family, method, out, result.stdout
 
 
 def test_tiny_config_trains_and_writes_the_familys_hf_directory(family_run):
-    family, out, stdout = family_run
+    family, method, out, stdout = family_run
     assert stdout.strip().splitlines()[-1] == f"HF checkpoint: {out / 'hf_model'}"
     assert metrics(out)["steps"] == TINY_OVERRIDES["max_steps_per_epoch"]
     config = json.loads((out / "hf_model" / "config.json").read_text())
     assert config["model_type"] == family.model_type
     assert config["architectures"] == [family.family.architecture]
     assert family_of_model(load_hf_model(out / "hf_model")) is family.family
+    assert (out / "adapter").exists() == (method == "lora")  # a LoRA run's adapter beside its merged weights
 
 
 def test_transformers_loads_the_trained_checkpoint_to_our_logits(family_run):
-    family, out, _ = family_run
+    family, _, out, _ = family_run
     ours = load_hf_model(out / "hf_model").eval()
     reference = family.hf_class.from_pretrained(out / "hf_model").eval()
     samples = [
