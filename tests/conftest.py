@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from support.families import FAMILIES
 
 from qwenvl_data.vocab import qwen_vocab_files
 
@@ -22,9 +23,7 @@ def chat_template() -> str:
     return CHAT_TEMPLATE_PATH.read_text()
 
 
-@pytest.fixture(scope="session", params=["qwen2_5_vl", "qwen2_vl"])
+@pytest.fixture(scope="session", params=list(FAMILIES))
 def family_checkpoint(request, tmp_path_factory) -> Path:
     """Each family's released processor files in a checkpoint directory (support.families)."""
-    from support.families import FAMILIES
-
     return FAMILIES[request.param].write_processor_files(tmp_path_factory.mktemp(request.param))

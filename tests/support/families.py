@@ -39,8 +39,8 @@ class FamilyUnderTest:
         hf_class: transformers' model class, the reference.
         hf_config: (*, tie_word_embeddings, vision_depth, vision_width, **text_config keys) -> the config of a
             small transformers model of the family (the tiny builder's shapes by default).
-        save_random_hf_model: (out_dir, *, seed, tie_word_embeddings) -> a tiny random transformers model of the
-            family saved into out_dir (the shapes of the family's ``*_tiny`` builder).
+        save_random: (out_dir, *, seed, tie_word_embeddings) -> a tiny random transformers model of the family
+            saved into out_dir (the shapes of the family's ``*_tiny`` builder).
         tiny_config, tiny_lora_config: configs/<name>.yaml of the family's from-scratch CPU runs.
         chat_template_file: the released Instruct checkpoints' chat template, verbatim, in tests/support/data.
         released_preprocessor_config: the released Instruct checkpoints' preprocessor_config.json.
@@ -49,7 +49,7 @@ class FamilyUnderTest:
     family: ModelFamily
     hf_class: type[PreTrainedModel]
     hf_config: Callable[..., PretrainedConfig]
-    save_random_hf_model: Callable[..., PreTrainedModel]
+    save_random: Callable[..., PreTrainedModel]
     tiny_config: str
     tiny_lora_config: str
     chat_template_file: str
@@ -58,9 +58,6 @@ class FamilyUnderTest:
     @property
     def model_type(self) -> str:
         return self.family.model_type
-
-    def save_random(self, out_dir: Path, **config_args: object) -> PreTrainedModel:
-        return self.save_random_hf_model(out_dir, **config_args)
 
     def write_processor_files(self, root: Path) -> Path:
         """A checkpoint directory at ``root`` with the released processor files (no weights): config.json's
@@ -93,23 +90,23 @@ def _released_preprocessor_config(processor_class: str) -> dict:
 
 FAMILIES = {
     "qwen2_5_vl": FamilyUnderTest(
-        QWEN2_5_VL,
-        Qwen2_5_VLForConditionalGeneration,
-        tiny_hf_config,
-        save_random_hf_model,
-        "tiny_synthetic",
-        "tiny_synthetic_lora",
-        "qwen2_5_vl_chat_template.jinja",
-        _released_preprocessor_config("Qwen2_5_VLProcessor"),
+        family=QWEN2_5_VL,
+        hf_class=Qwen2_5_VLForConditionalGeneration,
+        hf_config=tiny_hf_config,
+        save_random=save_random_hf_model,
+        tiny_config="tiny_synthetic",
+        tiny_lora_config="tiny_synthetic_lora",
+        chat_template_file="qwen2_5_vl_chat_template.jinja",
+        released_preprocessor_config=_released_preprocessor_config("Qwen2_5_VLProcessor"),
     ),
     "qwen2_vl": FamilyUnderTest(
-        QWEN2_VL,
-        Qwen2VLForConditionalGeneration,
-        tiny_qwen2_vl_hf_config,
-        save_random_qwen2_vl_hf_model,
-        "tiny_synthetic_qwen2_vl",
-        "tiny_synthetic_lora_qwen2_vl",
-        "qwen2_5_vl_chat_template.jinja",  # Qwen2-VL's Instruct checkpoints ship the same bytes
-        _released_preprocessor_config("Qwen2VLProcessor"),
+        family=QWEN2_VL,
+        hf_class=Qwen2VLForConditionalGeneration,
+        hf_config=tiny_qwen2_vl_hf_config,
+        save_random=save_random_qwen2_vl_hf_model,
+        tiny_config="tiny_synthetic_qwen2_vl",
+        tiny_lora_config="tiny_synthetic_lora_qwen2_vl",
+        chat_template_file="qwen2_5_vl_chat_template.jinja",  # Qwen2-VL's Instruct checkpoints ship the same bytes
+        released_preprocessor_config=_released_preprocessor_config("Qwen2VLProcessor"),
     ),
 }
