@@ -5,7 +5,8 @@ video), right padded. Five comparisons; each times ours and the reference altern
 the best of ``--repeats`` runs of each (the machine is shared, best-of is the least noisy), with
 ``--threads`` torch threads (default 1, as in a DataLoader worker):
 
-1. positions only: ``mrope_position_ids`` vs ``Qwen2_5_VLModel.get_rope_index`` on the padded batch.
+1. positions only: ``mrope_position_ids`` vs the family's ``get_rope_index`` (``Qwen2_5_VLModel``'s,
+   ``Qwen2VLModel``'s with ``--family qwen2_vl``) on the padded batch, by the family's video position rule.
 2. our whole collate (samples with list ids -> padded tensors, validation, positions), pixel copy
    left out (zero-width patch views), vs get_rope_index alone on ready tensors. Ours pays for
    turning ~64k Python ints into tensors here, which get_rope_index does not; 2b. gives the
@@ -14,7 +15,7 @@ the best of ``--repeats`` runs of each (the machine is shared, best-of is the le
    for tokens and labels) + get_rope_index: the same inputs and outputs on both sides.
 4. full collate including the ~210 MB pixel-patch concatenation, vs 3. plus the same concatenation.
 
-Run: python bench/collate.py [--repeats 30] [--threads 1]
+Run: python bench/collate.py [--family qwen2_vl] [--repeats 30] [--threads 1]
 """
 
 import argparse
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _family import add_family_option, family_under_test  # noqa: E402
 from support.vl_samples import hf_rope_index, vl_sample  # noqa: E402
 
 from qwenvl_data._constants import IGNORE_INDEX, PAD_ID  # noqa: E402
@@ -48,8 +50,9 @@ def make_batch(batch_size: int = 8, target_len: int = 4096) -> list[dict]:
     return samples
 
 
-def hf_style_batch(samples: list[dict]) -> dict:
-    """What a transformers pipeline does for the same samples: pad ids, concatenate pixels, get_rope_index."""
+def hf_style_batch(samples: list[dict], model_type: str) -> dict:
+    """What a transformers pipeline does for the same samples: pad ids, concatenate pixels, the family's
+    get_rope_index."""
     tokens = torch.nn.utils.rnn.pad_sequence(
         [torch.tensor(s["tokens"]) for s in samples], batch_first=True, padding_value=PAD_ID
     )
@@ -68,6 +71,7 @@ def hf_style_batch(samples: list[dict]) -> dict:
         batch.get("video_grid_thw"),
         batch.get("second_per_grid_ts"),
         attention_mask,
+        model_type,
     )
     return batch
 
@@ -93,28 +97,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    add_family_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    rule = family_under_test(args.family).family.tokens_per_second
+
+    def collate(samples: list[dict]) -> dict:
+        return padded_collate_qwen2_5_vl(samples, tokens_per_second=rule)
+
+    def reference_batch(samples: list[dict]) -> dict:
+        return hf_style_batch(samples, args.family)
 
     samples = make_batch()
-    batch = padded_collate_qwen2_5_vl(samples)
-    reference = hf_style_batch(samples)
+    batch = collate(samples)
+    reference = reference_batch(samples)
     assert torch.equal(batch["position_ids"], reference["position_ids"]), "positions differ from get_rope_index"
     assert torch.equal(batch["rope_deltas"], reference["rope_deltas"])
     lengths = batch["attention_mask"].sum(1).tolist()
     print(
         f"batch: {len(samples)} samples, {min(lengths)}..{max(lengths)} tokens, "
         f"{len(batch['image_grid_thw'])} images, {len(batch['video_grid_thw'])} video, "
-        f"{batch['pixel_values'].numel() * 4 / 2**20:.0f} MiB image patches; torch threads {torch.get_num_threads()}"
+        f"{batch['pixel_values'].numel() * 4 / 2**20:.0f} MiB image patches; torch threads {torch.get_num_threads()}; "
+        f"{args.family}"
     )
 
     grids = {key: batch.get(key) for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
     tokens, mask = batch["tokens"], batch["attention_mask"]
-    rope_index = lambda: hf_rope_index(tokens, attention_mask=mask, **grids)  # noqa: E731
-    report(
-        "1. positions (mrope vs get_rope_index)",
-        best_seconds(lambda: mrope_position_ids(tokens, attention_mask=mask, **grids), rope_index, args.repeats),
-    )
+    rope_index = lambda: hf_rope_index(tokens, attention_mask=mask, model_type=args.family, **grids)  # noqa: E731
+    ours_positions = lambda: mrope_position_ids(tokens, attention_mask=mask, tokens_per_second=rule, **grids)  # noqa: E731
+    report("1. positions (mrope vs get_rope_index)", best_seconds(ours_positions, rope_index, args.repeats))
 
     text_side = [{k: v for k, v in s.items() if not k.startswith("pixel_values")} for s in samples]
     for sample, original in zip(text_side, samples):  # keep the grids valid: patches as empty-width views
@@ -123,20 +134,20 @@ def main() -> None:
                 sample[key] = original[key][:, :0]
     report(
         "2. collate w/o pixel copy vs get_rope_index",
-        best_seconds(lambda: padded_collate_qwen2_5_vl(text_side), rope_index, args.repeats),
+        best_seconds(lambda: collate(text_side), rope_index, args.repeats),
     )
     tensor_ids = [{**s, "tokens": torch.tensor(s["tokens"]), "labels": torch.tensor(s["labels"])} for s in text_side]
     report(
         "2b. as 2., samples' ids given as tensors",
-        best_seconds(lambda: padded_collate_qwen2_5_vl(tensor_ids), rope_index, args.repeats),
+        best_seconds(lambda: collate(tensor_ids), rope_index, args.repeats),
     )
     report(
         "3. collate w/o pixel copy vs pad + get_rope_index",
-        best_seconds(lambda: padded_collate_qwen2_5_vl(text_side), lambda: hf_style_batch(text_side), args.repeats),
+        best_seconds(lambda: collate(text_side), lambda: reference_batch(text_side), args.repeats),
     )
     report(
         "4. full collate vs pad + cat + get_rope_index",
-        best_seconds(lambda: padded_collate_qwen2_5_vl(samples), lambda: hf_style_batch(samples), args.repeats),
+        best_seconds(lambda: collate(samples), lambda: reference_batch(samples), args.repeats),
     )
 
 

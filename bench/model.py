@@ -1,9 +1,10 @@
-"""Forward + backward of our Qwen2.5-VL vs transformers' on the same weights and batch; prints ratios.
+"""Forward + backward of our model vs transformers' on the same weights and batch, per family; prints ratios.
 
-Model: a small random Qwen2.5-VL on the real vocabulary (LM 4 layers, hidden 256, 8/2 heads;
-vision 4 blocks, hidden 128, one full-attention block, window 112 px), saved once with
-transformers' ``save_pretrained`` and loaded by both sides. Batch: 4 samples from our collator
-with 2-3 images each of different sizes (one sample also a video), right padded.
+Model: a small random model of the ``--family`` (default Qwen2.5-VL) on the real vocabulary (LM 4 layers, hidden
+256, 8/2 heads; vision 4 blocks, hidden 128, MLP 256; Qwen2.5-VL: one full-attention block, window 112 px;
+Qwen2-VL: full attention in every block), saved once with transformers' ``save_pretrained`` and loaded by both
+sides. Batch: 4 samples from our collator with 2-3 images each of different sizes (one sample also a video), right
+padded, with the family's video positions.
 
 Three measurements per side: the vision tower alone (where block-wise attention differs from
 transformers' one-SDPA-call-per-window loop); the whole model with the token cross-entropy
@@ -19,10 +20,11 @@ own subprocess so their peak memories do not mix:
   temporaries (the whole-model figure includes the vision part's);
 - time: best of ``--repeats`` forward+backward passes after that.
 
-Run: python bench/model.py [--repeats 3] [--threads 2] [--answer-len 1024]
+Run: python bench/model.py [--family qwen2_vl] [--repeats 3] [--threads 2] [--answer-len 1024]
 """
 
 import argparse
+import inspect
 import json
 import subprocess
 import sys
@@ -33,10 +35,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _family import add_family_option, family_under_test  # noqa: E402
 from support.vl_samples import vl_sample  # noqa: E402
 
-from qwenvl_data._constants import IGNORE_INDEX, TOKENS_PER_SECOND, VOCAB_SIZE  # noqa: E402
+from qwenvl_data._constants import IGNORE_INDEX  # noqa: E402
 from qwenvl_data.collate import padded_collate_qwen2_5_vl  # noqa: E402
 
 MEDIA = [
@@ -47,26 +50,14 @@ MEDIA = [
 ]
 
 
-def bench_config():
-    from transformers import Qwen2_5_VLConfig
-
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-            num_attention_heads=8, num_key_value_heads=2, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-        ),
-        vision_config=dict(
-            depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
-            fullatt_block_indexes=[3], window_size=112, tokens_per_second=TOKENS_PER_SECOND,
-        ),
-        tie_word_embeddings=True,
-    )  # fmt: skip
+# The bench model's sizes, for every family's ``hf_config`` (tests/support/families.py).
+BENCH_SIZES = dict(vision_depth=4, vision_width=128, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                   num_attention_heads=8)  # fmt: skip
 
 
-def make_batch(answer_len: int = 8) -> dict:
+def make_batch(model_type: str, answer_len: int = 8) -> dict:
     samples = [vl_sample(m, question_len=40, answer_len=answer_len, seed=i) for i, m in enumerate(MEDIA)]
-    return padded_collate_qwen2_5_vl(samples)
+    return padded_collate_qwen2_5_vl(samples, tokens_per_second=family_under_test(model_type).family.tokens_per_second)
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -85,9 +76,9 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS")
 
 
-def child(side: str, model_dir: str, repeats: int, threads: int, answer_len: int) -> None:
+def child(side: str, model_type: str, model_dir: str, repeats: int, threads: int, answer_len: int) -> None:
     torch.set_num_threads(threads)
-    batch, long_batch = make_batch(), make_batch(answer_len)
+    batch, long_batch = make_batch(model_type), make_batch(model_type, answer_len)
     if side == "ours":
         from qwenvl_data.models import load_hf_model
         from qwenvl_data.training import NextTokenCrossEntropy
@@ -101,10 +92,10 @@ def child(side: str, model_dir: str, repeats: int, threads: int, answer_len: int
             with output_loss(model, rows, targets, loss_fn):
                 return model(**batch) / targets.numel()
     else:
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
-        keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+        model = family_under_test(model_type).hf_class.from_pretrained(model_dir)
+        taken = inspect.signature(model.forward).parameters  # Qwen2-VL has no second_per_grid_ts
+        keys = [k for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                            "second_per_grid_ts") if k in taken]  # fmt: skip
 
         def loss_step(batch: dict) -> torch.Tensor:
             logits = model(
@@ -149,25 +140,26 @@ def main() -> None:
     parser.add_argument("--answer-len", type=int, default=1024, help="trained tokens per row in the long-answer case")
     parser.add_argument("--child", choices=["ours", "hf"])
     parser.add_argument("--model-dir")
+    add_family_option(parser)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.model_dir, args.repeats, args.threads, args.answer_len)
+        child(args.child, args.family, args.model_dir, args.repeats, args.threads, args.answer_len)
         return
 
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+    family = family_under_test(args.family)
     with tempfile.TemporaryDirectory() as model_dir:
         torch.manual_seed(0)
-        Qwen2_5_VLForConditionalGeneration(bench_config()).save_pretrained(model_dir)
+        family.hf_class(family.hf_config(tie_word_embeddings=True, **BENCH_SIZES)).save_pretrained(model_dir)
         results = {}
         for side in ("hf", "ours"):
-            command = [sys.executable, __file__, "--child", side, "--model-dir", model_dir,
+            command = [sys.executable, __file__, "--child", side, "--family", args.family, "--model-dir", model_dir,
                        "--repeats", str(args.repeats), "--threads", str(args.threads),
                        "--answer-len", str(args.answer_len)]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[side] = json.loads(output.strip().splitlines()[-1])
     ours, hf = results["ours"], results["hf"]
-    print(f"batch: {len(MEDIA)} rows, {ours['tokens']} real tokens ({ours['long_tokens']} with long answers), "
+    print(f"{args.family} ({family.hf_class.__name__}); "
+          f"batch: {len(MEDIA)} rows, {ours['tokens']} real tokens ({ours['long_tokens']} with long answers), "
           f"{ours['patches']} patches; threads={args.threads}")  # fmt: skip
     titles = (("vision", "vision tower only"), ("full", "whole model + loss"), ("long", "long answers"))
     for name, title in titles:

@@ -1,5 +1,9 @@
 """Text processing speed: qwenvl_data's tokenizer + chat template vs transformers', on the same conversations.
 
+Both sides read the ``--family``'s released processor files (default Qwen2.5-VL; Qwen2-VL ships the same chat
+template bytes and preprocessor numbers): ours is ``checkpoint_transform`` of that directory, the reference
+transformers' tokenizer on the same vocabulary with the directory's chat template and image processor.
+
 Three measurements, each printed as reference time / our time (> 1 means we are faster):
   text-only     ``Qwen2_5_VLTokenizer.tokenize_messages`` vs ``apply_chat_template(tokenize=True)``.
   image chats   text side only: render + tokenize + pad expansion with known grids, vs jinja render +
@@ -8,10 +12,11 @@ Three measurements, each printed as reference time / our time (> 1 means we are 
                 (image preprocessing dominates; bench/image.py measures it on its own).
 Token ids are checked equal before timing.
 
-Run: python bench/tokenizer.py [--conversations 300] [--repeats 3]
+Run: python bench/tokenizer.py [--family qwen2_vl] [--conversations 300] [--repeats 3]
 """
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -21,14 +26,15 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from qwenvl_data._constants import IMAGE_PAD_ID
 from qwenvl_data.conversation._messages import normalise_conversation
-from qwenvl_data.transform import Qwen2_5_VLTransform, expand_pads
+from qwenvl_data.training import checkpoint_transform
+from qwenvl_data.transform import expand_pads
 from qwenvl_data.vocab import qwen_vocab_files
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _family import add_family_option, family_under_test, processor_checkpoint  # noqa: E402
 from support.media import photo  # noqa: E402
 from support.text_reference import hf_tokenizer, image_tokens  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "tests" / "support" / "data" / "qwen2_5_vl_chat_template.jinja"
 SNIPPETS = [
     "Describe the image in detail.",
     "日本語で説明してください。中文也可以。",
@@ -67,15 +73,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    add_family_option(parser)
     args = parser.parse_args()
     rng = random.Random(0)
-    vocab, merges = qwen_vocab_files()
-    template = TEMPLATE.read_text()
-    ours = Qwen2_5_VLTransform(vocab, merges)
-    ref = hf_tokenizer(vocab, merges)
-    processor = Qwen2VLImageProcessorPil()
+    with processor_checkpoint(family_under_test(args.family)) as root:
+        ours = checkpoint_transform(root)
+        template = json.loads((root / "chat_template.json").read_text())["chat_template"]
+        processor = Qwen2VLImageProcessorPil.from_pretrained(root)
+    ref = hf_tokenizer(*qwen_vocab_files())
     images = [photo(w, h, seed) for seed, (w, h) in enumerate([(224, 224), (448, 336), (160, 640), (96, 96)])]
-    tokens_per_image = {id(img): image_tokens(img) for img in images}
+    tokens_per_image = {id(img): image_tokens(img, processor) for img in images}
 
     def image_list(chat):
         parts = [p for m in chat if isinstance(m["content"], list) for p in m["content"]]
@@ -89,7 +96,7 @@ def main() -> None:
         return ref.encode(text, add_special_tokens=False)
 
     def our_text_ids(chat):
-        rendered = ours.tokenizer.render(normalise_conversation({"messages": chat}))
+        rendered = ours.tokenizer.render(normalise_conversation({"messages": chat}, "bench conversation"))
         tokens, mask = ours.tokenizer.tokenize_rendered(rendered)
         return expand_pads(tokens, mask, IMAGE_PAD_ID, [tokens_per_image[id(img)] for img in image_list(chat)])[0]
 
@@ -116,7 +123,8 @@ def main() -> None:
         t_ours = best_time(ours_fn, chats, args.repeats) / len(chats) * 1e3
         t_ref = best_time(ref_fn, chats, args.repeats) / len(chats) * 1e3
         print(f"{name:45s} {t_ours:13.3f} {t_ref:13.3f} {t_ref / t_ours:6.2f}x")
-    print("ratio = transformers time / our time (higher is better for us); same conversations, same ids.")
+    print(f"ratio = transformers time / our time (higher is better for us); same conversations, same ids; "
+          f"{args.family}'s processor files")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from support.families import FAMILIES
 
 from qwenvl_data.vocab import qwen_vocab_files
 
@@ -20,3 +21,9 @@ def vocab_files() -> tuple[str, str]:
 def chat_template() -> str:
     """The chat template shipped with the released Qwen2.5-VL Instruct checkpoints, verbatim."""
     return CHAT_TEMPLATE_PATH.read_text()
+
+
+@pytest.fixture(scope="session", params=list(FAMILIES))
+def family_checkpoint(request, tmp_path_factory) -> Path:
+    """Each family's released processor files in a checkpoint directory (support.families)."""
+    return FAMILIES[request.param].write_processor_files(tmp_path_factory.mktemp(request.param))

@@ -67,6 +67,7 @@ from qwenvl_data.models._qwen2_vl_model_builders import (
     qwen2_vl_2b,
     qwen2_vl_7b,
     qwen2_vl_72b,
+    qwen2_vl_mini,
     qwen2_vl_tiny,
 )
 from qwenvl_data.models._mrope import MultimodalRotaryEmbeddings, next_position_ids
@@ -135,5 +136,6 @@ __all__ = [
     "qwen2_vl_2b",
     "qwen2_vl_7b",
     "qwen2_vl_72b",
+    "qwen2_vl_mini",
     "qwen2_vl_tiny",
 ]

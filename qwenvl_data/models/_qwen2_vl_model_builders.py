@@ -37,6 +37,12 @@ QWEN2_VL_TINY = dict(
     max_seq_len=32_768, mrope_section=(4, 6, 6), tie_word_embeddings=True,
     vision_depth=2, vision_embed_dim=64, vision_num_heads=4, vision_intermediate_dim=128,
 )  # fmt: skip
+# Mini: tiny's vocabulary and widths with 4 decoder layers (MLP 512) and a 4-block tower of width 128 (MLP ratio 2),
+# the numbers of ``qwen2_5_vl_mini``: the model of configs/tiny_synthetic_qwen2_vl.yaml.
+QWEN2_VL_MINI = {
+    **QWEN2_VL_TINY, "num_layers": 4, "intermediate_dim": 512,
+    "vision_depth": 4, "vision_embed_dim": 128, "vision_intermediate_dim": 256,
+}  # fmt: skip
 
 
 def qwen2_vl_2b() -> Qwen2_5_VLModel:
@@ -67,6 +73,21 @@ def qwen2_vl_tiny() -> Qwen2_5_VLModel:
         torch.Size([1, 3, 151936])
     """
     return qwen2_vl(**QWEN2_VL_TINY)
+
+
+def qwen2_vl_mini() -> Qwen2_5_VLModel:
+    """The model of configs/tiny_synthetic_qwen2_vl.yaml: ``qwen2_vl_tiny`` with 4 decoder layers.
+
+    Language model: 4 layers, hidden 128, 4 query / 2 key-value heads, MLP 512, tied embeddings on the real
+    151936-token vocabulary. Vision tower: 4 full-attention blocks, hidden 128, 4 heads, MLP 256, merger to 128.
+
+    Example:
+        >>> import torch
+        >>> model = qwen2_vl_mini()
+        >>> model(torch.tensor([[151644, 872, 198]])).shape
+        torch.Size([1, 3, 151936])
+    """
+    return qwen2_vl(**QWEN2_VL_MINI)
 
 
 def lora_qwen2_vl_2b(lora_attn_modules: Sequence[str], **lora_args: object) -> Qwen2_5_VLModel:

@@ -3,6 +3,7 @@ and read your data from one override: `dataset.data_files=...` or `dataset.sourc
 
 import itertools
 import json
+import re
 import shutil
 
 import datasets
@@ -16,7 +17,8 @@ from qwenvl_data.training._config import build, component_problems
 from qwenvl_data.training._data import build_dataset
 from qwenvl_data.vocab import qwen_vocab_files
 
-RELEASED = sorted(p.stem for p in (REPO / "configs").glob("qwen2_5_vl_*.yaml"))
+# Every family's released-size configs (qwen2_vl_*, qwen2_5_vl_*); tiny CPU configs are tiny_*.
+RELEASED = sorted(p.stem for p in (REPO / "configs").glob("qwen*_vl_*.yaml"))
 RECORDS = [
     {"id": f"r{i}", "messages": [{"role": "user", "content": f"What is {i} + {i}?"},
                                  {"role": "assistant", "content": str(2 * i)}]}
@@ -213,3 +215,45 @@ def test_generate_answers_a_question_about_a_video(tiny_checkpoint, tmp_path):
     t, h, w = prompt["video_grid_thw"][0].tolist()
     assert prompt["tokens"].count(VIDEO_PAD_ID) == t * h * w // 4 > 0
     assert isinstance(recipe.generate()["answer"], str)
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_each_released_configs_header_names_its_familys_checkpoint_size_and_builder(name):
+    """The comments say which checkpoint to download and which sized builder fits: both of the name's family and size."""
+    from torchtune.config._utils import _get_component_from_path
+
+    from qwenvl_data.models import model_family
+
+    model_type, size = re.fullmatch(r"(qwen[\d_]+vl)_(\d+b)_(?:full|lora)_\w+", name).groups()
+    family = model_family(model_type)
+    assert size in family.sizes
+    text = (REPO / "configs" / f"{name}.yaml").read_text()
+    header = text[: text.index("checkpoint_dir:")]
+    checkpoint = re.search(r"e\.g\. a download of Qwen/(\S+)-Instruct\.", header).group(1)  # Qwen2-VL-2B
+    letters_and_digits = lambda text: re.sub(r"[^a-z0-9]", "", text.lower())  # noqa: E731
+    assert letters_and_digits(checkpoint) == letters_and_digits(family.architecture.split("For")[0] + size)
+    assert f"checkpoint_dir=/models/{checkpoint}-Instruct" in header and f"--config configs/{name}.yaml" in header
+    builder = re.search(r"a sized builder named here instead \((qwenvl_data\.models\.\w+)\)", text).group(1)
+    assert builder == f"qwenvl_data.models.{'lora_' if '_lora_' in name else ''}{model_type}_{size}"
+    assert callable(_get_component_from_path(builder))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_vl_checkpoint(tmp_path_factory):
+    from qwenvl_data.models import qwen2_vl_tiny, save_hf_model
+
+    torch.manual_seed(0)
+    return save_hf_model(qwen2_vl_tiny(), tmp_path_factory.mktemp("tiny_qwen2_vl") / "hf_model")
+
+
+@pytest.mark.parametrize("name", [n for n in RELEASED if n.startswith("qwen2_vl_") and "_lora_single_device" in n])
+def test_a_qwen2_vl_lora_config_builds_the_checkpoints_qwen2_vl_with_its_weights(tiny_qwen2_vl_checkpoint, tmp_path, name):
+    from qwenvl_data.models import QWEN2_VL, family_of_model, load_hf_model
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    recipe = released_lora_setup(tiny_qwen2_vl_checkpoint, data, tmp_path / "run", name)
+    assert family_of_model(recipe.model) is QWEN2_VL and recipe.model.tokens_per_second is None
+    base = load_hf_model(tiny_qwen2_vl_checkpoint).state_dict()
+    loaded = {key: value for key, value in recipe.model.state_dict().items() if key in base}
+    assert loaded.keys() == base.keys() and all(torch.equal(loaded[k], base[k]) for k in base)

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from support.models_reference import hf_generate, mm_token_type_ids, save_random_hf_model
+from support.families import FAMILIES
+from support.models_reference import hf_generate, mm_token_type_ids
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 from support.vl_samples import vl_prompt
 
@@ -15,10 +16,12 @@ NEW_TOKENS = 8
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(request, tmp_path_factory):
+    """A family's tiny random transformers model (Qwen2.5-VL unless a test names another family) and its directory."""
+    family = FAMILIES[getattr(request, "param", "qwen2_5_vl")]
     # Untied embeddings: with tied ones a random model mostly repeats its last token, a weak test.
-    model_dir = tmp_path_factory.mktemp("hf_tiny_untied")
-    hf = save_random_hf_model(model_dir, tie_word_embeddings=False)
+    model_dir = tmp_path_factory.mktemp(f"hf_tiny_untied_{family.model_type}")
+    hf = family.save_random(model_dir, tie_word_embeddings=False)
     return model_dir, hf
 
 
@@ -39,8 +42,9 @@ def prompts() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def left_batch():
-    return padded_collate_qwen2_5_vl(prompts(), padding_side="left")
+def left_batch(models):
+    """The prompts left-padded, with the video positions of the model's family."""
+    return padded_collate_qwen2_5_vl(prompts(), padding_side="left", tokens_per_second=models[0].tokens_per_second)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,7 @@ def greedy(models, left_batch):
     )
 
 
+@pytest.mark.parametrize("checkpoint", FAMILIES, indirect=True)
 def test_greedy_tokens_equal_transformers_for_images_video_text_and_left_padding(greedy, left_batch):
     ours, reference = greedy
     lengths = left_batch["attention_mask"].sum(1)

@@ -1,6 +1,7 @@
 """Tiny random transformers Qwen2.5-VL and Qwen2-VL models (the reference), shared by the model tests and
 bench/model.py."""
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -27,16 +28,21 @@ _TINY_TEXT = dict(
 )
 
 
-def tiny_hf_config(*, tie_word_embeddings: bool = True, vision_depth: int = 2) -> Qwen2_5_VLConfig:
-    """Same shapes as ``qwen2_5_vl_tiny``: head_dim 32 (MRoPE 4/6/6), vision head_dim 16, window 112."""
+def tiny_hf_config(
+    *, tie_word_embeddings: bool = True, vision_depth: int = 2, vision_width: int = 64, **text: object
+) -> Qwen2_5_VLConfig:
+    """Same shapes as ``qwen2_5_vl_tiny``: head_dim 32 (MRoPE 4/6/6), vision head_dim 16, window 112, the last
+    vision block full attention. ``vision_width`` (MLP twice as wide) and ``text`` (``text_config`` keys, e.g.
+    ``hidden_size``) change the sizes, as bench/model.py does."""
+    text_config = {**_TINY_TEXT, **text}
     return Qwen2_5_VLConfig(
-        text_config=dict(_TINY_TEXT),
+        text_config=text_config,
         vision_config=dict(
             depth=vision_depth,
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=vision_width,
+            intermediate_size=2 * vision_width,
             num_heads=4,
-            out_hidden_size=128,
+            out_hidden_size=text_config["hidden_size"],
             fullatt_block_indexes=[vision_depth - 1],
             window_size=112,
             tokens_per_second=TOKENS_PER_SECOND,
@@ -53,11 +59,17 @@ def save_random_hf_model(out_dir: Path, *, seed: int = 0, **config_args: object)
     return model
 
 
-def tiny_qwen2_vl_hf_config(*, tie_word_embeddings: bool = True) -> Qwen2VLConfig:
-    """Same shapes as ``qwen2_vl_tiny``: the tiny language model, a 2-block tower (hidden 64, 4 heads, MLP ratio 2)."""
+def tiny_qwen2_vl_hf_config(
+    *, tie_word_embeddings: bool = True, vision_depth: int = 2, vision_width: int = 64, **text: object
+) -> Qwen2VLConfig:
+    """Same shapes as ``qwen2_vl_tiny``: the tiny language model, a 2-block tower (hidden 64, 4 heads, MLP ratio 2);
+    ``vision_depth``, ``vision_width`` and ``text`` change the sizes as in ``tiny_hf_config``."""
+    text_config = {**_TINY_TEXT, **text}
     return Qwen2VLConfig(
-        text_config=dict(_TINY_TEXT),
-        vision_config=dict(depth=2, embed_dim=64, hidden_size=128, mlp_ratio=2, num_heads=4),
+        text_config=text_config,
+        vision_config=dict(
+            depth=vision_depth, embed_dim=vision_width, hidden_size=text_config["hidden_size"], mlp_ratio=2, num_heads=4
+        ),
         tie_word_embeddings=tie_word_embeddings,
     )
 
@@ -107,8 +119,11 @@ def hf_generate(
 
     transformers computes its own MRoPE ids from the tokens (``mm_token_type_ids`` marks the vision
     pads); ``eos_token_id=None`` generates all ``max_new_tokens`` (the model's default stop ids are off).
+    Only the media keys the model's ``forward`` takes are given (Qwen2-VL has no ``second_per_grid_ts``).
     """
-    keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    taken = inspect.signature(model.forward).parameters
+    keys = [k for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                        "second_per_grid_ts") if k in taken]  # fmt: skip
     with torch.no_grad():
         out = model.generate(
             input_ids=batch["tokens"],

@@ -62,10 +62,17 @@ def recipe_class(name: str) -> type:
                 and hasattr(v, "setup"))  # fmt: skip
 
 
-def released_lora_setup(checkpoint_dir: Path, data_files: Path, output_dir: Path, **overrides: object):
-    """The recipe after setup() of the released 3B LoRA config on CPU in fp32 (no training; its batches are ready
-    to read, so it is cleaned up only when setup fails: ``num_workers`` is 0, nothing runs in the background)."""
-    cfg = load_config("qwen2_5_vl_3b_lora_single_device", {
+def released_lora_setup(
+    checkpoint_dir: Path,
+    data_files: Path,
+    output_dir: Path,
+    config: str = "qwen2_5_vl_3b_lora_single_device",
+    **overrides: object,
+):
+    """The recipe after setup() of a released single-device LoRA config (the 3B unless named) on CPU in fp32 (no
+    training; its batches are ready to read, so it is cleaned up only when setup fails: ``num_workers`` is 0,
+    nothing runs in the background)."""
+    cfg = load_config(config, {
         "checkpoint_dir": str(checkpoint_dir), "dataset.data_files": str(data_files), "output_dir": str(output_dir),
         "device": "cpu", "dtype": "fp32", "optimizer.fused": False, "num_workers": 0,
         "enable_activation_checkpointing": False, "gradient_accumulation_steps": 1, **overrides,

@@ -44,9 +44,13 @@ def hf_tokenizer(vocab_json: str, merges_txt: str) -> Qwen2Tokenizer:
     return tokenizer
 
 
-def image_tokens(image) -> int:
-    """Pad tokens transformers' Qwen2-VL image processor gives one PIL image."""
-    _, grid = reference_image(image)
+def image_tokens(image, image_processor=None) -> int:
+    """Pad tokens transformers' Qwen2-VL image processor (``image_processor``, else one with the default
+    budgets) gives one PIL image."""
+    if image_processor is None:
+        _, grid = reference_image(image)
+    else:
+        grid = image_processor(images=image, return_tensors="pt")["image_grid_thw"]
     return int(grid.prod()) // MERGE_SIZE**2
 
 
@@ -64,11 +68,13 @@ def _media_in_order(messages: list[dict], kind: str) -> list:
 
 
 def reference_ids(
-    tokenizer: Qwen2Tokenizer, chat_template: str, messages: list[dict], **template_kwargs
+    tokenizer: Qwen2Tokenizer, chat_template: str, messages: list[dict], image_processor=None, **template_kwargs
 ) -> list[int]:
-    """Token ids of an HF-style conversation: jinja template, pads expanded, tokenized by transformers."""
+    """Token ids of an HF-style conversation: jinja template, pads expanded (image grids by ``image_processor``,
+    else by one with the default budgets), tokenized by transformers."""
     text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False, **template_kwargs)
-    for kind, count in (("image", image_tokens), ("video", video_tokens)):
+    counts_of = {"image": functools.partial(image_tokens, image_processor=image_processor), "video": video_tokens}
+    for kind, count in counts_of.items():
         pad = f"<|{kind}_pad|>"
         pieces = text.split(pad)
         counts = [count(media) for media in _media_in_order(messages, kind)]

@@ -15,7 +15,7 @@ import functools
 import math
 
 import torch
-from support.models_reference import mm_token_type_ids, tiny_hf_config
+from support.models_reference import mm_token_type_ids
 
 from qwenvl_data._constants import (
     BASE_VOCAB_SIZE,
@@ -92,11 +92,12 @@ def vl_prompt(media: tuple = (), *, question_len: int = 12, seed: int = 0) -> di
 
 
 @functools.cache
-def _hf_model():
-    """The tiny transformers Qwen2_5_VLModel of the model tests: only its config and get_rope_index are used."""
-    from transformers import Qwen2_5_VLModel
+def _hf_model(model_type: str):
+    """A family's tiny transformers model (``Qwen2_5_VLModel``, ``Qwen2VLModel``): only its get_rope_index is used."""
+    from support.families import FAMILIES
 
-    return Qwen2_5_VLModel(tiny_hf_config()).eval()
+    family = FAMILIES[model_type]
+    return family.hf_class(family.hf_config()).model.eval()
 
 
 def hf_rope_index(
@@ -105,9 +106,11 @@ def hf_rope_index(
     video_grid_thw: torch.Tensor | None = None,
     second_per_grid_ts: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    model_type: str = "qwen2_5_vl",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers 5.x ``Qwen2_5_VLModel.get_rope_index`` on a batch: (position_ids [3, B, L], deltas [B, 1])."""
-    return _hf_model().get_rope_index(
+    """transformers 5.x ``get_rope_index`` of a family's model (``Qwen2_5_VLModel``'s unless ``model_type`` names
+    another) on a batch: (position_ids [3, B, L], deltas [B, 1])."""
+    return _hf_model(model_type).get_rope_index(
         input_ids,
         mm_token_type_ids(input_ids),
         image_grid_thw=image_grid_thw,

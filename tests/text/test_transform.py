@@ -2,6 +2,8 @@
 
 import base64
 import copy
+import functools
+import json
 
 import numpy as np
 
@@ -83,6 +85,38 @@ def test_tokens_match_transformers(transform, reference, chat_template, name):
     messages = CONVERSATIONS[name]
     out = transform({"messages": messages, "id": name})
     assert out["tokens"] == reference_ids(reference, chat_template, messages)
+
+
+@functools.cache
+def _checkpoint_transform_and_reference(model_dir):
+    """(our transform, transformers' tokenizer), both read from the checkpoint directory."""
+    from transformers import AutoTokenizer
+
+    from qwenvl_data.training import checkpoint_transform
+
+    return checkpoint_transform(model_dir), AutoTokenizer.from_pretrained(model_dir)
+
+
+def _images_in_order(messages: list[dict]) -> list:
+    return [part["image"] for m in messages if not isinstance(m["content"], str) for part in m["content"]
+            if part.get("type") == "image"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_each_familys_checkpoint_gives_the_tokens_and_pixels_transformers_reads_from_it(family_checkpoint, name):
+    """Text, image, images with a system turn, turns, video: the transform built from a family's released processor
+    files against transformers reading the same directory (its tokenizer.json, chat template, image processor)."""
+    messages = CONVERSATIONS[name]
+    transform, tokenizer = _checkpoint_transform_and_reference(family_checkpoint)
+    out = transform({"messages": messages, "id": name})
+    template = json.loads((family_checkpoint / "chat_template.json").read_text())["chat_template"]
+    processor = Qwen2VLImageProcessorPil.from_pretrained(family_checkpoint)
+    assert out["tokens"] == reference_ids(tokenizer, template, messages, image_processor=processor)
+    images = _images_in_order(messages)
+    if images:
+        expected = processor(images=images, return_tensors="pt")
+        assert torch.equal(out["pixel_values"], expected["pixel_values"])
+        assert torch.equal(out["image_grid_thw"], expected["image_grid_thw"])
 
 
 @pytest.mark.parametrize("name", ["images_before_between_after_text", "images_across_turns", "video_and_image"])

@@ -48,10 +48,11 @@ def test_shipped_config_keys_are_accepted_by_its_recipe(name):
     assert recipe.lora == ("lora" in name)
 
 
-def test_released_configs_cover_every_size_full_and_lora():
-    for size in ("3b", "7b", "32b", "72b"):
+@pytest.mark.parametrize(("model_type", "sizes"), [("qwen2_5_vl", ("3b", "7b", "32b", "72b")), ("qwen2_vl", ("2b", "7b"))])
+def test_released_configs_cover_every_size_full_and_lora(model_type, sizes):
+    for size in sizes:
         for method in ("full", "lora"):
-            assert any(n.startswith(f"qwen2_5_vl_{size}_{method}_") for n in CONFIGS), (size, method)
+            assert any(n.startswith(f"{model_type}_{size}_{method}_") for n in CONFIGS), (size, method)
 
 
 def _recipe_class(name: str = "full_finetune_single_device"):

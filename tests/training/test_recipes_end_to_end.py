@@ -11,6 +11,7 @@ from qwenvl_data.collate import Qwen2_5_VLCollator
 from qwenvl_data.models import load_hf_model
 from qwenvl_data.training import answer_accuracy, packaged_vocab_transform, run_recipe
 from qwenvl_data.training._config import build
+from support.families import FAMILIES
 from support.recipes_support import (
     TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command, threads_of_run_command,
 )  # fmt: skip
@@ -157,10 +158,11 @@ def test_generate_recipe_answers_a_batch_of_prompts_as_it_answers_each_alone(tin
     assert len(sampled) == 3 and sampled != batched
 
 
-def run_lora_recipe(out, base_dir, **overrides):
-    """The tiny LoRA config for two steps on a saved random base checkpoint, in this process."""
+def run_lora_recipe(out, base_dir, config="tiny_synthetic_lora", **overrides):
+    """A tiny LoRA config (a family's ``tiny_lora_config``) for two steps on a saved random base checkpoint, in
+    this process."""
     recipe = load_recipe("lora_finetune_single_device")
-    cfg = load_config("tiny_synthetic_lora", {
+    cfg = load_config(config, {
         **TINY_OVERRIDES, "max_steps_per_epoch": 2, "eval_dataset.num_samples": 4, "output_dir": str(out),
         "checkpointer.output_dir": str(out), "checkpointer.checkpoint_dir": str(base_dir), "init_std": None,
         **overrides,
@@ -169,24 +171,25 @@ def run_lora_recipe(out, base_dir, **overrides):
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    from support.models_reference import save_random_hf_model
-
-    model_dir = tmp_path_factory.mktemp("base")
-    save_random_hf_model(model_dir, seed=2)
+def base_dir(request, tmp_path_factory):
+    """A tiny random transformers checkpoint of a family (Qwen2.5-VL unless a test names another)."""
+    family = FAMILIES[getattr(request, "param", "qwen2_5_vl")]
+    model_dir = tmp_path_factory.mktemp(f"base_{family.model_type}")
+    family.save_random(model_dir, seed=2)
     return model_dir
 
 
+@pytest.mark.parametrize("base_dir", FAMILIES, indirect=True)
 def test_lora_recipe_saves_a_peft_adapter_and_merged_weights_that_agree(tmp_path, base_dir):
     from support.models_reference import hf_forward
     from peft import PeftModel
-    from transformers import Qwen2_5_VLForConditionalGeneration
     from support.vl_samples import vl_sample
 
     from qwenvl_data.collate import padded_collate_qwen2_5_vl
 
+    family = FAMILIES[json.loads((base_dir / "config.json").read_text())["model_type"]]
     out = tmp_path / "lora"
-    run_lora_recipe(out, base_dir)
+    run_lora_recipe(out, base_dir, family.tiny_lora_config)
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if k.endswith(".lora_B.weight")]
     assert lora_b and all(k.startswith("base_model.model.model.") for k in adapter)
@@ -196,11 +199,11 @@ def test_lora_recipe_saves_a_peft_adapter_and_merged_weights_that_agree(tmp_path
     assert {"tokenizer.json", "chat_template.json", "preprocessor_config.json"} <= {
         p.name for p in (out / "hf_model").iterdir()
     }
-    batch = padded_collate_qwen2_5_vl([vl_sample((("image", 8, 8),), seed=1), vl_sample(seed=2)])
-    peft_model = PeftModel.from_pretrained(
-        Qwen2_5_VLForConditionalGeneration.from_pretrained(base_dir), out / "adapter"
-    ).eval()
-    merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(out / "hf_model").eval()
+    assert json.loads((out / "hf_model" / "config.json").read_text())["model_type"] == family.model_type
+    rule = family.family.tokens_per_second
+    batch = padded_collate_qwen2_5_vl([vl_sample((("image", 8, 8),), seed=1), vl_sample(seed=2)], tokens_per_second=rule)
+    peft_model = PeftModel.from_pretrained(family.hf_class.from_pretrained(base_dir), out / "adapter").eval()
+    merged = family.hf_class.from_pretrained(out / "hf_model").eval()
     with torch.no_grad():
         difference = hf_forward(peft_model, batch).logits - hf_forward(merged, batch).logits
     assert difference[batch["attention_mask"]].abs().max() <= 1e-4

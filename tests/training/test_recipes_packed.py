@@ -1,5 +1,7 @@
 """`tune run` with dataset.packed=true, periodic validation, intermediate HF directories, truncation from the config."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -7,6 +9,7 @@ from safetensors.torch import load_file
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.training._config import build
 from qwenvl_data.training._periodic import hf_step_dirs, prune_hf_step_dirs
+from support.families import FAMILIES
 from support.recipes_support import PYTHON, TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
 
 # 2 epochs of 2 steps of 2 packed rows of 128 tokens (about 3 synthetic samples a row); the resumed run stops at
@@ -26,25 +29,38 @@ PACKED_OVERRIDES = {
 }
 
 
-def _tune_run(overrides: dict) -> None:
-    args = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", "configs/tiny_synthetic.yaml"]
+def _tune_run(overrides: dict, config: str = "tiny_synthetic") -> None:
+    args = ["tune", "run", "recipes/full_finetune_single_device.py", "--config", f"configs/{config}.yaml"]
     run_command([PYTHON, "-m", "torchtune._cli.tune", *args[1:], *as_cli(overrides)], timeout=600)
+
+
+def _straight_and_resumed(root: Path, config: str) -> tuple[Path, Path]:
+    """A packed run of ``config`` straight through, and the same run stopped after step 2 and resumed."""
+    # All three runs in processes alike (run_command's one thread): float sums split by thread count (ATen's
+    # reductions; MKL's sgemm on Intel CPUs, even under MKL_CBWR=AVX2) differ in the last bits, so a run in
+    # this process (one thread per core) is not the same computation as the resumed one (README "Resuming").
+    _tune_run({**PACKED_OVERRIDES, "output_dir": str(root / "straight")}, config)
+    _tune_run({**PACKED_OVERRIDES, "output_dir": str(root / "resumed"), "stop_after_step": 2}, config)
+    _tune_run({**PACKED_OVERRIDES, "output_dir": str(root / "resumed"), "resume_from_checkpoint": True}, config)
+    return root / "straight", root / "resumed"
 
 
 @pytest.fixture(scope="module")
 def packed_runs(tmp_path_factory):
-    # All three runs in processes alike (run_command's one thread): float sums split by thread count (ATen's
-    # reductions; MKL's sgemm on Intel CPUs, even under MKL_CBWR=AVX2) differ in the last bits, so a run in
-    # this process (one thread per core) is not the same computation as the resumed one (README "Resuming").
-    root = tmp_path_factory.mktemp("packed")
-    _tune_run({**PACKED_OVERRIDES, "output_dir": str(root / "straight")})
-    _tune_run({**PACKED_OVERRIDES, "output_dir": str(root / "resumed"), "stop_after_step": 2})
-    _tune_run({**PACKED_OVERRIDES, "output_dir": str(root / "resumed"), "resume_from_checkpoint": True})
-    return root / "straight", root / "resumed"
+    return _straight_and_resumed(tmp_path_factory.mktemp("packed"), "tiny_synthetic")
 
 
-def test_packed_tune_run_resumes_to_bit_identical_weights_and_losses(packed_runs):
-    straight, resumed = packed_runs
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_packed_runs(request, tmp_path_factory):
+    """``packed_runs`` of each family's tiny config (the default's runs are Qwen2.5-VL's, made once)."""
+    family = FAMILIES[request.param]
+    if family.tiny_config == "tiny_synthetic":
+        return request.getfixturevalue("packed_runs")
+    return _straight_and_resumed(tmp_path_factory.mktemp(f"packed_{family.model_type}"), family.tiny_config)
+
+
+def test_packed_tune_run_resumes_to_bit_identical_weights_and_losses(family_packed_runs):
+    straight, resumed = family_packed_runs
     assert metrics(resumed)["history"]["loss"] == metrics(straight)["history"]["loss"]
     assert metrics(straight)["history"]["steps"] == list(range(1, 5))
     expected = load_file(straight / "hf_model" / "model.safetensors")

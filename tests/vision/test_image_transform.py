@@ -1,5 +1,6 @@
 """The image transform equals transformers' PIL-backend Qwen2-VL processor bit for bit."""
 
+import functools
 import math
 
 import numpy as np
@@ -34,6 +35,27 @@ def assert_same_as_reference(image, budget=DEFAULT, **kwargs):
 @pytest.mark.parametrize("size", [(37, 51), (640, 480), (9, 300), (1000, 27)])
 def test_every_mode_matches_reference(mode, size):
     assert_same_as_reference(image_in_mode(mode, *size, seed=len(mode)))
+
+
+@functools.cache
+def _checkpoint_image_transform(model_dir) -> Qwen2_5_VLImageTransform:
+    from qwenvl_data.training import checkpoint_transform
+
+    return checkpoint_transform(model_dir).image_transform
+
+
+# (1400, 900): above the default budget (1003520 pixels), within the released one: only a budget read from the
+# checkpoint keeps its size.
+@pytest.mark.parametrize("size", [(37, 51), (1400, 900), (9, 300), (1000, 27), (1, 1), (4200, 21)])
+def test_each_familys_released_preprocessor_config_gives_transformers_pixels(family_checkpoint, size):
+    """The image transform a family's checkpoint directory builds against transformers' PIL processor reading the
+    same preprocessor_config.json, on photos of odd sizes."""
+    image_transform = _checkpoint_image_transform(family_checkpoint)
+    reference = Qwen2VLImageProcessorPil.from_pretrained(family_checkpoint)
+    image = photo(*size, seed=sum(size))
+    ours, theirs = image_transform({"image": image}), reference(images=image, return_tensors="pt")
+    assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "LA"])
