@@ -2,7 +2,9 @@
 
 HF names follow the released checkpoints (``model.*``, ``visual.*``, ``lm_head.weight``), which
 transformers 4.x, 5.x and vLLM all read. transformers 5.x's in-memory names
-(``model.language_model.*``, ``model.visual.*``) are accepted on input too.
+(``model.language_model.*``, ``model.visual.*``) are accepted on input too. A family whose released
+checkpoints already use the nested names (Qwen3-VL) spells its key map that way; either spelling is
+read for every family, and each family's map decides the spelling written.
 """
 
 import re
@@ -61,7 +63,7 @@ QWEN2_5_VL_KEY_MAP = {
     "visual.blocks.{}.mlp.up_proj.bias": "visual.layers.{}.mlp.w3.bias",
     "visual.merger.ln_q.weight": "visual.merger.norm.scale",
 }
-_HF_PATCH_EMBED = "visual.patch_embed.proj.weight"
+_HF_PATCH_EMBED = "visual.patch_embed.proj.weight"  # the Conv3d kernel, under either spelling
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
 # transformers 5.x module names -> the released checkpoint names.
 _HF5_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
@@ -75,6 +77,17 @@ def _map_key(key: str, mapping: dict[str, str]) -> str:
         abstract = key[: match.start()] + "{}" + key[match.end() :]
         if abstract in mapping:
             return mapping[abstract].format(match.group(1))
+    raise KeyError(f"no mapping for state dict key {key!r}")
+
+
+def _hf_to_ours(key: str, key_map: dict[str, str]) -> str:
+    """Our name of an HF name in either spelling (released flat or transformers 5.x nested), for a key map
+    in either spelling."""
+    for spelling in (key, _released_name(key), _hf5_name(key)):
+        try:
+            return _map_key(spelling, key_map)
+        except KeyError:
+            continue
     raise KeyError(f"no mapping for state dict key {key!r}")
 
 
@@ -93,6 +106,8 @@ def _released_name(key: str) -> str:
 
 def _hf5_name(key: str) -> str:
     """A released-layout name as transformers 5.x names the module (``model.`` -> ``model.language_model.``)."""
+    if any(key.startswith(new_prefix) for new_prefix, _ in _HF5_PREFIXES):
+        return key
     for new_prefix, old_prefix in _HF5_PREFIXES:
         if key.startswith(old_prefix):
             return new_prefix + key[len(old_prefix) :]
@@ -120,12 +135,11 @@ def hf_to_tune(
     """
     converted = {}
     for key, value in state_dict.items():
-        key = _released_name(key)
         if key == "lm_head.weight" and tie_word_embeddings:
             continue
-        if key == _HF_PATCH_EMBED:
+        if key.endswith(_HF_PATCH_EMBED):
             value = value.reshape(value.shape[0], -1)
-        converted[_map_key(key, key_map)] = value
+        converted[_hf_to_ours(key, key_map)] = value
     return converted
 
 
@@ -151,7 +165,7 @@ def tune_to_hf(
     converted = {}
     for key, value in state_dict.items():
         hf_key = _map_key(key, to_hf)
-        if hf_key == _HF_PATCH_EMBED:
+        if hf_key.endswith(_HF_PATCH_EMBED):
             value = value.reshape(value.shape[0], in_channels, temporal_patch_size, patch_size, patch_size)
         converted[hf_key] = value
     return converted
@@ -227,7 +241,7 @@ def peft_to_tune(
         if suffix is None:
             full[key] = value
             continue
-        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", key_map).removesuffix(".weight")
+        module = _hf_to_ours(key.removesuffix(suffix) + ".weight", key_map).removesuffix(".weight")
         converted[module + _FROM_PEFT_ADAPTER_SUFFIXES[suffix]] = value
     converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings, key_map=key_map))
     return converted
