@@ -181,13 +181,21 @@ _FROM_PEFT_ADAPTER_SUFFIXES = {peft: ours for ours, peft in _PEFT_ADAPTER_SUFFIX
 _PEFT_PREFIX = "base_model.model."
 
 
+def hf_parameter_name(name: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
+    """transformers 5.x's name of one of our parameters (``key_map``: the family's, as for ``hf_to_tune``).
+
+    Example: ``visual.merger.norm.scale`` -> ``model.visual.merger.ln_q.weight``.
+    """
+    return _hf5_name(_map_key(name, _inverse(key_map)))
+
+
 def hf_module_name(module: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
     """transformers 5.x's path of one of our linear layers, the name PEFT targets (``key_map``: the
     family's, as for ``hf_to_tune``).
 
     Example: ``decoder.layers.0.attn.q_proj`` -> ``model.language_model.layers.0.self_attn.q_proj``.
     """
-    return _hf5_name(_map_key(module + ".weight", _inverse(key_map))).removesuffix(".weight")
+    return hf_parameter_name(module + ".weight", key_map).removesuffix(".weight")
 
 
 def tune_to_peft(
