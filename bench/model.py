@@ -1,9 +1,12 @@
-"""Forward + backward of our Qwen2.5-VL vs transformers' on the same weights and batch; prints ratios.
+"""Forward + backward of our model vs transformers' on the same weights and batch; prints ratios.
 
-Model: a small random Qwen2.5-VL on the real vocabulary (LM 4 layers, hidden 256, 8/2 heads;
-vision 4 blocks, hidden 128, one full-attention block, window 112 px), saved once with
-transformers' ``save_pretrained`` and loaded by both sides. Batch: 4 samples from our collator
-with 2-3 images each of different sizes (one sample also a video), right padded.
+``--family qwen2_5_vl`` (default): a small random Qwen2.5-VL on the real vocabulary (LM 4 layers, hidden 256,
+8/2 heads; vision 4 blocks, hidden 128, one full-attention block, window 112 px). ``--family qwen3_vl``: a
+small random Qwen3-VL of the same widths (head_dim 32, interleaved MRoPE; vision 4 blocks, DeepStack after
+blocks 0-2, an 8 x 8 position table). The model is saved once with transformers' ``save_pretrained`` and
+loaded by both sides. Batch: 4 samples with 2-3 images each of different sizes (one sample also a video),
+right padded (Qwen2.5-VL: from our collator; Qwen3-VL: in its token layout, timestamps before each frame,
+position ids from transformers' ``get_rope_index``).
 
 Three measurements per side: the vision tower alone (where block-wise attention differs from
 transformers' one-SDPA-call-per-window loop); the whole model with the token cross-entropy
@@ -19,7 +22,7 @@ own subprocess so their peak memories do not mix:
   temporaries (the whole-model figure includes the vision part's);
 - time: best of ``--repeats`` forward+backward passes after that.
 
-Run: python bench/model.py [--repeats 3] [--threads 2] [--answer-len 1024]
+Run: python bench/model.py [--family qwen3_vl] [--repeats 3] [--threads 2] [--answer-len 1024]
 """
 
 import argparse
@@ -64,9 +67,44 @@ def bench_config():
     )  # fmt: skip
 
 
-def make_batch(answer_len: int = 8) -> dict:
-    samples = [vl_sample(m, question_len=40, answer_len=answer_len, seed=i) for i, m in enumerate(MEDIA)]
-    return padded_collate_qwen2_5_vl(samples)
+def qwen3_vl_bench_config():
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+            num_attention_heads=8, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [6, 5, 5],
+                             "mrope_interleaved": True},
+        ),
+        vision_config=dict(
+            depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+            num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2],
+        ),
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def make_batch(family: str, answer_len: int = 8) -> dict:
+    if family == "qwen2_5_vl":
+        samples = [vl_sample(m, question_len=40, answer_len=answer_len, seed=i) for i, m in enumerate(MEDIA)]
+        return padded_collate_qwen2_5_vl(samples)
+    from support.qwen3_vl_reference import qwen3_vl_batch, qwen3_vl_sample
+    from transformers import Qwen3VLForConditionalGeneration
+
+    # Qwen3-VL's media items: ("video", t, h, w) without seconds (its timestamps are text).
+    media = [tuple(item[:4] if item[0] == "video" else item for item in row) for row in MEDIA]
+    samples = [qwen3_vl_sample(m, text_len=20, answer_len=answer_len, seed=i) for i, m in enumerate(media)]
+    with torch.device("meta"):  # only its config is read, by get_rope_index
+        reference = Qwen3VLForConditionalGeneration(qwen3_vl_bench_config())
+    return qwen3_vl_batch(samples, reference)
+
+
+# family -> (transformers' class name, the bench model's config)
+FAMILIES = {
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", bench_config),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", qwen3_vl_bench_config),
+}
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -85,9 +123,9 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS")
 
 
-def child(side: str, model_dir: str, repeats: int, threads: int, answer_len: int) -> None:
+def child(side: str, family: str, model_dir: str, repeats: int, threads: int, answer_len: int) -> None:
     torch.set_num_threads(threads)
-    batch, long_batch = make_batch(), make_batch(answer_len)
+    batch, long_batch = make_batch(family), make_batch(family, answer_len)
     if side == "ours":
         from qwenvl_data.models import load_hf_model
         from qwenvl_data.training import NextTokenCrossEntropy
@@ -101,9 +139,9 @@ def child(side: str, model_dir: str, repeats: int, threads: int, answer_len: int
             with output_loss(model, rows, targets, loss_fn):
                 return model(**batch) / targets.numel()
     else:
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        import transformers
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
+        model = getattr(transformers, FAMILIES[family][0]).from_pretrained(model_dir)
         keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
         def loss_step(batch: dict) -> torch.Tensor:
@@ -147,27 +185,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--answer-len", type=int, default=1024, help="trained tokens per row in the long-answer case")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl")
     parser.add_argument("--child", choices=["ours", "hf"])
     parser.add_argument("--model-dir")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.model_dir, args.repeats, args.threads, args.answer_len)
+        child(args.child, args.family, args.model_dir, args.repeats, args.threads, args.answer_len)
         return
 
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
+    class_name, config = FAMILIES[args.family]
     with tempfile.TemporaryDirectory() as model_dir:
         torch.manual_seed(0)
-        Qwen2_5_VLForConditionalGeneration(bench_config()).save_pretrained(model_dir)
+        getattr(transformers, class_name)(config()).save_pretrained(model_dir)
         results = {}
         for side in ("hf", "ours"):
-            command = [sys.executable, __file__, "--child", side, "--model-dir", model_dir,
+            command = [sys.executable, __file__, "--child", side, "--family", args.family, "--model-dir", model_dir,
                        "--repeats", str(args.repeats), "--threads", str(args.threads),
                        "--answer-len", str(args.answer_len)]  # fmt: skip
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[side] = json.loads(output.strip().splitlines()[-1])
     ours, hf = results["ours"], results["hf"]
-    print(f"batch: {len(MEDIA)} rows, {ours['tokens']} real tokens ({ours['long_tokens']} with long answers), "
+    print(f"{args.family}; batch: {len(MEDIA)} rows, {ours['tokens']} real tokens ({ours['long_tokens']} with long answers), "
           f"{ours['patches']} patches; threads={args.threads}")  # fmt: skip
     titles = (("vision", "vision tower only"), ("full", "whole model + loss"), ("long", "long answers"))
     for name, title in titles:

@@ -178,5 +178,5 @@ def save_hf_model(
         (out_dir / _INDEX_FILE).write_text(json.dumps(index, indent=2))
     config = family.hf_config_from_model(model, save_dtype)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    write_processor_files(out_dir, transform, source_dir, processor_class=family.processor_class)
+    write_processor_files(out_dir, transform, source_dir, family=family)
     return out_dir

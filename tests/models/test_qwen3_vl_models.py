@@ -165,6 +165,8 @@ def test_round_trip_saves_what_transformers_loads_with_the_same_logits(checkpoin
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "qwen3_vl" and config["architectures"] == ["Qwen3VLForConditionalGeneration"]
     assert config["text_config"]["rope_parameters"]["mrope_interleaved"] is True
+    preprocessor = json.loads((tmp_path / "preprocessor_config.json").read_text())  # the family's numbers
+    assert (preprocessor["patch_size"], preprocessor["image_mean"]) == (16, [0.5, 0.5, 0.5])
     assert load_hf_state_dict(tmp_path).keys() == load_hf_state_dict(model_dir).keys()  # the released names
     reloaded_hf = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path).eval()
     batch = qwen3_vl_batch(mixed_samples()[3:], hf)
