@@ -207,7 +207,8 @@ def main() -> None:
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[side] = json.loads(output.strip().splitlines()[-1])
     ours, hf = results["ours"], results["hf"]
-    print(f"{args.family}; batch: {len(MEDIA)} rows, {ours['tokens']} real tokens ({ours['long_tokens']} with long answers), "
+    print(f"{args.family}; batch: {len(MEDIA)} rows, {ours['tokens']} real tokens "
+          f"({ours['long_tokens']} with long answers), "
           f"{ours['patches']} patches; threads={args.threads}")  # fmt: skip
     titles = (("vision", "vision tower only"), ("full", "whole model + loss"), ("long", "long answers"))
     for name, title in titles:

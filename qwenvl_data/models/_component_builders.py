@@ -157,6 +157,7 @@ def qwen2_5_vl_text_decoder(
     head_dim = head_dim or embed_dim // num_heads
     rope = MultimodalRotaryEmbeddings(head_dim, list(mrope_section), base=rope_base, interleaved=mrope_interleaved)
     attention_cls = QKNormAttention if qk_norm else MultiHeadAttention
+    head_norms = ("q_norm", "k_norm") if qk_norm else ()
     layers = nn.ModuleList()
     for _ in range(num_layers):
         attn = attention_cls(
@@ -171,7 +172,7 @@ def qwen2_5_vl_text_decoder(
             pos_embeddings=rope,
             max_seq_len=max_seq_len,
             attn_dropout=attn_dropout,
-            **({"q_norm": RMSNorm(head_dim, eps=norm_eps), "k_norm": RMSNorm(head_dim, eps=norm_eps)} if qk_norm else {}),
+            **{name: RMSNorm(head_dim, eps=norm_eps) for name in head_norms},
         )
         layers.append(
             TransformerSelfAttentionLayer(

@@ -262,11 +262,15 @@ def check_model_type(config: dict, model_type: str) -> None:
         raise ValueError(f"config.json: model_type {found!r}, expected {model_type!r}")
 
 
-def text_builder_args_from_hf_config(config: dict) -> dict:
-    """The language-model arguments (shared by the Qwen2-VL and Qwen2.5-VL builders) of an HF ``config.json``.
+def text_builder_args_from_hf_config(
+    config: dict, *, default_mrope_section: tuple[int, ...] = (16, 24, 24), default_rope_theta: float = 1_000_000.0
+) -> dict:
+    """The language-model arguments (shared by the Qwen2-VL, Qwen2.5-VL and Qwen3-VL builders) of an HF
+    ``config.json``.
 
     Reads the released flat layout (text fields at the top, ``rope_scaling``) and transformers
-    5.x's nested one (``text_config`` with ``rope_parameters``).
+    5.x's nested one (``text_config`` with ``rope_parameters``). The defaults are the family's
+    transformers defaults, for a config.json that leaves them out.
 
     Raises:
         ValueError: for settings this implementation does not have (another activation,
@@ -291,8 +295,8 @@ def text_builder_args_from_hf_config(config: dict) -> dict:
         embed_dim=text["hidden_size"],
         intermediate_dim=text["intermediate_size"],
         max_seq_len=text.get("max_position_embeddings", 128_000),
-        mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
-        rope_base=float(rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))),
+        mrope_section=tuple(rope.get("mrope_section", default_mrope_section)),
+        rope_base=float(rope.get("rope_theta", text.get("rope_theta", default_rope_theta))),
         norm_eps=text.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=tie,
     )

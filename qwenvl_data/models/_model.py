@@ -229,7 +229,7 @@ class Qwen2_5_VLModel(nn.Module):
             if _ranks_in_lockstep():  # another rank may run the tower now: issue the same collectives
                 return embeds + self.visual.idle_pass(embeds.device).to(embeds.dtype), None
             return embeds, None
-        features, deepstack = self.visual.encode(torch.cat(patches), torch.cat(grids))
+        features, deepstack = self.visual(torch.cat(patches), torch.cat(grids), with_deepstack=True)
         # Images first, then videos: the order they were concatenated in above.
         positions = torch.cat([slot.reshape(-1).nonzero().squeeze(1) for slot in slots])
         flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, positions, features.to(embeds.dtype))

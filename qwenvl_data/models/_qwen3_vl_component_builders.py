@@ -61,7 +61,7 @@ def qwen3_vl_vision_encoder(
 
     Returns:
         Qwen2_5_VisionTransformer with a position embedding and DeepStack mergers:
-        ``pixel_values`` [N, 1536] + grids -> [N / 4, out_dim] (``encode`` also gives the DeepStack features).
+        ``pixel_values`` [N, 1536] + grids -> [N / 4, out_dim] (and the DeepStack features with ``with_deepstack``).
     """
 
     def merger(norm_dim: int, after_shuffle: bool) -> PatchMerger:
@@ -103,45 +103,26 @@ def qwen3_vl_vision_encoder(
 
 def qwen3_vl(
     *,
-    vocab_size: int,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    embed_dim: int,
-    intermediate_dim: int,
-    head_dim: int,
-    max_seq_len: int,
-    mrope_section: Sequence[int] = (24, 20, 20),
-    rope_base: float = 5_000_000.0,
-    norm_eps: float = 1e-6,
-    attn_dropout: float = 0.0,
-    tie_word_embeddings: bool = False,
     vision_depth: int,
     vision_embed_dim: int,
     vision_num_heads: int,
     vision_intermediate_dim: int,
     vision_deepstack_layers: Sequence[int],
     vision_num_position_embeddings: int = 2304,
+    **text_args: object,
 ) -> Qwen3VLModel:
     """Build a full Qwen3-VL (dense): vision tower with DeepStack + Qwen3 language model with interleaved MRoPE.
 
     Args:
-        vocab_size: embedding rows (151936 released).
-        num_layers: decoder layers.
-        num_heads: query heads.
-        num_kv_heads: key/value heads (GQA).
-        embed_dim: hidden size.
-        intermediate_dim: MLP hidden size.
-        head_dim: attention head size (128 released; not embed_dim // num_heads in general).
-        max_seq_len: longest sequence (and KV cache) the model accepts (262144 released).
-        mrope_section: frequencies per (temporal, height, width) axis, interleaved ([24, 20, 20]).
-        rope_base: RoPE theta (5e6 released).
-        norm_eps: RMSNorm epsilon (1e-6).
-        attn_dropout: attention dropout.
-        tie_word_embeddings: output projection shares the embedding weight (2B, 4B).
         vision_depth, vision_embed_dim, vision_num_heads, vision_intermediate_dim, vision_deepstack_layers,
         vision_num_position_embeddings: the vision tower, see ``qwen3_vl_vision_encoder``; its mergers
             project to ``embed_dim``.
+        **text_args: the language model, the arguments of ``qwen2_5_vl_text_decoder`` (its Qwen3 form is
+            built here): ``vocab_size`` (151936 released), ``num_layers``, ``num_heads``, ``num_kv_heads``,
+            ``embed_dim``, ``intermediate_dim``, ``head_dim`` (128 released, not embed_dim // num_heads in
+            general), ``max_seq_len`` (262144 released), optional ``mrope_section`` (default [24, 20, 20],
+            interleaved), ``rope_base`` (default 5e6), ``norm_eps``, ``attn_dropout``, ``tie_word_embeddings``
+            (2B, 4B).
 
     Returns:
         Qwen3VLModel.
@@ -155,29 +136,14 @@ def qwen3_vl(
         >>> model(torch.tensor([[1, 2, 3]])).shape
         torch.Size([1, 3, 1000])
     """
-    tok_embeddings, decoder = qwen2_5_vl_text_decoder(
-        vocab_size=vocab_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        embed_dim=embed_dim,
-        intermediate_dim=intermediate_dim,
-        max_seq_len=max_seq_len,
-        mrope_section=mrope_section,
-        rope_base=rope_base,
-        norm_eps=norm_eps,
-        attn_dropout=attn_dropout,
-        tie_word_embeddings=tie_word_embeddings,
-        head_dim=head_dim,
-        qk_norm=True,
-        mrope_interleaved=True,
-    )
+    text_args = {"mrope_section": (24, 20, 20), "rope_base": 5_000_000.0, **text_args}
+    tok_embeddings, decoder = qwen2_5_vl_text_decoder(**text_args, qk_norm=True, mrope_interleaved=True)
     visual = qwen3_vl_vision_encoder(
         depth=vision_depth,
         embed_dim=vision_embed_dim,
         num_heads=vision_num_heads,
         intermediate_dim=vision_intermediate_dim,
-        out_dim=embed_dim,
+        out_dim=tok_embeddings.embedding_dim,
         deepstack_layers=vision_deepstack_layers,
         num_position_embeddings=vision_num_position_embeddings,
     )

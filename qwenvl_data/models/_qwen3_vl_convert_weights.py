@@ -13,7 +13,7 @@ from torch import nn
 from torchtune.modules import TiedLinear
 
 from qwenvl_data._constants import ENDOFTEXT_ID, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, VISION_END_ID, VISION_START_ID
-from qwenvl_data.models._convert_weights import check_model_type, patching_hf_config
+from qwenvl_data.models._convert_weights import check_model_type, patching_hf_config, text_builder_args_from_hf_config
 
 _TEXT = "model.language_model."
 _VISION = "model.visual."
@@ -75,14 +75,16 @@ def qwen3_vl_builder_args_from_hf_config(config: dict) -> dict:
 
     Raises:
         ValueError: another ``model_type``; settings this implementation does not have (activations, q/k/v
-            bias, RoPE scaling, chunked MRoPE, other patching); a merger width other than the language model's.
+            bias, RoPE scaling, chunked MRoPE, sliding windows, other patching); a merger width other than the
+            language model's.
     """
     check_model_type(config, "qwen3_vl")
+    text_args = text_builder_args_from_hf_config(
+        config, default_mrope_section=(24, 20, 20), default_rope_theta=500_000.0
+    )
     text, vision = config.get("text_config", config), config["vision_config"]
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     unsupported = {
-        "RoPE type": (rope.get("rope_type", rope.get("type", "default")), "default"),
-        "text hidden_act": (text.get("hidden_act", _TEXT_ACT), _TEXT_ACT),
         "vision hidden_act": (vision.get("hidden_act", _VISION_ACT), _VISION_ACT),
         "attention_bias": (text.get("attention_bias", False), False),
         "mrope_interleaved": (rope.get("mrope_interleaved", True), True),
@@ -94,25 +96,14 @@ def qwen3_vl_builder_args_from_hf_config(config: dict) -> dict:
     for name, (found, supported) in unsupported.items():
         if found != supported:
             raise ValueError(f"config.json: {name} {found!r} is not supported ({supported!r})")
-    if vision.get("out_hidden_size", text["hidden_size"]) != text["hidden_size"]:
+    if vision.get("out_hidden_size", text_args["embed_dim"]) != text_args["embed_dim"]:
         raise ValueError(
             f"config.json: vision_config.out_hidden_size {vision['out_hidden_size']} (the mergers' output) differs "
-            f"from the language model's hidden_size {text['hidden_size']}"
+            f"from the language model's hidden_size {text_args['embed_dim']}"
         )
-    num_heads = text["num_attention_heads"]
     return dict(
-        vocab_size=text["vocab_size"],
-        num_layers=text["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=text.get("num_key_value_heads") or num_heads,
-        embed_dim=text["hidden_size"],
-        intermediate_dim=text["intermediate_size"],
-        head_dim=text.get("head_dim") or text["hidden_size"] // num_heads,
-        max_seq_len=text.get("max_position_embeddings", 128_000),
-        mrope_section=tuple(rope.get("mrope_section", (24, 20, 20))),
-        rope_base=float(rope.get("rope_theta", text.get("rope_theta", 500_000.0))),
-        norm_eps=text.get("rms_norm_eps", 1e-6),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+        **text_args,
+        head_dim=text.get("head_dim") or text_args["embed_dim"] // text_args["num_heads"],
         vision_depth=vision["depth"],
         vision_embed_dim=vision["hidden_size"],
         vision_num_heads=vision["num_heads"],

@@ -5,7 +5,6 @@ import torch
 from torchtune.modules import MultiHeadAttention, TransformerDecoder
 
 from qwenvl_data.models._model import DeepstackFeatures, Qwen2_5_VLModel
-from qwenvl_data.rope import mrope_position_ids
 
 
 class QKNormAttention(MultiHeadAttention):
@@ -127,20 +126,10 @@ class Qwen3VLModel(Qwen2_5_VLModel):
         attention_mask: torch.Tensor | None,
         document_ids: torch.Tensor | None,
     ) -> torch.Tensor:
-        """int64 [3, B, L] by Qwen3-VL's rule (``second_per_grid_ts`` is not used)."""
+        """int64 [3, B, L] by Qwen3-VL's rule: Qwen2-VL's (``tokens_per_second`` None) on one grid per frame."""
         frames = None
         if video_grid_thw is not None:
             grid = video_grid_thw.reshape(-1, 3)
             frames = torch.repeat_interleave(grid, grid[:, 0], dim=0)
             frames[:, 0] = 1
-        position_ids, _ = mrope_position_ids(
-            tokens,
-            image_grid_thw,
-            frames,
-            None,
-            attention_mask,
-            document_ids=document_ids,
-            spatial_merge_size=self.visual.merge_size,
-            tokens_per_second=None,
-        )
-        return position_ids
+        return super()._position_ids(tokens, image_grid_thw, frames, None, attention_mask, document_ids)

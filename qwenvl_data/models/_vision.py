@@ -311,7 +311,10 @@ class PatchMerger(nn.Module):
         Returns:
             float [N / merge_size**2, out_dim].
         """
-        merged = self.norm(x.view(-1, self.merged_dim)) if self.norm_after_shuffle else self.norm(x).view(-1, self.merged_dim)
+        if self.norm_after_shuffle:
+            merged = self.norm(x.view(-1, self.merged_dim))
+        else:
+            merged = self.norm(x).view(-1, self.merged_dim)
         return self.fc2(F.gelu(self.fc1(merged)))
 
 
@@ -320,7 +323,7 @@ class Qwen2_5_VisionTransformer(nn.Module):
 
     The tower of every Qwen-VL family; Qwen3-VL's adds a learned position embedding after the patch
     embedding and DeepStack: the outputs of chosen blocks, each through its own merger, which the
-    language model adds to its first layers' hidden states (see ``encode``).
+    language model adds to its first layers' hidden states (``forward(..., with_deepstack=True)``).
 
     Args:
         patch_embed: linear map of a flattened (3, 2, P, P) patch to the hidden size (the
@@ -390,27 +393,20 @@ class Qwen2_5_VisionTransformer(nn.Module):
         DeepStack merger; LoRA fine-tuning trains them in full (``train_merger``)."""
         return ("merger", *(f"deepstack_mergers.{i}" for i in range(len(self.deepstack_layers))))
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """The merged features alone (``encode``'s first output).
-
+    def forward(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, with_deepstack: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """
         Args:
             pixel_values: float [N, 3 * temporal_patch_size * patch_size**2] patches of all items,
                 in the order of ``grid_thw``.
             grid_thw: int64 [num_items, 3] (t, h, w) patch grid of each image or video.
+            with_deepstack: also return the DeepStack features.
 
         Returns:
-            float [N / merge_size**2, out_dim] merged features, in patch order.
-        """
-        return self.encode(pixel_values, grid_thw)[0]
-
-    def encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """
-        Args:
-            pixel_values, grid_thw: as for ``forward``.
-
-        Returns:
-            (features, deepstack): float [N / merge_size**2, out_dim] merged features in patch order, and one
-            such tensor per DeepStack layer (an empty list for towers without DeepStack).
+            float [N / merge_size**2, out_dim] merged features, in patch order; with ``with_deepstack``
+            (features, deepstack): deepstack holds one such tensor per DeepStack layer (an empty list for
+            towers without DeepStack).
 
         Raises:
             ValueError: if the grids do not account for exactly N patches, or a grid side is not
@@ -439,7 +435,8 @@ class Qwen2_5_VisionTransformer(nn.Module):
             h = layer(h, frames, windows)
             if index in self.deepstack_layers:
                 deepstack.append(self.deepstack_mergers[self.deepstack_layers.index(index)](h))
-        return self.merger(h), deepstack
+        features = self.merger(h)
+        return (features, deepstack) if with_deepstack else features
 
     def idle_pass(self, device: torch.device) -> torch.Tensor:
         """A float32 zero computed from every tower and merger parameter, for a rank whose batch has no media.
@@ -455,5 +452,5 @@ class Qwen2_5_VisionTransformer(nn.Module):
         """
         grid = torch.tensor([[1, self.merge_size, self.merge_size]], device=device)
         patches = torch.zeros(self.merge_size**2, self.patch_embed.in_features, device=device)
-        features, deepstack = self.encode(patches, grid)
+        features, deepstack = self(patches, grid, with_deepstack=True)
         return sum((f.float().sum() for f in deepstack), features.float().sum()) * 0.0

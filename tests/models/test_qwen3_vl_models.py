@@ -142,7 +142,9 @@ def test_packed_row_equals_each_sample_alone(checkpoint, ours):
     padding = 5
     packed = {
         "tokens": torch.cat([b["tokens"] for b in alone] + [torch.full((1, padding), PAD_ID)], 1),
-        "position_ids": torch.cat([b["position_ids"] for b in alone] + [torch.zeros(3, 1, padding, dtype=torch.long)], 2),
+        "position_ids": torch.cat(
+            [b["position_ids"] for b in alone] + [torch.zeros(3, 1, padding, dtype=torch.long)], 2
+        ),
         "document_ids": torch.cat(
             [torch.full_like(b["tokens"], doc) for doc, b in enumerate(alone)] + [torch.full((1, padding), -1)], 1
         ),

@@ -107,7 +107,9 @@ def qwen3_vl_sample(media: tuple = (), *, text_len: int = 6, answer_len: int = 4
     return sample
 
 
-def qwen3_vl_batch(samples: list[dict], reference: Qwen3VLForConditionalGeneration, padding_side: str = "right") -> dict:
+def qwen3_vl_batch(
+    samples: list[dict], reference: Qwen3VLForConditionalGeneration, padding_side: str = "right"
+) -> dict:
     """The collator's keys for ``samples``, padded on ``padding_side``, with transformers' position ids.
 
     Returns:
