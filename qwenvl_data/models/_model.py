@@ -113,9 +113,9 @@ class Qwen2_5_VLModel(nn.Module):
         """
         Args:
             tokens: int64 [B, L].
-            pixel_values: float [N_img, 1176] patches of all images, in batch order.
+            pixel_values: float [N_img, 3 * 2 * patch**2] patches of all images, in batch order (1176; Qwen3-VL 1536).
             image_grid_thw: int64 [num_images, 3].
-            pixel_values_videos: float [N_vid, 1176].
+            pixel_values_videos: float [N_vid, same width].
             video_grid_thw: int64 [num_videos, 3].
             position_ids: int64 [3, B, L] MRoPE ids; computed with ``mrope_position_ids`` when None.
             attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L] or
