@@ -117,7 +117,8 @@ class Qwen2_5_VLModel(nn.Module):
             image_grid_thw: int64 [num_images, 3].
             pixel_values_videos: float [N_vid, same width].
             video_grid_thw: int64 [num_videos, 3].
-            position_ids: int64 [3, B, L] MRoPE ids; computed with ``mrope_position_ids`` when None.
+            position_ids: int64 [3, B, L] MRoPE ids; computed by the family's rule (``self.mrope_position_ids``)
+                when None.
             attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L] or
                 [B, cache size], covering every token seen so far).
             document_ids: int64 [B, L] for packed rows: sample index inside its row, -1 on padding;
@@ -152,7 +153,7 @@ class Qwen2_5_VLModel(nn.Module):
         if position_ids is None:
             if past is not None:
                 raise ValueError("position_ids are required when decoding with KV caches (see next_position_ids)")
-            position_ids = self._position_ids(
+            position_ids, _ = self.mrope_position_ids(
                 tokens, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask, document_ids
             )
         if mask is None:
@@ -161,17 +162,22 @@ class Qwen2_5_VLModel(nn.Module):
             return self.decoder(embeds, mask=mask, input_pos=position_ids, deepstack=deepstack)
         return self.decoder(embeds, mask=mask, input_pos=position_ids)
 
-    def _position_ids(
+    def mrope_position_ids(
         self,
         tokens: torch.Tensor,
-        image_grid_thw: torch.Tensor | None,
-        video_grid_thw: torch.Tensor | None,
-        second_per_grid_ts: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        document_ids: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """int64 [3, B, L] MRoPE ids by the family's rule, for a forward pass given none."""
-        position_ids, _ = mrope_position_ids(
+        image_grid_thw: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MRoPE ids of a batch by this model's family's rule (what a forward pass without ``position_ids``
+        and ``generate`` without them use); arguments as for ``qwenvl_data.rope.mrope_position_ids``.
+
+        Returns:
+            (position_ids int64 [3, B, L], rope_deltas int64 [B, 1]).
+        """
+        return mrope_position_ids(
             tokens,
             image_grid_thw,
             video_grid_thw,
@@ -181,7 +187,6 @@ class Qwen2_5_VLModel(nn.Module):
             spatial_merge_size=self.visual.merge_size,
             tokens_per_second=self.tokens_per_second,
         )
-        return position_ids
 
     def _place_vision_features(
         self,

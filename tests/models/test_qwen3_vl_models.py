@@ -129,10 +129,10 @@ def test_position_ids_the_model_computes_equal_transformers(checkpoint, ours):
     """Each video frame is its own span: ``video_grid_thw`` stays per video, as transformers' processor gives it."""
     batch = qwen3_vl_batch(mixed_samples(), checkpoint[1], "left")
     assert batch["video_grid_thw"].tolist() == [[2, 4, 6], [3, 6, 4]]
-    computed = ours._position_ids(
-        batch["tokens"], batch["image_grid_thw"], batch["video_grid_thw"], None, batch["attention_mask"], None
+    computed, deltas = ours.mrope_position_ids(
+        batch["tokens"], batch["image_grid_thw"], batch["video_grid_thw"], attention_mask=batch["attention_mask"]
     )
-    assert torch.equal(computed, batch["position_ids"])
+    assert torch.equal(computed, batch["position_ids"]) and torch.equal(deltas, batch["rope_deltas"])
 
 
 def test_packed_row_equals_each_sample_alone(checkpoint, ours):
@@ -193,6 +193,8 @@ def test_greedy_generation_equals_transformers_generate(checkpoint, ours):
     out = generate(ours, batch, max_new_tokens=new_tokens, stop_tokens=())
     reference = hf_generate(hf, batch, new_tokens)
     assert torch.equal(out.tokens, reference)
+    without_positions = {k: v for k, v in batch.items() if k not in ("position_ids", "rope_deltas")}
+    assert torch.equal(generate(ours, without_positions, max_new_tokens=new_tokens, stop_tokens=()).tokens, reference)
     assert len({tuple(row) for row in out.tokens.tolist()}) == len(prompts)
 
 
