@@ -1,4 +1,4 @@
-"""Qwen2.5-VL and Qwen2-VL in torchtune modules: family descriptions, builders, HF checkpoint conversion and I/O."""
+"""Qwen2.5-VL, Qwen2-VL and Qwen3-VL in torchtune modules: family descriptions, builders, HF checkpoint conversion and I/O."""
 
 from qwenvl_data.models._adapters import DoRALinear, initialize_dora_magnitudes, merged_state_dict
 from qwenvl_data.models._checkpoint_builder import (
@@ -24,6 +24,7 @@ from qwenvl_data.models._families import (
     MODEL_FAMILIES,
     QWEN2_5_VL,
     QWEN2_VL,
+    QWEN3_VL,
     ModelFamily,
     family_of_model,
     model_family,
@@ -69,6 +70,25 @@ from qwenvl_data.models._qwen2_vl_model_builders import (
     qwen2_vl_72b,
     qwen2_vl_mini,
     qwen2_vl_tiny,
+)
+from qwenvl_data.models._qwen3_vl_component_builders import lora_qwen3_vl, qwen3_vl, qwen3_vl_vision_encoder
+from qwenvl_data.models._qwen3_vl_convert_weights import (
+    QWEN3_VL_KEY_MAP,
+    qwen3_vl_builder_args_from_hf_config,
+    qwen3_vl_hf_config_from_model,
+)
+from qwenvl_data.models._qwen3_vl_model import DeepstackDecoder, QKNormAttention, Qwen3VLModel
+from qwenvl_data.models._qwen3_vl_model_builders import (
+    lora_qwen3_vl_2b,
+    lora_qwen3_vl_4b,
+    lora_qwen3_vl_8b,
+    lora_qwen3_vl_32b,
+    lora_qwen3_vl_tiny,
+    qwen3_vl_2b,
+    qwen3_vl_4b,
+    qwen3_vl_8b,
+    qwen3_vl_32b,
+    qwen3_vl_tiny,
 )
 from qwenvl_data.models._mrope import MultimodalRotaryEmbeddings, next_position_ids
 from qwenvl_data.models._vision import Qwen2_5_VisionTransformer, VisionBlock
@@ -138,4 +158,24 @@ __all__ = [
     "qwen2_vl_72b",
     "qwen2_vl_mini",
     "qwen2_vl_tiny",
+    "QWEN3_VL",
+    "QWEN3_VL_KEY_MAP",
+    "DeepstackDecoder",
+    "QKNormAttention",
+    "Qwen3VLModel",
+    "lora_qwen3_vl",
+    "lora_qwen3_vl_2b",
+    "lora_qwen3_vl_4b",
+    "lora_qwen3_vl_8b",
+    "lora_qwen3_vl_32b",
+    "lora_qwen3_vl_tiny",
+    "qwen3_vl",
+    "qwen3_vl_2b",
+    "qwen3_vl_4b",
+    "qwen3_vl_8b",
+    "qwen3_vl_32b",
+    "qwen3_vl_builder_args_from_hf_config",
+    "qwen3_vl_hf_config_from_model",
+    "qwen3_vl_tiny",
+    "qwen3_vl_vision_encoder",
 ]

@@ -10,16 +10,18 @@ from qwenvl_data._files import read_json
 from qwenvl_data.models._families import MODEL_FAMILIES, ModelFamily, model_family
 from qwenvl_data.models._model import Qwen2_5_VLModel
 
-# What decides the weights' shapes (a checkpoint of other values cannot be loaded into the model).
+# What decides the weights' shapes (a checkpoint of other values cannot be loaded into the model); the last
+# three only some families' builders take (None where absent).
 _SHAPE_KEYS = (
     "vocab_size", "num_layers", "num_heads", "num_kv_heads", "embed_dim", "intermediate_dim", "tie_word_embeddings",
     "vision_depth", "vision_embed_dim", "vision_num_heads", "vision_intermediate_dim",
+    "head_dim", "vision_deepstack_layers", "vision_num_position_embeddings",
 )  # fmt: skip
 
 
 def _shapes(numbers: dict) -> dict:
     """The ``_SHAPE_KEYS`` of builder arguments (a builder without ``tie_word_embeddings`` does not tie)."""
-    return {key: numbers.get(key, False) if key == "tie_word_embeddings" else numbers[key] for key in _SHAPE_KEYS}
+    return {key: numbers.get(key, False) if key == "tie_word_embeddings" else numbers.get(key) for key in _SHAPE_KEYS}
 
 
 def _sized_builders() -> dict[Callable, tuple[ModelFamily, dict]]:
@@ -47,7 +49,7 @@ def _checkpoint_config(model_dir: str | os.PathLike) -> tuple[Path, dict, ModelF
 
 def model_from_checkpoint(model_dir: str | os.PathLike, **lora_args: object) -> Qwen2_5_VLModel:
     """Builder (YAML ``_component_``) of the model ``model_dir/config.json`` describes, of the family its
-    ``model_type`` names (Qwen2-VL or Qwen2.5-VL), randomly initialized; the recipe's checkpointer loads the
+    ``model_type`` names (Qwen2-VL, Qwen2.5-VL or Qwen3-VL), randomly initialized; the recipe's checkpointer loads the
     weights. Sizes, tied or untied output projection and the video position rule all come from config.json.
 
     Args:

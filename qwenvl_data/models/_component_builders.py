@@ -24,6 +24,7 @@ from qwenvl_data._constants import MERGE_SIZE, PATCH_SIZE, TEMPORAL_PATCH_SIZE, 
 from qwenvl_data.models._adapters import DoRALinear
 from qwenvl_data.models._model import Qwen2_5_VLModel
 from qwenvl_data.models._mrope import MultimodalRotaryEmbeddings
+from qwenvl_data.models._qwen3_vl_model import DeepstackDecoder, QKNormAttention
 from qwenvl_data.models._vision import (
     PatchMerger,
     Qwen2_5_VisionTransformer,
@@ -91,12 +92,15 @@ def vision_tower(
     merge_size: int,
     *,
     window_size: int | None,
+    patch_bias: bool = False,
+    **extras: object,
 ) -> Qwen2_5_VisionTransformer:
-    """A vision tower around its family's blocks and merger: the patch embedding (no bias) and the
-    rotary table are the same in every family (arguments as in ``qwen2_5_vl_vision_encoder``;
-    ``window_size=None``: no windows)."""
+    """A vision tower around its family's blocks and merger: the patch embedding and the rotary table are
+    the same in every family (arguments as in ``qwen2_5_vl_vision_encoder``; ``window_size=None``: no
+    windows; ``patch_bias``: the patch embedding has a bias (Qwen3-VL); ``extras``: the tower's other
+    arguments, Qwen3-VL's ``pos_embed`` and DeepStack)."""
     return Qwen2_5_VisionTransformer(
-        patch_embed=nn.Linear(in_channels * temporal_patch_size * patch_size * patch_size, embed_dim, bias=False),
+        patch_embed=nn.Linear(in_channels * temporal_patch_size * patch_size * patch_size, embed_dim, bias=patch_bias),
         layers=layers,
         merger=merger,
         rope=VisionRotaryEmbeddings(embed_dim // num_heads, merge_size),
@@ -104,6 +108,7 @@ def vision_tower(
         temporal_patch_size=temporal_patch_size,
         merge_size=merge_size,
         window_size=window_size,
+        **extras,
     )
 
 
@@ -121,8 +126,11 @@ def qwen2_5_vl_text_decoder(
     norm_eps: float = 1e-6,
     attn_dropout: float = 0.0,
     tie_word_embeddings: bool = False,
+    head_dim: int | None = None,
+    qk_norm: bool = False,
+    mrope_interleaved: bool = False,
 ) -> tuple[nn.Embedding, TransformerDecoder]:
-    """Build the Qwen2.5 language model with MRoPE.
+    """Build the Qwen2.5 language model with MRoPE, or with the last three arguments Qwen3's.
 
     Args:
         vocab_size: embedding rows (151936 for 3B, 152064 for the larger sizes).
@@ -137,27 +145,34 @@ def qwen2_5_vl_text_decoder(
         norm_eps: RMSNorm epsilon.
         attn_dropout: attention dropout.
         tie_word_embeddings: output projection shares the embedding weight.
+        head_dim: attention head size; None: ``embed_dim // num_heads`` (Qwen2.5). Qwen3 gives it explicitly.
+        qk_norm: Qwen3's attention: RMSNorm over each query/key head before the rotary embedding
+            (``QKNormAttention``), no q/k/v bias, and a ``DeepstackDecoder``; False: q/k/v bias (Qwen2.5).
+        mrope_interleaved: interleave the MRoPE axes across frequencies (Qwen3-VL).
 
     Returns:
         (tok_embeddings, decoder): the embedding and a ``TransformerDecoder`` that expects
         embeddings (``Qwen2_5_VLModel`` replaces its ``tok_embeddings`` with an identity).
     """
-    head_dim = embed_dim // num_heads
-    rope = MultimodalRotaryEmbeddings(head_dim, list(mrope_section), base=rope_base)
+    head_dim = head_dim or embed_dim // num_heads
+    rope = MultimodalRotaryEmbeddings(head_dim, list(mrope_section), base=rope_base, interleaved=mrope_interleaved)
+    attention_cls = QKNormAttention if qk_norm else MultiHeadAttention
+    head_norms = ("q_norm", "k_norm") if qk_norm else ()
     layers = nn.ModuleList()
     for _ in range(num_layers):
-        attn = MultiHeadAttention(
+        attn = attention_cls(
             embed_dim=embed_dim,
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
             head_dim=head_dim,
-            q_proj=nn.Linear(embed_dim, num_heads * head_dim, bias=True),
-            k_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=True),
-            v_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=True),
+            q_proj=nn.Linear(embed_dim, num_heads * head_dim, bias=not qk_norm),
+            k_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=not qk_norm),
+            v_proj=nn.Linear(embed_dim, num_kv_heads * head_dim, bias=not qk_norm),
             output_proj=nn.Linear(num_heads * head_dim, embed_dim, bias=False),
             pos_embeddings=rope,
             max_seq_len=max_seq_len,
             attn_dropout=attn_dropout,
+            **{name: RMSNorm(head_dim, eps=norm_eps) for name in head_norms},
         )
         layers.append(
             TransformerSelfAttentionLayer(
@@ -169,7 +184,7 @@ def qwen2_5_vl_text_decoder(
         )
     tok_embeddings = nn.Embedding(vocab_size, embed_dim)
     output = TiedLinear(tok_embeddings) if tie_word_embeddings else nn.Linear(embed_dim, vocab_size, bias=False)
-    decoder = TransformerDecoder(
+    decoder = (DeepstackDecoder if qk_norm else TransformerDecoder)(
         tok_embeddings=tok_embeddings,
         layers=layers,
         max_seq_len=max_seq_len,
@@ -263,10 +278,11 @@ def lora_qwen2_5_vl(
     """Build Qwen2.5-VL with LoRA adapters on chosen language-model projections.
 
     The one LoRA wiring of every family whose decoder is torchtune's: ``lora_qwen2_vl`` is this
-    with ``build=qwen2_vl``.
+    with ``build=qwen2_vl``, ``lora_qwen3_vl`` with ``build=qwen3_vl``.
 
     Trainable after ``set_trainable_params(model, get_adapter_params(model))``: the adapters,
-    the merger (``train_merger``) and the whole vision tower (``train_vision_tower``).
+    the merger and Qwen3-VL's DeepStack mergers (``train_merger``) and the whole vision tower
+    (``train_vision_tower``).
 
     Args:
         lora_attn_modules: attention projections to adapt, from
@@ -321,5 +337,5 @@ def lora_qwen2_5_vl(
     if train_vision_tower:
         model.trainable_modules = ("visual",)
     elif train_merger:
-        model.trainable_modules = ("visual.merger",)
+        model.trainable_modules = tuple(f"visual.{name}" for name in model.visual.merger_modules)
     return model

@@ -2,7 +2,9 @@
 
 HF names follow the released checkpoints (``model.*``, ``visual.*``, ``lm_head.weight``), which
 transformers 4.x, 5.x and vLLM all read. transformers 5.x's in-memory names
-(``model.language_model.*``, ``model.visual.*``) are accepted on input too.
+(``model.language_model.*``, ``model.visual.*``) are accepted on input too. A family whose released
+checkpoints already use the nested names (Qwen3-VL) spells its key map that way; either spelling is
+read for every family, and each family's map decides the spelling written.
 """
 
 import re
@@ -61,7 +63,7 @@ QWEN2_5_VL_KEY_MAP = {
     "visual.blocks.{}.mlp.up_proj.bias": "visual.layers.{}.mlp.w3.bias",
     "visual.merger.ln_q.weight": "visual.merger.norm.scale",
 }
-_HF_PATCH_EMBED = "visual.patch_embed.proj.weight"
+_HF_PATCH_EMBED = "visual.patch_embed.proj.weight"  # the Conv3d kernel, under either spelling
 _LAYER_NUMBER = re.compile(r"(?<=\.)(\d+)(?=\.)")
 # transformers 5.x module names -> the released checkpoint names.
 _HF5_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
@@ -75,6 +77,17 @@ def _map_key(key: str, mapping: dict[str, str]) -> str:
         abstract = key[: match.start()] + "{}" + key[match.end() :]
         if abstract in mapping:
             return mapping[abstract].format(match.group(1))
+    raise KeyError(f"no mapping for state dict key {key!r}")
+
+
+def _hf_to_ours(key: str, key_map: dict[str, str]) -> str:
+    """Our name of an HF name in either spelling (released flat or transformers 5.x nested), for a key map
+    in either spelling."""
+    for spelling in (key, _released_name(key), _hf5_name(key)):
+        try:
+            return _map_key(spelling, key_map)
+        except KeyError:
+            continue
     raise KeyError(f"no mapping for state dict key {key!r}")
 
 
@@ -93,6 +106,8 @@ def _released_name(key: str) -> str:
 
 def _hf5_name(key: str) -> str:
     """A released-layout name as transformers 5.x names the module (``model.`` -> ``model.language_model.``)."""
+    if any(key.startswith(new_prefix) for new_prefix, _ in _HF5_PREFIXES):
+        return key
     for new_prefix, old_prefix in _HF5_PREFIXES:
         if key.startswith(old_prefix):
             return new_prefix + key[len(old_prefix) :]
@@ -120,12 +135,11 @@ def hf_to_tune(
     """
     converted = {}
     for key, value in state_dict.items():
-        key = _released_name(key)
         if key == "lm_head.weight" and tie_word_embeddings:
             continue
-        if key == _HF_PATCH_EMBED:
+        if key.endswith(_HF_PATCH_EMBED):
             value = value.reshape(value.shape[0], -1)
-        converted[_map_key(key, key_map)] = value
+        converted[_hf_to_ours(key, key_map)] = value
     return converted
 
 
@@ -151,7 +165,7 @@ def tune_to_hf(
     converted = {}
     for key, value in state_dict.items():
         hf_key = _map_key(key, to_hf)
-        if hf_key == _HF_PATCH_EMBED:
+        if hf_key.endswith(_HF_PATCH_EMBED):
             value = value.reshape(value.shape[0], in_channels, temporal_patch_size, patch_size, patch_size)
         converted[hf_key] = value
     return converted
@@ -167,13 +181,21 @@ _FROM_PEFT_ADAPTER_SUFFIXES = {peft: ours for ours, peft in _PEFT_ADAPTER_SUFFIX
 _PEFT_PREFIX = "base_model.model."
 
 
+def hf_parameter_name(name: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
+    """transformers 5.x's name of one of our parameters (``key_map``: the family's, as for ``hf_to_tune``).
+
+    Example: ``visual.merger.norm.scale`` -> ``model.visual.merger.ln_q.weight``.
+    """
+    return _hf5_name(_map_key(name, _inverse(key_map)))
+
+
 def hf_module_name(module: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
     """transformers 5.x's path of one of our linear layers, the name PEFT targets (``key_map``: the
     family's, as for ``hf_to_tune``).
 
     Example: ``decoder.layers.0.attn.q_proj`` -> ``model.language_model.layers.0.self_attn.q_proj``.
     """
-    return _hf5_name(_map_key(module + ".weight", _inverse(key_map))).removesuffix(".weight")
+    return hf_parameter_name(module + ".weight", key_map).removesuffix(".weight")
 
 
 def tune_to_peft(
@@ -227,7 +249,7 @@ def peft_to_tune(
         if suffix is None:
             full[key] = value
             continue
-        module = _map_key(_released_name(key.removesuffix(suffix)) + ".weight", key_map).removesuffix(".weight")
+        module = _hf_to_ours(key.removesuffix(suffix) + ".weight", key_map).removesuffix(".weight")
         converted[module + _FROM_PEFT_ADAPTER_SUFFIXES[suffix]] = value
     converted.update(hf_to_tune(full, tie_word_embeddings=tie_word_embeddings, key_map=key_map))
     return converted
@@ -240,11 +262,15 @@ def check_model_type(config: dict, model_type: str) -> None:
         raise ValueError(f"config.json: model_type {found!r}, expected {model_type!r}")
 
 
-def text_builder_args_from_hf_config(config: dict) -> dict:
-    """The language-model arguments (shared by the Qwen2-VL and Qwen2.5-VL builders) of an HF ``config.json``.
+def text_builder_args_from_hf_config(
+    config: dict, *, default_mrope_section: tuple[int, ...] = (16, 24, 24), default_rope_theta: float = 1_000_000.0
+) -> dict:
+    """The language-model arguments (shared by the Qwen2-VL, Qwen2.5-VL and Qwen3-VL builders) of an HF
+    ``config.json``.
 
     Reads the released flat layout (text fields at the top, ``rope_scaling``) and transformers
-    5.x's nested one (``text_config`` with ``rope_parameters``).
+    5.x's nested one (``text_config`` with ``rope_parameters``). The defaults are the family's
+    transformers defaults, for a config.json that leaves them out.
 
     Raises:
         ValueError: for settings this implementation does not have (another activation,
@@ -269,8 +295,8 @@ def text_builder_args_from_hf_config(config: dict) -> dict:
         embed_dim=text["hidden_size"],
         intermediate_dim=text["intermediate_size"],
         max_seq_len=text.get("max_position_embeddings", 128_000),
-        mrope_section=tuple(rope.get("mrope_section", (16, 24, 24))),
-        rope_base=float(rope.get("rope_theta", text.get("rope_theta", 1_000_000.0))),
+        mrope_section=tuple(rope.get("mrope_section", default_mrope_section)),
+        rope_base=float(rope.get("rope_theta", text.get("rope_theta", default_rope_theta))),
         norm_eps=text.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=tie,
     )

@@ -23,7 +23,7 @@ from qwenvl_data._constants import (
     VIDEO_MAX_PIXELS,
     VIDEO_MIN_PIXELS,
 )
-from qwenvl_data.models import _model_builders, _qwen2_vl_model_builders
+from qwenvl_data.models import _model_builders, _qwen2_vl_model_builders, _qwen3_vl_model_builders
 from qwenvl_data.models._component_builders import lora_qwen2_5_vl, qwen2_5_vl
 from qwenvl_data.models._convert_weights import QWEN2_5_VL_KEY_MAP, builder_args_from_hf_config, hf_config_from_model
 from qwenvl_data.models._model import Qwen2_5_VLModel
@@ -33,6 +33,13 @@ from qwenvl_data.models._qwen2_vl_convert_weights import (
     qwen2_vl_builder_args_from_hf_config,
     qwen2_vl_hf_config_from_model,
 )
+from qwenvl_data.models._qwen3_vl_component_builders import QWEN3_VL_PATCH_SIZE, lora_qwen3_vl, qwen3_vl
+from qwenvl_data.models._qwen3_vl_convert_weights import (
+    QWEN3_VL_KEY_MAP,
+    qwen3_vl_builder_args_from_hf_config,
+    qwen3_vl_hf_config_from_model,
+)
+from qwenvl_data.models._qwen3_vl_model import Qwen3VLModel
 
 
 @dataclass(frozen=True)
@@ -132,9 +139,39 @@ QWEN2_VL = ModelFamily(
     hf_config_from_model=qwen2_vl_hf_config_from_model,
     weight_key_map=QWEN2_VL_KEY_MAP,
 )
-MODEL_FAMILIES: Mapping[str, ModelFamily] = {family.model_type: family for family in (QWEN2_VL, QWEN2_5_VL)}
+# Qwen3-VL: budgets are transformers 5.24's processor defaults (Qwen2VLImageProcessor's size for images,
+# Qwen3VLVideoProcessor's for videos); positions: each video frame is its own span, no seconds in the ids.
+QWEN3_VL = ModelFamily(
+    model_type="qwen3_vl",
+    architecture="Qwen3VLForConditionalGeneration",
+    processor_class="Qwen3VLProcessor",
+    patch_size=QWEN3_VL_PATCH_SIZE,
+    merge_size=MERGE_SIZE,
+    temporal_patch_size=TEMPORAL_PATCH_SIZE,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+    image_min_pixels=IMAGE_MIN_PIXELS,
+    image_max_pixels=IMAGE_MAX_PIXELS,
+    video_min_pixels=128 * 32 * 32,
+    video_max_pixels=768 * 32 * 32,
+    tokens_per_second=None,
+    build=qwen3_vl,
+    build_lora=lora_qwen3_vl,
+    sizes={
+        "2b": _qwen3_vl_model_builders.qwen3_vl_2b,
+        "4b": _qwen3_vl_model_builders.qwen3_vl_4b,
+        "8b": _qwen3_vl_model_builders.qwen3_vl_8b,
+        "32b": _qwen3_vl_model_builders.qwen3_vl_32b,
+    },
+    builder_args_from_hf_config=qwen3_vl_builder_args_from_hf_config,
+    hf_config_from_model=qwen3_vl_hf_config_from_model,
+    weight_key_map=QWEN3_VL_KEY_MAP,
+)
+MODEL_FAMILIES: Mapping[str, ModelFamily] = {
+    family.model_type: family for family in (QWEN2_VL, QWEN2_5_VL, QWEN3_VL)
+}
 # Recognized but not implemented yet: a clear refusal instead of a KeyError deep in the weights.
-_NOT_YET_SUPPORTED = {"qwen3_vl": "Qwen3-VL", "qwen3_vl_moe": "Qwen3-VL-MoE"}
+_NOT_YET_SUPPORTED = {"qwen3_vl_moe": "Qwen3-VL-MoE"}
 
 
 def model_family(model_type: str | None, source: str = "config.json") -> ModelFamily:
@@ -161,8 +198,10 @@ def model_family(model_type: str | None, source: str = "config.json") -> ModelFa
 
 
 def family_of_model(model: Qwen2_5_VLModel) -> ModelFamily:
-    """The family a built model belongs to, read off its vision tower (Qwen2-VL's merger normalizes
-    with LayerNorm, Qwen2.5-VL's with RMSNorm)."""
+    """The family a built model belongs to, read off its structure (Qwen3-VL: its model class; Qwen2-VL's
+    merger normalizes with LayerNorm, Qwen2.5-VL's with RMSNorm)."""
+    if isinstance(model, Qwen3VLModel):
+        return QWEN3_VL
     return QWEN2_VL if isinstance(model.visual.merger.norm, nn.LayerNorm) else QWEN2_5_VL
 
 

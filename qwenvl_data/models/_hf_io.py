@@ -1,4 +1,5 @@
-"""Read and write local HF Qwen2-VL / Qwen2.5-VL directories (``config.json`` + safetensors, single or sharded)."""
+"""Read and write local HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL directories (``config.json`` + safetensors, single or
+sharded)."""
 
 import json
 import os
@@ -59,8 +60,9 @@ def load_hf_model(
 ) -> Qwen2_5_VLModel:
     """Build the model a local HF directory describes and load its weights.
 
-    The family comes from ``config.json``'s ``model_type``: ``qwen2_vl`` (Qwen2-VL) or ``qwen2_5_vl``
-    (Qwen2.5-VL); ``qwen3_vl`` is refused as not yet supported. The model is created on the meta device
+    The family comes from ``config.json``'s ``model_type``: ``qwen2_vl`` (Qwen2-VL), ``qwen2_5_vl``
+    (Qwen2.5-VL) or ``qwen3_vl`` (Qwen3-VL, dense); ``qwen3_vl_moe`` is refused as not yet supported. The
+    model is created on the meta device
     and materialized once (QLoRA: on CPU), so a large checkpoint is not first randomly initialized.
 
     Args:
@@ -70,7 +72,8 @@ def load_hf_model(
             to get the LoRA variant, with freshly initialized adapters on the loaded base.
 
     Returns:
-        Qwen2_5_VLModel on CPU (for Qwen2-VL: with its vision tower and position rule).
+        Qwen2_5_VLModel on CPU (for Qwen2-VL: with its vision tower and position rule; for Qwen3-VL a
+        ``Qwen3VLModel``).
 
     Raises:
         ValueError: an unsupported ``model_type``, or a checkpoint that misses weights of the model or
@@ -117,8 +120,8 @@ def save_hf_model(
     source_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``model`` as a complete HF directory: what its family's transformers class
-    (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``), ``AutoProcessor``
-    and vLLM load.
+    (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+    ``Qwen3VLForConditionalGeneration``), ``AutoProcessor`` and vLLM load.
 
     LoRA/DoRA adapters are merged into the saved weights (a QLoRA base is dequantized first), so the
     weights compute what the adapted model computes. Besides the weights and ``config.json``, the
@@ -175,5 +178,5 @@ def save_hf_model(
         (out_dir / _INDEX_FILE).write_text(json.dumps(index, indent=2))
     config = family.hf_config_from_model(model, save_dtype)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    write_processor_files(out_dir, transform, source_dir, processor_class=family.processor_class)
+    write_processor_files(out_dir, transform, source_dir, family=family)
     return out_dir

@@ -1,7 +1,9 @@
-"""Qwen2.5-VL: vision features placed into the token embeddings of a torchtune ``TransformerDecoder``."""
+"""Qwen2.5-VL (and the families built as its variants): vision features placed into the token embeddings of a
+torchtune ``TransformerDecoder``."""
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -111,11 +113,12 @@ class Qwen2_5_VLModel(nn.Module):
         """
         Args:
             tokens: int64 [B, L].
-            pixel_values: float [N_img, 1176] patches of all images, in batch order.
+            pixel_values: float [N_img, 3 * 2 * patch**2] patches of all images, in batch order (1176; Qwen3-VL 1536).
             image_grid_thw: int64 [num_images, 3].
-            pixel_values_videos: float [N_vid, 1176].
+            pixel_values_videos: float [N_vid, same width].
             video_grid_thw: int64 [num_videos, 3].
-            position_ids: int64 [3, B, L] MRoPE ids; computed with ``mrope_position_ids`` when None.
+            position_ids: int64 [3, B, L] MRoPE ids; computed by the family's rule (``self.mrope_position_ids``)
+                when None.
             attention_mask: bool [B, L], True on real tokens (with KV caches: [B, cached + L] or
                 [B, cache size], covering every token seen so far).
             document_ids: int64 [B, L] for packed rows: sample index inside its row, -1 on padding;
@@ -142,26 +145,48 @@ class Qwen2_5_VLModel(nn.Module):
         check_model_inputs(tokens, position_ids, attention_mask, {"image_grid_thw": image_grid_thw,
                            "video_grid_thw": video_grid_thw}, self.visual.merge_size, past)  # fmt: skip
         embeds = self.tok_embeddings(tokens)
+        deepstack = None
         if not past or pixel_values is not None or pixel_values_videos is not None:
-            embeds = self._place_vision_features(
+            embeds, deepstack = self._place_vision_features(
                 embeds, tokens, pixel_values, image_grid_thw, pixel_values_videos, video_grid_thw
             )
         if position_ids is None:
             if past is not None:
                 raise ValueError("position_ids are required when decoding with KV caches (see next_position_ids)")
-            position_ids, _ = mrope_position_ids(
-                tokens,
-                image_grid_thw,
-                video_grid_thw,
-                second_per_grid_ts,
-                attention_mask,
-                document_ids=document_ids,
-                spatial_merge_size=self.visual.merge_size,
-                tokens_per_second=self.tokens_per_second,
+            position_ids, _ = self.mrope_position_ids(
+                tokens, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask, document_ids
             )
         if mask is None:
             mask = self._attention_mask(tokens, attention_mask, document_ids, past)
+        if deepstack is not None:  # only towers with DeepStack mergers give these (Qwen3-VL's DeepstackDecoder)
+            return self.decoder(embeds, mask=mask, input_pos=position_ids, deepstack=deepstack)
         return self.decoder(embeds, mask=mask, input_pos=position_ids)
+
+    def mrope_position_ids(
+        self,
+        tokens: torch.Tensor,
+        image_grid_thw: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MRoPE ids of a batch by this model's family's rule (what a forward pass without ``position_ids``
+        and ``generate`` without them use); arguments as for ``qwenvl_data.rope.mrope_position_ids``.
+
+        Returns:
+            (position_ids int64 [3, B, L], rope_deltas int64 [B, 1]).
+        """
+        return mrope_position_ids(
+            tokens,
+            image_grid_thw,
+            video_grid_thw,
+            second_per_grid_ts,
+            attention_mask,
+            document_ids=document_ids,
+            spatial_merge_size=self.visual.merge_size,
+            tokens_per_second=self.tokens_per_second,
+        )
 
     def _place_vision_features(
         self,
@@ -171,8 +196,13 @@ class Qwen2_5_VLModel(nn.Module):
         image_grid_thw: torch.Tensor | None,
         pixel_values_videos: torch.Tensor | None,
         video_grid_thw: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Run images and videos through the tower in one pass and write them over their pad tokens."""
+    ) -> tuple[torch.Tensor, "DeepstackFeatures | None"]:
+        """Run images and videos through the tower in one pass and write them over their pad tokens.
+
+        Returns:
+            (embeds, deepstack): the embeddings with the features in place, and the tower's DeepStack
+            features at those positions (None for towers without DeepStack, or without media).
+        """
         media = [
             ("image", IMAGE_PAD_ID, "<|image_pad|>", pixel_values, image_grid_thw),
             ("video", VIDEO_PAD_ID, "<|video_pad|>", pixel_values_videos, video_grid_thw),
@@ -202,13 +232,15 @@ class Qwen2_5_VLModel(nn.Module):
             slots.append(is_pad)
         if not patches:
             if _ranks_in_lockstep():  # another rank may run the tower now: issue the same collectives
-                return embeds + self.visual.idle_pass(embeds.device).to(embeds.dtype)
-            return embeds
-        features = self.visual(torch.cat(patches), torch.cat(grids)).to(embeds.dtype)
+                return embeds + self.visual.idle_pass(embeds.device).to(embeds.dtype), None
+            return embeds, None
+        features, deepstack = self.visual(torch.cat(patches), torch.cat(grids), with_deepstack=True)
         # Images first, then videos: the order they were concatenated in above.
         positions = torch.cat([slot.reshape(-1).nonzero().squeeze(1) for slot in slots])
-        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, positions, features)
-        return flat.view_as(embeds)
+        flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, positions, features.to(embeds.dtype))
+        if not deepstack:
+            return flat.view_as(embeds), None
+        return flat.view_as(embeds), DeepstackFeatures(positions, [f.to(embeds.dtype) for f in deepstack])
 
     def _attention_mask(
         self,
@@ -254,6 +286,25 @@ class Qwen2_5_VLModel(nn.Module):
         if not self.caches_are_enabled():
             return None
         return int(self.decoder.layers[0].attn.kv_cache.size)
+
+
+@dataclass(frozen=True)
+class DeepstackFeatures:
+    """Qwen3-VL's DeepStack input to the decoder: extra vision features added to the hidden states of
+    the vision tokens after each of the first ``len(features)`` decoder layers.
+
+    Attributes:
+        positions: int64 [N], flat indices (row * L + column) of the vision tokens in the batch.
+        features: one float [N, dim] tensor per DeepStack layer, rows in the order of ``positions``.
+    """
+
+    positions: torch.Tensor
+    features: list[torch.Tensor]
+
+    def add_to(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """``hidden`` [B, L, dim] with layer ``layer``'s features added at the vision positions (out of place)."""
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_add(0, self.positions, self.features[layer])
+        return flat.view_as(hidden)
 
 
 def _ranks_in_lockstep() -> bool:

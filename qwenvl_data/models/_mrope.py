@@ -28,9 +28,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class MultimodalRotaryEmbeddings(nn.Module):
     """MRoPE: each frequency band of a head follows one of the (temporal, height, width) position ids.
 
-    The first ``mrope_section[0]`` frequencies rotate with the temporal id, the next
-    ``mrope_section[1]`` with the height id and the last ``mrope_section[2]`` with the width id.
-    Text tokens carry three equal ids, which makes this ordinary 1-D RoPE for them.
+    Chunked (Qwen2-VL, Qwen2.5-VL): the first ``mrope_section[0]`` frequencies rotate with the temporal
+    id, the next ``mrope_section[1]`` with the height id and the last ``mrope_section[2]`` with the width
+    id. Interleaved (Qwen3-VL): frequency i follows height when i % 3 == 1 and i < 3 * mrope_section[1],
+    width when i % 3 == 2 and i < 3 * mrope_section[2], time otherwise (T H W T H W ... T T), so every
+    axis spans high and low frequencies. Text tokens carry three equal ids, which makes either ordinary
+    1-D RoPE for them.
 
     It plugs into torchtune's ``MultiHeadAttention`` as ``pos_embeddings``: the attention passes
     its ``input_pos`` through, which here is the collator's ``position_ids``. One instance is
@@ -39,8 +42,10 @@ class MultimodalRotaryEmbeddings(nn.Module):
 
     Args:
         dim: head dimension (128 for all released sizes).
-        mrope_section: frequencies per axis, summing to ``dim // 2`` (``[16, 24, 24]`` released).
-        base: RoPE theta (1e6 released).
+        mrope_section: frequencies per axis, summing to ``dim // 2`` (``[16, 24, 24]`` released;
+            Qwen3-VL ``[24, 20, 20]``).
+        base: RoPE theta (1e6 released; Qwen3-VL 5e6).
+        interleaved: the axes take turns across the frequencies (Qwen3-VL's ``mrope_interleaved``).
 
     Example:
         >>> rope = MultimodalRotaryEmbeddings(dim=8, mrope_section=[2, 1, 1])
@@ -49,20 +54,32 @@ class MultimodalRotaryEmbeddings(nn.Module):
         torch.Size([1, 5, 2, 8])
     """
 
-    def __init__(self, dim: int, mrope_section: list[int], base: float = 1_000_000.0) -> None:
+    def __init__(
+        self, dim: int, mrope_section: list[int], base: float = 1_000_000.0, *, interleaved: bool = False
+    ) -> None:
         super().__init__()
         if dim % 2 or sum(mrope_section) != dim // 2:
             raise ValueError(f"mrope_section {list(mrope_section)} must sum to head_dim // 2 = {dim // 2}")
+        if interleaved and 3 * max(mrope_section[1:]) > dim // 2:
+            raise ValueError(f"interleaved mrope_section {list(mrope_section)}: height/width take every third "
+                             f"of {dim // 2} frequencies, at most {dim // 6} each")  # fmt: skip
         self.dim = dim
         self.mrope_section = list(mrope_section)
         self.base = base
+        self.interleaved = interleaved
         self._cached: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor] | None = None
         self.rope_init()
 
     def rope_init(self) -> None:
         """(Re)build the frequency buffers; torchtune recipes call this after meta-device init."""
         inv_freq = 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim))
-        axis_of_freq = torch.tensor([axis for axis, size in enumerate(self.mrope_section) for _ in range(size)])
+        if self.interleaved:
+            freq = torch.arange(self.dim // 2)
+            axis_of_freq = torch.zeros_like(freq)
+            for axis in (1, 2):
+                axis_of_freq[(freq % 3 == axis) & (freq < 3 * self.mrope_section[axis])] = axis
+        else:
+            axis_of_freq = torch.tensor([axis for axis, size in enumerate(self.mrope_section) for _ in range(size)])
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("axis_of_freq", axis_of_freq, persistent=False)
         self._cached = None

@@ -30,6 +30,7 @@ from qwenvl_data.models._adapters import (
 from qwenvl_data.models._convert_weights import (
     QWEN2_5_VL_KEY_MAP,
     hf_module_name,
+    hf_parameter_name,
     patch_in_channels,
     peft_to_tune,
     tune_to_peft,
@@ -39,8 +40,25 @@ from qwenvl_data.models._families import family_of_model
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _LAYER_NUMBER = re.compile(r"\.\d+\.")
-# Our modules trained in full next to the adapters -> PEFT's modules_to_save name (a suffix of the 5.x path).
-_MODULES_TO_SAVE = {"visual": "visual", "visual.merger": "visual.merger"}
+
+
+def _modules_to_save_name(model: nn.Module, module: str, key_map: dict[str, str]) -> str:
+    """PEFT's ``modules_to_save`` name of one of our modules trained in full: the transformers module holding
+    all its parameters (the common path of their HF names), without the leading ``model.`` (PEFT matches a
+    suffix of the path): ``visual.merger`` -> ``visual.merger``, Qwen3-VL's ``visual.deepstack_mergers.0`` ->
+    ``visual.deepstack_merger_list.0``.
+
+    Raises:
+        ValueError: the module does not exist, has no parameters, or has no HF name.
+    """
+    try:
+        names = [f"{module}.{name}" for name, _ in model.get_submodule(module).named_parameters()]
+        paths = [hf_parameter_name(name, key_map).split(".")[:-1] for name in names]
+    except (AttributeError, KeyError) as error:
+        raise ValueError(f"module trained in full {module!r} has no PEFT modules_to_save name: {error}") from None
+    if not paths:
+        raise ValueError(f"module trained in full {module!r} has no parameters")
+    return ".".join(os.path.commonprefix(paths)).removeprefix("model.")
 
 
 def _target_modules_regex(hf_modules: Sequence[str]) -> str:
@@ -77,10 +95,8 @@ def peft_adapter_config(
     if len(settings) != 1:
         raise ValueError(f"adapter layers differ in (rank, scale, DoRA, dropout): {sorted(settings)}")
     rank, scaling, use_dora, dropout = settings.pop()
-    unknown = sorted(set(trained_modules) - set(_MODULES_TO_SAVE))
-    if unknown:
-        raise ValueError(f"modules trained in full {unknown} have no PEFT modules_to_save name "
-                         f"(known: {sorted(_MODULES_TO_SAVE)})")  # fmt: skip
+    key_map = family_of_model(model).weight_key_map
+    modules_to_save = [_modules_to_save_name(model, module, key_map) for module in trained_modules]
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -90,10 +106,8 @@ def peft_adapter_config(
         "lora_dropout": dropout,
         "use_dora": use_dora,
         "use_rslora": False,
-        "target_modules": _target_modules_regex(
-            [hf_module_name(m, family_of_model(model).weight_key_map) for m in adapted]
-        ),
-        "modules_to_save": [_MODULES_TO_SAVE[m] for m in trained_modules] or None,
+        "target_modules": _target_modules_regex([hf_module_name(m, key_map) for m in adapted]),
+        "modules_to_save": modules_to_save or None,
         "bias": "none",
         "lora_bias": False,
         "fan_in_fan_out": False,

@@ -30,7 +30,7 @@ from typing import Any
 
 from qwenvl_data._constants import ENDOFTEXT_ID, IM_END_ID, RESCALE_FACTOR
 from qwenvl_data._files import read_json
-from qwenvl_data.models._families import QWEN2_5_VL, model_family
+from qwenvl_data.models._families import QWEN2_5_VL, ModelFamily, model_family
 from qwenvl_data.transform import Qwen2_5_VLTransform
 
 GENERATION_CONFIG = "generation_config.json"
@@ -228,7 +228,7 @@ def write_processor_files(
     transform: Qwen2_5_VLTransform | None = None,
     source_dir: str | Path | None = None,
     *,
-    processor_class: str = QWEN2_5_VL.processor_class,
+    family: ModelFamily = QWEN2_5_VL,
 ) -> None:
     """Write the tokenizer, chat template, preprocessor and generation configs next to the weights.
 
@@ -236,11 +236,10 @@ def write_processor_files(
         out_dir: the HF directory being written.
         transform: the run's transform (the one that tokenized the training data). None:
             ``checkpoint_transform(source_dir)`` when it has tokenizer files, else the Qwen vocabulary of
-            ``qwenvl_data[vocab]`` with the default budgets.
+            ``qwenvl_data[vocab]`` with ``family``'s preprocessing numbers and budgets.
         source_dir: the HF checkpoint the weights came from; its generation_config.json and the
             tokenizer_config.json settings that do not change token ids are carried over.
-        processor_class: transformers' processor class of the weights' family (``ModelFamily.processor_class``),
-            written in the preprocessor configs.
+        family: the weights' family: its processor class is written in the preprocessor configs.
 
     Raises:
         FileNotFoundError: no tokenizer can be found (no transform, none in ``source_dir``, and the
@@ -249,9 +248,9 @@ def write_processor_files(
     out_dir = Path(out_dir)
     source = Path(source_dir) if source_dir is not None else None
     if transform is None:
-        transform = _transform_of(source)
+        transform = _transform_of(source, family)
     _write_tokenizer(out_dir, transform, _source_tokenizer_config(source))
-    images, videos = _preprocessor_configs(transform, processor_class)
+    images, videos = _preprocessor_configs(transform, family.processor_class)
     (out_dir / IMAGE_CONFIG).write_text(json.dumps(images, indent=2))
     (out_dir / VIDEO_CONFIG).write_text(json.dumps(videos, indent=2))
     if source is not None and (source / GENERATION_CONFIG).is_file():
@@ -264,8 +263,9 @@ def write_processor_files(
         (out_dir / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
 
 
-def _transform_of(source: Path | None) -> Qwen2_5_VLTransform:
-    """The source checkpoint's transform when it has tokenizer files, else the packaged vocabulary."""
+def _transform_of(source: Path | None, family: ModelFamily) -> Qwen2_5_VLTransform:
+    """The source checkpoint's transform when it has tokenizer files, else the packaged vocabulary with the
+    family's numbers."""
     if source is not None:
         try:
             tokenizer_files(source)
@@ -273,15 +273,18 @@ def _transform_of(source: Path | None) -> Qwen2_5_VLTransform:
             pass
         else:
             return checkpoint_transform(source)
-    return _packaged_transform()
+    return _packaged_transform(family.model_type)
 
 
 @functools.cache
-def _packaged_transform() -> Qwen2_5_VLTransform:
-    """The packaged vocabulary with the default budgets (built once: reading the BPE files takes a second)."""
+def _packaged_transform(model_type: str) -> Qwen2_5_VLTransform:
+    """The packaged vocabulary with a family's numbers and budgets (built once per family: reading the BPE
+    files takes a second)."""
     from qwenvl_data.vocab import qwen_vocab_files
 
-    return Qwen2_5_VLTransform(*qwen_vocab_files())
+    family = model_family(model_type)
+    numbers = {argument: getattr(family, attribute) for attribute, argument in _FAMILY_NUMBERS.items()}
+    return Qwen2_5_VLTransform(*qwen_vocab_files(), **numbers)
 
 
 def _source_tokenizer_config(source: Path | None) -> dict:

@@ -1,10 +1,14 @@
-"""The Qwen2.5-VL vision tower: patch embedding, window/full attention blocks, 2x2 patch merger.
+"""The Qwen-VL vision towers: patch embedding, window/full attention blocks, 2x2 patch merger; for Qwen3-VL
+also a learned (interpolated) position embedding and DeepStack mergers on intermediate blocks.
 
 Images of one batch arrive as one flat sequence of patches (``pixel_values`` [N, 1176]) plus their
 grids. Attention never spans two frames, and most layers only attend inside 112-pixel windows,
 so attention runs on those blocks alone: blocks of equal length are stacked and go through one
 SDPA call. Memory grows with the number of patches, not with its square.
 """
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +70,30 @@ def _window_keys(grid_thw: torch.Tensor, merge_size: int, window_units: int) -> 
     return torch.cat(keys)
 
 
+def patch_rows_cols(grid_thw: torch.Tensor, merge_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every patch in its frame, in the towers' sequence order.
+
+    Patches come merge-block-major (the merge_size x merge_size patches of one LM token are
+    consecutive), and every temporal patch of a video repeats its frame's layout.
+
+    Args:
+        grid_thw: int64 [num_items, 3] patch grids.
+        merge_size: patches merged per side.
+
+    Returns:
+        (rows, cols): int64 [N] each.
+    """
+    m = merge_size
+    rows, cols = [], []
+    for t, h, w in grid_thw.tolist():
+        patch = torch.arange(h * w, device=grid_thw.device)
+        unit, inside = patch // (m * m), patch % (m * m)
+        units_w = w // m
+        rows.append(((unit // units_w) * m + inside // m).repeat(t))
+        cols.append(((unit % units_w) * m + inside % m).repeat(t))
+    return torch.cat(rows), torch.cat(cols)
+
+
 class VisionRotaryEmbeddings(nn.Module):
     """2-D RoPE: the first half of each head's frequencies follow the patch row, the second the column.
 
@@ -96,20 +124,57 @@ class VisionRotaryEmbeddings(nn.Module):
         Returns:
             (cos, sin): float32 [N, head_dim] each, one row per patch in sequence order.
         """
-        m = self.merge_size
-        rows, cols = [], []
-        for t, h, w in grid_thw.tolist():
-            patch = torch.arange(h * w, device=grid_thw.device)
-            unit, inside = patch // (m * m), patch % (m * m)
-            units_w = w // m
-            rows.append(((unit // units_w) * m + inside // m).repeat(t))
-            cols.append(((unit % units_w) * m + inside % m).repeat(t))
+        rows, cols = patch_rows_cols(grid_thw, self.merge_size)
         inv_freq = self.inv_freq.to(grid_thw.device)
-        angles = torch.cat(
-            (torch.cat(rows)[:, None].float() * inv_freq, torch.cat(cols)[:, None].float() * inv_freq), dim=-1
-        )
+        angles = torch.cat((rows[:, None].float() * inv_freq, cols[:, None].float() * inv_freq), dim=-1)
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
+
+
+class InterpolatedPositionEmbedding(nn.Embedding):
+    """Qwen3-VL's learned absolute position embedding: a square side x side table, bilinearly resampled
+    (corners aligned) to each frame's patch grid and added to the patch embeddings.
+
+    Args:
+        num_embeddings: table size, a square (2304 = 48 x 48 released).
+        dim: vision hidden size.
+        merge_size: patches merged per side (fixes the patch order, see ``patch_rows_cols``).
+
+    Raises:
+        ValueError: if ``num_embeddings`` is not a square.
+    """
+
+    def __init__(self, num_embeddings: int, dim: int, merge_size: int) -> None:
+        super().__init__(num_embeddings, dim)
+        self.side = math.isqrt(num_embeddings)
+        if self.side * self.side != num_embeddings:
+            raise ValueError(f"num_position_embeddings {num_embeddings} is not a square grid")
+        self.merge_size = merge_size
+
+    def for_grids(self, grid_thw: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            grid_thw: int64 [num_items, 3] patch grids.
+
+        Returns:
+            float32 [N, dim], one row per patch in sequence order (the interpolation runs in float32).
+        """
+        rows, cols = patch_rows_cols(grid_thw, self.merge_size)
+        heights = torch.repeat_interleave(grid_thw[:, 1], grid_thw.prod(-1))
+        widths = torch.repeat_interleave(grid_thw[:, 2], grid_thw.prod(-1))
+        row_taps, row_weights = self._taps(rows, heights)
+        col_taps, col_weights = self._taps(cols, widths)
+        indices = (row_taps[:, :, None] * self.side + col_taps[:, None, :]).flatten(1)
+        weights = (row_weights[:, :, None] * col_weights[:, None, :]).flatten(1)
+        return (self(indices) * weights[:, :, None]).sum(1)
+
+    def _taps(self, index: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two table rows around each patch's position on one axis, and their linear weights [N, 2]."""
+        source = index.float() * (self.side - 1) / (size - 1).clamp(min=1)
+        below = source.floor()
+        taps = below[:, None] + torch.arange(2, device=index.device)
+        weights = (1 - (source[:, None] - taps).abs()).clamp(min=0)
+        return taps.long().clamp(max=self.side - 1), weights
 
 
 class VisionAttention(nn.Module):
@@ -215,15 +280,25 @@ class PatchMerger(nn.Module):
         out_dim: language model hidden size.
         merge_size: patches merged per side.
         norm_eps: RMSNorm epsilon.
-        norm: another family's norm (Qwen2-VL: LayerNorm); None builds Qwen2.5-VL's RMSNorm.
+        norm: another family's norm (Qwen2-VL, Qwen3-VL: LayerNorm); None builds Qwen2.5-VL's RMSNorm.
+        norm_after_shuffle: normalize the concatenated merge block (width dim * merge_size**2) instead of
+            each patch (Qwen3-VL's DeepStack mergers).
     """
 
     def __init__(
-        self, dim: int, out_dim: int, merge_size: int = 2, norm_eps: float = 1e-6, *, norm: nn.Module | None = None
+        self,
+        dim: int,
+        out_dim: int,
+        merge_size: int = 2,
+        norm_eps: float = 1e-6,
+        *,
+        norm: nn.Module | None = None,
+        norm_after_shuffle: bool = False,
     ) -> None:
         super().__init__()
         merged_dim = dim * merge_size * merge_size
         self.merged_dim = merged_dim
+        self.norm_after_shuffle = norm_after_shuffle
         self.norm = norm if norm is not None else RMSNorm(dim, eps=norm_eps)
         self.fc1 = nn.Linear(merged_dim, merged_dim, bias=True)
         self.fc2 = nn.Linear(merged_dim, out_dim, bias=True)
@@ -236,23 +311,38 @@ class PatchMerger(nn.Module):
         Returns:
             float [N / merge_size**2, out_dim].
         """
-        return self.fc2(F.gelu(self.fc1(self.norm(x).view(-1, self.merged_dim))))
+        if self.norm_after_shuffle:
+            merged = self.norm(x.view(-1, self.merged_dim))
+        else:
+            merged = self.norm(x).view(-1, self.merged_dim)
+        return self.fc2(F.gelu(self.fc1(merged)))
 
 
 class Qwen2_5_VisionTransformer(nn.Module):
-    """Vision tower: ``pixel_values`` [N, 1176] + grids -> one LM-width feature per 2x2 patches.
+    """Vision tower: ``pixel_values`` [N, C * T * P * P] + grids -> one LM-width feature per 2x2 patches.
+
+    The tower of every Qwen-VL family; Qwen3-VL's adds a learned position embedding after the patch
+    embedding and DeepStack: the outputs of chosen blocks, each through its own merger, which the
+    language model adds to its first layers' hidden states (``forward(..., with_deepstack=True)``).
 
     Args:
-        patch_embed: linear map of a flattened (3, 2, 14, 14) patch to the hidden size (the
-            released Conv3d, whose kernel equals its stride, is exactly this).
+        patch_embed: linear map of a flattened (3, 2, P, P) patch to the hidden size (the
+            released Conv3d, whose kernel equals its stride, is exactly this; with its bias in Qwen3-VL).
         layers: ``VisionBlock`` s.
         merger: ``PatchMerger``.
         rope: ``VisionRotaryEmbeddings``.
-        patch_size: spatial patch size in pixels (14).
+        patch_size: spatial patch size in pixels (14; 16 for Qwen3-VL).
         temporal_patch_size: frames per patch (2).
         merge_size: patches merged per side (2).
         window_size: attention window side in pixels (112); None for a tower without windows
-            (Qwen2-VL), whose blocks must all attend across whole frames.
+            (Qwen2-VL, Qwen3-VL), whose blocks must all attend across whole frames.
+        pos_embed: Qwen3-VL's ``InterpolatedPositionEmbedding``; None: no absolute position embedding.
+        deepstack_layers: blocks whose outputs feed ``deepstack_mergers`` (``deepstack_visual_indexes``).
+        deepstack_mergers: one ``PatchMerger`` per entry of ``deepstack_layers``.
+
+    Raises:
+        ValueError: blocks without full attention in a tower without windows, or DeepStack layers out of
+            range, repeated, or not one per merger.
     """
 
     def __init__(
@@ -266,13 +356,26 @@ class Qwen2_5_VisionTransformer(nn.Module):
         temporal_patch_size: int,
         merge_size: int,
         window_size: int | None,
+        pos_embed: InterpolatedPositionEmbedding | None = None,
+        deepstack_layers: Sequence[int] = (),
+        deepstack_mergers: nn.ModuleList | None = None,
     ) -> None:
         super().__init__()
         if window_size is None and not all(layer.full_attention for layer in layers):
             raise ValueError("a vision tower without window_size needs full attention in every block")
+        num_mergers = 0 if deepstack_mergers is None else len(deepstack_mergers)
+        bad = [i for i in deepstack_layers if not 0 <= i < len(layers)]
+        if bad or len(set(deepstack_layers)) != len(deepstack_layers) or num_mergers != len(deepstack_layers):
+            raise ValueError(
+                f"deepstack_layers {list(deepstack_layers)} must be distinct blocks of {len(layers)}, one per "
+                f"DeepStack merger ({num_mergers})"
+            )
         self.patch_embed = patch_embed
+        self.pos_embed = pos_embed
         self.layers = layers
         self.merger = merger
+        self.deepstack_layers = tuple(deepstack_layers)
+        self.deepstack_mergers = deepstack_mergers
         self.rope = rope
         self.patch_size = patch_size
         self.temporal_patch_size = temporal_patch_size
@@ -284,15 +387,26 @@ class Qwen2_5_VisionTransformer(nn.Module):
         """Indexes of the blocks attending across whole frames (``fullatt_block_indexes``)."""
         return [i for i, layer in enumerate(self.layers) if layer.full_attention]
 
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    @property
+    def merger_modules(self) -> tuple[str, ...]:
+        """Names (under the tower) of the modules that project to the language model: the merger and each
+        DeepStack merger; LoRA fine-tuning trains them in full (``train_merger``)."""
+        return ("merger", *(f"deepstack_mergers.{i}" for i in range(len(self.deepstack_layers))))
+
+    def forward(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, with_deepstack: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """
         Args:
             pixel_values: float [N, 3 * temporal_patch_size * patch_size**2] patches of all items,
                 in the order of ``grid_thw``.
             grid_thw: int64 [num_items, 3] (t, h, w) patch grid of each image or video.
+            with_deepstack: also return the DeepStack features.
 
         Returns:
-            float [N / merge_size**2, out_dim] merged features, in patch order.
+            float [N / merge_size**2, out_dim] merged features, in patch order; with ``with_deepstack``
+            (features, deepstack): deepstack holds one such tensor per DeepStack layer (an empty list for
+            towers without DeepStack).
 
         Raises:
             ValueError: if the grids do not account for exactly N patches, or a grid side is not
@@ -314,23 +428,29 @@ class Qwen2_5_VisionTransformer(nn.Module):
             window_units = self.window_size // self.merge_size // self.patch_size
             windows = AttentionBlocks(_window_keys(grid_thw, self.merge_size, window_units), cos, sin)
         h = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
-        for layer in self.layers:
+        if self.pos_embed is not None:
+            h = h + self.pos_embed.for_grids(grid_thw).to(h.dtype)
+        deepstack = []
+        for index, layer in enumerate(self.layers):
             h = layer(h, frames, windows)
-        return self.merger(h)
+            if index in self.deepstack_layers:
+                deepstack.append(self.deepstack_mergers[self.deepstack_layers.index(index)](h))
+        features = self.merger(h)
+        return (features, deepstack) if with_deepstack else features
 
     def idle_pass(self, device: torch.device) -> torch.Tensor:
         """A float32 zero computed from every tower and merger parameter, for a rank whose batch has no media.
 
         Under FSDP2 every rank must issue the same all-gathers (forward) and reduce-scatters (backward):
         a rank that skipped the tower while another ran it would desynchronize the collectives. Adding
-        this zero to the embeddings runs the tower on one frame of merge_size x merge_size zero patches
-        and gives every tower parameter a gradient of exactly zero, so the losses and summed gradients
-        are those of the ranks that did see media.
+        this zero to the embeddings runs the tower (DeepStack mergers included) on one frame of
+        merge_size x merge_size zero patches and gives every tower parameter a gradient of exactly zero,
+        so the losses and summed gradients are those of the ranks that did see media.
 
         Returns:
-            float32 scalar 0 with a graph through the tower and the merger.
+            float32 scalar 0 with a graph through the tower and every merger.
         """
         grid = torch.tensor([[1, self.merge_size, self.merge_size]], device=device)
-        patch_values = 3 * self.temporal_patch_size * self.patch_size**2
-        patches = torch.zeros(self.merge_size**2, patch_values, device=device)
-        return self(patches, grid).float().sum() * 0.0
+        patches = torch.zeros(self.merge_size**2, self.patch_embed.in_features, device=device)
+        features, deepstack = self(patches, grid, with_deepstack=True)
+        return sum((f.float().sum() for f in deepstack), features.float().sum()) * 0.0

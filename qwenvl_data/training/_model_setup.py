@@ -21,7 +21,6 @@ from qwenvl_data.training._lora import has_adapters, train_adapters_only
 from qwenvl_data.training._settings import RecipeSettings
 
 VISION_TOWER_PREFIX = "visual."
-MERGER_PREFIX = "visual.merger."
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,10 @@ def prepare_model(model: torch.nn.Module, settings: RecipeSettings, lora: bool) 
     if lora:
         train_adapters_only(model)
     freeze_tower, freeze_merger = bool(settings.freeze_vision_tower), settings.freeze_merger
+    # The merger and (Qwen3-VL) the DeepStack mergers: what projects the tower's output to the language model.
+    merger_prefixes = tuple(f"{VISION_TOWER_PREFIX}{name}." for name in model.visual.merger_modules)
     for name, param in model.named_parameters():
-        in_merger = name.startswith(MERGER_PREFIX)
+        in_merger = name.startswith(merger_prefixes)
         in_tower = name.startswith(VISION_TOWER_PREFIX) and not in_merger
         if (freeze_tower and in_tower) or (freeze_merger and in_merger):
             param.requires_grad_(False)

@@ -247,5 +247,6 @@ def test_the_numbers_preprocessor_configs_leave_out_are_the_checkpoint_familys(t
         QWEN2_VL.patch_size, QWEN2_VL.merge_size, QWEN2_VL.temporal_patch_size)  # fmt: skip
     assert (qwen2_vl.min_pixels, qwen2_vl.max_pixels) == (QWEN2_VL.image_min_pixels, QWEN2_VL.image_max_pixels)
     # A family whose numbers are not known is refused, not given Qwen2.5-VL's patches.
-    with pytest.raises(ValueError, match="model_type 'qwen3_vl' .Qwen3-VL. is not yet supported"):
-        checkpoint_transform(with_configs(tmp_path / "q3", tokenizer_dir, {"config.json": {"model_type": "qwen3_vl"}}))
+    with pytest.raises(ValueError, match="model_type 'qwen3_vl_moe' .Qwen3-VL-MoE. is not yet supported"):
+        checkpoint_transform(with_configs(tmp_path / "q3", tokenizer_dir, {"config.json": {
+            "model_type": "qwen3_vl_moe"}}))  # fmt: skip

@@ -229,8 +229,11 @@ def test_a_model_whose_adapter_cannot_be_written_is_refused_before_training():
     from qwenvl_data.models import lora_qwen2_5_vl_tiny
 
     model = lora_qwen2_5_vl_tiny(["q_proj"], lora_rank=2, lora_alpha=4)
-    model.trainable_modules = ("decoder.norm",)  # trained in full, but PEFT has no modules_to_save name for it
-    with pytest.raises(ValueError, match=r"\['decoder.norm'\] have no PEFT modules_to_save name"):
+    model.trainable_modules = ("visual.rope",)  # "trained in full", but it has no weights PEFT could save
+    with pytest.raises(ValueError, match=r"module trained in full 'visual.rope' has no parameters"):
+        train_adapters_only(model)
+    model.trainable_modules = ("visual.merger.missing",)
+    with pytest.raises(ValueError, match=r"'visual.merger.missing' has no PEFT modules_to_save name"):
         train_adapters_only(model)
 
 

@@ -176,6 +176,24 @@ def test_freeze_options_freeze_the_vision_tower_and_the_merger_separately(freeze
     assert any(p.requires_grad for p in model.decoder.parameters())
 
 
+@pytest.mark.parametrize("freeze_tower, freeze_merger", [(True, False), (False, True)])
+def test_the_merger_options_cover_qwen3_vl_deepstack_mergers(freeze_tower, freeze_merger):
+    """Qwen3-VL's DeepStack mergers project to the language model like its merger: freeze_merger, not the tower's
+    option, decides whether they train."""
+    from qwenvl_data.models import qwen3_vl_tiny
+    from qwenvl_data.training._model_setup import prepare_model
+
+    cfg = load_config("tiny_synthetic", {"freeze_vision_tower": freeze_tower, "freeze_merger": freeze_merger})
+    recipe = load_recipe("full_finetune_single_device").FullFinetuneRecipeSingleDevice(cfg)
+    model = qwen3_vl_tiny()
+    prepare_model(model, recipe.settings, lora=False)
+    mergers = {f"visual.{name}" for name, _ in model.visual.named_parameters() if "merger" in name}
+    assert any(".deepstack_mergers.1." in name for name in mergers)
+    tower = {f"visual.{name}" for name, _ in model.visual.named_parameters()} - mergers
+    expected = (tower if freeze_tower else set()) | (mergers if freeze_merger else set())
+    assert {name for name, p in model.named_parameters() if not p.requires_grad} == expected
+
+
 @pytest.mark.parametrize(
     ("overrides", "tower", "merger"),
     [
