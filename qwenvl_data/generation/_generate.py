@@ -16,6 +16,7 @@ from torchtune.modules import local_kv_cache
 
 from qwenvl_data._constants import IM_END_ID, PAD_ID
 from qwenvl_data.generation._sampling import check_sampling_options, sample_next_token
+from qwenvl_data.models._families import family_of_model
 from qwenvl_data.models._model import Qwen2_5_VLModel, project_rows
 from qwenvl_data.models._mrope import next_position_ids
 from qwenvl_data.rope import mrope_position_ids
@@ -132,7 +133,7 @@ def generate(
         batch: prompts from ``Qwen2_5_VLCollator(padding_side="left")`` (e.g. samples of
             ``Qwen2_5_VLTransform(..., inference=True)``), on the model's device: ``tokens``,
             ``attention_mask``, the vision keys, and ``position_ids``/``rope_deltas`` (computed
-            when absent). Other keys (``labels``, ...) are ignored.
+            by the model's family's rule, ``family_of_model(model).position_rule``, when absent). Other keys (``labels``, ...) are ignored.
         max_new_tokens: new tokens per row at most (torchtune's and the generate config's name).
         temperature: 0 = greedy; above 0 = sampling (see ``sample_next_token``).
         top_k: sample among the ``top_k`` most likely tokens only.
@@ -187,14 +188,16 @@ def generate(
     media = {key: batch[key] for key in _MEDIA_KEYS if batch.get(key) is not None}
     position_ids, rope_deltas = batch.get("position_ids"), batch.get("rope_deltas")
     if position_ids is None or rope_deltas is None:
+        family = family_of_model(model)  # its position rule
         position_ids, rope_deltas = mrope_position_ids(
             tokens,
             media.get("image_grid_thw"),
             media.get("video_grid_thw"),
             media.get("second_per_grid_ts"),
             attention_mask,
-            spatial_merge_size=model.visual.merge_size,
-            tokens_per_second=model.tokens_per_second,
+            spatial_merge_size=family.merge_size,
+            tokens_per_second=family.position_rule.tokens_per_second,
+            frames_apart=family.position_rule.frames_apart,
         )
     # Every generated token is text: its ids continue from the prompt's largest one, row by row.
     step_positions = next_position_ids(rope_deltas, attention_mask.sum(1, keepdim=True), max_new_tokens)

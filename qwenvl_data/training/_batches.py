@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from qwenvl_data.rope import PositionRule
 from qwenvl_data.training._data import RefillingBatches, build_dataset
 from qwenvl_data.training._packed_data import packed_batches, split_packing_options
 from qwenvl_data.training._settings import RecipeSettings
@@ -66,14 +67,14 @@ def build_batches(
     collate_fn: Any,
     settings: RecipeSettings,
     ledger: SkipLedger,
-    tokens_per_second: int | None,
+    position_rule: PositionRule,
 ) -> Batches:
     """The micro-batches of ``dataset``: packed rows when ``packed_buffer_size`` is set, else padded batches
-    (``collate_fn``); ``tokens_per_second``: the model's video position rule, for the packed rows."""
+    (``collate_fn``); ``position_rule``: the model's family's video position rule, for the packed rows."""
     if packed_buffer_size is not None:
         return packed_batches(
             dataset, transform, settings.batch_size, buffer_size=packed_buffer_size, shuffle=settings.shuffle,
-            seed=settings.seed, num_workers=settings.num_workers, ledger=ledger, tokens_per_second=tokens_per_second,
+            seed=settings.seed, num_workers=settings.num_workers, ledger=ledger, position_rule=position_rule,
         )  # fmt: skip
     return RefillingBatches(dataset, collate_fn, settings.batch_size, ledger, shuffle=settings.shuffle,
                             seed=settings.seed, num_workers=settings.num_workers)  # fmt: skip

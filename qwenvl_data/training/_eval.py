@@ -36,7 +36,7 @@ def answer_accuracy(
 
     Args:
         dataset: samples from the model transform (`tokens`, `labels` with -100 outside the answer).
-        collate_fn: batches them; a collator that leaves ``tokens_per_second`` out takes the model's rule
+        collate_fn: batches them; a collator that leaves its position rule out takes the model's
             (``collator_for_model``), one that sets another is refused.
         max_samples: evaluate only the first this many samples.
 

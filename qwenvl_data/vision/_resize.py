@@ -65,3 +65,44 @@ def resize_rgb(image: Image.Image, height: int, width: int) -> Image.Image:
     if image.size == (width, height):
         return image  # PIL would return an identical copy; the pixels are only read afterwards
     return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def clip_smart_resize(
+    num_frames: int, height: int, width: int, temporal_factor: int, factor: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """The (height, width) every frame of a clip is resized to when the pixel budget bounds the whole clip
+    (transformers 5.24's Qwen3-VL video ``smart_resize``, the same floating-point steps).
+
+    Frames thinner than ``factor`` are first scaled up (truncating) until their short side is ``factor``; the clip's
+    pixels are counted as ``round(num_frames / temporal_factor) * temporal_factor`` frames (Python ``round``)
+    of the rounded size, and scaled into [``min_pixels``, ``max_pixels``] by ``sqrt`` of the ratio over
+    ``num_frames`` frames of the original size.
+
+    Raises:
+        ValueError: fewer than ``temporal_factor`` frames, or an aspect ratio over 200 (as the reference).
+    """
+    if num_frames < temporal_factor:
+        raise ValueError(f"a clip of {num_frames} frame(s): this video rule needs at least {temporal_factor}")
+    if height < 1 or width < 1:
+        raise ValueError(f"frames of {width}x{height} pixels are empty")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    aspect_ratio = max(height, width) / min(height, width)
+    if aspect_ratio > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"frames of {width}x{height} pixels have aspect ratio {aspect_ratio:.1f}, "
+            f"more than the {MAX_ASPECT_RATIO} the model supports"
+        )
+    resized_height = round(height / factor) * factor
+    resized_width = round(width / factor) * factor
+    counted_frames = round(num_frames / temporal_factor) * temporal_factor
+    if counted_frames * resized_height * resized_width > max_pixels:
+        shrink = math.sqrt(num_frames * height * width / max_pixels)
+        resized_height = max(factor, math.floor(height / shrink / factor) * factor)
+        resized_width = max(factor, math.floor(width / shrink / factor) * factor)
+    elif counted_frames * resized_height * resized_width < min_pixels:
+        grow = math.sqrt(min_pixels / (num_frames * height * width))
+        resized_height = math.ceil(height * grow / factor) * factor
+        resized_width = math.ceil(width * grow / factor) * factor
+    return resized_height, resized_width
