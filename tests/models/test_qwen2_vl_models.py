@@ -179,9 +179,9 @@ def test_lora_adapter_is_written_for_peft_on_transformers_qwen2_vl(checkpoint, o
         assert (real(lora(**batch), batch) - real(expected, batch)).abs().max() <= TOLERANCE
 
 
-def test_qwen3_vl_and_unknown_model_types_are_refused_by_name(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_vl"}))
-    with pytest.raises(ValueError, match=r"model_type 'qwen3_vl' \(Qwen3-VL\) is not yet supported"):
+def test_qwen3_vl_moe_and_unknown_model_types_are_refused_by_name(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_vl_moe"}))
+    with pytest.raises(ValueError, match=r"model_type 'qwen3_vl_moe' \(Qwen3-VL-MoE\) is not yet supported"):
         load_hf_model(tmp_path)
     with pytest.raises(ValueError, match="'llava' is not a supported Qwen-VL family"):
         model_family("llava")
