@@ -118,7 +118,7 @@ def reference_ids(messages: list[dict], videos: list[tuple[list[int], list[int],
     """
     tokenizer = hf_qwen3_tokenizer()
     text = tokenizer.apply_chat_template(messages, chat_template=QWEN3_TEMPLATE, tokenize=False, **kwargs)
-    images = [part["image"] for m in messages if not isinstance(m["content"], str) for part in m["content"]
+    images = [part["image"] for m in messages if isinstance(m["content"], list) for part in m["content"]
               if isinstance(part, dict) and part.get("type") == "image"]  # fmt: skip
     pieces = text.split("<|image_pad|>")
     assert len(pieces) == len(images) + 1, "reference: image pads and images disagree"
