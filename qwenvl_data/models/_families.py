@@ -259,11 +259,15 @@ def family_of_model(model: nn.Module) -> ModelFamily:
 
     Raises:
         ValueError: a ``model_type`` that names no supported family.
+        TypeError: a model of neither kind (a model of your own).
     """
     model_type = getattr(model, "model_type", None)
     if isinstance(model_type, str):
         return model_family(model_type, f"{type(model).__name__}.model_type")
-    return QWEN2_VL if isinstance(model.visual.merger.norm, nn.LayerNorm) else QWEN2_5_VL
+    norm = getattr(getattr(getattr(model, "visual", None), "merger", None), "norm", None)
+    if norm is None:
+        raise TypeError(f"{type(model).__name__} is no Qwen-VL family's model (no model_type, no Qwen2/2.5-VL merger)")
+    return QWEN2_VL if isinstance(norm, nn.LayerNorm) else QWEN2_5_VL
 
 
 def model_from_hf_config(config: dict, **lora_args: object) -> Qwen2_5_VLModel:

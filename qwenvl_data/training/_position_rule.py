@@ -21,7 +21,8 @@ def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Call
     Args:
         collate_fn: ``Qwen2_5_VLCollator`` / ``Qwen2_5_VLPackedCollator`` (or a collate function of your own,
             returned unchanged: it owns its positions).
-        model: the run's model, of any family ``family_of_model`` knows.
+        model: the run's model, of any family ``family_of_model`` knows (a model of your own leaves ``collate_fn``
+            unchanged).
 
     Returns:
         ``collate_fn`` itself when it already applies the model's rule, else a copy bound to it.
@@ -31,7 +32,10 @@ def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Call
     """
     if not hasattr(collate_fn, "position_rule_set"):
         return collate_fn  # a collate function of your own: no family rule to agree on
-    family = family_of_model(model)
+    try:
+        family = family_of_model(model)
+    except TypeError:
+        return collate_fn  # a model of your own: no family rule to agree on
     if collate_fn.position_rule_set:
         if collate_fn.position_rule != family.position_rule:
             raise ValueError(

@@ -80,3 +80,8 @@ def test_collators_take_the_models_family_rule_and_refuse_another(samples):
         collator_for_model(Qwen2_5_VLCollator(tokens_per_second=2), _Qwen3Stub())
     with pytest.raises(ValueError, match="once"):
         Qwen2_5_VLCollator(tokens_per_second=2, position_rule=RULE)
+
+
+def test_a_model_of_your_own_leaves_the_collator_as_it_is():
+    collator = Qwen2_5_VLCollator(tokens_per_second=2)
+    assert collator_for_model(collator, nn.Linear(2, 2)) is collator
