@@ -94,7 +94,8 @@ def checkpoint_transform(
 
     Raises:
         FileNotFoundError: the directory has no tokenizer files.
-        ValueError: a preprocessor config that cannot be honoured (naming the file, key and value).
+        ValueError: a preprocessor config that cannot be honoured (naming the file, key and value), or a ``family``
+            override that is not the family ``config.json`` names.
 
     Example:
         >>> transform = checkpoint_transform("outputs/tiny_synthetic/hf_model", max_seq_len=2048)  # doctest: +SKIP
@@ -103,6 +104,11 @@ def checkpoint_transform(
         raise TypeError("checkpoint_transform takes one directory: model_dir (or its earlier name checkpoint_dir)")
     root = Path(model_dir if model_dir is not None else checkpoint_dir)
     settings = {**family_settings(root), **processor_settings(root)}
+    if overrides.get("family") is not None and settings.get("family", overrides["family"]) != overrides["family"]:
+        raise ValueError(
+            f"family={overrides['family']!r} was given but {root / 'config.json'} is model_type {settings['family']!r}: "
+            "the transform must be the weights' family's (leave family out to take it from the checkpoint)"
+        )
     _warn_on_other_chat_template(root, model_family(settings.get("family", QWEN2_5_VL.model_type)))
     given = {key: value for key, value in overrides.items() if value is not None or key not in settings}
     return Qwen2_5_VLTransform(*tokenizer_files(root), **{**settings, **given})

@@ -100,3 +100,10 @@ def test_weights_of_one_family_are_not_written_with_the_text_of_another(tmp_path
     transform = checkpoint_transform(qwen3_checkpoint(tmp_path / "ckpt", "flat"))
     with pytest.raises(ValueError, match="Qwen2_5_VLProcessor's but the run's transform is Qwen3VLProcessor's"):
         write_processor_files(tmp_path, transform, processor_class="Qwen2_5_VLProcessor")
+
+
+def test_a_family_given_beside_the_checkpoint_must_be_its_own(tmp_path):
+    root = qwen3_checkpoint(tmp_path / "ckpt", "flat")
+    assert checkpoint_transform(root, family="qwen3_vl").family == "qwen3_vl"
+    with pytest.raises(ValueError, match="family='qwen2_5_vl' was given but .*config.json is model_type 'qwen3_vl'"):
+        checkpoint_transform(root, family="qwen2_5_vl")

@@ -128,3 +128,16 @@ def test_add_vision_id_numbers_images_and_videos(transform):
 def test_what_the_template_would_drop_is_refused(transform, messages, match):
     with pytest.raises(InvalidConversationError, match=match):
         transform({"messages": messages})
+
+
+def test_a_video_file_is_sampled_and_timestamped_as_transformers_does(tmp_path, transform):
+    from support.media import write_video
+    from support.qwen3_reference import sampled_indices
+
+    path = write_video(tmp_path / "clip.mp4", 45, 64, 48, rate=15)
+    messages = [user({"type": "video", "video": path}, "What happens?"), {"role": "assistant", "content": "Colours."}]
+    sample = transform({"messages": messages})
+    indices = sampled_indices(45, 15.0)  # 3 s at 2 fps: 6 frames of 45
+    grid = video_grid(len(indices), 48, 64)
+    assert sample["video_grid_thw"].tolist() == [grid]
+    assert sample["tokens"] == reference_ids(messages, videos=[(grid, indices, 15.0)])
