@@ -32,9 +32,11 @@ _MEDIA = {
 
 
 class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's name)
-    """Turn ``{"messages": [...]}`` into Qwen2.5-VL's ``tokens``, ``mask``, ``labels`` and pixel inputs.
+    """Turn ``{"messages": [...]}`` into a Qwen-VL family's ``tokens``, ``mask``, ``labels`` and pixel inputs
+    (Qwen2.5-VL's by default; ``family`` picks another, the class name stays).
 
-    Token ids equal transformers' Qwen2.5-VL processor output (official chat template, expanded pads).
+    Token ids equal transformers' processor output for the family (official chat template, expanded pads; for
+    Qwen3-VL's videos, see the module docstring).
     Labels train the assistant's content and its closing ``<|im_end|>``; the rest is ``IGNORE_INDEX``
     (-100). Image/video pad tokens are never trained. The ``\n`` after ``<|im_end|>`` is not trained by
     default: it belongs to the template's separator, and generation stops at ``<|im_end|>``. Qwen's own
