@@ -18,7 +18,7 @@ import av
 from PIL import Image
 
 from qwenvl_data.vision._resize import resize_rgb
-from qwenvl_data.vision._video_sampling import FRAME_COUNTS, frame_window, pick_frames
+from qwenvl_data.vision._video_sampling import frame_count, frame_window, pick_frames
 from qwenvl_data.errors import ImageLoadError
 from qwenvl_data.video import VideoOptions
 
@@ -153,13 +153,14 @@ def _read_kept(
     try:
         first, last = frame_window(times, options.video_start, options.video_end, duration)
         window_frames = last - first + 1
-        count = FRAME_COUNTS[sampling](
+        count = frame_count(
             window_frames,
             float(index.average_rate),
             fps=options.fps,
             nframes=options.nframes,
             min_frames=options.min_frames,
             max_frames=options.max_frames,
+            sampling=sampling,
         )
     except ValueError as error:
         raise ImageLoadError(f"video file {name}: {error}") from error
