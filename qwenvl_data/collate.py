@@ -275,7 +275,8 @@ def padded_collate_qwen2_5_vl(
     labels = None
     if samples[0].labels is not None:
         labels = pad_rows([s.labels for s in samples], length, IGNORE_INDEX, padding_side)
-    return assemble_batch(samples, tokens, labels, attention_mask, position_rule=rule_of(tokens_per_second, position_rule))
+    rule = rule_of(tokens_per_second, position_rule)
+    return assemble_batch(samples, tokens, labels, attention_mask, position_rule=rule)
 
 
 def assemble_batch(

@@ -128,7 +128,8 @@ class Qwen2_5_VLImageTransform:
         """Returns ``sample`` with, for an ``"image"``, ``pixel_values`` [N, 1176] and ``image_grid_thw``
         int64 [1, 3]; for a ``"video"``, ``pixel_values_videos`` [N, 1176], ``video_grid_thw`` int64 [1, 3] and
         ``second_per_grid_ts`` float32 [1], and under a ``video_rule`` with timestamps ``video_timestamps``
-        (list[float], seconds of each temporal patch, for the text). Options beside the image (``ImageOptions`` keys) or the video
+        (list[float], seconds of each temporal patch, for the text). Options beside the image (``ImageOptions``
+        keys) or the video
         (``VideoOptions`` keys: ``"fps"``, ``"max_frames"``, ...) apply to it; a key is set when its value is not
         None. A sample holding both an image and a video cannot say whose ``min_pixels``/``max_pixels`` it sets:
         give each its own sample.

@@ -140,7 +140,8 @@ class RecordInspector:
                 report.tokens = self._untruncated_length(dict(sample))  # it may have been cut to fit
             grids = out.get("image_grid_thw")
             if grids is not None:
-                report.sizes_after = [(int(w) * self.patch_size, int(h) * self.patch_size) for _, h, w in grids.tolist()]
+                side = self.patch_size
+                report.sizes_after = [(int(w) * side, int(h) * side) for _, h, w in grids.tolist()]
         except UnreadFieldError as err:
             report.cause, report.error, report.unread_fields = err.cause, str(err), err.fields
         except SampleError as err:

@@ -187,7 +187,8 @@ def collator_position_rule(
         )
     if position_rule is not MODEL_RULE:
         if not isinstance(position_rule, PositionRule):
-            raise TypeError(f"position_rule must be a qwenvl_data.rope.PositionRule, got {type(position_rule).__name__}")
+            kind = type(position_rule).__name__
+            raise TypeError(f"position_rule must be a PositionRule (qwenvl_data.rope), not {kind}")
         return position_rule, True
     if tokens_per_second is not MODEL_RULE:
         return PositionRule(tokens_per_second), True

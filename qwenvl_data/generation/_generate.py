@@ -133,7 +133,8 @@ def generate(
         batch: prompts from ``Qwen2_5_VLCollator(padding_side="left")`` (e.g. samples of
             ``Qwen2_5_VLTransform(..., inference=True)``), on the model's device: ``tokens``,
             ``attention_mask``, the vision keys, and ``position_ids``/``rope_deltas`` (computed
-            by the model's family's rule, ``family_of_model(model).position_rule``, when absent). Other keys (``labels``, ...) are ignored.
+            by the model's family's rule, ``family_of_model(model).position_rule``, when absent). Other keys
+            (``labels``, ...) are ignored.
         max_new_tokens: new tokens per row at most (torchtune's and the generate config's name).
         temperature: 0 = greedy; above 0 = sampling (see ``sample_next_token``).
         top_k: sample among the ``top_k`` most likely tokens only.

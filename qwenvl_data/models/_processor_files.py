@@ -106,7 +106,8 @@ def checkpoint_transform(
     settings = {**family_settings(root), **processor_settings(root)}
     if overrides.get("family") is not None and settings.get("family", overrides["family"]) != overrides["family"]:
         raise ValueError(
-            f"family={overrides['family']!r} was given but {root / 'config.json'} is model_type {settings['family']!r}: "
+            f"family={overrides['family']!r} was given but {root / 'config.json'} is model_type "
+            f"{settings['family']!r}: "
             "the transform must be the weights' family's (leave family out to take it from the checkpoint)"
         )
     _warn_on_other_chat_template(root, model_family(settings.get("family", QWEN2_5_VL.model_type)))

@@ -165,7 +165,8 @@ def render_chat(
 def _append_content(
     chat: RenderedChat, message: Message, trained: bool, counts: dict, add_vision_id: bool, template: ChatTemplate
 ) -> None:
-    """A message's parts: text as is, the tools block, each image / video as its vision span (``counts`` numbers them)."""
+    """A message's parts: text as is, the tools block, each image / video as its vision span(s) (``counts`` numbers
+    them)."""
     for part in message.content:
         if part["type"] == "text":
             chat.append(part["content"], trained)
@@ -173,8 +174,8 @@ def _append_content(
         if part["type"] == "tools":
             # The system prompt (the message's own text, or the template's default) and the block, "\n\n" apart.
             prompt = "" if part["with_system"] else template.default_system_prompt
-            chat.append(tools_block(part["content"]) if prompt is None else f"{prompt}\n\n{tools_block(part['content'])}",
-                        trained)  # fmt: skip
+            block = tools_block(part["content"])
+            chat.append(block if prompt is None else f"{prompt}\n\n{block}", trained)
             continue
         counts[part["type"]] += 1
         if add_vision_id:

@@ -4,8 +4,9 @@ Source: ``qwen_vl_utils/vision_process.py`` (qwen-vl-utils 0.0.11, the preproces
 Qwen2.5-VL models): ``calculate_video_frame_range`` (the ``video_start``/``video_end`` window),
 ``smart_nframes`` (how many frames), ``torch.linspace(start, end, n).round()`` (which ones) and the
 ``total_pixels`` rule of ``fetch_video`` (how large); for Qwen3-VL, transformers 5.24's
-``Qwen3VLVideoProcessor.sample_frames`` count (``frame_count(..., sampling="transformers")``). Times are exact fractions of the stream's time base,
-so a 30000/1001 fps clip picks the same frames as the integer-index rule would.
+``Qwen3VLVideoProcessor.sample_frames`` count (``frame_count(..., sampling="transformers")``). Times are exact
+fractions of the stream's time base, so a 30000/1001 fps clip picks the same frames as the integer-index rule
+would.
 """
 
 import math

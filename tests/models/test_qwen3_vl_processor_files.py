@@ -84,7 +84,8 @@ def test_written_files_are_the_qwen3_vl_layout_transformers_loads(tmp_path):
     # transformers reads them back: the tokenizer gives the same ids, the image processor the same pixels.
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     text = hf_qwen3_tokenizer().apply_chat_template(MESSAGES, chat_template=QWEN3_TEMPLATE, tokenize=False)
-    assert tokenizer.encode(text, add_special_tokens=False) == hf_qwen3_tokenizer().encode(text, add_special_tokens=False)
+    reference = hf_qwen3_tokenizer().encode(text, add_special_tokens=False)
+    assert tokenizer.encode(text, add_special_tokens=False) == reference
     assert tokenizer.apply_chat_template(MESSAGES, tokenize=False) == text  # the written template is the official one
     pixels = Qwen2VLImageProcessorPil.from_pretrained(str(out))(images=photo(300, 200, seed=1), return_tensors="pt")
     assert torch.equal(transform.image_transform.encode_image(photo(300, 200, seed=1))[0], pixels["pixel_values"])

@@ -92,7 +92,8 @@ def sampled_indices(total_frames: int, fps: float, **options) -> list[int]:
 def _processor_namespace() -> SimpleNamespace:
     """What ``Qwen3VLProcessor.replace_*_token`` read off the processor."""
     ns = SimpleNamespace(
-        image_processor=SimpleNamespace(merge_size=2), video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
+        image_processor=SimpleNamespace(merge_size=2),
+        video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
         image_token="<|image_pad|>", video_token="<|video_pad|>", vision_start_token="<|vision_start|>",
         vision_end_token="<|vision_end|>",
     )  # fmt: skip
