@@ -7,7 +7,7 @@ import json
 
 import pytest
 from support.media import photo, video_frames
-from support.qwen3_reference import qwen3_tokenizer_dir, reference_ids, video_grid
+from support.qwen3_reference import QWEN3_TEMPLATE, qwen3_tokenizer_dir, reference_ids, video_grid
 
 from qwenvl_data._constants import IGNORE_INDEX
 from qwenvl_data.errors import InvalidConversationError
@@ -141,3 +141,21 @@ def test_a_video_file_is_sampled_and_timestamped_as_transformers_does(tmp_path, 
     grid = video_grid(len(indices), 48, 64)
     assert sample["video_grid_thw"].tolist() == [grid]
     assert sample["tokens"] == reference_ids(messages, videos=[(grid, indices, 15.0)])
+
+
+def test_transformers_5_wraps_the_timestamped_spans_in_the_templates_own_span_and_we_do_not(transform):
+    """The documented departure: 5.24 replaces the <|video_pad|> alone (ProcessorMixin.get_text_with_replacements)."""
+    from types import SimpleNamespace
+
+    from support.qwen3_reference import hf_qwen3_tokenizer, video_text
+    from transformers.processing_utils import ProcessorMixin
+
+    frames = video_frames(2, 64, 64, seed=9)
+    messages = [user({"type": "video", "video": frames}, "?"), {"role": "assistant", "content": "A."}]
+    template_text = hf_qwen3_tokenizer().apply_chat_template(messages, chat_template=QWEN3_TEMPLATE, tokenize=False)
+    spans = video_text(video_grid(2, 64, 64), [0, 1], 2.0)
+    processor = SimpleNamespace(image_token="<|image_pad|>", video_token="<|video_pad|>", audio_token=None,
+                                all_special_multimodal_tokens=["<|image_pad|>", "<|video_pad|>"])  # fmt: skip
+    (by_5_24,), _ = ProcessorMixin.get_text_with_replacements(processor, [template_text], [], [spans])
+    ours = transform.decode(transform({"messages": messages})["tokens"])
+    assert by_5_24 == ours.replace(spans, f"<|vision_start|>{spans}<|vision_end|>")
