@@ -91,7 +91,8 @@ def decode_all(path: str, nframes: int | None, keep_all: bool = True) -> tuple[l
 def ours(path: str, nframes: int | None) -> tuple[list, float]:
     from qwenvl_data.vision._video_file import read_video_file
 
-    return read_video_file(path, options(nframes), frame_size(nframes))
+    frames, fps, _ = read_video_file(path, options(nframes), frame_size(nframes))
+    return frames, fps
 
 
 def peak_rss_mib() -> float:

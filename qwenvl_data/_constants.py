@@ -9,10 +9,11 @@ TEMPORAL_PATCH_SIZE: Final = 2
 PATCH_DIM: Final = 3 * TEMPORAL_PATCH_SIZE * PATCH_SIZE * PATCH_SIZE  # 1176 values per patch
 IMAGE_MIN_PIXELS: Final = 56 * 56  # 3136
 IMAGE_MAX_PIXELS: Final = 28 * 28 * 1280  # 1003520
-# qwen-vl-utils' image bounds (MIN_PIXELS, MAX_PIXELS): what an image part's explicit resized_height x resized_width
-# is fitted into (its fetch_image ignores the part's min_pixels/max_pixels then).
-RESIZED_IMAGE_MIN_PIXELS: Final = 4 * 28 * 28  # 3136
-RESIZED_IMAGE_MAX_PIXELS: Final = 16384 * 28 * 28  # 12845056
+# qwen-vl-utils' image bounds in merged tokens (IMAGE_MIN_TOKEN_NUM, IMAGE_MAX_TOKEN_NUM; x factor**2 pixels: 3136 and
+# 12845056 at Qwen2.5-VL's factor 28): what an image part's explicit resized_height x resized_width is fitted into
+# (its fetch_image ignores the part's min_pixels/max_pixels then).
+RESIZED_IMAGE_MIN_TOKENS: Final = 4
+RESIZED_IMAGE_MAX_TOKENS: Final = 16384
 VIDEO_MIN_PIXELS: Final = 128 * 28 * 28  # 100352
 VIDEO_MAX_PIXELS: Final = 768 * 28 * 28  # 602112
 VIDEO_FPS: Final = 2.0

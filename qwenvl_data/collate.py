@@ -15,9 +15,9 @@ import torch
 
 from qwenvl_data._input_checks import grid_problem
 from qwenvl_data.vision._concat import concat_rows
-from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, TOKENS_PER_SECOND, VIDEO_PAD_ID
+from qwenvl_data._constants import IGNORE_INDEX, IMAGE_PAD_ID, MERGE_SIZE, PAD_ID, VIDEO_PAD_ID
 from qwenvl_data.errors import PlaceholderMismatchError, SampleError, SampleTooLongError, sample_name
-from qwenvl_data.rope import MODEL_RULE, collator_position_rule, mrope_position_ids
+from qwenvl_data.rope import MODEL_RULE, PositionRule, collator_position_rule, mrope_position_ids, rule_of
 
 __all__ = ["Qwen2_5_VLCollator", "padded_collate_qwen2_5_vl"]
 
@@ -215,7 +215,9 @@ def padded_collate_qwen2_5_vl(
     padding_side: str = "right",
     pad_to_multiple_of: int | None = None,
     max_seq_len: int | None = None,
-    tokens_per_second: int | None = TOKENS_PER_SECOND,
+    tokens_per_second: int | None = MODEL_RULE,
+    *,
+    position_rule: PositionRule | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pad a list of tokenized samples into one batch with MRoPE position ids.
 
@@ -226,8 +228,9 @@ def padded_collate_qwen2_5_vl(
         pad_to_multiple_of: round the padded length up to a multiple of this.
         max_seq_len: pad every batch to exactly this length (fixed shapes); a longer sample
             raises SampleTooLongError, nothing is truncated.
-        tokens_per_second: the family's position rule for videos (``mrope_position_ids``): 2 for
-            Qwen2.5-VL, None for Qwen2-VL (temporal ids not scaled by time).
+        tokens_per_second: the earlier spelling of ``position_rule``: ``PositionRule(tokens_per_second)``.
+        position_rule: the family's position rule for videos (``ModelFamily.position_rule``); default
+            Qwen2.5-VL's (``PositionRule()``: 2 temporal ids per second).
 
     Returns:
         A dict with
@@ -272,7 +275,8 @@ def padded_collate_qwen2_5_vl(
     labels = None
     if samples[0].labels is not None:
         labels = pad_rows([s.labels for s in samples], length, IGNORE_INDEX, padding_side)
-    return assemble_batch(samples, tokens, labels, attention_mask, tokens_per_second=tokens_per_second)
+    rule = rule_of(tokens_per_second, position_rule)
+    return assemble_batch(samples, tokens, labels, attention_mask, position_rule=rule)
 
 
 def assemble_batch(
@@ -282,7 +286,7 @@ def assemble_batch(
     attention_mask: torch.Tensor,
     document_ids: torch.Tensor | None = None,
     *,
-    tokens_per_second: int | None = TOKENS_PER_SECOND,
+    position_rule: PositionRule = PositionRule(),
 ) -> dict[str, torch.Tensor]:
     """The batch dict from padded rows: adds MRoPE positions and the samples' vision inputs.
 
@@ -291,7 +295,7 @@ def assemble_batch(
         tokens, labels: int64 [B, L]; labels may be None.
         attention_mask: bool [B, L].
         document_ids: int64 [B, L] for packed rows (positions restart per sample), else None.
-        tokens_per_second: the family's position rule (see ``mrope_position_ids``).
+        position_rule: the family's video position rule (``ModelFamily.position_rule``).
     """
     media = concat_media(samples)
     out = {"tokens": tokens}
@@ -305,7 +309,8 @@ def assemble_batch(
         media.get("second_per_grid_ts"),
         attention_mask,
         document_ids=document_ids,
-        tokens_per_second=tokens_per_second,
+        tokens_per_second=position_rule.tokens_per_second,
+        frames_apart=position_rule.frames_apart,
     )
     out.update(media)
     return out
@@ -320,7 +325,8 @@ class Qwen2_5_VLCollator:
         padding_side: "right" (training) or "left" (generation).
         pad_to_multiple_of: round the padded length up to a multiple of this.
         max_seq_len: pad every batch to exactly this length; longer samples are an error.
-        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL). Leave it out
+        tokens_per_second: the earlier spelling of ``position_rule``: 2 (Qwen2.5-VL), None (Qwen2-VL).
+        position_rule: the family's video position rule (``qwenvl_data.rope.PositionRule``). Leave both out
             (``MODEL_RULE``) and the recipes take it from the model's family; set, it must agree with the model.
             Unbound and unset, Qwen2.5-VL's rule applies.
     """
@@ -331,15 +337,21 @@ class Qwen2_5_VLCollator:
         pad_to_multiple_of: int | None = None,
         max_seq_len: int | None = None,
         tokens_per_second: int | None = MODEL_RULE,
+        position_rule: PositionRule = MODEL_RULE,
     ) -> None:
         _check_options(padding_side, pad_to_multiple_of, max_seq_len)
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
         self.max_seq_len = max_seq_len
-        self.tokens_per_second, self.tokens_per_second_set = collator_position_rule(tokens_per_second)
+        self.position_rule, self.position_rule_set = collator_position_rule(tokens_per_second, position_rule)
+
+    @property
+    def tokens_per_second(self) -> int | None:
+        """The rule's ``tokens_per_second`` (the earlier name of the setting)."""
+        return self.position_rule.tokens_per_second
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``padded_collate_qwen2_5_vl``."""
         return padded_collate_qwen2_5_vl(
-            batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len, self.tokens_per_second
+            batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len, position_rule=self.position_rule
         )

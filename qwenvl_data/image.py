@@ -29,16 +29,18 @@ from qwenvl_data.vision._image_io import ImageSource, load_image, to_rgb
 from qwenvl_data.vision._media_options import ImageOptions, held_options
 from qwenvl_data.vision._media_refs import media_file, shown
 from qwenvl_data.vision._patchify import OUTPUT_DTYPES, patchify
-from qwenvl_data.vision._resize import resize_rgb, smart_resize
+from qwenvl_data.vision._resize import clip_smart_resize, resize_rgb, smart_resize
 from qwenvl_data.vision._video_file import read_video_file
 from qwenvl_data.vision._video_sampling import frame_max_pixels
 from qwenvl_data.errors import ImageLoadError, SampleError
 from qwenvl_data.video import (
     FILE_ONLY_OPTIONS,
     VideoOptions,
+    VideoRule,
     VideoSource,
     is_video_file,
     pad_to_temporal_patches,
+    patch_timestamps,
     video_frames,
 )
 
@@ -71,6 +73,8 @@ class Qwen2_5_VLImageTransform:
         image_std (Sequence[float]): per-channel std.
         dtype (torch.dtype): dtype of ``pixel_values``/``pixel_values_videos``; bfloat16 equals the float32
             result cast to bfloat16.
+        video_rule (VideoRule): how video files are sampled, frames sized and videos written in the text (the
+            family's, ``ModelFamily.video_rule``); default Qwen2/2.5-VL's (qwen-vl-utils).
 
     Example:
         >>> transform = Qwen2_5_VLImageTransform()
@@ -95,11 +99,15 @@ class Qwen2_5_VLImageTransform:
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
         dtype: torch.dtype = torch.float32,
+        video_rule: VideoRule = VideoRule(),
     ) -> None:
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels} and {max_pixels}")
         if dtype not in OUTPUT_DTYPES:
             raise ValueError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype}")
+        if video_rule.clip_budget and video_total_pixels is not None:
+            raise ValueError("video_total_pixels is qwen-vl-utils' per-frame rule; with video_rule.clip_budget, "
+                             "video_max_pixels bounds the clip: pass video_total_pixels=None")  # fmt: skip
         self.patch_size = patch_size
         self.merge_size = merge_size
         self.temporal_patch_size = temporal_patch_size
@@ -114,11 +122,14 @@ class Qwen2_5_VLImageTransform:
         )
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.dtype = dtype
+        self.video_rule = video_rule
 
     def __call__(self, sample: dict) -> dict:
         """Returns ``sample`` with, for an ``"image"``, ``pixel_values`` [N, 1176] and ``image_grid_thw``
         int64 [1, 3]; for a ``"video"``, ``pixel_values_videos`` [N, 1176], ``video_grid_thw`` int64 [1, 3] and
-        ``second_per_grid_ts`` float32 [1]. Options beside the image (``ImageOptions`` keys) or the video
+        ``second_per_grid_ts`` float32 [1], and under a ``video_rule`` with timestamps ``video_timestamps``
+        (list[float], seconds of each temporal patch, for the text). Options beside the image (``ImageOptions``
+        keys) or the video
         (``VideoOptions`` keys: ``"fps"``, ``"max_frames"``, ...) apply to it; a key is set when its value is not
         None. A sample holding both an image and a video cannot say whose ``min_pixels``/``max_pixels`` it sets:
         give each its own sample.
@@ -141,8 +152,10 @@ class Qwen2_5_VLImageTransform:
         if image is not None:
             sample["pixel_values"], sample["image_grid_thw"] = self.encode_image(image, **held_options(sample, "image"))
         if video is not None:
-            encoded = self.encode_video(video, **held_options(sample, "video"))
+            *encoded, timestamps = self._encode_video(video, **held_options(sample, "video"))
             sample["pixel_values_videos"], sample["video_grid_thw"], sample["second_per_grid_ts"] = encoded
+            if self.video_rule.timestamps:
+                sample["video_timestamps"] = timestamps
         return sample
 
     def encode_image(self, image: ImageSource | torch.Tensor, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,14 +216,28 @@ class Qwen2_5_VLImageTransform:
             N = T' * H * W, and ``second_per_grid_ts`` float32 [1] = temporal_patch_size / fps, with the fps
             actually sampled for a file.
 
+        Under a ``video_rule`` with ``clip_budget`` the pixel budget bounds the whole clip (``clip_smart_resize``
+        of the kept frames), and ``total_pixels`` is refused. Frames given as a list or tensor are used as given,
+        taken at ``fps`` (the part's, else ``video_fps``): frame ``i`` is at ``i / fps`` seconds, which is what
+        Qwen3-VL's timestamps are made of (transformers would sample them again, assuming 24 fps).
+
         Raises:
             ImageLoadError: a file that cannot be read or whose window lies outside it, or bad frames.
             SampleError: an unknown or out-of-range option, or a frame-choosing option on frames.
         """
+        return self._encode_video(video, fps, **options)[:3]
+
+    def _encode_video(
+        self, video: VideoSource, fps: float | None = None, **options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+        """``encode_video``'s outputs and the seconds of each temporal patch (``patch_timestamps``)."""
         try:
             chosen = self.video_options.updated({"fps": fps, **options})
         except ValueError as error:
             raise SampleError(str(error)) from error
+        if self.video_rule.clip_budget and "total_pixels" in options and options["total_pixels"] is not None:
+            raise SampleError("video option total_pixels is qwen-vl-utils' per-frame rule; under this model's video "
+                              "rule max_pixels bounds the whole clip already")  # fmt: skip
         if is_video_file(video):
             if isinstance(video, bytes):
                 name = f"video ({len(video)} bytes)"
@@ -223,22 +250,31 @@ class Qwen2_5_VLImageTransform:
                 # output's pixels, not the file's.
                 return self._video_frame_size(count, height, width, chosen, name)
 
-            frames, fps = read_video_file(video, chosen, frame_size)
+            frames, fps, times = read_video_file(video, chosen, frame_size, sampling=self.video_rule.sampling)
             size = frames[0].height, frames[0].width  # resized already (smart_resize is not idempotent)
         else:
             misplaced = [key for key in FILE_ONLY_OPTIONS if getattr(chosen, key) is not None]
             if misplaced:
                 raise SampleError(f"video options {misplaced} choose frames of a video file; this video is given as frames")
             frames, fps = video_frames(video), chosen.fps
+            times = [index / fps for index in range(len(frames))]
             size = self._video_frame_size(len(frames), frames[0].height, frames[0].width, chosen, "video")
         pixel_values, grid_thw = self._encode(pad_to_temporal_patches(frames, self.temporal_patch_size), size)
         second_per_grid_ts = torch.tensor([self.temporal_patch_size / fps], dtype=torch.float32)
-        return pixel_values, grid_thw, second_per_grid_ts
+        return pixel_values, grid_thw, second_per_grid_ts, patch_timestamps(times, self.temporal_patch_size)
 
     def _video_frame_size(
         self, count: int, height: int, width: int, options: VideoOptions, name: str
     ) -> tuple[int, int]:
-        """Size of every frame of a clip of ``count`` frames (padded to whole temporal patches)."""
+        """Size of every frame of a clip of ``count`` frames: by the clip budget (``VideoRule.clip_budget``), or
+        by the per-frame one lowered by ``total_pixels`` over the frames padded to whole temporal patches."""
+        if self.video_rule.clip_budget:
+            factor = self.patch_size * self.merge_size
+            try:
+                return clip_smart_resize(count, height, width, self.temporal_patch_size, factor, options.min_pixels,
+                                         options.max_pixels)  # fmt: skip
+            except ValueError as error:
+                raise ImageLoadError(f"{name}: {error}") from error
         padded = count + -count % self.temporal_patch_size
         max_pixels = frame_max_pixels(padded, options.min_pixels, options.max_pixels, options.total_pixels)
         return self._frame_size(height, width, options.min_pixels, max_pixels, name)

@@ -98,6 +98,9 @@ class RecordInspector:
         self.source = getattr(dataset, "source", None)  # map-style: workers read their records by index
         self.origin = self.source if self.source is not None else ShardOrigins(dataset.shards)
         self.max_seq_len = getattr(self.processor.model_transform, "max_seq_len", None)
+        # Pixels per grid cell: the family's patch side (a transform of your own: Qwen2.5-VL's).
+        self.patch_size = getattr(getattr(self.processor.model_transform, "image_transform", None), "patch_size",
+                                  PATCH_SIZE)  # fmt: skip
         self._unlimited = None
 
     def _untruncated_length(self, sample: dict) -> int:
@@ -140,7 +143,8 @@ class RecordInspector:
                 report.tokens = self._untruncated_length(dict(sample))  # it may have been cut to fit
             grids = out.get("image_grid_thw")
             if grids is not None:
-                report.sizes_after = [(int(w) * PATCH_SIZE, int(h) * PATCH_SIZE) for _, h, w in grids.tolist()]
+                side = self.patch_size
+                report.sizes_after = [(int(w) * side, int(h) * side) for _, h, w in grids.tolist()]
         except UnreadFieldError as err:
             report.cause, report.error, report.unread_fields = err.cause, str(err), err.fields
         except SampleError as err:

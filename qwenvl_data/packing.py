@@ -9,10 +9,10 @@ let a token attend only to earlier tokens of its own sample.
 
 import torch
 
-from qwenvl_data._constants import IGNORE_INDEX, PAD_ID, TOKENS_PER_SECOND
+from qwenvl_data._constants import IGNORE_INDEX, PAD_ID
 from qwenvl_data.collate import CheckedSample, assemble_batch, check_fits, check_samples, pad_rows
 from qwenvl_data.errors import SampleError
-from qwenvl_data.rope import MODEL_RULE, collator_position_rule
+from qwenvl_data.rope import MODEL_RULE, PositionRule, collator_position_rule, rule_of
 
 __all__ = [
     "Qwen2_5_VLPackedCollator",
@@ -51,7 +51,11 @@ def first_fit_rows(lengths: list[int], max_seq_len: int) -> list[list[int]]:
 
 
 def packed_collate_qwen2_5_vl(
-    batch: list[dict | None], max_seq_len: int, tokens_per_second: int | None = TOKENS_PER_SECOND
+    batch: list[dict | None],
+    max_seq_len: int,
+    tokens_per_second: int | None = MODEL_RULE,
+    *,
+    position_rule: PositionRule | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pack tokenized samples into rows of exactly ``max_seq_len`` tokens, never splitting a sample.
 
@@ -60,7 +64,7 @@ def packed_collate_qwen2_5_vl(
     Args:
         batch: samples from the text transform; ``None`` entries are dropped.
         max_seq_len: row length; a longer sample raises SampleTooLongError.
-        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL).
+        tokens_per_second, position_rule: the family's video position rule, as for ``padded_collate_qwen2_5_vl``.
 
     Returns:
         The keys of ``padded_collate_qwen2_5_vl`` (right padding, L = max_seq_len; each sample's first
@@ -74,18 +78,23 @@ def packed_collate_qwen2_5_vl(
     samples = check_samples(batch)
     check_fits(samples, max_seq_len)
     rows = first_fit_rows([s.tokens.numel() for s in samples], max_seq_len)
-    return _assemble_rows([[samples[i] for i in row] for row in rows], max_seq_len, tokens_per_second)
+    rule = rule_of(tokens_per_second, position_rule)
+    return _assemble_rows([[samples[i] for i in row] for row in rows], max_seq_len, rule)
 
 
 def collate_packed_rows(
-    rows: list[list[dict]], max_seq_len: int, tokens_per_second: int | None = TOKENS_PER_SECOND
+    rows: list[list[dict]],
+    max_seq_len: int,
+    tokens_per_second: int | None = MODEL_RULE,
+    *,
+    position_rule: PositionRule | None = None,
 ) -> dict[str, torch.Tensor]:
     """Collate rows whose samples were already chosen (by ``SamplePacker``), one output row per row.
 
     Args:
         rows: per row, its samples in order; each row's tokens must fit in ``max_seq_len``.
         max_seq_len: row length.
-        tokens_per_second: the family's video position rule (see ``packed_collate_qwen2_5_vl``).
+        tokens_per_second, position_rule: the family's video position rule (see ``packed_collate_qwen2_5_vl``).
 
     Returns:
         The keys of ``packed_collate_qwen2_5_vl``, with B = ``len(rows)``.
@@ -103,11 +112,11 @@ def collate_packed_rows(
         total = sum(s.tokens.numel() for s in packed[-1])
         if total > max_seq_len:
             raise SampleError(f"a packed row of {[s.name for s in packed[-1]]} holds {total} > {max_seq_len} tokens")
-    return _assemble_rows(packed, max_seq_len, tokens_per_second)
+    return _assemble_rows(packed, max_seq_len, rule_of(tokens_per_second, position_rule))
 
 
 def _assemble_rows(
-    packed: list[list[CheckedSample]], max_seq_len: int, tokens_per_second: int | None
+    packed: list[list[CheckedSample]], max_seq_len: int, position_rule: PositionRule
 ) -> dict[str, torch.Tensor]:
     """Concatenate each row's samples, pad to ``max_seq_len``, add document ids, positions and media."""
     ordered = [sample for row in packed for sample in row]
@@ -121,7 +130,7 @@ def _assemble_rows(
     labels = None
     if ordered[0].labels is not None:
         labels = pad_rows([torch.cat([s.labels for s in row]) for row in packed], max_seq_len, IGNORE_INDEX)
-    out = assemble_batch(ordered, tokens, labels, document_ids >= 0, document_ids, tokens_per_second=tokens_per_second)
+    out = assemble_batch(ordered, tokens, labels, document_ids >= 0, document_ids, position_rule=position_rule)
     out["document_ids"] = document_ids
     out["seq_lens"] = seq_lens
     return out
@@ -132,19 +141,26 @@ class Qwen2_5_VLPackedCollator:
 
     Args:
         max_seq_len: length of every packed row.
-        tokens_per_second: the family's video position rule: 2 (Qwen2.5-VL), None (Qwen2-VL); left out, the
-            model's family decides (see ``Qwen2_5_VLCollator``).
+        tokens_per_second, position_rule: the family's video position rule; left out, the model's family decides
+            (see ``Qwen2_5_VLCollator``).
     """
 
-    def __init__(self, max_seq_len: int, tokens_per_second: int | None = MODEL_RULE) -> None:
+    def __init__(
+        self, max_seq_len: int, tokens_per_second: int | None = MODEL_RULE, position_rule: PositionRule = MODEL_RULE
+    ) -> None:
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
         self.max_seq_len = max_seq_len
-        self.tokens_per_second, self.tokens_per_second_set = collator_position_rule(tokens_per_second)
+        self.position_rule, self.position_rule_set = collator_position_rule(tokens_per_second, position_rule)
+
+    @property
+    def tokens_per_second(self) -> int | None:
+        """The rule's ``tokens_per_second`` (the earlier name of the setting)."""
+        return self.position_rule.tokens_per_second
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``packed_collate_qwen2_5_vl``."""
-        return packed_collate_qwen2_5_vl(batch, self.max_seq_len, self.tokens_per_second)
+        return packed_collate_qwen2_5_vl(batch, self.max_seq_len, position_rule=self.position_rule)
 
 
 def _attends(

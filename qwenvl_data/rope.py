@@ -7,7 +7,9 @@ height ids ``s + row`` and width ids ``s + col`` on the merged grid; the text af
 starts at (largest id used so far) + 1. Qwen2-VL's temporal ids are not scaled by time:
 temporal patch ``t`` gets ``s + t`` (``tokens_per_second=None``). transformers 5.x restarts the text at
 ``s + max(rows, cols)`` instead, which differs for videos whose temporal ids outgrow their
-spatial ones.
+spatial ones. Qwen3-VL (``frames_apart``, transformers' ``Qwen3VLModel.get_rope_index``) writes a
+timestamp before each temporal patch of a video, so each patch is a span of its own with one temporal
+id (a grid ``[1, h, w]``) and the timestamp's tokens are text between them.
 
 Instead of walking the tokens, every valid token gets an "advance": 1 for text, 0 for vision
 tokens except the first token of each vision item, which carries the item's whole extent
@@ -21,7 +23,27 @@ import torch
 
 from qwenvl_data._constants import IMAGE_PAD_ID, MERGE_SIZE, TOKENS_PER_SECOND, VIDEO_PAD_ID
 
-__all__ = ["mrope_position_ids"]
+__all__ = ["PositionRule", "mrope_position_ids"]
+
+
+@dataclass(frozen=True)
+class PositionRule:
+    """How a model family's MRoPE ids treat video (``ModelFamily.position_rule``); images are alike in all.
+
+    Attributes:
+        tokens_per_second: temporal ids per second of video (``second_per_grid_ts * tokens_per_second`` per
+            temporal patch; Qwen2.5-VL: 2), or None for one id per temporal patch (Qwen2-VL).
+        frames_apart: each temporal patch of a video is its own span with grid ``[1, h, w]`` (Qwen3-VL, whose
+            text puts a timestamp between them); ``tokens_per_second`` is then unused.
+    """
+
+    tokens_per_second: int | None = TOKENS_PER_SECOND
+    frames_apart: bool = False
+
+    def __str__(self) -> str:
+        if self.frames_apart:
+            return "frames_apart=True (each temporal patch its own span)"
+        return f"tokens_per_second={self.tokens_per_second}"
 
 
 @dataclass
@@ -138,7 +160,7 @@ def _locate_items(
 
 
 class _ModelRule:
-    """The collators' ``tokens_per_second`` default: the model's family decides (see ``collator_for_model``)."""
+    """The collators' position-rule default: the model's family decides (see ``collator_for_model``)."""
 
     def __repr__(self) -> str:
         return "MODEL_RULE"
@@ -147,15 +169,35 @@ class _ModelRule:
 MODEL_RULE = _ModelRule()
 
 
-def collator_position_rule(tokens_per_second: "int | None | _ModelRule") -> tuple[int | None, bool]:
-    """A collator's ``tokens_per_second`` argument -> (the rule it applies, whether its user chose it).
+def collator_position_rule(
+    tokens_per_second: "int | None | _ModelRule" = MODEL_RULE, position_rule: "PositionRule | _ModelRule" = MODEL_RULE
+) -> tuple[PositionRule, bool]:
+    """A collator's rule arguments -> (the rule it applies, whether its user chose it).
 
-    ``MODEL_RULE`` (not set) applies Qwen2.5-VL's rule until a recipe binds the collator to its model's family;
-    a value set (None included: Qwen2-VL's rule) is the user's, which a recipe checks against the model.
+    ``position_rule`` is the rule; ``tokens_per_second`` its earlier spelling (``PositionRule(tokens_per_second)``).
+    ``MODEL_RULE`` (neither set) applies Qwen2.5-VL's rule until a recipe binds the collator to its model's family;
+    a rule set is the user's, which a recipe checks against the model.
+
+    Raises:
+        ValueError: both arguments set.
     """
-    if tokens_per_second is MODEL_RULE:
-        return TOKENS_PER_SECOND, False
-    return tokens_per_second, True
+    if position_rule is not MODEL_RULE and tokens_per_second is not MODEL_RULE:
+        raise ValueError(
+            f"set the video position rule once: position_rule={position_rule} or tokens_per_second={tokens_per_second}"
+        )
+    if position_rule is not MODEL_RULE:
+        if not isinstance(position_rule, PositionRule):
+            kind = type(position_rule).__name__
+            raise TypeError(f"position_rule must be a PositionRule (qwenvl_data.rope), not {kind}")
+        return position_rule, True
+    if tokens_per_second is not MODEL_RULE:
+        return PositionRule(tokens_per_second), True
+    return PositionRule(), False
+
+
+def rule_of(tokens_per_second: "int | None | _ModelRule", position_rule: "PositionRule | None") -> PositionRule:
+    """The rule a collate function's arguments name (``position_rule`` wins; see ``collator_position_rule``)."""
+    return collator_position_rule(tokens_per_second, MODEL_RULE if position_rule is None else position_rule)[0]
 
 
 def mrope_position_ids(
@@ -168,6 +210,7 @@ def mrope_position_ids(
     document_ids: torch.Tensor | None = None,
     spatial_merge_size: int = MERGE_SIZE,
     tokens_per_second: int | None = TOKENS_PER_SECOND,
+    frames_apart: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """3D (temporal, height, width) rotary position ids for a padded or packed batch.
 
@@ -190,6 +233,8 @@ def mrope_position_ids(
         tokens_per_second: temporal ids per second of video (2 for Qwen2.5-VL); None: one
             temporal id per temporal patch, whatever its duration (Qwen2-VL's rule, see
             ``ModelFamily.tokens_per_second``).
+        frames_apart: each temporal patch of a video is its own span ``[1, h, w]`` (Qwen3-VL's rule, see
+            ``PositionRule``); its pad tokens may then be separated by text (the timestamps).
 
     Returns:
         position_ids: int64 [3, B, L]; 0 on padding (transformers 5.x's convention).
@@ -218,6 +263,13 @@ def mrope_position_ids(
     flat_ids = input_ids.reshape(-1)
     flat_valid = valid.reshape(-1)
 
+    if frames_apart and video_grid_thw is not None:
+        video_grid_thw = video_grid_thw.to(device=device, dtype=torch.long).reshape(-1, 3)
+        if (video_grid_thw < 1).any():
+            raise ValueError(f"video_grid_thw {video_grid_thw.tolist()}: t, h, w must be >= 1")
+        video_grid_thw = torch.repeat_interleave(video_grid_thw, video_grid_thw[:, 0], dim=0)
+        video_grid_thw[:, 0] = 1
+        second_per_grid_ts = None  # one temporal id per span: time does not scale it
     num_videos = 0 if video_grid_thw is None else video_grid_thw.reshape(-1, 3).shape[0]
     if second_per_grid_ts is None or tokens_per_second is None:
         video_seconds = torch.ones(num_videos, dtype=torch.float32, device=device)

@@ -16,7 +16,7 @@ from torchtune.data import Message, PromptTemplate, PromptTemplateInterface
 from torchtune.modules.transforms import Transform
 from torchtune.modules.transforms.tokenizers import ModelTokenizer
 
-from qwenvl_data.text._chat_template import RenderedChat, render_chat
+from qwenvl_data.text._chat_template import ChatTemplate, RenderedChat, render_chat
 from qwenvl_data._constants import (
     ENDOFTEXT_ID,
     IM_END_ID,
@@ -95,6 +95,8 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
             (``"torchtune.data.QuestionAnswerTemplate"``) or ``{role: [prepend, append]}``. Default None.
         truncation (str): "raise" (default) raises SampleTooLongError for a sequence over ``max_seq_len``;
             "truncate_text" cuts trailing text when no image/video span is touched (raises otherwise).
+        chat_template (ChatTemplate): the family's official chat template (``ModelFamily.chat_template``);
+            default Qwen2.5-VL's.
 
     Example:
         >>> from qwenvl_data.vocab import qwen_vocab_files
@@ -112,8 +114,10 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
         prompt_template: PromptTemplateInterface | str | Mapping | None = None,
         *,
         truncation: str = "raise",
+        chat_template: ChatTemplate = ChatTemplate(),
     ) -> None:
         check_truncation_policy(truncation)
+        self.chat_template = chat_template
         if merges_file is None:
             if special_tokens_path is not None:
                 raise ValueError("special_tokens_path goes with vocab.json + merges.txt; a tokenizer.json has its own")
@@ -188,11 +192,11 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
             mask[first : last + 1] = [False] * max(0, last + 1 - first)
         return encoding.ids, mask
 
-    def render(self, messages: list[Message], **render_options: bool) -> RenderedChat:
+    def render(self, messages: list[Message], **render_options: Any) -> RenderedChat:
         """Apply the prompt template (if any) and render with the official chat template (see ``render_chat``)."""
         if self.prompt_template is not None:
             messages = self.prompt_template(messages)
-        return render_chat(messages, **render_options)
+        return render_chat(messages, template=self.chat_template, **render_options)
 
     def tokenize_message(self, message: Message | Mapping[str, Any]) -> tuple[list[int], list[bool]]:
         """Tokens and mask of one message as one chat turn, ``<|im_start|>{role}\\n{content}<|im_end|>\\n``.
@@ -247,7 +251,7 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
     def _text_only_conversation(self, sample: Mapping[str, Any]) -> list[Message]:
         name = sample_name(None, sample.get("id"))
         messages = normalise_conversation(sample, name)
-        if any(part["type"] != "text" for m in messages for part in m.content):
+        if any(part["type"] in ("image", "video") for m in messages for part in m.content):
             raise ValueError(f"{name}: has images or videos; use Qwen2_5_VLTransform, which expands their tokens")
         return messages
 

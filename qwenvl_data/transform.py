@@ -2,7 +2,10 @@
 
 It composes the tokenizer (official chat template, one ``<|image_pad|>`` per image) with the image
 transform (patches and grid per image), then gives each image ``t*h*w / merge_size**2`` pad tokens,
-the number of merged patches the vision encoder hands the language model for it.
+the number of merged patches the vision encoder hands the language model for it. The model family
+(``family``: Qwen2.5-VL by default, Qwen2-VL, Qwen3-VL) sets the chat template, the preprocessing numbers and
+the video rule; under Qwen3-VL's (``VideoRule.timestamps``) each temporal patch of a video is its own span
+``<{t:.1f} seconds><|vision_start|>{h*w/merge_size**2 pads}<|vision_end|>``.
 """
 
 from collections.abc import Mapping
@@ -29,9 +32,11 @@ _MEDIA = {
 
 
 class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's name)
-    """Turn ``{"messages": [...]}`` into Qwen2.5-VL's ``tokens``, ``mask``, ``labels`` and pixel inputs.
+    """Turn ``{"messages": [...]}`` into a Qwen-VL family's ``tokens``, ``mask``, ``labels`` and pixel inputs
+    (Qwen2.5-VL's by default; ``family`` picks another, the class name stays).
 
-    Token ids equal transformers' Qwen2.5-VL processor output (official chat template, expanded pads).
+    Token ids equal transformers' processor output for the family (official chat template, expanded pads; for
+    Qwen3-VL's videos, see the module docstring).
     Labels train the assistant's content and its closing ``<|im_end|>``; the rest is ``IGNORE_INDEX``
     (-100). Image/video pad tokens are never trained. The ``\n`` after ``<|im_end|>`` is not trained by
     default: it belongs to the template's separator, and generation stops at ``<|im_end|>``. Qwen's own
@@ -51,9 +56,11 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         truncation (str): "raise" (default): SampleTooLongError for samples over ``max_seq_len``
             (datasets with ``on_error="skip"`` drop them); "truncate_text": cut trailing text when no
             image/video span is touched, raise otherwise.
-        **image_kwargs: passed to ``Qwen2_5_VLImageTransform`` (``min_pixels``, ``max_pixels``, and the video
-            defaults ``video_max_pixels``, ``video_total_pixels``, ``video_fps``, ``video_max_frames``, ...):
-            the defaults of every image / video part that does not set the option itself.
+        family (str): the model family's ``model_type`` (``"qwen2_5_vl"``, ``"qwen2_vl"``, ``"qwen3_vl"``): its
+            chat template and preprocessing (``ModelFamily``). Default ``"qwen2_5_vl"``.
+        **image_kwargs: passed to ``Qwen2_5_VLImageTransform`` over the family's numbers (``min_pixels``,
+            ``max_pixels``, and the video defaults ``video_max_pixels``, ``video_total_pixels``, ``video_fps``,
+            ``video_max_frames``, ...): the defaults of every image / video part that does not set the option itself.
 
     Example:
         >>> from PIL import Image
@@ -79,12 +86,19 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         train_newline_after_im_end: bool = False,
         add_vision_id: bool = False,
         truncation: str = "raise",
+        family: str = "qwen2_5_vl",
         **image_kwargs: Any,
     ) -> None:
+        # Imported here: the families module imports the models package, whose checkpoint reader imports this one.
+        from qwenvl_data.models._families import model_family
+
+        described = model_family(family, "Qwen2_5_VLTransform(family=...)")
+        self.family = described.model_type
         self.tokenizer = Qwen2_5_VLTokenizer(
-            path, merges_file, special_tokens_path, max_seq_len, prompt_template, truncation=truncation
-        )
-        self.image_transform = Qwen2_5_VLImageTransform(**image_kwargs)
+            path, merges_file, special_tokens_path, max_seq_len, prompt_template, truncation=truncation,
+            chat_template=described.chat_template,
+        )  # fmt: skip
+        self.image_transform = Qwen2_5_VLImageTransform(**{**described.transform_args(), **image_kwargs})
         self.merge_factor = self.image_transform.merge_size**2
         self.train_on_input = train_on_input
         self.train_newline_after_im_end = train_newline_after_im_end
@@ -156,12 +170,14 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         if drop_final_answer:
             messages = generation_prompt(messages, name)
         media = {kind: self._preprocess(messages, kind, name) for kind in _MEDIA}
+        timestamped = self.image_transform.video_rule.timestamps
         chat = self.tokenizer.render(
             messages,
             add_vision_id=self.add_vision_id,
             add_generation_prompt=add_generation_prompt,
             train_on_input=self.train_on_input,
             train_newline_after_im_end=self.train_newline_after_im_end,
+            video_timestamps=[output["video_timestamps"] for output in media["video"]] if timestamped else None,
         )
         tokens, mask = self.tokenizer.tokenize_rendered(chat)
         for kind, outputs in media.items():
@@ -190,16 +206,21 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
     def _expand_pads(
         self, tokens: list[int], mask: list[bool], kind: str, outputs: list[dict[str, Any]], name: str
     ) -> tuple[list[int], list[bool]]:
-        """Give the i-th ``kind`` pad token as many copies as the i-th image/video has merged patches."""
+        """Give the i-th ``kind`` pad token as many copies as the i-th image/video has merged patches (a video
+        written per temporal patch has one pad per patch: each gets the patch's)."""
         pad_id, (_, grid_key, *_) = _MEDIA[kind]
+        per_patch = kind == "video" and self.image_transform.video_rule.timestamps
+        counts = []
+        for output in outputs:
+            t, h, w = (int(v) for v in output[grid_key][0])
+            counts += [h * w // self.merge_factor] * t if per_patch else [t * h * w // self.merge_factor]
         found = tokens.count(pad_id)
-        if found != len(outputs):
+        if found != len(counts):
             # Only pad-token strings typed into the text itself can cause this.
             raise PlaceholderMismatchError(
-                f"{name}: {found} <|{kind}_pad|> tokens in the rendered text but {len(outputs)} {kind}s; "
-                f"the text must not contain the literal string <|{kind}_pad|>"
+                f"{name}: {found} <|{kind}_pad|> tokens in the rendered text but {len(counts)} expected for "
+                f"{len(outputs)} {kind}s; the text must not contain the literal string <|{kind}_pad|>"
             )
-        counts = [int(output[grid_key].prod()) // self.merge_factor for output in outputs]
         return expand_pads(tokens, mask, pad_id, counts)
 
     def _check_pad_counts(self, out: dict[str, Any], name: str) -> None:

@@ -24,6 +24,36 @@ VideoSource = Sequence[ImageSource] | torch.Tensor | str | os.PathLike
 
 # Options that only make sense for a video file: they choose which of its frames are decoded.
 FILE_ONLY_OPTIONS = ("nframes", "video_start", "video_end")
+SAMPLING_RULES = ("qwen_vl_utils", "transformers")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoRule:
+    """How a model family's processor samples a video file, sizes its frames and writes the video in the text
+    (``ModelFamily.video_rule``); the defaults are Qwen2/2.5-VL's.
+
+    Attributes:
+        sampling: how many frames of a file's window are kept: ``"qwen_vl_utils"`` (qwen-vl-utils'
+            ``smart_nframes``: a multiple of 2) or ``"transformers"`` (transformers 5.24's
+            ``Qwen3VLVideoProcessor.sample_frames``: ``int(seconds * fps)`` bounded by ``min_frames``, ``max_frames``
+            and the frames there are, any count; ``nframes`` as given). Both spread the kept frames evenly.
+        clip_budget: ``min_pixels``/``max_pixels`` bound the whole clip (frames x height x width: transformers'
+            Qwen3-VL video ``smart_resize``) instead of one frame (qwen-vl-utils, with ``total_pixels``).
+        timestamps: each temporal patch is written ``<{t:.1f} seconds><|vision_start|>{pads}<|vision_end|>`` in
+            place of the template's one ``<|vision_start|><|video_pad|><|vision_end|>`` (Qwen3-VL), ``t`` the mean
+            time of the patch's first and last frame.
+
+    Raises:
+        ValueError: an unknown ``sampling``.
+    """
+
+    sampling: str = "qwen_vl_utils"
+    clip_budget: bool = False
+    timestamps: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_RULES:
+            raise ValueError(f"video sampling must be one of {SAMPLING_RULES}, got {self.sampling!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,3 +157,20 @@ def video_frames(video: Sequence[ImageSource] | torch.Tensor) -> list[Image.Imag
 def pad_to_temporal_patches(frames: list[Image.Image], temporal_patch_size: int) -> list[Image.Image]:
     """``frames`` with the last one repeated until their count is a multiple of ``temporal_patch_size``."""
     return frames + [frames[-1]] * (-len(frames) % temporal_patch_size)
+
+
+def patch_timestamps(times: Sequence[float], temporal_patch_size: int) -> list[float]:
+    """Seconds of each temporal patch: the mean of its first and last frame's time, the last frame's time repeated
+    to fill the last patch (transformers 5.24's ``Qwen3VLProcessor._calculate_timestamps``, same arithmetic).
+
+    Args:
+        times: each kept frame's time in seconds (``index / fps``).
+        temporal_patch_size: frames per temporal patch.
+
+    Returns:
+        one time per temporal patch, ``ceil(len(times) / temporal_patch_size)`` of them.
+    """
+    padded = list(times) + [times[-1]] * (-len(times) % temporal_patch_size)
+    return [
+        (padded[i] + padded[i + temporal_patch_size - 1]) / 2 for i in range(0, len(padded), temporal_patch_size)
+    ]

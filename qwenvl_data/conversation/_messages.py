@@ -12,7 +12,7 @@ from typing import Any
 from torchtune.data import Message
 
 from qwenvl_data.conversation._parts import MEDIA_KINDS, parse_part
-from qwenvl_data.conversation._tools import system_with_tools, tool_call_texts
+from qwenvl_data.conversation._tools import tool_call_texts, tools_part
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
 
 # Role spellings: OpenAI/HF ``role`` values, ShareGPT/LLaVA ``from`` values, and the tool turns of LLaMA-Factory
@@ -101,13 +101,12 @@ def _with_system(messages: list[Message], system: str | None) -> list[Message]:
 
 
 def _with_tools(messages: list[Message], tools: Any) -> list[Message]:
-    """The tools block (``_tools.system_with_tools``) in the system turn, which is added when there is none."""
+    """The tools part (``_tools.tools_part``) at the end of the system message, which is added when there is none."""
     if messages[0].role == "system":
         if any(part["type"] != "text" for part in messages[0].content):
-            raise InvalidConversationError("a system message with images or videos cannot hold the tools block")
-        return [Message("system", [{"type": "text", "content": system_with_tools(messages[0].text_content, tools)}]),
-                *messages[1:]]  # fmt: skip
-    return [Message("system", [{"type": "text", "content": system_with_tools(None, tools)}]), *messages]
+            raise InvalidConversationError("a system message with images, videos or tools cannot take the tools field")
+        return [Message("system", [*messages[0].content, tools_part(tools, with_system=True)]), *messages[1:]]
+    return [Message("system", [tools_part(tools, with_system=False)]), *messages]
 
 
 def _slots(messages: list[Message], kind: str) -> list[dict[str, Any]]:

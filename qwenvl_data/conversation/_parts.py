@@ -9,6 +9,7 @@ None, **options}`` where None marks a slot the sample's media list fills and the
 from collections.abc import Mapping
 from typing import Any
 
+from qwenvl_data.conversation._tools import tools_part
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
 from qwenvl_data.video import VideoOptions
 from qwenvl_data.vision._media_options import MEDIA_OPTION_KEYS, ImageOptions, held_options
@@ -44,7 +45,8 @@ def parse_part(part: Any) -> dict[str, Any]:
     """One content part in the one form (module docstring).
 
     Args:
-        part: ``{"type": "text", "text"}``, ``{"type": "image", "image", ...options}``,
+        part: ``{"type": "text", "text"}``, ``{"type": "image", "image", ...options}``, a system message's
+            ``{"type": "tools", "content", "with_system"}`` (``_tools.tools_part``),
             ``{"type": "image_url", "image_url": {"url"}}``, ``{"type": "video", "video", ...options}``,
             ``{"type": "video_url", "video_url"}``, or torchtune's ``{"type", "content"}``; an image or video part
             without a payload is a slot for the sample's media list.
@@ -59,6 +61,11 @@ def parse_part(part: Any) -> dict[str, Any]:
     """
     if not isinstance(part, Mapping):
         raise InvalidConversationError(f"a content part must be a dict, got {type(part).__name__}")
+    if part.get("type") == "tools":  # a system message's tools, as ``build_messages`` put them there
+        stray = sorted(key for key in part if key not in ("type", "content", "with_system"))
+        if stray:
+            raise InvalidConversationError(f"tools part has key(s) {stray} it does not use")
+        return tools_part(part.get("content"), part.get("with_system"))
     kind = _kind(part)
     payloads = [key for key in _PAYLOAD_KEYS[kind] if part.get(key) is not None]
     if len(payloads) > 1:

@@ -1,13 +1,18 @@
-"""Tool (function) calls in the text the Qwen2/2.5-VL models read, in the Qwen2.5 text model's tool format.
+"""Tool (function) calls in the text the Qwen-VL models read, in the Qwen2.5 text model's tool format.
 
 The Qwen2/2.5-VL chat template has no tools block; LLaMA-Factory's and ms-swift's templates for them use the Qwen2.5
 text model's (``QWEN_TOOL_PROMPT`` / hermes), which is also Qwen3-VL's official format:
-- the tools, one JSON object per line, go into the system turn after the system prompt (the default one when the
-  conversation has none): ``{system}\\n\\n# Tools\\n\\nYou may call one or more functions ...<tools>\\n{tool}...
-  \\n</tools>\\n\\nFor each function call, ...</tool_call>``; a bare function schema is wrapped as
-  ``{"type": "function", "function": schema}`` (LLaMA-Factory's rule);
+- the tools, one JSON object per line, go into the system turn after the system prompt:
+  ``{system}\\n\\n# Tools\\n\\nYou may call one or more functions ...<tools>\\n{tool}...\\n</tools>\\n\\nFor each
+  function call, ...</tool_call>``; with no system prompt, the family's default one (Qwen2/2.5-VL), or the block
+  alone (Qwen3-VL, which has none); the chat renderer writes it (``text._chat_template``) from the system
+  message's ``{"type": "tools", "content": [schemas], "with_system": bool}`` part (``tools_part``);
+  a bare function schema is wrapped as ``{"type": "function", "function": schema}`` (LLaMA-Factory's rule; the
+  form transformers' ``get_json_schema`` gives);
 - each call in an assistant turn is ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, joined to
-  the turn's text and to each other by ``\\n``;
+  the turn's text and to each other by ``\\n`` (the official Qwen3-VL template's rule); arguments given as JSON
+  text are parsed and written again by ``json.dumps``, so they are always valid JSON in one spelling (Qwen3-VL's
+  template pastes such text as it is: the ids agree when it is ``json.dumps``' own spelling, as OpenAI's is);
 - tool results are user turns: ``<|im_start|>user\\n<tool_response>\\n{result}\\n</tool_response><|im_end|>``,
   consecutive results in one turn (rendered by ``text._chat_template``).
 JSON is written as ``json.dumps(..., ensure_ascii=False)`` writes it (transformers' ``tojson``).
@@ -16,11 +21,10 @@ JSON is written as ``json.dumps(..., ensure_ascii=False)`` writes it (transforme
 import json
 from typing import Any
 
-from qwenvl_data._constants import DEFAULT_SYSTEM_PROMPT
 from qwenvl_data.errors import InvalidConversationError
 
 _TOOLS_HEADER = (
-    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
 )
 _TOOLS_FOOTER = (
@@ -40,22 +44,26 @@ def _json(value: Any, what: str) -> Any:
         raise InvalidConversationError(f"{what} is not valid JSON ({error}): {value[:80]!r}") from error
 
 
-def system_with_tools(system: str | None, tools: Any) -> str:
-    """The system turn's text: ``system`` (the default prompt when None) followed by the tools block.
+def tools_part(tools: Any, with_system: Any) -> dict[str, Any]:
+    """The system message's tools part: the schemas, each in OpenAI's form, and whether the system turn has a prompt
+    of its own (possibly empty) before them.
 
     Raises:
-        InvalidConversationError: ``tools`` is not a list of dicts (or JSON text of one).
+        InvalidConversationError: ``tools`` is not a list of dicts (or JSON text of one), or ``with_system`` not a bool.
     """
     tools = _json(tools, "the tools field")
     if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
         raise InvalidConversationError(f"tools must be a list of function schemas, got {type(tools).__name__}")
-    lines = [
-        json.dumps(tool if tool.get("type") == "function" else {"type": "function", "function": tool},
-                   ensure_ascii=False)
-        for tool in tools
-    ]  # fmt: skip
-    body = "".join(f"\n{line}" for line in lines)
-    return f"{DEFAULT_SYSTEM_PROMPT if system is None else system}{_TOOLS_HEADER}{body}{_TOOLS_FOOTER}"
+    if not isinstance(with_system, bool):
+        raise InvalidConversationError(f"a tools part's with_system must be true or false, got {with_system!r}")
+    schemas = [tool if tool.get("type") == "function" else {"type": "function", "function": tool} for tool in tools]
+    return {"type": "tools", "content": schemas, "with_system": with_system}
+
+
+def tools_block(schemas: list[dict]) -> str:
+    """The tools block of the system turn (``# Tools ... </tool_call>``), one schema per line."""
+    body = "".join(f"\n{json.dumps(schema, ensure_ascii=False)}" for schema in schemas)
+    return f"{_TOOLS_HEADER}{body}{_TOOLS_FOOTER}"
 
 
 def tool_call_texts(calls: Any) -> list[str]:

@@ -138,6 +138,7 @@ __all__ = [
     "MODEL_FAMILIES",
     "QWEN2_5_VL",
     "QWEN2_VL",
+    "QWEN3_VL",
     "ModelFamily",
     "family_of_model",
     "model_family",

@@ -1,8 +1,12 @@
 """One small description per Qwen-VL model family: everything that differs between them, in one place.
 
-Code that must tell Qwen2-VL from Qwen2.5-VL asks the family (``model_family(config["model_type"])``,
+Code that must tell the families apart asks the family (``model_family(config["model_type"])``,
 ``family_of_model(model)``) instead of testing names itself. Qwen2-VL's processor and chat template
-are Qwen2.5-VL's, so both families share the patching, normalization and budget constants.
+are Qwen2.5-VL's, so both families share the patching, normalization and budget constants. Qwen3-VL's
+numbers are its released ``preprocessor_config.json`` / ``video_preprocessor_config.json`` (patch 16, mean/std
+0.5, images 65536..16777216 pixels, videos 4096..25165824 pixels per clip, fps 2, 4..768 frames), its chat
+template the released one, its video and position rules transformers 5.24's ``Qwen3VLProcessor`` /
+``Qwen3VLVideoProcessor`` / ``Qwen3VLModel.get_rope_index`` (see ``VideoRule``, ``PositionRule``).
 """
 
 from collections.abc import Callable, Mapping
@@ -12,6 +16,7 @@ import torch
 from torch import nn
 
 from qwenvl_data._constants import (
+    DEFAULT_SYSTEM_PROMPT,
     IMAGE_MAX_PIXELS,
     IMAGE_MIN_PIXELS,
     MERGE_SIZE,
@@ -20,8 +25,12 @@ from qwenvl_data._constants import (
     PATCH_SIZE,
     TEMPORAL_PATCH_SIZE,
     TOKENS_PER_SECOND,
+    VIDEO_FPS,
+    VIDEO_MAX_FRAMES,
     VIDEO_MAX_PIXELS,
+    VIDEO_MIN_FRAMES,
     VIDEO_MIN_PIXELS,
+    VIDEO_TOTAL_PIXELS,
 )
 from qwenvl_data.models import _model_builders, _qwen2_vl_model_builders, _qwen3_vl_model_builders
 from qwenvl_data.models._component_builders import lora_qwen2_5_vl, qwen2_5_vl
@@ -39,7 +48,9 @@ from qwenvl_data.models._qwen3_vl_convert_weights import (
     qwen3_vl_builder_args_from_hf_config,
     qwen3_vl_hf_config_from_model,
 )
-from qwenvl_data.models._qwen3_vl_model import Qwen3VLModel
+from qwenvl_data.rope import PositionRule
+from qwenvl_data.text._chat_template import ChatTemplate
+from qwenvl_data.video import VideoRule
 
 
 @dataclass(frozen=True)
@@ -50,13 +61,19 @@ class ModelFamily:
         model_type: ``config.json``'s ``model_type``.
         architecture: transformers' model class (``config.json``'s ``architectures``).
         processor_class: transformers' processor class (``preprocessor_config.json``).
+        video_processor_class: transformers' video processor class (``video_preprocessor_config.json``).
         patch_size, merge_size, temporal_patch_size: pixels per patch side, patches merged per side,
             frames per patch.
         image_mean, image_std: per-channel normalization.
-        image_min_pixels, image_max_pixels, video_min_pixels, video_max_pixels: default pixel budgets.
-        tokens_per_second: the video position rule: temporal MRoPE ids per second of video
-            (``second_per_grid_ts * tokens_per_second`` per temporal patch), or None for one id per
-            temporal patch; what ``mrope_position_ids`` and the collators take.
+        image_min_pixels, image_max_pixels: default pixel budget of an image.
+        video_min_pixels, video_max_pixels: default pixel budget of a video frame, or of a whole clip when
+            ``video_rule.clip_budget``.
+        video_total_pixels: qwen-vl-utils' clip budget that lowers the per-frame maximum (None: not used).
+        video_fps, video_min_frames, video_max_frames: default frame sampling of video files.
+        video_rule: how video files are sampled, frames sized and videos written in the text (``VideoRule``).
+        chat_template: what the family's official chat template does (``ChatTemplate``).
+        position_rule: the MRoPE rule for videos (``PositionRule``): what ``mrope_position_ids``, the collators
+            and generation apply.
         build, build_lora: the component builders (``qwen2_5_vl`` / ``lora_qwen2_5_vl`` style).
         sizes: released size -> builder of the random-initialized model.
         builder_args_from_hf_config: ``config.json`` dict -> ``build``'s keyword arguments.
@@ -67,6 +84,7 @@ class ModelFamily:
     model_type: str
     architecture: str
     processor_class: str
+    video_processor_class: str
     patch_size: int
     merge_size: int
     temporal_patch_size: int
@@ -76,13 +94,36 @@ class ModelFamily:
     image_max_pixels: int
     video_min_pixels: int
     video_max_pixels: int
-    tokens_per_second: int | None
+    video_total_pixels: int | None
+    video_fps: float
+    video_min_frames: int
+    video_max_frames: int
+    video_rule: VideoRule
+    chat_template: ChatTemplate
+    position_rule: PositionRule
     build: Callable[..., Qwen2_5_VLModel]
     build_lora: Callable[..., Qwen2_5_VLModel]
     sizes: Mapping[str, Callable[[], Qwen2_5_VLModel]]
     builder_args_from_hf_config: Callable[[dict], dict]
     hf_config_from_model: Callable[[nn.Module, torch.dtype], dict]
     weight_key_map: Mapping[str, str]
+
+    @property
+    def tokens_per_second(self) -> int | None:
+        """The position rule's temporal ids per second of video (None: one per temporal patch)."""
+        return self.position_rule.tokens_per_second
+
+    def transform_args(self) -> dict[str, object]:
+        """The family's preprocessing as ``Qwen2_5_VLImageTransform`` keyword arguments (its numbers and video rule)."""
+        return {
+            "patch_size": self.patch_size, "merge_size": self.merge_size,
+            "temporal_patch_size": self.temporal_patch_size, "image_mean": self.image_mean,
+            "image_std": self.image_std, "min_pixels": self.image_min_pixels, "max_pixels": self.image_max_pixels,
+            "video_min_pixels": self.video_min_pixels, "video_max_pixels": self.video_max_pixels,
+            "video_total_pixels": self.video_total_pixels, "video_fps": self.video_fps,
+            "video_min_frames": self.video_min_frames, "video_max_frames": self.video_max_frames,
+            "video_rule": self.video_rule,
+        }  # fmt: skip
 
     def model_from_hf_config(self, config: dict, **lora_args: object) -> Qwen2_5_VLModel:
         """The (random-initialized) model ``config`` describes; with ``lora_args`` (at least
@@ -94,6 +135,7 @@ class ModelFamily:
 
 
 _SHARED_PROCESSING = dict(
+    video_processor_class="Qwen2VLVideoProcessor",
     patch_size=PATCH_SIZE,
     merge_size=MERGE_SIZE,
     temporal_patch_size=TEMPORAL_PATCH_SIZE,
@@ -103,13 +145,19 @@ _SHARED_PROCESSING = dict(
     image_max_pixels=IMAGE_MAX_PIXELS,
     video_min_pixels=VIDEO_MIN_PIXELS,
     video_max_pixels=VIDEO_MAX_PIXELS,
+    video_total_pixels=VIDEO_TOTAL_PIXELS,
+    video_fps=VIDEO_FPS,
+    video_min_frames=VIDEO_MIN_FRAMES,
+    video_max_frames=VIDEO_MAX_FRAMES,
+    video_rule=VideoRule(),  # qwen-vl-utils' sampling, per-frame budget
+    chat_template=ChatTemplate(file="chat_template.jinja", default_system_prompt=DEFAULT_SYSTEM_PROMPT),
 )
 QWEN2_5_VL = ModelFamily(
     model_type="qwen2_5_vl",
     architecture="Qwen2_5_VLForConditionalGeneration",
     processor_class="Qwen2_5_VLProcessor",
     **_SHARED_PROCESSING,
-    tokens_per_second=TOKENS_PER_SECOND,
+    position_rule=PositionRule(tokens_per_second=TOKENS_PER_SECOND),
     build=qwen2_5_vl,
     build_lora=lora_qwen2_5_vl,
     sizes={
@@ -127,7 +175,7 @@ QWEN2_VL = ModelFamily(
     architecture="Qwen2VLForConditionalGeneration",
     processor_class="Qwen2VLProcessor",
     **_SHARED_PROCESSING,
-    tokens_per_second=None,
+    position_rule=PositionRule(tokens_per_second=None),
     build=qwen2_vl,
     build_lora=lora_qwen2_vl,
     sizes={
@@ -139,22 +187,29 @@ QWEN2_VL = ModelFamily(
     hf_config_from_model=qwen2_vl_hf_config_from_model,
     weight_key_map=QWEN2_VL_KEY_MAP,
 )
-# Qwen3-VL: budgets are transformers 5.24's processor defaults (Qwen2VLImageProcessor's size for images,
-# Qwen3VLVideoProcessor's for videos); positions: each video frame is its own span, no seconds in the ids.
 QWEN3_VL = ModelFamily(
     model_type="qwen3_vl",
     architecture="Qwen3VLForConditionalGeneration",
     processor_class="Qwen3VLProcessor",
+    video_processor_class="Qwen3VLVideoProcessor",
     patch_size=QWEN3_VL_PATCH_SIZE,
-    merge_size=MERGE_SIZE,
-    temporal_patch_size=TEMPORAL_PATCH_SIZE,
+    merge_size=2,
+    temporal_patch_size=2,
     image_mean=(0.5, 0.5, 0.5),
     image_std=(0.5, 0.5, 0.5),
-    image_min_pixels=IMAGE_MIN_PIXELS,
-    image_max_pixels=IMAGE_MAX_PIXELS,
-    video_min_pixels=128 * 32 * 32,
-    video_max_pixels=768 * 32 * 32,
-    tokens_per_second=None,
+    image_min_pixels=64 * 32 * 32,  # 65536: preprocessor_config.json size.shortest_edge
+    image_max_pixels=16384 * 32 * 32,  # 16777216: size.longest_edge
+    video_min_pixels=4 * 32 * 32,  # 4096 per clip: video_preprocessor_config.json size.shortest_edge
+    video_max_pixels=24576 * 32 * 32,  # 25165824 per clip: size.longest_edge
+    video_total_pixels=None,
+    video_fps=2.0,
+    video_min_frames=4,
+    video_max_frames=768,
+    video_rule=VideoRule(sampling="transformers", clip_budget=True, timestamps=True),
+    chat_template=ChatTemplate(
+        file="qwen3_vl_chat_template.jinja", default_system_prompt=None, system_first_only=True, media_in_answers=False
+    ),
+    position_rule=PositionRule(tokens_per_second=None, frames_apart=True),
     build=qwen3_vl,
     build_lora=lora_qwen3_vl,
     sizes={
@@ -178,11 +233,11 @@ def model_family(model_type: str | None, source: str = "config.json") -> ModelFa
     """The family of a ``config.json`` ``model_type``.
 
     Args:
-        model_type: e.g. ``"qwen2_vl"``, ``"qwen2_5_vl"``.
+        model_type: e.g. ``"qwen2_vl"``, ``"qwen2_5_vl"``, ``"qwen3_vl"``.
         source: where the value came from, for the error message (e.g. the config path).
 
     Raises:
-        ValueError: no ``model_type``, a Qwen-VL family not supported yet (``qwen3_vl``), or another model.
+        ValueError: no ``model_type``, a Qwen-VL family not supported yet (``qwen3_vl_moe``), or another model.
     """
     if model_type in MODEL_FAMILIES:
         return MODEL_FAMILIES[model_type]
@@ -197,12 +252,22 @@ def model_family(model_type: str | None, source: str = "config.json") -> ModelFa
     raise ValueError(f"{source}: model_type {model_type!r} is not a supported Qwen-VL family ({supported})")
 
 
-def family_of_model(model: Qwen2_5_VLModel) -> ModelFamily:
-    """The family a built model belongs to, read off its structure (Qwen3-VL: its model class; Qwen2-VL's
-    merger normalizes with LayerNorm, Qwen2.5-VL's with RMSNorm)."""
-    if isinstance(model, Qwen3VLModel):
-        return QWEN3_VL
-    return QWEN2_VL if isinstance(model.visual.merger.norm, nn.LayerNorm) else QWEN2_5_VL
+def family_of_model(model: nn.Module) -> ModelFamily:
+    """The family a built model belongs to: its ``model_type`` attribute when it has one (a family's own model
+    class says which it is, ``"qwen3_vl"``), else read off the shared ``Qwen2_5_VLModel``'s vision tower (Qwen2-VL's
+    merger normalizes with LayerNorm, Qwen2.5-VL's with RMSNorm).
+
+    Raises:
+        ValueError: a ``model_type`` that names no supported family.
+        TypeError: a model of neither kind (a model of your own).
+    """
+    model_type = getattr(model, "model_type", None)
+    if isinstance(model_type, str):
+        return model_family(model_type, f"{type(model).__name__}.model_type")
+    norm = getattr(getattr(getattr(model, "visual", None), "merger", None), "norm", None)
+    if norm is None:
+        raise TypeError(f"{type(model).__name__} is no Qwen-VL family's model (no model_type, no Qwen2/2.5-VL merger)")
+    return QWEN2_VL if isinstance(norm, nn.LayerNorm) else QWEN2_5_VL
 
 
 def model_from_hf_config(config: dict, **lora_args: object) -> Qwen2_5_VLModel:

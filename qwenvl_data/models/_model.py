@@ -177,6 +177,9 @@ class Qwen2_5_VLModel(nn.Module):
         Returns:
             (position_ids int64 [3, B, L], rope_deltas int64 [B, 1]).
         """
+        from qwenvl_data.models._families import family_of_model  # the family table imports this module
+
+        rule = family_of_model(self).position_rule
         return mrope_position_ids(
             tokens,
             image_grid_thw,
@@ -185,7 +188,8 @@ class Qwen2_5_VLModel(nn.Module):
             attention_mask,
             document_ids=document_ids,
             spatial_merge_size=self.visual.merge_size,
-            tokens_per_second=self.tokens_per_second,
+            tokens_per_second=rule.tokens_per_second,
+            frames_apart=rule.frames_apart,
         )
 
     def _place_vision_features(

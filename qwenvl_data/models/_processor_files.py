@@ -1,4 +1,4 @@
-"""The non-weight files of an HF Qwen2.5-VL directory, read and written by one table: tokenizer, chat
+"""The non-weight files of an HF Qwen-VL directory, read and written by one table: tokenizer, chat
 template, image and video preprocessor configs, generation config.
 
 Reading (``checkpoint_transform``) is the one way a checkpoint becomes a transform: for the recipes'
@@ -11,10 +11,10 @@ in ``preprocessor_config.json`` / ``video_preprocessor_config.json`` or transfor
 
 Writing (``write_processor_files``) serializes the transform that tokenized the training data, so that
 reloading the directory, with ``checkpoint_transform`` or transformers' ``AutoTokenizer``, tokenizes
-identically. The layout is the released Qwen2.5-VL-Instruct checkpoints' (``tokenizer.json``,
+identically. The layout is the released Qwen2.5-VL / Qwen3-VL Instruct checkpoints' (``tokenizer.json``,
 ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``chat_template.json``,
-``preprocessor_config.json``, ``generation_config.json``) plus transformers 5.x's
-``video_preprocessor_config.json``; a source checkpoint's ``generation_config.json`` and the settings of
+``preprocessor_config.json``, ``generation_config.json``, ``video_preprocessor_config.json``), with the
+family's chat template, processor classes and numbers (``ModelFamily``: the transform's ``family``); a source checkpoint's ``generation_config.json`` and the settings of
 its ``tokenizer_config.json`` that do not change token ids (``model_max_length``, ``padding_side``, ...)
 are carried over.
 """
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import warnings
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,6 @@ _VIDEO_KEYS = {
     "min_pixels": "video_min_pixels", "max_pixels": "video_max_pixels", "fps": "video_fps",
     "min_frames": "video_min_frames", "max_frames": "video_max_frames",
 }  # fmt: skip
-# ModelFamily attribute -> Qwen2_5_VLTransform argument: a family's preprocessing numbers.
-_FAMILY_NUMBERS = {
-    "patch_size": "patch_size", "merge_size": "merge_size", "temporal_patch_size": "temporal_patch_size",
-    "image_mean": "image_mean", "image_std": "image_std", "image_min_pixels": "min_pixels",
-    "image_max_pixels": "max_pixels", "video_min_pixels": "video_min_pixels", "video_max_pixels": "video_max_pixels",
-}  # fmt: skip
 # Steps the transform always takes; a config asking for anything else cannot be honoured.
 _FIXED_STEPS = {
     "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
@@ -69,9 +62,10 @@ _TOKENIZATION_KEYS = (
 )  # fmt: skip
 
 
-def official_chat_template() -> str:
-    """The chat template of the released Qwen2.5-VL-Instruct checkpoints (their chat_template.json), verbatim."""
-    return files("qwenvl_data.text").joinpath("chat_template.jinja").read_text(encoding="utf-8")
+def official_chat_template(family: ModelFamily = QWEN2_5_VL) -> str:
+    """The chat template of a family's released Instruct checkpoints (their chat_template.json), verbatim;
+    Qwen2.5-VL's by default."""
+    return family.chat_template.source()
 
 
 # ---- reading ---------------------------------------------------------------------------------------------
@@ -83,8 +77,8 @@ def checkpoint_transform(
     """The transform an HF checkpoint directory describes: its tokenizer, pixel and frame budgets, patch sizes.
 
     Precedence, per setting: an override given here (a config's ``tokenizer.max_pixels``), then the
-    checkpoint's preprocessor files, then the numbers of the family its ``config.json`` names (``ModelFamily``),
-    then the defaults. An override of None for a setting the checkpoint holds keeps
+    checkpoint's preprocessor files, then the numbers of the family its ``config.json`` names (``ModelFamily``;
+    the transform's ``family``, which also sets the chat template and the video rule), then Qwen2.5-VL's. An override of None for a setting the checkpoint holds keeps
     the checkpoint's (``max_pixels: null`` in YAML).
 
     Args:
@@ -100,7 +94,8 @@ def checkpoint_transform(
 
     Raises:
         FileNotFoundError: the directory has no tokenizer files.
-        ValueError: a preprocessor config that cannot be honoured (naming the file, key and value).
+        ValueError: a preprocessor config that cannot be honoured (naming the file, key and value), or a ``family``
+            override that is not the family ``config.json`` names.
 
     Example:
         >>> transform = checkpoint_transform("outputs/tiny_synthetic/hf_model", max_seq_len=2048)  # doctest: +SKIP
@@ -109,7 +104,13 @@ def checkpoint_transform(
         raise TypeError("checkpoint_transform takes one directory: model_dir (or its earlier name checkpoint_dir)")
     root = Path(model_dir if model_dir is not None else checkpoint_dir)
     settings = {**family_settings(root), **processor_settings(root)}
-    _warn_on_other_chat_template(root)
+    if overrides.get("family") is not None and settings.get("family", overrides["family"]) != overrides["family"]:
+        raise ValueError(
+            f"family={overrides['family']!r} was given but {root / 'config.json'} is model_type "
+            f"{settings['family']!r}: "
+            "the transform must be the weights' family's (leave family out to take it from the checkpoint)"
+        )
+    _warn_on_other_chat_template(root, model_family(settings.get("family", QWEN2_5_VL.model_type)))
     given = {key: value for key, value in overrides.items() if value is not None or key not in settings}
     return Qwen2_5_VLTransform(*tokenizer_files(root), **{**settings, **given})
 
@@ -128,7 +129,8 @@ def tokenizer_files(root: Path) -> tuple[str, str | None]:
 
 
 def family_settings(root: Path) -> dict[str, Any]:
-    """``Qwen2_5_VLTransform`` arguments of the family ``root/config.json`` names ({} without a config.json).
+    """``{"family": model_type}``, the ``Qwen2_5_VLTransform`` argument of the family ``root/config.json`` names
+    ({} without a config.json): the transform takes the family's numbers, chat template and video rule from it.
 
     Raises:
         ValueError: config.json names no supported family.
@@ -136,8 +138,7 @@ def family_settings(root: Path) -> dict[str, Any]:
     config_file = root / "config.json"
     if not config_file.is_file():
         return {}
-    family = model_family(read_json(config_file).get("model_type"), str(config_file))
-    return {argument: getattr(family, attribute) for attribute, argument in _FAMILY_NUMBERS.items()}
+    return {"family": model_family(read_json(config_file).get("model_type"), str(config_file)).model_type}
 
 
 def processor_settings(root: Path) -> dict[str, Any]:
@@ -209,13 +210,13 @@ def _checkpoint_chat_template(root: Path) -> tuple[str, str] | None:
     return None
 
 
-def _warn_on_other_chat_template(root: Path) -> None:
+def _warn_on_other_chat_template(root: Path, family: ModelFamily) -> None:
     """Say so when a checkpoint ships a chat template other than the one conversations are rendered with."""
     found = _checkpoint_chat_template(root)
-    if found is not None and found[0] != official_chat_template():
+    if found is not None and found[0] != official_chat_template(family):
         warnings.warn(
-            f"{root}/{found[1]} differs from the official Qwen2.5-VL chat template; conversations are rendered "
-            "with the official one (and HF directories written from this run carry it)",
+            f"{root}/{found[1]} differs from the official {family.architecture} chat template; conversations are "
+            "rendered with the official one (and HF directories written from this run carry it)",
             stacklevel=3,
         )
 
@@ -228,7 +229,7 @@ def write_processor_files(
     transform: Qwen2_5_VLTransform | None = None,
     source_dir: str | Path | None = None,
     *,
-    family: ModelFamily = QWEN2_5_VL,
+    family: ModelFamily | None = None,
 ) -> None:
     """Write the tokenizer, chat template, preprocessor and generation configs next to the weights.
 
@@ -239,18 +240,27 @@ def write_processor_files(
             ``qwenvl_data[vocab]`` with ``family``'s preprocessing numbers and budgets.
         source_dir: the HF checkpoint the weights came from; its generation_config.json and the
             tokenizer_config.json settings that do not change token ids are carried over.
-        family: the weights' family: its processor class is written in the preprocessor configs.
+        family: the weights' family (``ModelFamily``), whose processor classes are written; it must be the
+            transform's family (None: the transform's; Qwen2.5-VL's when there is no transform either).
 
     Raises:
         FileNotFoundError: no tokenizer can be found (no transform, none in ``source_dir``, and the
             ``qwenvl_data[vocab]`` extra not installed).
+        ValueError: ``family`` is not the transform's family (weights of one family, text of another).
     """
     out_dir = Path(out_dir)
     source = Path(source_dir) if source_dir is not None else None
     if transform is None:
-        transform = _transform_of(source, family)
-    _write_tokenizer(out_dir, transform, _source_tokenizer_config(source))
-    images, videos = _preprocessor_configs(transform, family.processor_class)
+        transform = _transform_of(source, family or QWEN2_5_VL)
+    transform_family = model_family(getattr(transform, "family", QWEN2_5_VL.model_type), "the transform's family")
+    if family is not None and family is not transform_family:
+        raise ValueError(
+            f"the weights are {family.architecture}'s but the run's transform is {transform_family.model_type}'s: "
+            "build the transform with the model's family"
+        )
+    family = transform_family
+    _write_tokenizer(out_dir, transform, _source_tokenizer_config(source), family)
+    images, videos = _preprocessor_configs(transform, family)
     (out_dir / IMAGE_CONFIG).write_text(json.dumps(images, indent=2))
     (out_dir / VIDEO_CONFIG).write_text(json.dumps(videos, indent=2))
     if source is not None and (source / GENERATION_CONFIG).is_file():
@@ -278,13 +288,10 @@ def _transform_of(source: Path | None, family: ModelFamily) -> Qwen2_5_VLTransfo
 
 @functools.cache
 def _packaged_transform(model_type: str) -> Qwen2_5_VLTransform:
-    """The packaged vocabulary with a family's numbers and budgets (built once per family: reading the BPE
-    files takes a second)."""
+    """The packaged vocabulary with a family's defaults (built once: reading the BPE files takes a second)."""
     from qwenvl_data.vocab import qwen_vocab_files
 
-    family = model_family(model_type)
-    numbers = {argument: getattr(family, attribute) for attribute, argument in _FAMILY_NUMBERS.items()}
-    return Qwen2_5_VLTransform(*qwen_vocab_files(), **numbers)
+    return Qwen2_5_VLTransform(*qwen_vocab_files(), family=model_type)
 
 
 def _source_tokenizer_config(source: Path | None) -> dict:
@@ -325,26 +332,26 @@ def _tokenizer_config(transform: Qwen2_5_VLTransform, chat_template: str, carrie
     return {**defaults, **carried, **ours}
 
 
-def _write_tokenizer(out_dir: Path, transform: Qwen2_5_VLTransform, carried: dict) -> None:
+def _write_tokenizer(out_dir: Path, transform: Qwen2_5_VLTransform, carried: dict, family: ModelFamily) -> None:
     """The run's tokenizer: its tokenizer.json, its BPE model's vocab.json + merges.txt, the configs."""
     tokenizer = transform.tokenizer.tokenizer
     tokenizer.save(str(out_dir / "tokenizer.json"))
     tokenizer.model.save(str(out_dir))  # vocab.json, merges.txt
-    template = official_chat_template()
+    template = official_chat_template(family)
     config = _tokenizer_config(transform, template, carried)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": template}, indent=2))
     (out_dir / "chat_template.jinja").unlink(missing_ok=True)  # a stale one would win over chat_template.json
 
 
-def _preprocessor_configs(transform: Qwen2_5_VLTransform, processor_class: str) -> tuple[dict, dict]:
+def _preprocessor_configs(transform: Qwen2_5_VLTransform, family: ModelFamily) -> tuple[dict, dict]:
     """(preprocessor_config.json, video_preprocessor_config.json) with the transform's settings, both spellings."""
     image = transform.image_transform
     video = image.video_options
     shared = {
         **_FIXED_STEPS,
         **{key: _as_json(getattr(image, argument)) for key, argument in _SHARED_KEYS.items()},
-        "processor_class": processor_class,
+        "processor_class": family.processor_class,
     }
     images = {
         **shared, "image_processor_type": "Qwen2VLImageProcessor",
@@ -352,7 +359,7 @@ def _preprocessor_configs(transform: Qwen2_5_VLTransform, processor_class: str) 
         "size": {"shortest_edge": image.min_pixels, "longest_edge": image.max_pixels},
     }  # fmt: skip
     videos = {
-        **shared, "video_processor_type": "Qwen2VLVideoProcessor",
+        **shared, "video_processor_type": family.video_processor_class,
         **{key: getattr(video, key) for key in _VIDEO_KEYS},  # VideoOptions' names are the config's
         "size": {"shortest_edge": video.min_pixels, "longest_edge": video.max_pixels},
     }  # fmt: skip

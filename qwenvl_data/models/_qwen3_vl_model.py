@@ -117,20 +117,4 @@ class Qwen3VLModel(Qwen2_5_VLModel):
     no seconds enter the ids (the timestamps are text).
     """
 
-    def mrope_position_ids(
-        self,
-        tokens: torch.Tensor,
-        image_grid_thw: torch.Tensor | None = None,
-        video_grid_thw: torch.Tensor | None = None,
-        second_per_grid_ts: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        document_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(position_ids [3, B, L], rope_deltas [B, 1]) by Qwen3-VL's rule: Qwen2-VL's (``tokens_per_second``
-        None) on one grid per frame; ``second_per_grid_ts`` is not used."""
-        frames = None
-        if video_grid_thw is not None:
-            grid = video_grid_thw.reshape(-1, 3)
-            frames = torch.repeat_interleave(grid, grid[:, 0], dim=0)
-            frames[:, 0] = 1
-        return super().mrope_position_ids(tokens, image_grid_thw, frames, None, attention_mask, document_ids)
+    model_type = "qwen3_vl"  # its family (``family_of_model``)

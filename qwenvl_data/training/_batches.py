@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from qwenvl_data.datasets import WeightedMixture
+from qwenvl_data.rope import PositionRule
 from qwenvl_data.training._data import RefillingBatches, build_dataset
 from qwenvl_data.training._packed_data import packed_batches, split_packing_options
 from qwenvl_data.training._settings import RecipeSettings
@@ -67,17 +68,17 @@ def build_batches(
     collate_fn: Any,
     settings: RecipeSettings,
     ledger: SkipLedger,
-    tokens_per_second: int | None,
+    position_rule: PositionRule,
 ) -> Batches:
     """The micro-batches of ``dataset``: packed rows when ``packed_buffer_size`` is set, else padded batches
-    (``collate_fn``); ``tokens_per_second``: the model's video position rule, for the packed rows. The ``ledger``
-    counts a mixture's records per dataset too, in the mixture's order."""
+    (``collate_fn``); ``position_rule``: the model's family's video position rule, for the packed rows. The
+    ``ledger`` counts a mixture's records per dataset too, in the mixture's order."""
     if isinstance(dataset, WeightedMixture) and len(dataset.names) > 1:
         ledger.expect_sources(dataset.names)
     if packed_buffer_size is not None:
         return packed_batches(
             dataset, transform, settings.batch_size, buffer_size=packed_buffer_size, shuffle=settings.shuffle,
-            seed=settings.seed, num_workers=settings.num_workers, ledger=ledger, tokens_per_second=tokens_per_second,
+            seed=settings.seed, num_workers=settings.num_workers, ledger=ledger, position_rule=position_rule,
         )  # fmt: skip
     return RefillingBatches(dataset, collate_fn, settings.batch_size, ledger, shuffle=settings.shuffle,
                             seed=settings.seed, num_workers=settings.num_workers)  # fmt: skip

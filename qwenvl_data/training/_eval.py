@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from qwenvl_data._constants import IGNORE_INDEX, IM_END_ID, IM_START_ID, PATCH_SIZE
+from qwenvl_data._constants import IGNORE_INDEX, IM_END_ID, IM_START_ID
 from qwenvl_data.generation import generate
+from qwenvl_data.models import family_of_model
 from qwenvl_data.training._data import move_to_device
 from qwenvl_data.training._loss import project_trained_rows, trained_rows
 from qwenvl_data.training._position_rule import collator_for_model
@@ -36,7 +37,7 @@ def answer_accuracy(
 
     Args:
         dataset: samples from the model transform (`tokens`, `labels` with -100 outside the answer).
-        collate_fn: batches them; a collator that leaves ``tokens_per_second`` out takes the model's rule
+        collate_fn: batches them; a collator that leaves its position rule out takes the model's
             (``collator_for_model``), one that sets another is refused.
         max_samples: evaluate only the first this many samples.
 
@@ -201,6 +202,7 @@ def answer_examples(
     """
     was_training = model.training
     model.eval()
+    patch_size = family_of_model(model).patch_size
     examples = []
     for index in range(min(count, len(dataset))):
         sample = dataset[index]
@@ -210,7 +212,7 @@ def answer_examples(
         answer = greedy_answer(model, sample, prompt, collate_fn, device=device, dtype=dtype,
                                max_new_tokens=max_new_tokens)  # fmt: skip
         examples.append({
-            "id": sample.get("id", index), "picture": sample.get("description") or _picture_sizes(sample),
+            "id": sample.get("id", index), "picture": sample.get("description") or _picture_sizes(sample, patch_size),
             "question": _last_user_text(prompt, decode), "answer": decode(answer), "truth": decode(reference),
             "correct": answer == reference,
         })  # fmt: skip
@@ -235,9 +237,10 @@ def _last_user_text(prompt: list[int], decode: Callable[..., str]) -> str:
     return role_and_text.split("\n", 1)[-1].strip()
 
 
-def _picture_sizes(sample: dict[str, Any]) -> str:
-    """E.g. "image 84x56 px" (as the model sees it, from ``image_grid_thw``), or "no image"."""
+def _picture_sizes(sample: dict[str, Any], patch_size: int) -> str:
+    """E.g. "image 84x56 px" (as the model sees it, from ``image_grid_thw`` and the family's ``patch_size``),
+    or "no image"."""
     grids = sample.get("image_grid_thw")
     if grids is None or len(grids) == 0:
         return "no image"
-    return ", ".join(f"image {w * PATCH_SIZE}x{h * PATCH_SIZE} px" for _, h, w in grids.tolist())
+    return ", ".join(f"image {w * patch_size}x{h * patch_size} px" for _, h, w in grids.tolist())

@@ -27,6 +27,7 @@ from qwenvl_data.datasets._stats import SkippedRecord
 from qwenvl_data.errors import sample_name
 from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
+from qwenvl_data.rope import PositionRule
 from qwenvl_data.training._data import Outcomes, rank_sampler
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._stream_loader import sample_loader
@@ -260,13 +261,13 @@ def packed_batches(
     seed: int,
     num_workers: int = 0,
     ledger: SkipLedger | None = None,
-    tokens_per_second: int | None,
+    position_rule: PositionRule,
 ) -> PackedBatches:
     """The recipes' batches for ``dataset.packed: true``: rows of ``transform.max_seq_len`` tokens.
 
     Map-style datasets are read through a DistributedSampler (this rank's share, reshuffled each
-    pass); an IterableDataset (streaming) is read as it shards itself. ``tokens_per_second`` is the model's video
-    position rule (``ModelFamily.tokens_per_second``).
+    pass); an IterableDataset (streaming) is read as it shards itself. ``position_rule`` is the model's family's video
+    position rule (``ModelFamily.position_rule``).
 
     Raises:
         ValueError: no ``tokenizer.max_seq_len`` (the row length).
@@ -282,5 +283,5 @@ def packed_batches(
         sampler = rank_sampler(dataset, shuffle, seed)
     return PackedBatches(
         sample_loader(dataset, sampler, num_workers), int(max_seq_len), batch_size, buffer_size,
-        collate=functools.partial(collate_packed_rows, tokens_per_second=tokens_per_second), ledger=ledger,
+        collate=functools.partial(collate_packed_rows, position_rule=position_rule), ledger=ledger,
     )  # fmt: skip

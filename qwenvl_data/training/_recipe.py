@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchtune import training, utils
 
 from qwenvl_data.datasets._stats import SkipReport
-from qwenvl_data.models import check_builder_fits_checkpoint
+from qwenvl_data.models import check_builder_fits_checkpoint, family_of_model
 from qwenvl_data.training._batches import build_batches, build_training_dataset
 from qwenvl_data.training._checkpoint import TrainingCheckpointer
 from qwenvl_data.training._config import build
@@ -106,7 +106,7 @@ class FinetuneRecipe:
         self.optimizer = build(cfg, "optimizer", [p for p in self.model.parameters() if p.requires_grad])
         self.batches = build_batches(dataset, packed_buffer_size, transform=self.transform, collate_fn=self.collate_fn,
                                      settings=settings, ledger=self.skips,
-                                     tokens_per_second=self.model.tokens_per_second)  # fmt: skip
+                                     position_rule=family_of_model(self.model).position_rule)  # fmt: skip
         self.steps_per_epoch = self.batches.planned_steps(settings.gradient_accumulation_steps,
                                                           settings.max_steps_per_epoch)  # fmt: skip
         self.total_steps = settings.epochs * self.steps_per_epoch

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from qwenvl_data._constants import RESIZED_IMAGE_MAX_PIXELS, RESIZED_IMAGE_MIN_PIXELS
+from qwenvl_data._constants import RESIZED_IMAGE_MAX_TOKENS, RESIZED_IMAGE_MIN_TOKENS
 from qwenvl_data.vision._resize import smart_resize
 from qwenvl_data.video import VIDEO_OPTION_KEYS
 
@@ -22,8 +22,9 @@ class ImageOptions:
         min_pixels (int | None): lower pixel budget of this image (default: the transform's ``min_pixels``).
         max_pixels (int | None): upper pixel budget of this image (default: the transform's ``max_pixels``).
         resized_height, resized_width (int | None): an explicit size, set together; it is fitted to whole
-            28-pixel blocks by ``smart_resize(resized_height, resized_width)`` within qwen-vl-utils' own image
-            bounds (3136..12845056 pixels), and the budgets are not used (qwen-vl-utils' ``fetch_image``).
+            ``factor``-pixel blocks (28; Qwen3-VL: 32) by ``smart_resize(resized_height, resized_width)`` within
+            qwen-vl-utils' own image bounds (4..16384 merged tokens: 3136..12845056 pixels at 28), and the budgets
+            are not used (qwen-vl-utils' ``fetch_image``).
 
     Raises:
         ValueError: a value that is not a positive int, one of ``resized_height``/``resized_width`` without the
@@ -56,8 +57,9 @@ class ImageOptions:
         """
         if self.resized_height is not None:
             return smart_resize(
-                self.resized_height, self.resized_width, factor, RESIZED_IMAGE_MIN_PIXELS, RESIZED_IMAGE_MAX_PIXELS
-            )
+                self.resized_height, self.resized_width, factor, RESIZED_IMAGE_MIN_TOKENS * factor**2,
+                RESIZED_IMAGE_MAX_TOKENS * factor**2,
+            )  # fmt: skip
         low = min_pixels if self.min_pixels is None else self.min_pixels
         high = max_pixels if self.max_pixels is None else self.max_pixels
         if low > high:

@@ -56,8 +56,12 @@ FrameSize = Callable[[int, int, int], tuple[int, int]]
 
 
 def read_video_file(
-    path: str | os.PathLike | bytes, options: VideoOptions, frame_size: FrameSize | None = None
-) -> tuple[list[Image.Image], float]:
+    path: str | os.PathLike | bytes,
+    options: VideoOptions,
+    frame_size: FrameSize | None = None,
+    *,
+    sampling: str = "qwen_vl_utils",
+) -> tuple[list[Image.Image], float, list[float]]:
     """The frames of a video file that ``options`` keep, upright, and the rate they were sampled at.
 
     Frame selection (see ``qwenvl_data.vision._video_sampling``, after qwen-vl-utils): the window
@@ -71,11 +75,13 @@ def read_video_file(
         options: the selection options; the pixel options are applied later, by the image transform.
         frame_size: ``(kept count, height, width) -> (height, width)``: each kept frame is resized to it
             (PIL bicubic) as soon as it is decoded, so only output-sized frames are held. None: full size.
+        sampling: the count rule, a ``VideoRule.sampling`` (``"qwen_vl_utils"`` or ``"transformers"``).
 
     Returns:
-        (frames, sample_fps): RGB PIL images in time order, and ``len(frames) / window_frames *
+        (frames, sample_fps, times): RGB PIL images in time order; ``len(frames) / window_frames *
         native_fps``, the rate actually sampled (qwen-vl-utils' ``sample_fps``), which sets
-        ``second_per_grid_ts``.
+        ``second_per_grid_ts``; and each kept frame's time in the file, ``index / native_fps`` (what
+        transformers' Qwen3-VL timestamps are made of, its ``frames_indices / fps``).
 
     Raises:
         ImageLoadError: the file is missing, not a video, has no video stream or no frames, is damaged
@@ -101,7 +107,7 @@ def read_video_file(
             if index.damage and not options.allow_truncated:
                 raise ImageLoadError(f"video file {name} is damaged after frame {len(index.pts)}: {index.damage}")
             try:
-                return _read_kept(container, stream, index, len(index.pts), options, frame_size, name)
+                return _read_kept(container, stream, index, len(index.pts), options, frame_size, name, sampling)
             except _Damaged as damage:
                 if not options.allow_truncated or damage.index == 0:
                     seconds = float((index.pts[damage.index] - index.pts[0]) * index.time_base)
@@ -112,7 +118,8 @@ def read_video_file(
                 usable = damage.index
         # Frames before the damage only, from a fresh decoder (one that met the damage keeps some of it).
         with _open(source, name) as container:
-            return _read_kept(container, container.streams.video[0], index, usable, options, frame_size, name)
+            return _read_kept(container, container.streams.video[0], index, usable, options, frame_size, name,
+                              sampling)  # fmt: skip
     except av.error.FFmpegError as error:
         raise ImageLoadError(f"video file {name} cannot be decoded: {error}") from error
 
@@ -138,7 +145,8 @@ def _read_kept(
     options: VideoOptions,
     frame_size: FrameSize | None,
     name: str,
-) -> tuple[list[Image.Image], float]:
+    sampling: str,
+) -> tuple[list[Image.Image], float, list[float]]:
     """Select among the first ``usable`` frames and decode the kept ones (``_Damaged`` on damage)."""
     times = [(pts - index.pts[0]) * index.time_base for pts in index.pts[:usable]]
     duration = Fraction(usable) / index.average_rate
@@ -152,6 +160,7 @@ def _read_kept(
             nframes=options.nframes,
             min_frames=options.min_frames,
             max_frames=options.max_frames,
+            sampling=sampling,
         )
     except ValueError as error:
         raise ImageLoadError(f"video file {name}: {error}") from error
@@ -161,7 +170,8 @@ def _read_kept(
         return image if frame_size is None else resize_rgb(image, *frame_size(count, image.height, image.width))
 
     decoded = _decode(container, stream, index, sorted(set(picks)), fit)
-    return [decoded[i] for i in picks], count / window_frames * float(index.average_rate)
+    native_fps = float(index.average_rate)
+    return [decoded[i] for i in picks], count / window_frames * native_fps, [i / native_fps for i in picks]
 
 
 def _demux(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _Index:

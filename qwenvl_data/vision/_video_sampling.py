@@ -3,8 +3,10 @@
 Source: ``qwen_vl_utils/vision_process.py`` (qwen-vl-utils 0.0.11, the preprocessing of the released
 Qwen2.5-VL models): ``calculate_video_frame_range`` (the ``video_start``/``video_end`` window),
 ``smart_nframes`` (how many frames), ``torch.linspace(start, end, n).round()`` (which ones) and the
-``total_pixels`` rule of ``fetch_video`` (how large). Times are exact fractions of the stream's time base,
-so a 30000/1001 fps clip picks the same frames as the integer-index rule would.
+``total_pixels`` rule of ``fetch_video`` (how large); for Qwen3-VL, transformers 5.24's
+``Qwen3VLVideoProcessor.sample_frames`` count (``frame_count(..., sampling="transformers")``). Times are exact
+fractions of the stream's time base, so a 30000/1001 fps clip picks the same frames as the integer-index rule
+would.
 """
 
 import math
@@ -55,18 +57,29 @@ def frame_count(
     nframes: int | None,
     min_frames: int,
     max_frames: int,
+    sampling: str = "qwen_vl_utils",
 ) -> int:
-    """How many frames to keep from a window of ``window_frames`` frames (qwen-vl-utils' ``smart_nframes``).
+    """How many frames to keep from a window of ``window_frames`` frames, by the ``sampling`` rule.
 
-    With ``nframes``: that count rounded to the nearest multiple of 2 (ties to even, Python ``round``).
-    Otherwise ``window_frames / native_fps * fps`` (the window's seconds times the wanted rate), raised to
-    ``min_frames`` (rounded up to a multiple of 2), then capped at ``max_frames`` and at the frames there
-    are (each rounded down to a multiple of 2), and finally rounded down to a multiple of 2. Departure: a
-    window of a single frame keeps it (count 1) instead of failing.
+    ``"qwen_vl_utils"`` (its ``smart_nframes``): with ``nframes``, that count rounded to the nearest multiple of
+    2 (ties to even, Python ``round``). Otherwise ``window_frames / native_fps * fps`` (the window's seconds times
+    the wanted rate), raised to ``min_frames`` (rounded up to a multiple of 2), then capped at ``max_frames`` and
+    at the frames there are (each rounded down to a multiple of 2), and finally rounded down to a multiple of 2.
+    Departure: a window of a single frame keeps it (count 1) instead of failing.
+
+    ``"transformers"`` (5.24's ``Qwen3VLVideoProcessor.sample_frames``, Qwen3-VL): with ``nframes``, that count as
+    given. Otherwise ``int(window_frames / native_fps * fps)``, raised to ``min_frames``, then capped at
+    ``max_frames`` and at the frames there are (any count: an odd one repeats its last frame in the last patch).
 
     Raises:
-        ValueError: ``nframes`` outside [2, window_frames].
+        ValueError: ``nframes`` outside [2, window_frames] (qwen-vl-utils) or [1, window_frames] (transformers).
     """
+    if sampling == "transformers":
+        if nframes is not None and not 1 <= nframes <= window_frames:
+            raise ValueError(f"nframes={nframes} must lie in [1, {window_frames}], the frames in the window")
+        if nframes is not None:
+            return nframes
+        return min(max(int(window_frames / native_fps * fps), min_frames), max_frames, window_frames)
     factor = TEMPORAL_PATCH_SIZE
     if nframes is not None:
         count = round(nframes / factor) * factor
@@ -86,8 +99,9 @@ def frame_count(
 def pick_frames(times: Sequence[Fraction], first: int, last: int, count: int) -> list[int]:
     """The ``count`` frames nearest to ``count`` instants spaced evenly from ``times[first]`` to ``times[last]``.
 
-    On a constant frame rate this is qwen-vl-utils' ``torch.linspace(first, last, count).round()`` (ties to
-    the even index), computed exactly; on a variable frame rate the instants stay evenly spaced in time.
+    On a constant frame rate this is qwen-vl-utils' ``torch.linspace(first, last, count).round()`` and
+    transformers' ``np.linspace(0, total - 1, count).round()`` (ties to the even index), computed exactly; on a
+    variable frame rate the instants stay evenly spaced in time.
 
     Returns:
         ascending frame indices (a frame repeats only when a variable rate leaves a gap wider than the step).

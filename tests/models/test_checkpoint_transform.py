@@ -238,15 +238,26 @@ def test_a_directory_without_tokenizer_files_is_an_error_naming_it(tmp_path):
         checkpoint_transform(tmp_path)
 
 
-def test_the_numbers_preprocessor_configs_leave_out_are_the_checkpoint_familys(tmp_path, tokenizer_dir):
-    from qwenvl_data.models import QWEN2_VL
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_the_numbers_preprocessor_configs_leave_out_are_the_checkpoint_familys(tmp_path, tokenizer_dir, model_type):
+    from qwenvl_data.models import model_family
 
-    qwen2_vl = checkpoint_transform(with_configs(tmp_path / "q2", tokenizer_dir, {"config.json": {
-        "model_type": "qwen2_vl"}})).image_transform  # fmt: skip
-    assert (qwen2_vl.patch_size, qwen2_vl.merge_size, qwen2_vl.temporal_patch_size) == (
-        QWEN2_VL.patch_size, QWEN2_VL.merge_size, QWEN2_VL.temporal_patch_size)  # fmt: skip
-    assert (qwen2_vl.min_pixels, qwen2_vl.max_pixels) == (QWEN2_VL.image_min_pixels, QWEN2_VL.image_max_pixels)
-    # A family whose numbers are not known is refused, not given Qwen2.5-VL's patches.
+    family = model_family(model_type)
+    transform = checkpoint_transform(with_configs(tmp_path / "q", tokenizer_dir, {"config.json": {
+        "model_type": model_type}}))  # fmt: skip
+    images = transform.image_transform
+    assert transform.family == model_type and transform.tokenizer.chat_template == family.chat_template
+    assert (images.patch_size, images.merge_size, images.temporal_patch_size) == (
+        family.patch_size, family.merge_size, family.temporal_patch_size)  # fmt: skip
+    assert (images.min_pixels, images.max_pixels) == (family.image_min_pixels, family.image_max_pixels)
+    assert (images.image_mean, images.image_std, images.video_rule) == (family.image_mean, family.image_std,
+                                                                        family.video_rule)  # fmt: skip
+    assert (images.video_options.min_pixels, images.video_options.max_pixels) == (
+        family.video_min_pixels, family.video_max_pixels)  # fmt: skip
+
+
+def test_a_family_whose_numbers_are_not_known_is_refused(tmp_path, tokenizer_dir):
+    # Refused, not given another family's patches.
     with pytest.raises(ValueError, match="model_type 'qwen3_vl_moe' .Qwen3-VL-MoE. is not yet supported"):
         checkpoint_transform(with_configs(tmp_path / "q3", tokenizer_dir, {"config.json": {
             "model_type": "qwen3_vl_moe"}}))  # fmt: skip

@@ -17,11 +17,13 @@ def reference_image(image, min_pixels: int = 3136, max_pixels: int = 1003520) ->
     return out["pixel_values"], out["image_grid_thw"]
 
 
-def frame_planes(pixel_values: torch.Tensor, grid_thw: torch.Tensor, temporal_patch_size: int = 2) -> torch.Tensor:
+def frame_planes(
+    pixel_values: torch.Tensor, grid_thw: torch.Tensor, temporal_patch_size: int = 2, patch: int = 14
+) -> torch.Tensor:
     """[T', slot, C, H, W] pixels back out of the flat patch layout (rows t, block row, block col, 2x2;
-    columns C, slot, 14, 14), so a frame can be compared with an image's output."""
+    columns C, slot, patch, patch), so a frame can be compared with an image's output."""
     grid_t, grid_h, grid_w = (int(v) for v in grid_thw[0])
-    blocks = pixel_values.view(grid_t, grid_h // 2, grid_w // 2, 2, 2, 3, temporal_patch_size, 14, 14)
+    blocks = pixel_values.view(grid_t, grid_h // 2, grid_w // 2, 2, 2, 3, temporal_patch_size, patch, patch)
     # -> t, slot, C, block row, row in block, patch row, block col, col in block, patch col
     planes = blocks.permute(0, 6, 5, 1, 3, 7, 2, 4, 8)
-    return planes.reshape(grid_t, temporal_patch_size, 3, grid_h * 14, grid_w * 14)
+    return planes.reshape(grid_t, temporal_patch_size, 3, grid_h * patch, grid_w * patch)

@@ -34,5 +34,5 @@ def test_a_file_that_refers_to_other_files_is_refused_not_followed(tmp_path, ref
 
 
 def test_the_referenced_clip_itself_reads(referenced_clip):
-    frames, _ = read_video_file(referenced_clip, VideoOptions(nframes=2))
+    frames, _, _ = read_video_file(referenced_clip, VideoOptions(nframes=2))
     assert len(frames) == 2

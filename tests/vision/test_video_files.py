@@ -21,7 +21,7 @@ from qwenvl_data.vision._video_file import read_video_file
 
 
 def kept(path, **options) -> tuple[list[int], float]:
-    frames, fps = read_video_file(path, VideoOptions(**options))
+    frames, fps, _ = read_video_file(path, VideoOptions(**options))
     return [colour_index(frame) for frame in frames], fps
 
 
@@ -119,7 +119,7 @@ def test_rotation_90_comes_out_upright(tmp_path):
     upright.paste((255, 0, 0), (0, 0, 24, 16))
     stored = upright.transpose(Image.Transpose.ROTATE_270)  # the sensor's landscape frame
     path = write_video(tmp_path / "phone.mp4", 2, 64, 48, rotation=90, pictures=[stored, stored])
-    frames, _ = read_video_file(path, VideoOptions())
+    frames, _, _ = read_video_file(path, VideoOptions())
     assert frames[0].size == (48, 64)
     pixels = np.asarray(frames[0], dtype=np.int32)
     assert np.abs(pixels[4:12, 4:20] - [255, 0, 0]).max() < 40  # top left is red
@@ -129,7 +129,7 @@ def test_rotation_90_comes_out_upright(tmp_path):
 def test_each_kept_frame_equals_the_image_reference_of_that_frame(tmp_path):
     path = write_video(tmp_path / "photo.mp4", 6, 96, 64, pictures=[photo(96, 64, seed=i) for i in range(6)])
     transform = Qwen2_5_VLImageTransform(video_min_pixels=3136)
-    frames, fps = read_video_file(path, VideoOptions(nframes=4))
+    frames, fps, _ = read_video_file(path, VideoOptions(nframes=4))
     from_file = transform({"video": path, "nframes": 4})
     from_frames = transform({"video": frames, "fps": fps})
     for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
@@ -186,9 +186,9 @@ def test_unreadable_files_name_the_file_and_the_cause(tmp_path, make, message):
 
 def test_allow_truncated_samples_the_frames_before_the_damage(tmp_path):
     path = damaged(tmp_path)
-    good, _ = read_video_file(path, VideoOptions(fps=30, allow_truncated=True))
+    good, _, _ = read_video_file(path, VideoOptions(fps=30, allow_truncated=True))
     assert 2 <= len(good) < 60 and len(good) % 2 == 0  # every frame before the damage, an even count
-    before, _ = read_video_file(path, VideoOptions(fps=30, video_end=(len(good) - 1) / 30))  # no damage in it
+    before, _, _ = read_video_file(path, VideoOptions(fps=30, video_end=(len(good) - 1) / 30))  # no damage in it
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(good, before, strict=True))
 
 
