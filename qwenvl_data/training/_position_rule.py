@@ -1,9 +1,10 @@
-"""One video position rule per run: the collator's rule and the model's family must agree.
+"""One model family per run: the transform's family, the collator's video position rule and the model's must agree.
 
 The rule reaches the code from two places, the collator's YAML and the model (Qwen2.5-VL: 2 temporal ids per
 second; Qwen2-VL: one id per temporal patch; Qwen3-VL: each temporal patch its own span). A collator that leaves it
 out takes the model's family's (``family_of_model(model).position_rule``); one that sets another is refused, so a
-run never trains on another family's video positions.
+run never trains on another family's video positions. The transform (the config's ``tokenizer``) has no such
+default to take, since it tokenized the data before the model exists: one of another family is refused.
 """
 
 import copy
@@ -13,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from qwenvl_data.models import family_of_model
+from qwenvl_data.training._refusal import ConfigError
 
 
 def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Callable[..., Any]:
@@ -48,3 +50,27 @@ def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Call
     bound = copy.copy(collate_fn)
     bound.position_rule, bound.position_rule_set = family.position_rule, True
     return bound
+
+
+def check_transform_family(transform: Any, model: nn.Module) -> None:
+    """Refuse a run whose transform is of another family than its model (another chat template, patch size or
+    video rule than the weights were trained with; also what ``save_hf_model`` writes for the text side).
+
+    Args:
+        transform: the run's ``Qwen2_5_VLTransform`` (its ``family``; a transform of your own passes).
+        model: the run's model (a model of your own passes).
+
+    Raises:
+        ConfigError: the families differ, naming both and the key to set.
+    """
+    transform_family = getattr(transform, "family", None)
+    try:
+        family = family_of_model(model)
+    except TypeError:
+        return  # a model of your own
+    if transform_family is not None and transform_family != family.model_type:
+        raise ConfigError(
+            f"tokenizer ({type(transform).__name__}) is for family {transform_family!r} but the model is "
+            f"{family.architecture} (model_type {family.model_type}): set tokenizer.family={family.model_type}, or "
+            "build the tokenizer with checkpoint_transform from the model's checkpoint"
+        )
