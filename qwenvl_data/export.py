@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torchtune.modules import TiedLinear
 
-from qwenvl_data.models import load_hf_model, merge_peft_adapter, read_peft_adapter, save_hf_model
+from qwenvl_data.models import family_of_model, load_hf_model, merge_peft_adapter, read_peft_adapter, save_hf_model
 from qwenvl_data.training._checkpoint import atomic_directory
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,7 +61,7 @@ def export_merged(
     """
     model = load_hf_model(checkpoint_dir, dtype=torch.float32)
     tied = isinstance(model.decoder.output, TiedLinear)
-    adapter = read_peft_adapter(adapter_dir, tie_word_embeddings=tied)
+    adapter = read_peft_adapter(adapter_dir, tie_word_embeddings=tied, key_map=family_of_model(model).weight_key_map)
     try:
         model.load_state_dict(merge_peft_adapter(model.state_dict(), adapter))
     except ValueError as error:

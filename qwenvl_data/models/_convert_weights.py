@@ -8,6 +8,7 @@ read for every family, and each family's map decides the spelling written.
 """
 
 import re
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -118,14 +119,15 @@ def hf_to_tune(
     state_dict: dict[str, torch.Tensor],
     *,
     tie_word_embeddings: bool,
-    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
+    key_map: Mapping[str, str] = QWEN2_5_VL_KEY_MAP,
 ) -> dict[str, torch.Tensor]:
     """Convert an HF state dict (all shards merged) to ours.
 
     Args:
         state_dict: HF names -> tensors (released or transformers 5.x names).
         tie_word_embeddings: drop ``lm_head.weight`` (some tied checkpoints store a copy).
-        key_map: the family's HF -> our names (``ModelFamily.weight_key_map``); Qwen2.5-VL's by default.
+        key_map: the family's HF -> our names (``ModelFamily.weight_key_map``); Qwen2.5-VL's by default (the
+            earlier signature): pass the model's family's.
 
     Returns:
         our names -> tensors; the Conv3d patch embedding [D, 3, 2, 14, 14] becomes [D, 1176].
@@ -149,7 +151,7 @@ def tune_to_hf(
     in_channels: int,
     temporal_patch_size: int,
     patch_size: int,
-    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
+    key_map: Mapping[str, str] = QWEN2_5_VL_KEY_MAP,
 ) -> dict[str, torch.Tensor]:
     """Convert our state dict to the released HF layout (the inverse of ``hf_to_tune``).
 
@@ -181,7 +183,7 @@ _FROM_PEFT_ADAPTER_SUFFIXES = {peft: ours for ours, peft in _PEFT_ADAPTER_SUFFIX
 _PEFT_PREFIX = "base_model.model."
 
 
-def hf_parameter_name(name: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
+def hf_parameter_name(name: str, key_map: Mapping[str, str]) -> str:
     """transformers 5.x's name of one of our parameters (``key_map``: the family's, as for ``hf_to_tune``).
 
     Example: ``visual.merger.norm.scale`` -> ``model.visual.merger.ln_q.weight``.
@@ -189,7 +191,7 @@ def hf_parameter_name(name: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -
     return _hf5_name(_map_key(name, _inverse(key_map)))
 
 
-def hf_module_name(module: str, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP) -> str:
+def hf_module_name(module: str, key_map: Mapping[str, str]) -> str:
     """transformers 5.x's path of one of our linear layers, the name PEFT targets (``key_map``: the
     family's, as for ``hf_to_tune``).
 
@@ -204,10 +206,10 @@ def tune_to_peft(
     in_channels: int,
     temporal_patch_size: int,
     patch_size: int,
-    key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP,
+    key_map: Mapping[str, str] = QWEN2_5_VL_KEY_MAP,
 ) -> dict[str, torch.Tensor]:
     """Our adapter weights (and modules trained in full) under the names PEFT writes for the
-    family's transformers model (``key_map`` as for ``hf_to_tune``; Qwen2.5-VL's by default).
+    family's transformers model (``key_map`` as for ``hf_to_tune``).
 
     ``decoder.layers.0.attn.q_proj.lora_a.weight`` ->
     ``base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight``; a DoRA
@@ -230,10 +232,10 @@ def tune_to_peft(
 
 
 def peft_to_tune(
-    state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP
+    state_dict: dict[str, torch.Tensor], *, tie_word_embeddings: bool, key_map: Mapping[str, str] = QWEN2_5_VL_KEY_MAP
 ) -> dict[str, torch.Tensor]:
     """A PEFT ``adapter_model.safetensors`` (transformers 4.x or 5.x module names) in ours; ``key_map``:
-    the base model's family's, as for ``hf_to_tune`` (Qwen2.5-VL's by default).
+    the base model's family's, as for ``hf_to_tune``.
 
     Raises:
         KeyError: a key outside ``base_model.model.`` or naming no weight of the family's model.

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,20 +186,20 @@ def _pattern_value(patterns: dict, hf_module: str, default: float) -> float:
 
 
 def read_peft_adapter(
-    adapter_dir: str | os.PathLike, *, tie_word_embeddings: bool, key_map: dict[str, str] = QWEN2_5_VL_KEY_MAP
+    adapter_dir: str | os.PathLike, *, tie_word_embeddings: bool, key_map: Mapping[str, str] = QWEN2_5_VL_KEY_MAP
 ) -> PeftAdapter:
     """Read a PEFT LoRA/DoRA adapter directory (ours or made by PEFT).
 
     Args:
         adapter_dir: holds ``adapter_config.json`` and ``adapter_model.safetensors``.
         tie_word_embeddings: whether the base ties its output projection (see ``hf_to_tune``).
-        key_map: the base model's family's weight names (``family_of_model(base).weight_key_map``);
-            Qwen2.5-VL's by default.
+        key_map: the base model's family's weight names (``family_of_model(base).weight_key_map``; every
+            caller here passes it); Qwen2.5-VL's by default, the earlier signature.
 
     Raises:
         FileNotFoundError: a file is missing.
         ValueError: not a LoRA adapter, or settings we cannot apply (``fan_in_fan_out``, ``lora_bias``),
-            or a key that names no Qwen2.5-VL weight.
+            or a key that names no weight of ``key_map``'s family.
     """
     adapter_dir = Path(adapter_dir)
     for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):

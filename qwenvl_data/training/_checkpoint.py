@@ -244,9 +244,10 @@ class TrainingCheckpointer:
         return {k: v.to(dtype) for k, v in state_dict.items()}
 
     def _read_adapter(self, base: nn.Module):
-        from qwenvl_data.models import read_peft_adapter
+        from qwenvl_data.models import family_of_model, read_peft_adapter
 
-        return read_peft_adapter(self.adapter_dir, tie_word_embeddings=isinstance(base.decoder.output, TiedLinear))
+        return read_peft_adapter(self.adapter_dir, tie_word_embeddings=isinstance(base.decoder.output, TiedLinear),
+                                 key_map=family_of_model(base).weight_key_map)  # fmt: skip
 
     def load_pretrained(self, model: nn.Module, dtype: torch.dtype, trainable_only_missing: bool = False) -> None:
         """Copy checkpoint_dir's weights into an unsharded model.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.families import FAMILIES
 from support.models_reference import hf_forward, save_random_hf_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -245,3 +246,30 @@ def test_dora_loaded_onto_a_checkpoint_starts_from_the_base_model(base_dir, batc
     )
     with torch.no_grad():
         assert max_logit_difference(model.eval()(**batch), load_hf_model(base_dir).eval()(**batch), batch) <= 1e-5
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_familys_adapter_with_its_mergers_trained_is_read_back_by_export_and_the_checkpointer(model_type,
+                                                                                                     tmp_path):
+    """The adapter a LoRA run writes (its mergers trained in full, the released configs' default) is read with
+    the base's family's weight names: by ``export`` and by ``checkpointer.adapter_dir``."""
+    under_test = FAMILIES[model_type]
+    base = tmp_path / "base"
+    under_test.save_random(base, seed=2, tie_word_embeddings=True)
+    lora = dict(lora_attn_modules=["q_proj", "v_proj"], lora_rank=4, lora_alpha=8, train_merger=True)
+    model = trained_stand_in(load_hf_model(base, **lora))
+    assert any(name.startswith("visual.merger") for name in model.trainable_modules)
+    save_adapter(model, model.state_dict(), tmp_path / "adapter", base_model=str(base))
+    expected = merged_state_dict(model)
+
+    assert export_main(["--checkpoint-dir", str(base), "--adapter-dir", str(tmp_path / "adapter"),
+                        "--output-dir", str(tmp_path / "merged")]) == 0  # fmt: skip
+    merged = load_hf_model(tmp_path / "merged").state_dict()
+    assert merged.keys() == expected.keys()
+    assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)  # the same merge, fp32
+
+    reloaded = load_hf_model(base, **lora)
+    checkpointer = TrainingCheckpointer(str(tmp_path / "run"), checkpoint_dir=str(base),
+                                        adapter_dir=str(tmp_path / "adapter"))  # fmt: skip
+    checkpointer.load_pretrained(reloaded, torch.float32, trainable_only_missing=True)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
