@@ -95,7 +95,8 @@ def checkpoint_transform(
     Raises:
         FileNotFoundError: the directory has no tokenizer files.
         ValueError: a preprocessor config that cannot be honoured (naming the file, key and value), or a ``family``
-            override that is not the family ``config.json`` names.
+            (the family a config is written for) that processes data differently from the one ``config.json``
+            names; one that processes alike (Qwen2-VL for Qwen2.5-VL) yields to the checkpoint's.
 
     Example:
         >>> transform = checkpoint_transform("outputs/tiny_synthetic/hf_model", max_seq_len=2048)  # doctest: +SKIP
@@ -104,15 +105,31 @@ def checkpoint_transform(
         raise TypeError("checkpoint_transform takes one directory: model_dir (or its earlier name checkpoint_dir)")
     root = Path(model_dir if model_dir is not None else checkpoint_dir)
     settings = {**family_settings(root), **processor_settings(root)}
-    if overrides.get("family") is not None and settings.get("family", overrides["family"]) != overrides["family"]:
-        raise ValueError(
-            f"family={overrides['family']!r} was given but {root / 'config.json'} is model_type "
-            f"{settings['family']!r}: "
-            "the transform must be the weights' family's (leave family out to take it from the checkpoint)"
-        )
+    written_for = overrides.pop("family", None)  # the family a config is written for; the checkpoint's wins
+    if written_for is not None and settings.setdefault("family", written_for) != written_for:
+        _check_processing_alike(written_for, settings["family"], root)
     _warn_on_other_chat_template(root, model_family(settings.get("family", QWEN2_5_VL.model_type)))
     given = {key: value for key, value in overrides.items() if value is not None or key not in settings}
     return Qwen2_5_VLTransform(*tokenizer_files(root), **{**settings, **given})
+
+
+def _check_processing_alike(written_for: str, checkpoint_family: str, root: Path) -> None:
+    """A ``family`` given beside a checkpoint of another family: fine when both process data alike (Qwen2-VL and
+    Qwen2.5-VL: the same numbers, budgets, video rule and template; the checkpoint's is taken), refused otherwise
+    (a Qwen2.5-VL config's budgets on a Qwen3-VL checkpoint: other patch sizes, a per-clip video budget).
+
+    Raises:
+        ValueError: the two families process data differently, naming both.
+    """
+    given, checkpoint = model_family(written_for, "the family given"), model_family(checkpoint_family)
+    if given.transform_args() != checkpoint.transform_args() or given.chat_template != checkpoint.chat_template:
+        raise ValueError(
+            f"family={written_for!r} was given (the config is written for {given.architecture}) but "
+            f"{root / 'config.json'} is model_type {checkpoint_family!r}, which processes data differently "
+            f"(patch size {checkpoint.patch_size}, its own budgets and chat template): use a config written for "
+            f"{checkpoint_family} (configs/{checkpoint_family}_*.yaml), or set tokenizer.family=null to take the "
+            "checkpoint's family with this config's budgets"
+        )
 
 
 def tokenizer_files(root: Path) -> tuple[str, str | None]:

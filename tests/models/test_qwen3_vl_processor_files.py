@@ -106,5 +106,16 @@ def test_weights_of_one_family_are_not_written_with_the_text_of_another(tmp_path
 def test_a_family_given_beside_the_checkpoint_must_be_its_own(tmp_path):
     root = qwen3_checkpoint(tmp_path / "ckpt", "flat")
     assert checkpoint_transform(root, family="qwen3_vl").family == "qwen3_vl"
-    with pytest.raises(ValueError, match="family='qwen2_5_vl' was given but .*config.json is model_type 'qwen3_vl'"):
+    with pytest.raises(ValueError, match=r"family='qwen2_5_vl' was given \(the config is written for "
+                                         r"Qwen2_5_VLForConditionalGeneration\) but .*config.json is model_type "
+                                         r"'qwen3_vl', which processes data differently .*configs/qwen3_vl_\*.yaml"):
         checkpoint_transform(root, family="qwen2_5_vl")
+
+
+def test_a_family_that_processes_alike_yields_to_the_checkpoints(tmp_path):
+    """A Qwen2.5-VL config on a Qwen2-VL checkpoint: the same processing, the checkpoint's family is taken."""
+    from support.families import FAMILIES
+
+    root = FAMILIES["qwen2_vl"].write_processor_files(tmp_path / "qwen2_vl")
+    assert checkpoint_transform(root, family="qwen2_5_vl").family == "qwen2_vl"
+    assert checkpoint_transform(root).family == "qwen2_vl"
