@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from qwenvl_data._constants import ENDOFTEXT_ID, IM_END_ID, RESCALE_FACTOR
+from qwenvl_data._constants import ENDOFTEXT_ID, IM_END_ID, RESCALE_FACTOR, SPECIAL_TOKENS
 from qwenvl_data._files import read_json
 from qwenvl_data.models._families import QWEN2_5_VL, ModelFamily, model_family
 from qwenvl_data.transform import Qwen2_5_VLTransform
@@ -240,25 +240,26 @@ def write_processor_files(
             ``qwenvl_data[vocab]`` with ``family``'s preprocessing numbers and budgets.
         source_dir: the HF checkpoint the weights came from; its generation_config.json and the
             tokenizer_config.json settings that do not change token ids are carried over.
-        family: the weights' family (``ModelFamily``), whose processor classes are written; it must be the
-            transform's family (None: the transform's; Qwen2.5-VL's when there is no transform either).
+        family: the weights' family (``ModelFamily``), whose processor classes are written; the transform must
+            process as it does (``ModelFamily.processes_like``; None: the transform's family; Qwen2.5-VL's when there
+            is no transform either).
 
     Raises:
         FileNotFoundError: no tokenizer can be found (no transform, none in ``source_dir``, and the
             ``qwenvl_data[vocab]`` extra not installed).
-        ValueError: ``family`` is not the transform's family (weights of one family, text of another).
+        ValueError: the transform processes for another family than ``family`` (weights of one, text of another).
     """
     out_dir = Path(out_dir)
     source = Path(source_dir) if source_dir is not None else None
     if transform is None:
         transform = _transform_of(source, family or QWEN2_5_VL)
     transform_family = model_family(getattr(transform, "family", QWEN2_5_VL.model_type), "the transform's family")
-    if family is not None and family is not transform_family:
+    if family is not None and not family.processes_like(transform_family):
         raise ValueError(
             f"the weights are {family.architecture}'s but the run's transform is {transform_family.model_type}'s: "
             "build the transform with the model's family"
         )
-    family = transform_family
+    family = family or transform_family
     _write_tokenizer(out_dir, transform, _source_tokenizer_config(source), family)
     images, videos = _preprocessor_configs(transform, family)
     (out_dir / IMAGE_CONFIG).write_text(json.dumps(images, indent=2))
@@ -289,9 +290,37 @@ def _transform_of(source: Path | None, family: ModelFamily) -> Qwen2_5_VLTransfo
 @functools.cache
 def _packaged_transform(model_type: str) -> Qwen2_5_VLTransform:
     """The packaged vocabulary with a family's defaults (built once: reading the BPE files takes a second)."""
-    from qwenvl_data.vocab import qwen_vocab_files
+    return packaged_transform(family=model_type)
 
-    return Qwen2_5_VLTransform(*qwen_vocab_files(), family=model_type)
+
+def packaged_transform(family: str = QWEN2_5_VL.model_type, **transform_kwargs: Any) -> Qwen2_5_VLTransform:
+    """A family's transform on the tokenizer files of ``qwenvl_data[vocab]`` (no checkpoint, no download).
+
+    Qwen2-VL / Qwen2.5-VL: ``vocab.json`` + ``merges.txt`` with their 22 special tokens. A family whose tokenizer
+    adds more (``ChatTemplate.added_tokens``: Qwen3-VL's ``<tool_response>`` ... ``</think>``) gets the package's
+    ``tokenizer.json`` (Qwen3's), which must hold exactly those at their ids.
+
+    Args:
+        family: the family's ``model_type``.
+        **transform_kwargs: the other ``Qwen2_5_VLTransform`` arguments (max_seq_len, min_pixels, ...).
+
+    Raises:
+        FileNotFoundError: the ``qwenvl_data[vocab]`` extra is not installed.
+        ValueError: the package's tokenizer.json does not hold the family's added tokens at their ids.
+    """
+    from qwenvl_data.vocab import qwen3_tokenizer_json, qwen_vocab_files
+
+    added = model_family(family, "packaged_transform(family=...)").chat_template.added_tokens
+    if not added:
+        return Qwen2_5_VLTransform(*qwen_vocab_files(), family=family, **transform_kwargs)
+    path = qwen3_tokenizer_json()
+    transform = Qwen2_5_VLTransform(path, family=family, **transform_kwargs)
+    first = max(SPECIAL_TOKENS.values()) + 1
+    expected = {token: first + offset for offset, token in enumerate(added)}
+    found = {token: token_id for token, token_id in transform.special_tokens.items() if token_id >= first}
+    if found != expected:
+        raise ValueError(f"{path}: added tokens {found} after Qwen2.5-VL's, but {family} needs {expected}")
+    return transform
 
 
 def _source_tokenizer_config(source: Path | None) -> dict:
