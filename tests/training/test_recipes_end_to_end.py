@@ -200,8 +200,8 @@ def test_lora_recipe_saves_a_peft_adapter_and_merged_weights_that_agree(tmp_path
         p.name for p in (out / "hf_model").iterdir()
     }
     assert json.loads((out / "hf_model" / "config.json").read_text())["model_type"] == family.model_type
-    rule = family.family.tokens_per_second
-    batch = padded_collate_qwen2_5_vl([vl_sample((("image", 8, 8),), seed=1), vl_sample(seed=2)], tokens_per_second=rule)
+    samples = [vl_sample((("image", 8, 8),), seed=1, family=family.model_type), vl_sample(seed=2, family=family.model_type)]
+    batch = padded_collate_qwen2_5_vl(samples, position_rule=family.family.position_rule)
     peft_model = PeftModel.from_pretrained(family.hf_class.from_pretrained(base_dir), out / "adapter").eval()
     merged = family.hf_class.from_pretrained(out / "hf_model").eval()
     with torch.no_grad():

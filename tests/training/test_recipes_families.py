@@ -48,10 +48,10 @@ def test_transformers_loads_the_trained_checkpoint_to_our_logits(family_run):
     ours = load_hf_model(out / "hf_model").eval()
     reference = family.hf_class.from_pretrained(out / "hf_model").eval()
     samples = [
-        vl_sample((("image", 4, 8), ("video", 2, 4, 4, 1.0)), question_len=5, seed=1),
-        vl_sample(question_len=9, seed=2),
+        vl_sample((("image", 4, 8), ("video", 2, 4, 4, 1.0)), question_len=5, seed=1, family=family.model_type),
+        vl_sample(question_len=9, seed=2, family=family.model_type),
     ]
-    batch = padded_collate_qwen2_5_vl(samples, tokens_per_second=ours.tokens_per_second)
+    batch = padded_collate_qwen2_5_vl(samples, position_rule=family.family.position_rule)
     with torch.no_grad():
         difference = ours(**batch) - hf_forward(reference, batch).logits
     assert difference[batch["attention_mask"]].abs().max() <= TOLERANCE
