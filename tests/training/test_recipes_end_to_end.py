@@ -195,7 +195,11 @@ def test_lora_recipe_saves_a_peft_adapter_and_merged_weights_that_agree(tmp_path
     assert lora_b and all(k.startswith("base_model.model.model.") for k in adapter)
     assert any(torch.count_nonzero(v) for v in lora_b)  # trained away from 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert (config["peft_type"], config["r"], config["modules_to_save"]) == ("LORA", 8, ["visual.merger"])
+    # Trained in full beside the adapters: the merger, and Qwen3-VL's DeepStack mergers (one per index the base's
+    # config.json lists).
+    deepstack = json.loads((base_dir / "config.json").read_text())["vision_config"].get("deepstack_visual_indexes", [])
+    mergers = ["visual.merger", *(f"visual.deepstack_merger_list.{i}" for i in range(len(deepstack)))]
+    assert (config["peft_type"], config["r"], config["modules_to_save"]) == ("LORA", 8, mergers)
     assert {"tokenizer.json", "chat_template.json", "preprocessor_config.json"} <= {
         p.name for p in (out / "hf_model").iterdir()
     }
