@@ -1,4 +1,5 @@
-"""Locate Qwen's vocab.json / merges.txt on disk without downloading anything."""
+"""Locate Qwen's tokenizer files (vocab.json / merges.txt, and Qwen3's tokenizer.json) on disk without downloading
+anything."""
 
 import importlib.util
 from pathlib import Path
