@@ -6,7 +6,9 @@ the best of ``--repeats`` runs of each (the machine is shared, best-of is the le
 ``--threads`` torch threads (default 1, as in a DataLoader worker):
 
 1. positions only: ``mrope_position_ids`` vs the family's ``get_rope_index`` (``Qwen2_5_VLModel``'s,
-   ``Qwen2VLModel``'s with ``--family qwen2_vl``) on the padded batch, by the family's video position rule.
+   ``Qwen2VLModel``'s with ``--family qwen2_vl``, ``Qwen3VLModel``'s with ``--family qwen3_vl``, whose samples are
+   in its layout: 1536-value patches, a timestamped span per temporal patch of the video) on the padded batch, by
+   the family's video position rule.
 2. our whole collate (samples with list ids -> padded tensors, validation, positions), pixel copy
    left out (zero-width patch views), vs get_rope_index alone on ready tensors. Ours pays for
    turning ~64k Python ints into tensors here, which get_rope_index does not; 2b. gives the
@@ -37,8 +39,9 @@ from qwenvl_data.rope import mrope_position_ids  # noqa: E402
 IMAGE_GRIDS = [(40, 40), (28, 44), (60, 36), (20, 20), (16, 52), (34, 34)]
 
 
-def make_batch(batch_size: int = 8, target_len: int = 4096) -> list[dict]:
-    """``batch_size`` samples of about ``target_len`` tokens with 3-6 images each (sample 0 also a video)."""
+def make_batch(family: str, batch_size: int = 8, target_len: int = 4096) -> list[dict]:
+    """``batch_size`` samples of about ``target_len`` tokens with 3-6 images each (sample 0 also a video), in the
+    layout of ``family``'s transform."""
     samples = []
     for i in range(batch_size):
         media = [("image", *IMAGE_GRIDS[(i + k) % len(IMAGE_GRIDS)]) for k in range(3 + i % 4)]
@@ -46,7 +49,7 @@ def make_batch(batch_size: int = 8, target_len: int = 4096) -> list[dict]:
             media.append(("video", 8, 24, 32, 1.0))
         image_tokens = sum(h * w // 4 for _, h, w in media[: 3 + i % 4]) + (8 * 24 * 32 // 4 if i == 0 else 0)
         question_len = max(16, target_len - image_tokens - 200 - 37 * i)
-        samples.append(vl_sample(media, question_len=question_len, answer_len=150, seed=i))
+        samples.append(vl_sample(media, question_len=question_len, answer_len=150, seed=i, family=family))
     return samples
 
 
@@ -100,15 +103,15 @@ def main() -> None:
     add_family_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rule = family_under_test(args.family).family.tokens_per_second
+    rule = family_under_test(args.family).family.position_rule
 
     def collate(samples: list[dict]) -> dict:
-        return padded_collate_qwen2_5_vl(samples, tokens_per_second=rule)
+        return padded_collate_qwen2_5_vl(samples, position_rule=rule)
 
     def reference_batch(samples: list[dict]) -> dict:
         return hf_style_batch(samples, args.family)
 
-    samples = make_batch()
+    samples = make_batch(args.family)
     batch = collate(samples)
     reference = reference_batch(samples)
     assert torch.equal(batch["position_ids"], reference["position_ids"]), "positions differ from get_rope_index"
@@ -124,7 +127,8 @@ def main() -> None:
     grids = {key: batch.get(key) for key in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
     tokens, mask = batch["tokens"], batch["attention_mask"]
     rope_index = lambda: hf_rope_index(tokens, attention_mask=mask, model_type=args.family, **grids)  # noqa: E731
-    ours_positions = lambda: mrope_position_ids(tokens, attention_mask=mask, tokens_per_second=rule, **grids)  # noqa: E731
+    ours_positions = lambda: mrope_position_ids(tokens, attention_mask=mask, tokens_per_second=rule.tokens_per_second,  # noqa: E731
+                                                frames_apart=rule.frames_apart, **grids)  # fmt: skip
     report("1. positions (mrope vs get_rope_index)", best_seconds(ours_positions, rope_index, args.repeats))
 
     text_side = [{k: v for k, v in s.items() if not k.startswith("pixel_values")} for s in samples]

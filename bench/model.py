@@ -2,8 +2,8 @@
 
 Model: a small random model of the ``--family`` (default Qwen2.5-VL) on the real vocabulary (LM 4 layers, hidden
 256, 8/2 heads; vision 4 blocks, hidden 128, MLP 256; Qwen2.5-VL: one full-attention block, window 112 px;
-Qwen2-VL: full attention in every block), saved once with transformers' ``save_pretrained`` and loaded by both
-sides. Batch: 4 samples from our collator with 2-3 images each of different sizes (one sample also a video), right
+Qwen2-VL: full attention in every block; Qwen3-VL: patch 16, head_dim 48, DeepStack after blocks 0 and 1, whose
+features count in the vision-only case), saved once with transformers' ``save_pretrained`` and loaded by both sides. Batch: 4 samples from our collator with 2-3 images each of different sizes (one sample also a video), right
 padded, with the family's video positions.
 
 Three measurements per side: the vision tower alone (where block-wise attention differs from
@@ -56,8 +56,11 @@ BENCH_SIZES = dict(vision_depth=4, vision_width=128, hidden_size=256, intermedia
 
 
 def make_batch(model_type: str, answer_len: int = 8) -> dict:
-    samples = [vl_sample(m, question_len=40, answer_len=answer_len, seed=i) for i, m in enumerate(MEDIA)]
-    return padded_collate_qwen2_5_vl(samples, tokens_per_second=family_under_test(model_type).family.tokens_per_second)
+    """The samples in the family's layout (Qwen3-VL: 1536-value patches, timestamped video spans), collated with its
+    position rule."""
+    samples = [vl_sample(m, question_len=40, answer_len=answer_len, seed=i, family=model_type)
+               for i, m in enumerate(MEDIA)]  # fmt: skip
+    return padded_collate_qwen2_5_vl(samples, position_rule=family_under_test(model_type).family.position_rule)
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -112,8 +115,13 @@ def child(side: str, model_type: str, model_dir: str, repeats: int, threads: int
     grids = torch.cat([batch["image_grid_thw"], batch["video_grid_thw"]])
 
     def vision_step() -> torch.Tensor:
-        out = visual(pixels, grids)
-        return (out if side == "ours" else out.pooler_output).square().mean()
+        """The merged features and, for Qwen3-VL, its DeepStack features: what the language model receives."""
+        if side == "ours":
+            features, deepstack = visual(pixels, grids, with_deepstack=True)
+        else:
+            out = visual(pixels, grids)
+            features, deepstack = out.pooler_output, getattr(out, "deepstack_features", None) or []
+        return sum(part.square().mean() for part in (features, *deepstack))
 
     result = {"tokens": int(batch["attention_mask"].sum()), "patches": pixels.shape[0],
               "long_tokens": int(long_batch["attention_mask"].sum())}  # fmt: skip

@@ -64,6 +64,7 @@ SPECIAL_TOKENS: Final[dict[str, int]] = {
 # Tokens from <tool_call> on are matched as whole tokens but are not "special" (kept by
 # decode(skip_special_tokens=True)), as in the released tokenizer.json.
 NON_SPECIAL_ADDED_TOKENS: Final = frozenset(t for t, i in SPECIAL_TOKENS.items() if i >= 151657)
+FIRST_FAMILY_TOKEN_ID: Final = BASE_VOCAB_SIZE + len(SPECIAL_TOKENS)  # 151665: a family's own added tokens start here
 VOCAB_SIZE: Final = 151936  # embedding rows of the released checkpoints (padded past the 151665 tokens)
 
 ENDOFTEXT_ID: Final = SPECIAL_TOKENS["<|endoftext|>"]

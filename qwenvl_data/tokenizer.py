@@ -19,6 +19,7 @@ from torchtune.modules.transforms.tokenizers import ModelTokenizer
 from qwenvl_data.text._chat_template import ChatTemplate, RenderedChat, render_chat
 from qwenvl_data._constants import (
     ENDOFTEXT_ID,
+    FIRST_FAMILY_TOKEN_ID,
     IM_END_ID,
     IM_START_ID,
     NON_SPECIAL_ADDED_TOKENS,
@@ -96,7 +97,9 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
         truncation (str): "raise" (default) raises SampleTooLongError for a sequence over ``max_seq_len``;
             "truncate_text" cuts trailing text when no image/video span is touched (raises otherwise).
         chat_template (ChatTemplate): the family's official chat template (``ModelFamily.chat_template``);
-            default Qwen2.5-VL's.
+            default Qwen2.5-VL's. Built from vocab.json + merges.txt without ``special_tokens_path``, the tokenizer
+            also gets the template's ``added_tokens`` (Qwen3-VL's ``<tool_response>`` ... ``</think>``, ids from
+            151665, not special), as the family's released tokenizer.json has them.
 
     Example:
         >>> from qwenvl_data.vocab import qwen_vocab_files
@@ -130,6 +133,7 @@ class Qwen2_5_VLTokenizer(ModelTokenizer, Transform):  # noqa: N801 (the model's
                 _added_tokens_from_json(special_tokens_path)
                 if special_tokens_path is not None
                 else [(t, i, t not in NON_SPECIAL_ADDED_TOKENS) for t, i in SPECIAL_TOKENS.items()]
+                + [(t, FIRST_FAMILY_TOKEN_ID + k, False) for k, t in enumerate(chat_template.added_tokens)]
             )
             self.tokenizer = _bpe_tokenizer(path, merges_file, added)
         self.special_tokens: dict[str, int] = {

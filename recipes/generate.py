@@ -28,7 +28,7 @@ from qwenvl_data.training import QuestionTransform, collator_for_model, prompt_a
 from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import move_to_device
 from qwenvl_data.training._mixture_config import check_not_a_mixture
-from qwenvl_data.training._position_rule import check_transform_family
+from qwenvl_data.training._position_rule import check_transform_for_model
 
 REQUIRED_KEYS = ("checkpoint_dir", "model", "tokenizer", "collate_fn")
 OPTIONAL_KEYS = (
@@ -68,7 +68,7 @@ class GenerateRecipe:
         self.rng = torch.Generator(self.device).manual_seed(seed)
         self.transform = build(cfg, "tokenizer")
         self.model = build(cfg, "model").to(device=self.device, dtype=self.dtype).eval()
-        check_transform_family(self.transform, self.model)
+        check_transform_for_model(self.transform, self.model)
         self.collate_fn = collator_for_model(build(cfg, "collate_fn"), self.model)  # the model's video positions
         answer_prompt = cfg.get("prompt") is not None
         self.dataset = None if answer_prompt else build(cfg, "dataset", QuestionTransform(self.transform))

@@ -125,6 +125,11 @@ class ModelFamily:
             "video_rule": self.video_rule,
         }  # fmt: skip
 
+    def processes_like(self, other: "ModelFamily") -> bool:
+        """Whether ``other``'s transform gives this family's tokens and pixels (Qwen2-VL's and Qwen2.5-VL's do: the
+        same numbers, video rule and chat template)."""
+        return self.transform_args() == other.transform_args() and self.chat_template == other.chat_template
+
     def model_from_hf_config(self, config: dict, **lora_args: object) -> Qwen2_5_VLModel:
         """The (random-initialized) model ``config`` describes; with ``lora_args`` (at least
         ``lora_attn_modules``) its LoRA variant."""
@@ -207,7 +212,8 @@ QWEN3_VL = ModelFamily(
     video_max_frames=768,
     video_rule=VideoRule(sampling="transformers", clip_budget=True, timestamps=True),
     chat_template=ChatTemplate(
-        file="qwen3_vl_chat_template.jinja", default_system_prompt=None, system_first_only=True, media_in_answers=False
+        file="qwen3_vl_chat_template.jinja", default_system_prompt=None, system_first_only=True, media_in_answers=False,
+        added_tokens=("<tool_response>", "</tool_response>", "<think>", "</think>"),  # ids 151665-151668
     ),
     position_rule=PositionRule(tokens_per_second=None, frames_apart=True),
     build=qwen3_vl,

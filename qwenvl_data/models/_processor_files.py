@@ -122,7 +122,7 @@ def _check_processing_alike(written_for: str, checkpoint_family: str, root: Path
         ValueError: the two families process data differently, naming both.
     """
     given, checkpoint = model_family(written_for, "the family given"), model_family(checkpoint_family)
-    if given.transform_args() != checkpoint.transform_args() or given.chat_template != checkpoint.chat_template:
+    if not checkpoint.processes_like(given):
         raise ValueError(
             f"family={written_for!r} was given (the config is written for {given.architecture}) but "
             f"{root / 'config.json'} is model_type {checkpoint_family!r}, which processes data differently "
@@ -257,25 +257,26 @@ def write_processor_files(
             ``qwenvl_data[vocab]`` with ``family``'s preprocessing numbers and budgets.
         source_dir: the HF checkpoint the weights came from; its generation_config.json and the
             tokenizer_config.json settings that do not change token ids are carried over.
-        family: the weights' family (``ModelFamily``), whose processor classes are written; it must be the
-            transform's family (None: the transform's; Qwen2.5-VL's when there is no transform either).
+        family: the weights' family (``ModelFamily``), whose processor classes are written; the transform must
+            process as it does (``ModelFamily.processes_like``; None: the transform's family; Qwen2.5-VL's when there
+            is no transform either).
 
     Raises:
         FileNotFoundError: no tokenizer can be found (no transform, none in ``source_dir``, and the
             ``qwenvl_data[vocab]`` extra not installed).
-        ValueError: ``family`` is not the transform's family (weights of one family, text of another).
+        ValueError: the transform processes for another family than ``family`` (weights of one, text of another).
     """
     out_dir = Path(out_dir)
     source = Path(source_dir) if source_dir is not None else None
     if transform is None:
         transform = _transform_of(source, family or QWEN2_5_VL)
     transform_family = model_family(getattr(transform, "family", QWEN2_5_VL.model_type), "the transform's family")
-    if family is not None and family is not transform_family:
+    if family is not None and not family.processes_like(transform_family):
         raise ValueError(
             f"the weights are {family.architecture}'s but the run's transform is {transform_family.model_type}'s: "
             "build the transform with the model's family"
         )
-    family = transform_family
+    family = family or transform_family
     _write_tokenizer(out_dir, transform, _source_tokenizer_config(source), family)
     images, videos = _preprocessor_configs(transform, family)
     (out_dir / IMAGE_CONFIG).write_text(json.dumps(images, indent=2))
@@ -306,9 +307,24 @@ def _transform_of(source: Path | None, family: ModelFamily) -> Qwen2_5_VLTransfo
 @functools.cache
 def _packaged_transform(model_type: str) -> Qwen2_5_VLTransform:
     """The packaged vocabulary with a family's defaults (built once: reading the BPE files takes a second)."""
+    return packaged_transform(family=model_type)
+
+
+def packaged_transform(family: str = QWEN2_5_VL.model_type, **transform_kwargs: Any) -> Qwen2_5_VLTransform:
+    """A family's transform on the ``vocab.json`` + ``merges.txt`` of ``qwenvl_data[vocab]`` (no checkpoint, no
+    download): Qwen2.5-VL's 22 special tokens, then the family's own (``ChatTemplate.added_tokens``: Qwen3-VL's
+    ``<tool_response>`` ... ``</think>``, ids 151665-151668), as the family's released tokenizer.json has them.
+
+    Args:
+        family: the family's ``model_type``.
+        **transform_kwargs: the other ``Qwen2_5_VLTransform`` arguments (max_seq_len, min_pixels, ...).
+
+    Raises:
+        FileNotFoundError: the ``qwenvl_data[vocab]`` extra is not installed.
+    """
     from qwenvl_data.vocab import qwen_vocab_files
 
-    return Qwen2_5_VLTransform(*qwen_vocab_files(), family=model_type)
+    return Qwen2_5_VLTransform(*qwen_vocab_files(), family=family, **transform_kwargs)
 
 
 def _source_tokenizer_config(source: Path | None) -> dict:

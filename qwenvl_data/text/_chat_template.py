@@ -51,12 +51,15 @@ class ChatTemplate:
         system_first_only: only a leading system message is rendered, and only its text; a conversation the
             template would render without something it holds is refused instead.
         media_in_answers: images/videos in assistant messages are rendered (False: refused, as they would be dropped).
+        added_tokens: tokens the family's released tokenizer adds after Qwen2.5-VL's 22, in id order from 151665
+            (strings its template writes, one id each there; the packaged tokenizer must have them too).
     """
 
     file: str = "chat_template.jinja"
     default_system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     system_first_only: bool = False
     media_in_answers: bool = True
+    added_tokens: tuple[str, ...] = ()
 
     def source(self) -> str:
         """The official template's text, verbatim."""

@@ -6,9 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from qwenvl_data.datasets import ChatDataset, multimodal_chat_dataset, synthetic_vqa_dataset
-from qwenvl_data.models._processor_files import checkpoint_transform
+from qwenvl_data.models._processor_files import checkpoint_transform, packaged_transform
 from qwenvl_data.transform import Qwen2_5_VLTransform
-from qwenvl_data.vocab import qwen_vocab_files
 
 
 def packaged_vocab_transform(**transform_kwargs: Any) -> Qwen2_5_VLTransform:
@@ -18,10 +17,10 @@ def packaged_vocab_transform(**transform_kwargs: Any) -> Qwen2_5_VLTransform:
     checkpoint's own tokenizer.json and preprocessor configs).
 
     Args:
-        **transform_kwargs: the other Qwen2_5_VLTransform arguments (max_seq_len, min_pixels, max_pixels, ...).
+        **transform_kwargs: the other Qwen2_5_VLTransform arguments (family, max_seq_len, min_pixels, ...);
+            ``family: qwen3_vl`` takes Qwen3's tokenizer (see ``packaged_transform``).
     """
-    vocab, merges = qwen_vocab_files()
-    return Qwen2_5_VLTransform(vocab, merges, **transform_kwargs)
+    return packaged_transform(**transform_kwargs)
 
 
 def records_or_synthetic_dataset(

@@ -1,10 +1,11 @@
-"""One model family per run: the transform's family, the collator's video position rule and the model's must agree.
+"""One family per run: the collator's position rule and the transform's processing must be the model's family's.
 
 The rule reaches the code from two places, the collator's YAML and the model (Qwen2.5-VL: 2 temporal ids per
 second; Qwen2-VL: one id per temporal patch; Qwen3-VL: each temporal patch its own span). A collator that leaves it
 out takes the model's family's (``family_of_model(model).position_rule``); one that sets another is refused, so a
-run never trains on another family's video positions. The transform (the config's ``tokenizer``) has no such
-default to take, since it tokenized the data before the model exists: one of another family is refused.
+run never trains on another family's video positions. The transform's ``family`` likewise (patch size, mean/std,
+chat template, video rule) must process as the model's family does, checked before the first batch rather than when
+the HF directory is written.
 """
 
 import copy
@@ -13,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from qwenvl_data.models import family_of_model
+from qwenvl_data.models import family_of_model, model_family
 from qwenvl_data.training._refusal import ConfigError
 
 
@@ -52,25 +53,27 @@ def collator_for_model(collate_fn: Callable[..., Any], model: nn.Module) -> Call
     return bound
 
 
-def check_transform_family(transform: Any, model: nn.Module) -> None:
-    """Refuse a run whose transform is of another family than its model (another chat template, patch size or
-    video rule than the weights were trained with; also what ``save_hf_model`` writes for the text side).
+def check_transform_for_model(transform: Any, model: nn.Module) -> None:
+    """Refuse a run whose transform tokenizes and preprocesses for another family than the model's.
 
     Args:
-        transform: the run's ``Qwen2_5_VLTransform`` (its ``family``; a transform of your own passes).
+        transform: the run's ``tokenizer`` (a ``Qwen2_5_VLTransform``; one of your own without ``family`` passes).
         model: the run's model (a model of your own passes).
 
     Raises:
-        ConfigError: the families differ, naming both and the key to set.
+        ConfigError: (a ValueError) the transform's family processes otherwise than the model's (Qwen2.5-VL's 14-pixel patches for
+            a Qwen3-VL model), naming both and the key to set.
     """
     transform_family = getattr(transform, "family", None)
+    if transform_family is None:
+        return
     try:
         family = family_of_model(model)
     except TypeError:
-        return  # a model of your own
-    if transform_family is not None and transform_family != family.model_type:
+        return
+    if not family.processes_like(model_family(transform_family, "the transform's family")):
         raise ConfigError(
-            f"tokenizer ({type(transform).__name__}) is for family {transform_family!r} but the model is "
-            f"{family.architecture} (model_type {family.model_type}): set tokenizer.family={family.model_type}, or "
-            "build the tokenizer with checkpoint_transform from the model's checkpoint"
+            f"the model is {family.architecture} (model_type {family.model_type}) but the tokenizer transform is "
+            f"{transform_family}'s: set tokenizer.family={family.model_type} (or use checkpoint_transform of the "
+            "model's checkpoint)"
         )

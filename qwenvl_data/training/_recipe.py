@@ -47,7 +47,7 @@ from qwenvl_data.training._periodic import (
     prune_hf_step_dirs,
 )
 from qwenvl_data.training._plot import plot_history, write_metrics
-from qwenvl_data.training._position_rule import check_transform_family, collator_for_model
+from qwenvl_data.training._position_rule import check_transform_for_model, collator_for_model
 from qwenvl_data.training._progress import TrainingProgress, say
 from qwenvl_data.training._settings import RecipeSettings
 from qwenvl_data.training._refusal import RunRefused
@@ -102,7 +102,7 @@ class FinetuneRecipe:
         self.checkpointer.fingerprint = run_fingerprint(cfg, self.world_size)  # what its states depend on
         plan = ModelPlan(type(self).__name__, self.lora, self.distributed, self.device, self.dtype)
         self.model = build_model(cfg, settings, self.checkpointer, plan)
-        check_transform_family(self.transform, self.model)
+        check_transform_for_model(self.transform, self.model)  # one family's processing per run
         self.collate_fn = collator_for_model(self.collate_fn, self.model)  # one video position rule per run
         self.optimizer = build(cfg, "optimizer", [p for p in self.model.parameters() if p.requires_grad])
         self.batches = build_batches(dataset, packed_buffer_size, transform=self.transform, collate_fn=self.collate_fn,

@@ -1,10 +1,12 @@
 """The released configs build what the checkpoint describes, take a config override over the checkpoint's value,
 and read your data from one override: `dataset.data_files=...` or `dataset.source=<saved dataset directory>`."""
 
+import functools
 import itertools
 import json
 import re
 import shutil
+from pathlib import Path
 
 import datasets
 import pytest
@@ -238,22 +240,30 @@ def test_each_released_configs_header_names_its_familys_checkpoint_size_and_buil
     assert callable(_get_component_from_path(builder))
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen2_vl_checkpoint(tmp_path_factory):
-    from qwenvl_data.models import qwen2_vl_tiny, save_hf_model
+@functools.cache
+def _tiny_family_checkpoint(model_type: str, root: Path) -> Path:
+    """A complete HF directory of a family's tiny model (``<model_type>_tiny``), its processor files the family's."""
+    import qwenvl_data.models as models
 
     torch.manual_seed(0)
-    return save_hf_model(qwen2_vl_tiny(), tmp_path_factory.mktemp("tiny_qwen2_vl") / "hf_model")
+    return models.save_hf_model(getattr(models, f"{model_type}_tiny")(), root / model_type / "hf_model")
 
 
-@pytest.mark.parametrize("name", [n for n in RELEASED if n.startswith("qwen2_vl_") and "_lora_single_device" in n])
-def test_a_qwen2_vl_lora_config_builds_the_checkpoints_qwen2_vl_with_its_weights(tiny_qwen2_vl_checkpoint, tmp_path, name):
-    from qwenvl_data.models import QWEN2_VL, family_of_model, load_hf_model
+# The single-device LoRA configs of the families besides Qwen2.5-VL (whose own are checked above).
+OTHER_FAMILY_LORA = [n for n in RELEASED if n.startswith(("qwen2_vl_", "qwen3_vl_")) and "_lora_single_device" in n]
 
+
+@pytest.mark.parametrize("name", OTHER_FAMILY_LORA)
+def test_each_familys_lora_config_builds_the_checkpoints_family_with_its_weights(tmp_path_factory, tmp_path, name):
+    from qwenvl_data.models import family_of_model, load_hf_model, model_family
+
+    family = model_family(re.match(r"qwen[\d_]+vl", name).group(0))
+    checkpoint = _tiny_family_checkpoint(family.model_type, tmp_path_factory.getbasetemp())
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
-    recipe = released_lora_setup(tiny_qwen2_vl_checkpoint, data, tmp_path / "run", name)
-    assert family_of_model(recipe.model) is QWEN2_VL and recipe.model.tokens_per_second is None
-    base = load_hf_model(tiny_qwen2_vl_checkpoint).state_dict()
+    recipe = released_lora_setup(checkpoint, data, tmp_path / "run", name)
+    assert family_of_model(recipe.model) is family and recipe.model.tokens_per_second == family.tokens_per_second
+    assert recipe.collate_fn.position_rule == family.position_rule and recipe.transform.family == family.model_type
+    base = load_hf_model(checkpoint).state_dict()
     loaded = {key: value for key, value in recipe.model.state_dict().items() if key in base}
     assert loaded.keys() == base.keys() and all(torch.equal(loaded[k], base[k]) for k in base)

@@ -10,7 +10,7 @@ from support.vl_samples import vl_prompt
 from qwenvl_data._constants import IMAGE_PAD_ID, PAD_ID
 from qwenvl_data.collate import padded_collate_qwen2_5_vl
 from qwenvl_data.generation import generate, sample_next_token
-from qwenvl_data.models import load_hf_model, next_position_ids
+from qwenvl_data.models import family_of_model, load_hf_model, next_position_ids
 
 NEW_TOKENS = 8
 
@@ -31,20 +31,24 @@ def models(checkpoint):
     return load_hf_model(model_dir).eval(), hf
 
 
-def prompts() -> list[dict]:
-    """Rows of different lengths: an image, a video (2 frames), text only, two images and a video."""
+def prompts(family: str = "qwen2_5_vl") -> list[dict]:
+    """Rows of different lengths: an image, a video (2 frames), text only, two images and a video, in the layout of
+    ``family``'s transform."""
     return [
-        vl_prompt((("image", 12, 8),), seed=1),
-        vl_prompt((("video", 2, 8, 12, 1.0),), question_len=20, seed=2),
-        vl_prompt(question_len=5, seed=3),
-        vl_prompt((("image", 8, 8), ("video", 2, 4, 8, 0.5), ("image", 4, 12)), seed=4),
+        vl_prompt((("image", 12, 8),), seed=1, family=family),
+        vl_prompt((("video", 2, 8, 12, 1.0),), question_len=20, seed=2, family=family),
+        vl_prompt(question_len=5, seed=3, family=family),
+        vl_prompt((("image", 8, 8), ("video", 2, 4, 8, 0.5), ("image", 4, 12)), seed=4, family=family),
     ]
 
 
 @pytest.fixture(scope="module")
 def left_batch(models):
-    """The prompts left-padded, with the video positions of the model's family."""
-    return padded_collate_qwen2_5_vl(prompts(), padding_side="left", tokens_per_second=models[0].tokens_per_second)
+    """The prompts left-padded, with our collator's positions by the model's family's rule (transformers computes
+    its own in ``generate``)."""
+    family = family_of_model(models[0])
+    return padded_collate_qwen2_5_vl(prompts(family.model_type), padding_side="left",
+                                     position_rule=family.position_rule)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

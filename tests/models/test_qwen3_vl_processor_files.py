@@ -119,3 +119,39 @@ def test_a_family_that_processes_alike_yields_to_the_checkpoints(tmp_path):
     root = FAMILIES["qwen2_vl"].write_processor_files(tmp_path / "qwen2_vl")
     assert checkpoint_transform(root, family="qwen2_5_vl").family == "qwen2_vl"
     assert checkpoint_transform(root).family == "qwen2_vl"
+
+
+def test_qwen2_vl_weights_take_the_qwen2_5_vl_transform_which_processes_alike(tmp_path):
+    """Qwen2-VL and Qwen2.5-VL share numbers, video rule and chat template: the weights' processor class is written."""
+    from qwenvl_data.models import qwen2_vl_tiny, save_hf_model
+    from qwenvl_data.training import packaged_vocab_transform
+
+    out = save_hf_model(qwen2_vl_tiny(), tmp_path, transform=packaged_vocab_transform())
+    assert json.loads((out / "preprocessor_config.json").read_text())["processor_class"] == "Qwen2VLProcessor"
+
+
+def test_a_run_whose_transform_processes_for_another_family_is_refused_at_setup(tmp_path):
+    from support.recipes_support import TINY_OVERRIDES, load_config, recipe_class
+
+    overrides = {**TINY_OVERRIDES, "output_dir": str(tmp_path / "run"), "tokenizer.family": "qwen2_5_vl",
+                 "min_pixels": 3136, "max_pixels": 7056}  # fmt: skip
+    cfg = load_config("tiny_synthetic_qwen3_vl", overrides)
+    recipe = recipe_class("full_finetune_single_device")(cfg)
+    try:
+        with pytest.raises(ValueError, match="Qwen3VLForConditionalGeneration .* tokenizer transform is qwen2_5_vl's: "
+                                             "set tokenizer.family=qwen3_vl"):  # fmt: skip
+            recipe.setup(cfg)
+    finally:
+        recipe.cleanup()
+    assert not (tmp_path / "run" / "hf_model").exists()
+
+
+def test_the_packaged_qwen3_vl_transform_tokenizes_as_qwen3s_tokenizer():
+    """``packaged_vocab_transform(family="qwen3_vl")`` (the tiny Qwen3-VL configs' tokenizer) against transformers'
+    reading of Qwen3's tokenizer files: Qwen3's added tokens are one id each."""
+    from qwenvl_data.training import packaged_vocab_transform
+
+    text = "<think>\nplan</think> <tool_response>\n{\"ok\": 1}\n</tool_response><|im_end|> plain <thinking>"
+    ours = packaged_vocab_transform(family="qwen3_vl").encode(text, add_eos=False)
+    assert ours == hf_qwen3_tokenizer()(text)["input_ids"]
+    assert {151665, 151666, 151667, 151668} <= set(ours)

@@ -16,14 +16,17 @@ from support.models_reference import (
     tiny_hf_config,
     tiny_qwen2_vl_hf_config,
 )
+from support.qwen3_reference import RELEASED_IMAGE_CONFIG, RELEASED_VIDEO_CONFIG, qwen3_tokenizer_dir
+from support.qwen3_vl_reference import save_random_qwen3_vl_hf_model, tiny_qwen3_vl_hf_config
 from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
 )
 
-from qwenvl_data.models import QWEN2_5_VL, QWEN2_VL, ModelFamily
+from qwenvl_data.models import QWEN2_5_VL, QWEN2_VL, QWEN3_VL, ModelFamily
 from qwenvl_data.tokenizer import Qwen2_5_VLTokenizer
 from qwenvl_data.vocab import qwen_vocab_files
 
@@ -44,6 +47,9 @@ class FamilyUnderTest:
         tiny_config, tiny_lora_config: configs/<name>.yaml of the family's from-scratch CPU runs.
         chat_template_file: the released Instruct checkpoints' chat template, verbatim, in tests/support/data.
         released_preprocessor_config: the released Instruct checkpoints' preprocessor_config.json.
+        released_video_preprocessor_config: their video_preprocessor_config.json (None: they ship none).
+        tokenizer_dir: a directory with the released tokenizer's files (tokenizer.json with the family's added
+            tokens, vocab.json, merges.txt); None: Qwen's vocabulary with Qwen2.5-VL's 22 special tokens.
     """
 
     family: ModelFamily
@@ -54,6 +60,8 @@ class FamilyUnderTest:
     tiny_lora_config: str
     chat_template_file: str
     released_preprocessor_config: dict
+    released_video_preprocessor_config: dict | None = None
+    tokenizer_dir: Callable[[], Path] | None = None
 
     @property
     def model_type(self) -> str:
@@ -61,8 +69,9 @@ class FamilyUnderTest:
 
     def write_processor_files(self, root: Path) -> Path:
         """A checkpoint directory at ``root`` with the released processor files (no weights): config.json's
-        ``model_type``, preprocessor_config.json, chat_template.json, and tokenizer.json (Qwen's real vocabulary
-        with its 22 special tokens) beside vocab.json and merges.txt."""
+        ``model_type``, preprocessor_config.json (and video_preprocessor_config.json where released),
+        chat_template.json, and tokenizer.json (Qwen's real vocabulary with the family's special tokens) beside
+        vocab.json and merges.txt."""
         root.mkdir(parents=True, exist_ok=True)
         template = (DATA_DIR / self.chat_template_file).read_text()
         files = {
@@ -70,11 +79,17 @@ class FamilyUnderTest:
             "preprocessor_config.json": self.released_preprocessor_config,
             "chat_template.json": {"chat_template": template},
         }
+        if self.released_video_preprocessor_config is not None:
+            files["video_preprocessor_config.json"] = self.released_video_preprocessor_config
         for name, content in files.items():
             (root / name).write_text(json.dumps(content))
-        Qwen2_5_VLTokenizer(*qwen_vocab_files()).tokenizer.save(str(root / "tokenizer.json"))
-        for path in qwen_vocab_files():
-            shutil.copy(path, root)
+        if self.tokenizer_dir is None:
+            Qwen2_5_VLTokenizer(*qwen_vocab_files()).tokenizer.save(str(root / "tokenizer.json"))
+            for path in qwen_vocab_files():
+                shutil.copy(path, root)
+        else:
+            for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+                shutil.copy(self.tokenizer_dir() / name, root / name)
         return root
 
 
@@ -108,5 +123,17 @@ FAMILIES = {
         tiny_lora_config="tiny_synthetic_lora_qwen2_vl",
         chat_template_file="qwen2_5_vl_chat_template.jinja",  # Qwen2-VL's Instruct checkpoints ship the same bytes
         released_preprocessor_config=_released_preprocessor_config("Qwen2VLProcessor"),
+    ),
+    "qwen3_vl": FamilyUnderTest(
+        family=QWEN3_VL,
+        hf_class=Qwen3VLForConditionalGeneration,
+        hf_config=tiny_qwen3_vl_hf_config,
+        save_random=save_random_qwen3_vl_hf_model,
+        tiny_config="tiny_synthetic_qwen3_vl",
+        tiny_lora_config="tiny_synthetic_lora_qwen3_vl",
+        chat_template_file="qwen3_vl_chat_template.jinja",
+        released_preprocessor_config=RELEASED_IMAGE_CONFIG,
+        released_video_preprocessor_config=RELEASED_VIDEO_CONFIG,
+        tokenizer_dir=qwen3_tokenizer_dir,  # Qwen3's tokenizer.json: <tool_response> ... </think> at 151665-151668
     ),
 }

@@ -91,8 +91,9 @@ def save_random_qwen2_vl_hf_model(
 
 
 def hf_forward(model: Qwen2_5_VLForConditionalGeneration, batch: dict, **extra: object):
-    """Run the HF model on a batch from our collator (same position ids, int attention mask)."""
-    keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+    """Run the HF model on a batch from our collator (same position ids, int attention mask); only the media keys
+    its ``forward`` takes (Qwen2-VL and Qwen3-VL have no ``second_per_grid_ts``)."""
+    keys = _media_keys(model)
     return model(
         input_ids=batch["tokens"],
         attention_mask=batch["attention_mask"].long(),
@@ -100,6 +101,14 @@ def hf_forward(model: Qwen2_5_VLForConditionalGeneration, batch: dict, **extra: 
         **{k: batch[k] for k in keys if k in batch},
         **extra,
     )
+
+
+def _media_keys(model: torch.nn.Module) -> list[str]:
+    """The collator's media keys that ``model.forward`` names (a PEFT wrapper: its base model's)."""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    taken = inspect.signature(forward).parameters
+    return [k for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+                        "second_per_grid_ts") if k in taken]  # fmt: skip
 
 
 def mm_token_type_ids(tokens: torch.Tensor) -> torch.Tensor:
@@ -121,9 +130,7 @@ def hf_generate(
     pads); ``eos_token_id=None`` generates all ``max_new_tokens`` (the model's default stop ids are off).
     Only the media keys the model's ``forward`` takes are given (Qwen2-VL has no ``second_per_grid_ts``).
     """
-    taken = inspect.signature(model.forward).parameters
-    keys = [k for k in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-                        "second_per_grid_ts") if k in taken]  # fmt: skip
+    keys = _media_keys(model)
     with torch.no_grad():
         out = model.generate(
             input_ids=batch["tokens"],

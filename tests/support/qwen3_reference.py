@@ -27,8 +27,8 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor, smart_resize
 from transformers.video_utils import VideoMetadata
 
-from conftest import DATA_DIR
 
+DATA_DIR = Path(__file__).parent / "data"
 QWEN3_TEMPLATE = (DATA_DIR / "qwen3_vl_chat_template.jinja").read_text()
 # The released Qwen3-VL-{2B,4B,8B,32B}-Instruct preprocessor configs (the keys that set the numbers).
 RELEASED_IMAGE_CONFIG = {

@@ -31,34 +31,40 @@ from qwenvl_data._constants import (
 PATCH_VALUES = 3 * 2 * 16 * 16  # 1536
 
 
-def tiny_qwen3_vl_hf_config(*, tie_word_embeddings: bool = True) -> Qwen3VLConfig:
+_TINY_TEXT = dict(
+    vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=48, rms_norm_eps=1e-6, max_position_embeddings=32768,
+    rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [10, 7, 7], "mrope_interleaved": True},
+)  # fmt: skip
+
+
+def tiny_qwen3_vl_hf_config(
+    *, tie_word_embeddings: bool = True, vision_depth: int = 3, vision_width: int = 64, **text: object
+) -> Qwen3VLConfig:
     """Same shapes as ``qwen3_vl_tiny``: head_dim 48 (interleaved MRoPE 10/7/7), a 3-block tower with DeepStack
-    after blocks 0 and 1 and an 8 x 8 position table."""
+    after blocks 0 and 1 and an 8 x 8 position table. ``vision_depth``, ``vision_width`` (MLP twice as wide) and
+    ``text`` (``text_config`` keys, e.g. ``hidden_size``) change the sizes, as bench/model.py does."""
+    text_config = {**_TINY_TEXT, **text}
     return Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=48, rms_norm_eps=1e-6,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [10, 7, 7],
-                             "mrope_interleaved": True},
-        ),
+        text_config=text_config,
         vision_config=dict(
-            depth=3, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=128,
-            num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+            depth=vision_depth, hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=4,
+            out_hidden_size=text_config["hidden_size"], num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
         ),
         tie_word_embeddings=tie_word_embeddings,
     )  # fmt: skip
 
 
-def save_random_qwen3_vl_hf_model(out_dir: Path, *, seed: int = 0) -> Qwen3VLForConditionalGeneration:
-    """A random tiny HF Qwen3-VL saved with ``save_pretrained`` into ``out_dir``, returned in eval mode.
+def save_random_qwen3_vl_hf_model(out_dir: Path, *, seed: int = 0, **config_args: object) -> Qwen3VLForConditionalGeneration:
+    """A random tiny HF Qwen3-VL saved with ``save_pretrained`` into ``out_dir``, returned in eval mode
+    (``config_args``: those of ``tiny_qwen3_vl_hf_config``).
 
     transformers starts norms at 1 and biases at 0; every 1-D parameter (norm scales, LayerNorm and linear
     biases) gets noise here, and the weights a larger scale, so that a swapped, dropped or misplaced
     parameter (q_norm before or after RoPE, a DeepStack merger's norm) changes the logits far beyond the
     tolerance."""
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(tiny_qwen3_vl_hf_config()).eval()
+    model = Qwen3VLForConditionalGeneration(tiny_qwen3_vl_hf_config(**config_args)).eval()
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 1:

@@ -24,12 +24,12 @@ from qwenvl_data._constants import (
     IM_START_ID,
     IMAGE_PAD_ID,
     MERGE_SIZE,
-    PATCH_DIM,
     TOKENS_PER_SECOND,
     VIDEO_PAD_ID,
     VISION_END_ID,
     VISION_START_ID,
 )
+from qwenvl_data.models import MODEL_FAMILIES
 
 NEWLINE_ID = 198  # "\n" (byte-level "Ċ") in Qwen's vocabulary
 ROLE_IDS = {"system": 8948, "user": 872, "assistant": 77091}  # "system", "user", "assistant"
@@ -50,8 +50,17 @@ def vl_sample(
     answer_len: int = 8,
     seed: int = 0,
     sample_id: str | None = None,
+    family: str = "qwen2_5_vl",
 ) -> dict:
-    """One tokenized sample in the text transform's output format (see module docstring)."""
+    """One tokenized sample in the text transform's output format (see module docstring).
+
+    ``family`` (a ``model_type``) sets the patch width of the pixels (Qwen3-VL: 1536 values) and, for Qwen3-VL,
+    the video layout: each temporal patch is 3 timestamp text tokens and its own ``<|vision_start|>`` ... span, one
+    ``video_grid_thw`` row per video (``second_per_grid_ts`` stays, as the transform gives it; its positions do not
+    use it)."""
+    described = MODEL_FAMILIES[family]
+    patch_dim = 3 * described.temporal_patch_size * described.patch_size**2
+    frames_apart = described.position_rule.frames_apart
     generator = torch.Generator().manual_seed(seed)
     prompt = _turn_open("system") + _text(generator, 6) + [IM_END_ID, NEWLINE_ID] + _turn_open("user")
     grids = {"image": [], "video": []}
@@ -63,8 +72,13 @@ def vl_sample(
         else:
             grid = [1, *grid]
         pad = IMAGE_PAD_ID if kind == "image" else VIDEO_PAD_ID
-        num_tokens = grid[0] * grid[1] * grid[2] // MERGE_SIZE**2
-        prompt += [VISION_START_ID] + [pad] * num_tokens + [VISION_END_ID]
+        if kind == "video" and frames_apart:
+            for _ in range(grid[0]):
+                prompt += _text(generator, 3) + [VISION_START_ID] + [pad] * (grid[1] * grid[2] // MERGE_SIZE**2)
+                prompt += [VISION_END_ID]
+        else:
+            num_tokens = grid[0] * grid[1] * grid[2] // MERGE_SIZE**2
+            prompt += [VISION_START_ID] + [pad] * num_tokens + [VISION_END_ID]
         grids[kind].append(grid)
     prompt += _text(generator, question_len) + [IM_END_ID, NEWLINE_ID] + _turn_open("assistant")
     answer = _text(generator, answer_len) + [IM_END_ID]
@@ -76,16 +90,16 @@ def vl_sample(
     for kind, pixel_key in (("image", "pixel_values"), ("video", "pixel_values_videos")):
         if grids[kind]:
             grid = torch.tensor(grids[kind], dtype=torch.long)
-            sample[pixel_key] = torch.randn(int(grid.prod(1).sum()), PATCH_DIM, generator=generator)
+            sample[pixel_key] = torch.randn(int(grid.prod(1).sum()), patch_dim, generator=generator)
             sample[f"{kind}_grid_thw"] = grid
     if seconds:
         sample["second_per_grid_ts"] = torch.tensor(seconds, dtype=torch.float32)
     return sample
 
 
-def vl_prompt(media: tuple = (), *, question_len: int = 12, seed: int = 0) -> dict:
+def vl_prompt(media: tuple = (), *, question_len: int = 12, seed: int = 0, family: str = "qwen2_5_vl") -> dict:
     """``vl_sample`` cut before the answer: what ``Qwen2_5_VLTransform(..., inference=True)`` returns, no labels."""
-    sample = vl_sample(media, question_len=question_len, seed=seed)
+    sample = vl_sample(media, question_len=question_len, seed=seed, family=family)
     prompt_len = next(i for i, label in enumerate(sample["labels"]) if label != IGNORE_INDEX)
     skipped = ("tokens", "labels", "mask")
     return {"tokens": sample["tokens"][:prompt_len], **{k: v for k, v in sample.items() if k not in skipped}}

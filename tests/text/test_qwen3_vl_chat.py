@@ -159,3 +159,15 @@ def test_transformers_5_wraps_the_timestamped_spans_in_the_templates_own_span_an
     (by_5_24,), _ = ProcessorMixin.get_text_with_replacements(processor, [template_text], [], [spans])
     ours = transform.decode(transform({"messages": messages})["tokens"])
     assert by_5_24 == ours.replace(spans, f"<|vision_start|>{spans}<|vision_end|>")
+
+
+def test_a_qwen3_transform_on_the_packaged_vocabulary_has_qwen3s_added_tokens(transform):
+    """Built from vocab.json + merges.txt (no checkpoint), the family's own tokens are still one id each."""
+    from qwenvl_data.vocab import qwen_vocab_files
+
+    packaged = Qwen2_5_VLTransform(*qwen_vocab_files(), family="qwen3_vl")
+    text = "<think>why</think> <tool_response>\n42\n</tool_response>"
+    assert packaged.encode(text, add_bos=False, add_eos=False) == transform.encode(text, add_bos=False, add_eos=False)
+    assert [packaged.special_tokens[t] for t in ("<tool_response>", "</tool_response>", "<think>", "</think>")] == [
+        151665, 151666, 151667, 151668]  # fmt: skip
+    assert packaged.decode(packaged.encode("<think>", add_bos=False, add_eos=False), skip_special_tokens=True) == "<think>"

@@ -1,16 +1,18 @@
 """2 FSDP2 ranks whose batches hold different media (none, images, a video) train as one process does.
 
-A rank without media still runs the vision tower (on zero patches, with zero weight), so both ranks issue
-the same all-gathers and reduce-scatters; the losses and weights equal a single-process run over the same
-global batches.
+A rank without media still runs the vision tower (on zero patches, with zero weight; Qwen3-VL's DeepStack mergers
+too), so both ranks issue the same all-gathers and reduce-scatters; the losses and weights equal a single-process run
+over the same global batches.
 """
 
 import json
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from support.families import FAMILIES
 from support.media import photo
 from support.recipes_support import REPO, load_recipe, metrics, run_command
 
@@ -18,6 +20,9 @@ from support.recipes_support import REPO, load_recipe, metrics, run_command
 # one and two images; step 2 gives rank 0 a video and a text, rank 1 two texts (each rank is text-only once).
 MEDIA_OF_RECORD = [(), ("image",), (), ("image", "image"), ("video",), (), (), ()]
 STEPS = 2
+# Each video's frames at 64 x 64 px: a per-frame budget (Qwen2/2.5-VL) or the whole clip's (Qwen3-VL, 4 frames).
+VIDEO_OPTIONS = {"qwen2_5_vl": {"min_pixels": 3136, "max_pixels": 3136},
+                 "qwen3_vl": {"min_pixels": 4096, "max_pixels": 4 * 64 * 64}}  # fmt: skip
 
 
 def _write_records(data_dir):
@@ -41,15 +46,15 @@ def _write_records(data_dir):
     (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def _config(tmp_path, **overrides):
+def _config(tmp_path, family="qwen2_5_vl", **overrides):
     data_dir = tmp_path / "data"
     if not data_dir.is_dir():
         data_dir.mkdir()
         _write_records(data_dir)
-    cfg = OmegaConf.load(REPO / "configs" / "tiny_synthetic.yaml")
+    cfg = OmegaConf.load(REPO / "configs" / f"{FAMILIES[family].tiny_config}.yaml")
     cfg.dataset = {"_component_": "qwenvl_data.datasets.multimodal_chat_dataset", "source": "jsonl",
                    "data_files": str(data_dir / "train.jsonl"), "image_dir": str(data_dir),
-                   "video_options": {"min_pixels": 3136, "max_pixels": 3136}}  # fmt: skip
+                   "video_options": VIDEO_OPTIONS[family]}  # fmt: skip
     cfg.pop("eval_dataset")
     cfg.eval_every_n_steps = None  # it validates on eval_dataset
     # SGD: a weight's difference between the two runs is lr x the gradients' difference, which the float32
@@ -63,14 +68,14 @@ def _config(tmp_path, **overrides):
     return cfg
 
 
-def _single_and_two_ranks(tmp_path, recipe_name, **overrides):
+def _single_and_two_ranks(tmp_path, recipe_name, family="qwen2_5_vl", **overrides):
     """(one process with the global batch, two ranks with half of it each): their output directories."""
-    single_cfg = _config(tmp_path, output_dir=str(tmp_path / "single"), **overrides)
+    single_cfg = _config(tmp_path, family, output_dir=str(tmp_path / "single"), **overrides)
     single_cfg.batch_size = 2 * single_cfg.batch_size
     module = load_recipe(f"{recipe_name}_single_device")
     recipe_class = next(v for k, v in vars(module).items() if k.endswith("SingleDevice"))
     module.run_recipe(recipe_class, single_cfg)
-    ranks_cfg = _config(tmp_path, output_dir=str(tmp_path / "ranks"), **overrides)
+    ranks_cfg = _config(tmp_path, family, output_dir=str(tmp_path / "ranks"), **overrides)
     config_path = tmp_path / "ranks.yaml"
     OmegaConf.save(ranks_cfg, config_path)
     run_command(["tune", "run", "--nproc_per_node", "2", f"recipes/{recipe_name}_distributed.py",
@@ -85,7 +90,8 @@ def _assert_same_training(single, ranks):
     summed over ranks by gloo), so each result is off by rounding only. A float32 sum of K terms is off by about
     eps * sqrt(K) of the terms' scale (rounding errors of random sign); the longest chain of sums here is the
     151,936-way logsumexp plus every matmul's reduction (2 decoder layers of 128 + 256 + 256 + 128 + 128 and the
-    vision tower's 64 + 256 + 64 + 128 per block): K < 2e5, so eps * sqrt(K) < 6e-5 relative; twice that for two
+    vision tower's 64 + 256 + 64 + 128 per block; Qwen3-VL's tiny model is no wider, its patch rows 1536 values):
+    K < 2e5, so eps * sqrt(K) < 6e-5 relative; twice that for two
     runs, per step. An SGD step moves a weight by lr x its gradient, whose elements the clip (norm 1) bounds
     by 1: after S steps two runs' weights are apart by at most S * lr * 1.2e-4.
     """
@@ -102,9 +108,10 @@ def _assert_same_training(single, ranks):
         torch.testing.assert_close(sharded[key], unsharded[key], rtol=0, atol=STEPS * lr * relative, msg=key)
 
 
-def test_ranks_with_text_only_images_or_a_video_train_as_one_process_full(tmp_path):
-    """Full fine-tune, padded batches, tower and merger trained: the tower's weights move on both runs alike."""
-    single, ranks = _single_and_two_ranks(tmp_path, "full_finetune")
+@pytest.mark.parametrize("family", VIDEO_OPTIONS)
+def test_ranks_with_text_only_images_or_a_video_train_as_one_process_full(tmp_path, family):
+    """Full fine-tune, padded batches, tower and merger(s) trained: the tower's weights move on both runs alike."""
+    single, ranks = _single_and_two_ranks(tmp_path, "full_finetune", family)
     _assert_same_training(single, ranks)
 
 

@@ -195,13 +195,17 @@ def test_lora_recipe_saves_a_peft_adapter_and_merged_weights_that_agree(tmp_path
     assert lora_b and all(k.startswith("base_model.model.model.") for k in adapter)
     assert any(torch.count_nonzero(v) for v in lora_b)  # trained away from 0
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert (config["peft_type"], config["r"], config["modules_to_save"]) == ("LORA", 8, ["visual.merger"])
+    # Trained in full beside the adapters: the merger, and Qwen3-VL's DeepStack mergers (one per index the base's
+    # config.json lists).
+    deepstack = json.loads((base_dir / "config.json").read_text())["vision_config"].get("deepstack_visual_indexes", [])
+    mergers = ["visual.merger", *(f"visual.deepstack_merger_list.{i}" for i in range(len(deepstack)))]
+    assert (config["peft_type"], config["r"], config["modules_to_save"]) == ("LORA", 8, mergers)
     assert {"tokenizer.json", "chat_template.json", "preprocessor_config.json"} <= {
         p.name for p in (out / "hf_model").iterdir()
     }
     assert json.loads((out / "hf_model" / "config.json").read_text())["model_type"] == family.model_type
-    rule = family.family.tokens_per_second
-    batch = padded_collate_qwen2_5_vl([vl_sample((("image", 8, 8),), seed=1), vl_sample(seed=2)], tokens_per_second=rule)
+    samples = [vl_sample((("image", 8, 8),), seed=1, family=family.model_type), vl_sample(seed=2, family=family.model_type)]
+    batch = padded_collate_qwen2_5_vl(samples, position_rule=family.family.position_rule)
     peft_model = PeftModel.from_pretrained(family.hf_class.from_pretrained(base_dir), out / "adapter").eval()
     merged = family.hf_class.from_pretrained(out / "hf_model").eval()
     with torch.no_grad():
