@@ -53,6 +53,7 @@ class CheckedSample:
     tokens: torch.Tensor  # int64 [n]
     labels: torch.Tensor | None  # int64 [n]; None when the batch carries no labels (generation)
     media: dict[str, torch.Tensor]  # the vision keys it has, as tensors
+    family: str | None = None  # the model_type of the transform that made it (its "family" key), when known
 
 
 def _as_ids(value: Any, key: str, name: str) -> torch.Tensor:
@@ -157,7 +158,7 @@ def check_samples(batch: list[dict | None]) -> list[CheckedSample]:
             raise SampleError(f"{name}: {labels.numel()} labels for {tokens.numel()} tokens")
         if labels is not None:
             labels = _first_label_ignored(labels)
-        checked.append(CheckedSample(name, tokens, labels, {}))
+        checked.append(CheckedSample(name, tokens, labels, {}, sample.get("family")))
     pad_counts = _pad_token_counts([sample.tokens for sample in checked])
     for sample, (_, raw), counts in zip(checked, indexed, pad_counts):
         sample.media = _check_media(raw, counts, sample.name)
@@ -229,8 +230,9 @@ def padded_collate_qwen2_5_vl(
         max_seq_len: pad every batch to exactly this length (fixed shapes); a longer sample
             raises SampleTooLongError, nothing is truncated.
         tokens_per_second: the earlier spelling of ``position_rule``: ``PositionRule(tokens_per_second)``.
-        position_rule: the family's position rule for videos (``ModelFamily.position_rule``); default
-            Qwen2.5-VL's (``PositionRule()``: 2 temporal ids per second).
+        position_rule: the family's position rule for videos (``ModelFamily.position_rule``); default the rule
+            of the family whose transform made the samples (their ``family`` key), else Qwen2.5-VL's
+            (``PositionRule()``: 2 temporal ids per second).
 
     Returns:
         A dict with
@@ -279,6 +281,27 @@ def padded_collate_qwen2_5_vl(
     return assemble_batch(samples, tokens, labels, attention_mask, position_rule=rule)
 
 
+def samples_rule(samples: list[CheckedSample]) -> PositionRule:
+    """The video position rule of the family whose transform made ``samples`` (their ``family`` key, which
+    ``Qwen2_5_VLTransform`` writes); Qwen2.5-VL's for samples that do not say. What a collator applies when
+    no rule was given to it or bound by a recipe, so a Qwen2-VL or Qwen3-VL transform's samples get their own
+    family's positions in your own loop too.
+
+    Raises:
+        ValueError: the samples come from transforms of families with different rules, naming them.
+    """
+    from qwenvl_data.models._families import model_family  # the models package imports this module's users
+
+    rules = {sample.family: model_family(sample.family, sample.name).position_rule
+             for sample in samples if sample.family is not None}  # fmt: skip
+    if len(set(rules.values())) > 1:
+        raise ValueError(
+            f"a batch of samples from transforms of families {sorted(rules)}, whose video positions differ: "
+            "collate each family's samples apart, or give the collator its position_rule"
+        )
+    return next(iter(rules.values()), PositionRule())
+
+
 def assemble_batch(
     samples: list[CheckedSample],
     tokens: torch.Tensor,
@@ -286,7 +309,7 @@ def assemble_batch(
     attention_mask: torch.Tensor,
     document_ids: torch.Tensor | None = None,
     *,
-    position_rule: PositionRule = PositionRule(),
+    position_rule: PositionRule | None = None,
 ) -> dict[str, torch.Tensor]:
     """The batch dict from padded rows: adds MRoPE positions and the samples' vision inputs.
 
@@ -295,8 +318,10 @@ def assemble_batch(
         tokens, labels: int64 [B, L]; labels may be None.
         attention_mask: bool [B, L].
         document_ids: int64 [B, L] for packed rows (positions restart per sample), else None.
-        position_rule: the family's video position rule (``ModelFamily.position_rule``).
+        position_rule: the family's video position rule (``ModelFamily.position_rule``); None: the rule of the
+            samples' family (``samples_rule``).
     """
+    position_rule = position_rule or samples_rule(samples)
     media = concat_media(samples)
     out = {"tokens": tokens}
     if labels is not None:
@@ -328,7 +353,8 @@ class Qwen2_5_VLCollator:
         tokens_per_second: the earlier spelling of ``position_rule``: 2 (Qwen2.5-VL), None (Qwen2-VL).
         position_rule: the family's video position rule (``qwenvl_data.rope.PositionRule``). Leave both out
             (``MODEL_RULE``) and the recipes take it from the model's family; set, it must agree with the model.
-            Unbound and unset, Qwen2.5-VL's rule applies.
+            Unbound and unset, the rule of the family whose transform made the samples applies (their
+            ``family`` key), else Qwen2.5-VL's.
     """
 
     def __init__(
@@ -353,5 +379,6 @@ class Qwen2_5_VLCollator:
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``padded_collate_qwen2_5_vl``."""
         return padded_collate_qwen2_5_vl(
-            batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len, position_rule=self.position_rule
-        )
+            batch, self.padding_side, self.pad_to_multiple_of, self.max_seq_len,
+            position_rule=self.position_rule if self.position_rule_set else None,
+        )  # fmt: skip

@@ -116,7 +116,7 @@ def collate_packed_rows(
 
 
 def _assemble_rows(
-    packed: list[list[CheckedSample]], max_seq_len: int, position_rule: PositionRule
+    packed: list[list[CheckedSample]], max_seq_len: int, position_rule: PositionRule | None
 ) -> dict[str, torch.Tensor]:
     """Concatenate each row's samples, pad to ``max_seq_len``, add document ids, positions and media."""
     ordered = [sample for row in packed for sample in row]
@@ -160,7 +160,8 @@ class Qwen2_5_VLPackedCollator:
 
     def __call__(self, batch: list[dict | None]) -> dict[str, torch.Tensor]:
         """See ``packed_collate_qwen2_5_vl``."""
-        return packed_collate_qwen2_5_vl(batch, self.max_seq_len, position_rule=self.position_rule)
+        rule = self.position_rule if self.position_rule_set else None  # unset: the samples' family's
+        return packed_collate_qwen2_5_vl(batch, self.max_seq_len, position_rule=rule)
 
 
 def _attends(

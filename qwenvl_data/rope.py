@@ -195,9 +195,10 @@ def collator_position_rule(
     return PositionRule(), False
 
 
-def rule_of(tokens_per_second: "int | None | _ModelRule", position_rule: "PositionRule | None") -> PositionRule:
-    """The rule a collate function's arguments name (``position_rule`` wins; see ``collator_position_rule``)."""
-    return collator_position_rule(tokens_per_second, MODEL_RULE if position_rule is None else position_rule)[0]
+def rule_of(tokens_per_second: "int | None | _ModelRule", position_rule: "PositionRule | None") -> PositionRule | None:
+    """The rule a collate function's arguments name, None when neither is set (see ``collator_position_rule``)."""
+    rule, chosen = collator_position_rule(tokens_per_second, MODEL_RULE if position_rule is None else position_rule)
+    return rule if chosen else None
 
 
 def mrope_position_ids(

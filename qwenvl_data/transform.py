@@ -187,6 +187,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
         out = {k: v for k, v in sample.items() if k not in ("messages", "images", "videos", "tools")}
         out["tokens"], out["mask"] = tokens, mask
         out["labels"] = [IGNORE_INDEX if masked else token for token, masked in zip(tokens, mask)]
+        out["family"] = self.family  # the collators take this family's video position rule unless given one
         for kind, outputs in media.items():
             if outputs:
                 out.update({key: concat_rows([o[key] for o in outputs]) for key in _MEDIA[kind][1]})

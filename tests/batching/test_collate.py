@@ -275,3 +275,51 @@ def test_nested_token_lists_name_the_sample(image_batch):
     image_batch[1]["tokens"] = [image_batch[1]["tokens"]]
     with pytest.raises(SampleError, match=r"sample 1 \(b\): tokens must be a flat list of ints"):
         padded_collate_qwen2_5_vl(image_batch)
+
+
+# ---- a collator left unset takes the video rule of the family whose transform made the samples ----------------
+def _video_chat(transform, seed: int) -> dict:
+    from support.media import video_frames
+    from torchtune.data import Message
+
+    frames = video_frames(4, 64, 64, seed=seed)
+    messages = [Message("user", [{"type": "video", "content": frames}, {"type": "text", "content": "What moves?"}]),
+                Message("assistant", "A cat.")]  # fmt: skip
+    return transform({"messages": messages})
+
+
+SMALL_VIDEO = dict(video_min_pixels=56 * 56, video_max_pixels=64 * 64 * 4)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_an_unset_collator_applies_the_samples_familys_video_positions(model_type):
+    from qwenvl_data.models import model_family
+    from qwenvl_data.transform import Qwen2_5_VLTransform
+    from qwenvl_data.vocab import qwen_vocab_files
+
+    transform = Qwen2_5_VLTransform(*qwen_vocab_files(), family=model_type, **SMALL_VIDEO)
+    samples = [_video_chat(transform, seed) for seed in (1, 2)]
+    assert all(sample["family"] == model_type for sample in samples)
+    given = Qwen2_5_VLCollator(position_rule=model_family(model_type).position_rule)(samples)
+    assert torch.equal(Qwen2_5_VLCollator()(samples)["position_ids"], given["position_ids"])
+    assert torch.equal(padded_collate_qwen2_5_vl(samples)["position_ids"], given["position_ids"])
+
+
+def test_an_unset_collator_no_longer_gives_qwen2_vl_videos_qwen2_5_vls_temporal_ids():
+    from qwenvl_data.models import QWEN2_5_VL
+    from qwenvl_data.transform import Qwen2_5_VLTransform
+    from qwenvl_data.vocab import qwen_vocab_files
+
+    samples = [_video_chat(Qwen2_5_VLTransform(*qwen_vocab_files(), family="qwen2_vl", **SMALL_VIDEO), 1)]
+    seconds_rule = Qwen2_5_VLCollator(position_rule=QWEN2_5_VL.position_rule)(samples)["position_ids"]
+    assert not torch.equal(Qwen2_5_VLCollator()(samples)["position_ids"], seconds_rule)
+
+
+def test_samples_of_families_with_other_video_rules_are_not_collated_together():
+    from qwenvl_data.transform import Qwen2_5_VLTransform
+    from qwenvl_data.vocab import qwen_vocab_files
+
+    qwen2 = Qwen2_5_VLTransform(*qwen_vocab_files(), family="qwen2_vl", **SMALL_VIDEO)
+    qwen2_5 = Qwen2_5_VLTransform(*qwen_vocab_files(), family="qwen2_5_vl", **SMALL_VIDEO)
+    with pytest.raises(ValueError, match=r"families \['qwen2_5_vl', 'qwen2_vl'\], whose video positions differ"):
+        Qwen2_5_VLCollator()([_video_chat(qwen2, 1), _video_chat(qwen2_5, 2)])

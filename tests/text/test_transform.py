@@ -151,6 +151,7 @@ def test_inference_prompt_leaves_out_the_final_answer_like_the_template_without_
     assert out["tokens"][-3:] == transform.encode("<|im_start|>assistant\n", add_eos=False)
     without_answer = transform({"messages": messages[:-1]}, inference=True)
     assert out.keys() == without_answer.keys()
+    assert out.pop("family") == without_answer.pop("family") == transform.family
     assert all(torch.equal(torch.as_tensor(out[k]), torch.as_tensor(without_answer[k])) for k in out)
 
 
