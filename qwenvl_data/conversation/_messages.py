@@ -255,10 +255,8 @@ def build_messages(
     for index, turn in enumerate(turns):
         try:
             message, joins_assistant = _message(turn)
-        except UnreadFieldError as error:
-            raise UnreadFieldError(f"{prefix}message {index}: {error}", error.fields) from error
         except (InvalidConversationError, PlaceholderMismatchError) as error:
-            raise type(error)(f"{prefix}message {index}: {error}") from error
+            raise error.reworded(f"{prefix}message {index}: {error}") from error
         unanswered = _unanswered_after(message, joins_assistant, unanswered, f"{prefix}message {index}")
         if joins_assistant and messages and messages[-1].role == "assistant":
             if message.masked != messages[-1].masked:
@@ -277,7 +275,7 @@ def build_messages(
             messages = _with_tools(messages, tools)
         _place_media(messages, {"image": list(images or ()), "video": list(videos or ())})
     except (InvalidConversationError, PlaceholderMismatchError) as error:
-        raise type(error)(f"{prefix}{error}") from error
+        raise error.reworded(f"{prefix}{error}") from error
     for part in (p for message in messages for p in message.content if p["type"] in MEDIA_KINDS):
         if resolve is not None:
             part["content"] = resolve(part["type"], part["content"])
