@@ -12,6 +12,7 @@ from qwenvl_data.inspect import load_config as load_cli_config
 from qwenvl_data.training import packaged_vocab_transform
 from qwenvl_data.training._data import RefillingBatches, build_dataset
 from qwenvl_data.training._mixture_config import mixture_entries
+from qwenvl_data.training._refusal import ConfigError, MissingInputError
 from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
 
 
@@ -38,7 +39,7 @@ from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
 )  # fmt: skip
 def test_a_bad_short_form_is_an_error_naming_the_key_and_the_value(overrides, message):
     cfg = load_cli_config("configs/tiny_streaming.yaml", overrides)  # tune run's own command-line rules
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):  # a one-line refusal in tune run
         mixture_entries(cfg.dataset)
 
 
@@ -46,7 +47,7 @@ def test_a_path_that_cannot_be_read_is_named_with_its_key(tmp_path):
     present = write_jsonl(tmp_path / "a.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
     cfg = load_cli_config("configs/tiny_streaming.yaml", [f"dataset.mixture=[{present}, {tmp_path / 'gone.jsonl'}]",
                                                           "dataset.weights=[1, 1]"])  # fmt: skip
-    with pytest.raises(FileNotFoundError, match=rf"config key `dataset.mixture\[1\]` \({tmp_path / 'gone.jsonl'}\): "
+    with pytest.raises(MissingInputError, match=rf"config key `dataset.mixture\[1\]` \({tmp_path / 'gone.jsonl'}\): "
                                                 r"data file .* does not exist"):  # fmt: skip
         build_dataset(cfg, None, seed=0)
 
