@@ -22,6 +22,13 @@ class ImageLoadError(SampleError):
     cause = "bad_image"
 
 
+class VideoLoadError(ImageLoadError):
+    """A video (file or frames) that is missing, not a video, damaged or without frames: its own skip cause, so that
+    a report says which medium failed (an ``ImageLoadError`` still, for callers that catch that)."""
+
+    cause = "bad_video"
+
+
 class PlaceholderMismatchError(SampleError):
     """The number of ``<image>``/``<video>`` placeholders or image parts disagrees with the media given."""
 

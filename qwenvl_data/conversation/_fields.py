@@ -35,8 +35,8 @@ def holds_value(value: Any) -> bool:
 
 def typo_of(name: str) -> str | None:
     """The known field ``name`` misspells, or None: one letter added, dropped or changed, or two neighbours swapped,
-    between names of 5 letters or more (``text`` is a caption, not ``texts``). A known name with something appended (``answers``, ``question_id``,
-    ``image_id``) is a field of its own (VQA sets carry them as metadata), not a misspelling."""
+    between names of 5 letters or more (``text`` is a caption, not ``texts``). A known name with something appended
+    (``answers``, ``question_id``, ``image_id``) is a field of its own (VQA sets carry them as metadata)."""
     if name in KNOWN_FIELDS or len(name) < 5:
         return None
     return next(

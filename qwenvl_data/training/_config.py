@@ -221,7 +221,8 @@ def component_problems(cfg: DictConfig) -> list[str]:
         for key in node:
             if key == "_component_" or key in names or key in recipe_keys:
                 continue
-            close = difflib.get_close_matches(key, sorted({*names, *recipe_keys}), n=1, cutoff=0.8 if takes_kwargs else 0.6)
+            candidates = sorted({*names, *recipe_keys})
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.8 if takes_kwargs else 0.6)
             if takes_kwargs and not close:
                 continue
             hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""

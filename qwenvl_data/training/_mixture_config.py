@@ -64,8 +64,8 @@ def mixture_entries(node: Any) -> list[MixtureEntry] | None:
     Raises:
         ConfigError: (a ValueError; a one-line refusal) naming the key and its value: a list item without a
             ``weight``, a short form whose ``mixture`` is not a list of paths, whose ``weights`` are missing, not
-            positive numbers or not one per path, a path named twice, ``data_files`` (or a directory ``source``) set beside it, or a
-            ``_component_`` that reads no data files (the generated synthetic questions).
+            positive numbers or not one per path, a path named twice, ``data_files`` (or a directory ``source``) set
+            beside it, or a ``_component_`` that reads no data files (the generated synthetic questions).
     """
     if isinstance(node, ListConfig):
         return [_list_item(i, item) for i, item in enumerate(node)]

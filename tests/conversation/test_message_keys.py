@@ -23,7 +23,8 @@ def transform(vocab_files):
 
 def two_answers(flag: str, first, second) -> list[dict]:
     return [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Not this one.", flag: first},
-            {"role": "user", "content": "Again"}, {"role": "assistant", "content": "This one.", flag: second}]  # fmt: skip
+            {"role": "user", "content": "Again"},
+            {"role": "assistant", "content": "This one.", flag: second}]  # fmt: skip
 
 
 @pytest.mark.parametrize("flag, off, on", [("weight", 0, 1), ("loss", False, True), ("masked", True, False)])
@@ -74,7 +75,8 @@ def test_a_key_inside_a_llamafactory_call_that_is_not_rendered_is_refused():
     call = {**CALL, "id": "call_9", "thought": "I should call it"}
     turns = [{"from": "human", "value": "Rome?"}, {"from": "function_call", "value": json.dumps(call)},
              {"from": "observation", "value": "25"}, {"from": "gpt", "value": "25."}]  # fmt: skip
-    with pytest.raises(UnreadFieldError, match=r"message 1: tool call 'get_weather' holds key\(s\) \['id', 'thought'\]"):
+    expected = r"message 1: tool call 'get_weather' holds key\(s\) \['id', 'thought'\]"
+    with pytest.raises(UnreadFieldError, match=expected):
         to_conversation({"conversations": turns}, None, None)
 
 
