@@ -133,6 +133,8 @@ def _message(turn: Any) -> tuple[Message, bool]:
 
 def _parts(content: Any) -> list[dict[str, Any]]:
     """Message content as parts: string content split at its placeholders, list content parsed part by part."""
+    if content is None:
+        raise InvalidConversationError("the message has no content (missing, null or empty)")
     if isinstance(content, str):
         return _split_placeholders(content)
     if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
