@@ -1,6 +1,6 @@
 """Bad values of the data settings end a run with one line (a ``RunRefused`` printed by ``run_recipe``, no
 traceback) naming the key and the value: the mixture short form, a typo'd key beside it, a missing data path, bad
-``dataset.on_error`` / ``dataset.format`` values, and a resume with no saved state."""
+``dataset.on_error`` / ``dataset.format`` values, a typo'd tokenizer key, and a resume with no saved state."""
 
 import pytest
 from support.datasets_records import write_jsonl
@@ -25,6 +25,9 @@ REFUSALS = {
     "format": (["dataset.data_files={a}", "dataset.format=alpacca"],
                "ConfigError: config key `dataset` (qwenvl_data.datasets.streaming_chat_dataset): format must be one "
                "of"),
+    "tokenizer_key_typo": (["dataset.data_files={a}", "tokenizer.max_seq_length=512"],
+                           "unknown key `tokenizer.max_seq_length` for qwenvl_data.training.packaged_vocab_transform "
+                           "(did you mean `tokenizer.max_seq_len`?)"),
     "resume_without_state": (["dataset.data_files={a}", "resume_from_checkpoint=true"],
                              "MissingInputError: resume_from_checkpoint=true but {out}/training_state holds no "
                              "complete training state"),
