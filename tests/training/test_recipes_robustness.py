@@ -105,7 +105,7 @@ def test_every_epoch_end_prints_skips_by_cause_with_record_ids(skipping_run):
     for epoch in (0, 1):
         line = next(line for line in stdout.splitlines() if line.startswith(f"epoch {epoch}: skipped"))
         assert line.startswith(f"epoch {epoch}: skipped 6 of 10 records: ")
-        assert "unexpected_error=1 (e.g. video_fps_text (TypeError))" in line
+        assert "unexpected_error=1 (e.g. video_fps_text (TypeError); first: TypeError: " in line
         for record_id, cause in BAD_CAUSES.items():
             assert f"{cause}=" in line and record_id in line
 
