@@ -34,6 +34,7 @@ import yaml
 from PIL import Image
 
 from qwenvl_data._constants import PATCH_SIZE
+from qwenvl_data.conversation._tools import calls_in
 from qwenvl_data.datasets._shards import DamagedShard, ShardOrigins
 from qwenvl_data.errors import DamagedShardError, SampleError, SampleTooLongError, UnreadFieldError
 
@@ -157,11 +158,11 @@ class RecordInspector:
 
 
 def _count_tool_turns(report: RecordReport, messages: list) -> None:
-    """Tool calls (each a ``<tool_call>`` text part of an assistant turn, as the conversation module writes
-    them) and tool result turns of one converted record."""
+    """Tool calls (each a ``<tool_call>`` block in an assistant turn's text, ``_tools.calls_in``) and tool result
+    turns of one converted record."""
     report.tool_calls = sum(
-        part["type"] == "text" and part["content"].lstrip("\n").startswith("<tool_call>")
-        for message in messages if message.role == "assistant" for part in message.content
+        calls_in(part["content"]) for message in messages if message.role == "assistant"
+        for part in message.content if part["type"] == "text"
     )  # fmt: skip
     report.tool_results = sum(message.role == "tool" for message in messages)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from torchtune.data import Message
 
+from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._parts import MEDIA_KINDS, parse_part
 from qwenvl_data.conversation._tools import calls_in, tool_call_texts, tools_part
 from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError, UnreadFieldError
@@ -31,8 +32,9 @@ TRAIN_FLAGS = {"masked": {False: True, True: False}, "weight": {0: False, 1: Tru
 # The other keys a message dict may hold: role and content in both spellings, the assistant's ``tool_calls``, and
 # what OpenAI / transformers' chat messages carry that the Qwen chat templates do not render (a participant's or a
 # tool's ``name``, a tool result's ``tool_call_id``; the results follow their calls in order). Any other key that
-# holds a value is refused (``UnreadFieldError``): it would be lost without a word (``reasoning_content``, an
-# ``images`` list inside a message, a misspelled ``contnet``).
+# holds a value (``_fields.holds_value``: Arrow gives every turn every key of the file, unset ones None) is refused
+# (``UnreadFieldError``): it would be lost without a word (``reasoning_content``, an ``images`` list inside a
+# message, a misspelled ``contnet``).
 MESSAGE_KEYS = ("role", "from", "content", "value", "tool_calls", "name", "tool_call_id", *TRAIN_FLAGS)
 
 Resolve = Callable[[str, Any], Any]  # (kind, reference) -> the value the model transform loads
@@ -100,7 +102,7 @@ def _message(turn: Any) -> tuple[Message, bool]:
     if isinstance(turn, Message):
         role, content, masked = turn.role, turn.content, turn.masked
     elif isinstance(turn, Mapping):
-        unread = tuple(sorted(key for key, value in turn.items() if value is not None and key not in MESSAGE_KEYS))
+        unread = tuple(sorted(key for key, value in turn.items() if holds_value(value) and key not in MESSAGE_KEYS))
         if unread:
             raise UnreadFieldError(
                 f"key(s) {list(unread)} of the message are not read (a message holds {', '.join(MESSAGE_KEYS)}); "
