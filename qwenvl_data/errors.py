@@ -1,16 +1,32 @@
 """Errors for bad samples, each with a ``cause`` so that ``on_error="skip"`` can count skips by cause."""
 
+import copy
+
 
 class SampleError(ValueError):
     """A sample that cannot be turned into a training example. ``cause`` names the kind of problem."""
 
     cause = "invalid_sample"
 
+    def reworded(self, message: str) -> "SampleError":
+        """The same error (type and attributes, e.g. ``UnreadFieldError.fields``) with ``message``: how a caller
+        adds the sample's name or the message's index."""
+        error = copy.copy(self)
+        error.args = (message,)
+        return error
+
 
 class ImageLoadError(SampleError):
     """An image or video frame that is missing, empty, corrupt, truncated or a decompression bomb."""
 
     cause = "bad_image"
+
+
+class VideoLoadError(ImageLoadError):
+    """A video (file or frames) that is missing, not a video, damaged or without frames: its own skip cause, so that
+    a report says which medium failed (an ``ImageLoadError`` still, for callers that catch that)."""
+
+    cause = "bad_video"
 
 
 class PlaceholderMismatchError(SampleError):

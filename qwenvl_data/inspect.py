@@ -34,6 +34,7 @@ import yaml
 from PIL import Image
 
 from qwenvl_data._constants import PATCH_SIZE
+from qwenvl_data.conversation._tools import calls_in
 from qwenvl_data.datasets._shards import DamagedShard, ShardOrigins
 from qwenvl_data.errors import DamagedShardError, SampleError, SampleTooLongError, UnreadFieldError
 
@@ -58,6 +59,7 @@ class RecordReport:
     sizes_before: list[tuple[int, int]] = field(default_factory=list)  # (width, height) per image
     sizes_after: list[tuple[int, int]] = field(default_factory=list)
     unread_fields: tuple[str, ...] = ()  # fields the layout does not read (the record was refused for them)
+    metadata_fields: tuple[str, ...] = ()  # fields no layout reads, left out of the conversation
     tool_calls: int = 0  # <tool_call> blocks in assistant turns
     tool_results: int = 0  # tool (result) turns
     source: str | None = None  # the dataset of a mixture it belongs to (None: not a mixture)
@@ -123,6 +125,7 @@ class RecordInspector:
             if isinstance(record, dict):
                 report.id = record.get("id", index)
             report.layout = self.processor.to_messages.layout_of(record)
+            report.metadata_fields = tuple(self.processor.to_messages.metadata_of(record))
             sample, _ = self.processor.convert(index, record, self.origin)
             _count_tool_turns(report, sample["messages"])
             parts = [p for m in sample["messages"] for p in m.content]
@@ -155,11 +158,11 @@ class RecordInspector:
 
 
 def _count_tool_turns(report: RecordReport, messages: list) -> None:
-    """Tool calls (each a ``<tool_call>`` text part of an assistant turn, as the conversation module writes
-    them) and tool result turns of one converted record."""
+    """Tool calls (each a ``<tool_call>`` block in an assistant turn's text, ``_tools.calls_in``) and tool result
+    turns of one converted record."""
     report.tool_calls = sum(
-        part["type"] == "text" and part["content"].lstrip("\n").startswith("<tool_call>")
-        for message in messages if message.role == "assistant" for part in message.content
+        calls_in(part["content"]) for message in messages if message.role == "assistant"
+        for part in message.content if part["type"] == "text"
     )  # fmt: skip
     report.tool_results = sum(message.role == "tool" for message in messages)
 
@@ -285,6 +288,7 @@ def summarize(reports: list[RecordReport], max_seq_len: int | None, examples: in
         "unusable": len(bad),
         "layouts": dict(Counter(r.layout or "unknown" for r in reports).most_common()),
         "unread_fields": dict(Counter(name for r in reports for name in r.unread_fields).most_common()),
+        "metadata_fields": dict(Counter(name for r in reports for name in r.metadata_fields).most_common()),
         "tool_turns": {
             "records": len(tool_records),
             "tool_calls": sum(r.tool_calls for r in tool_records),
@@ -307,7 +311,9 @@ def summarize(reports: list[RecordReport], max_seq_len: int | None, examples: in
     }
 
 
-SOURCE_SUMMARY_KEYS = ("records", "usable", "unusable", "layouts", "unread_fields", "tool_turns", "unusable_by_cause")
+SOURCE_SUMMARY_KEYS = (
+    "records", "usable", "unusable", "layouts", "unread_fields", "metadata_fields", "tool_turns", "unusable_by_cause",
+)
 
 
 def summarize_mixture(reports: list[RecordReport], weights: dict[str, float], max_seq_len: int | None) -> dict:
@@ -339,6 +345,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"records: {s['records']}, usable: {s['usable']}, unusable: {s['unusable']}",
             f"by layout: {counts(s['layouts'])}",
             f"refused for unread fields: {counts(s['unread_fields'])}",
+            f"left out as metadata (no layout reads them): {counts(s['metadata_fields'])}",
             f"tool turns: {tools['records']} records, {tools['tool_calls']} tool calls, {tools['tool_results']} "
             "tool results",
             *(f"unusable [{cause}]: {entry['count']} (e.g. ids {', '.join(map(str, entry['examples']))})"

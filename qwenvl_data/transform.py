@@ -201,7 +201,7 @@ class Qwen2_5_VLTransform(ModelTokenizer, Transform):  # noqa: N801 (the model's
             try:
                 outputs.append(self.image_transform({kind: part["content"], **held_options(part, kind)}))
             except SampleError as err:
-                raise type(err)(f"{name}: {err}") from err
+                raise err.reworded(f"{name}: {err}") from err
         return outputs
 
     def _expand_pads(

@@ -18,7 +18,7 @@ from qwenvl_data._constants import (
     VIDEO_TOTAL_PIXELS,
 )
 from qwenvl_data.vision._image_io import ImageSource, load_image, to_rgb
-from qwenvl_data.errors import ImageLoadError
+from qwenvl_data.errors import ImageLoadError, VideoLoadError
 
 VideoSource = Sequence[ImageSource] | torch.Tensor | str | os.PathLike
 
@@ -147,10 +147,10 @@ def video_frames(video: Sequence[ImageSource] | torch.Tensor) -> list[Image.Imag
     else:
         frames = [to_rgb(load_image(frame)) for frame in video]
     if not frames:
-        raise ImageLoadError("a video needs at least one frame, got none")
+        raise VideoLoadError("a video needs at least one frame, got none")
     sizes = {frame.size for frame in frames}
     if len(sizes) > 1:
-        raise ImageLoadError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
+        raise VideoLoadError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
     return frames
 
 

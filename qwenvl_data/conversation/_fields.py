@@ -16,7 +16,8 @@ MEDIA_FIELDS = {"image": ("image", "images"), "video": ("video", "videos")}
 SYSTEM_FIELDS = ("system", "system_prompt")
 # Every field name some layout reads (the keys ``column_map`` may name). A record holding one that its layout
 # did not read is refused, whatever the layout: its value would otherwise be lost without a word. Fields no
-# layout knows (a dataset's metadata: ``source``, ``score``) are not part of any conversation and stay out of it.
+# layout knows (a dataset's metadata: ``source``, ``score``) are not part of any conversation and stay out of it,
+# unless the name is a misspelling of a known one (``typo_of``: ``histroy``, ``sytem``, ``imgaes``), refused too.
 KNOWN_FIELDS = (
     *MEDIA_FIELDS["image"], *MEDIA_FIELDS["video"], *SYSTEM_FIELDS, "conversations", "messages", "texts", "tools",
     "instruction", "input", "output", "history", "prompt", "completion", "question", "answer", "id",
@@ -30,6 +31,31 @@ def holds_value(value: Any) -> bool:
     if value is None:
         return False
     return not (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)
+
+
+def typo_of(name: str) -> str | None:
+    """The known field ``name`` misspells, or None: one letter added, dropped or changed, or two neighbours swapped,
+    between names of 5 letters or more (``text`` is a caption, not ``texts``). A known name with something appended
+    (``answers``, ``question_id``, ``image_id``) is a field of its own (VQA sets carry them as metadata)."""
+    if name in KNOWN_FIELDS or len(name) < 5:
+        return None
+    return next(
+        (known for known in KNOWN_FIELDS if len(known) >= 5 and not name.startswith(known) and _one_edit(name, known)),
+        None,
+    )
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` differ by one insertion, deletion, substitution or swap of neighbours."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    start = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    a_rest, b_rest = a[start:], b[start:]
+    return (
+        a_rest[1:] == b_rest[1:]  # substitution (or one trailing letter more or less)
+        or a_rest[1:] == b_rest or a_rest == b_rest[1:]  # insertion / deletion
+        or (len(a) == len(b) and a_rest[:2] == b_rest[1::-1] and a_rest[2:] == b_rest[2:])  # swap
+    )
 
 
 def check_column_map(column_map: Mapping[str, str] | None) -> dict[str, str]:
@@ -104,13 +130,25 @@ class RecordFields:
             raise InvalidConversationError(f"the system prompt must be a string, got {type(value).__name__}")
         return value
 
+    def metadata(self) -> list[str]:
+        """The value-holding fields no layout reads and that misspell none (left out of the conversation)."""
+        return [name for name in self.values if name not in KNOWN_FIELDS and typo_of(name) is None]
+
     def check_all_read(self, layout: str, first_user_text: str | None) -> None:
         """Refuse the record when it holds a field some layout reads that this one did not (``prompt`` /
-        ``question`` holding a copy of ``first_user_text`` count as read).
+        ``question`` holding a copy of ``first_user_text`` count as read), or a misspelling of one (``typo_of``).
 
         Raises:
-            UnreadFieldError: naming the field(s) and the layout.
+            UnreadFieldError: naming the field(s) and the layout (and the known field a misspelling is close to).
         """
+        typos = {name: typo_of(name) for name in self.values if typo_of(name) is not None}
+        if typos:
+            guesses = "; ".join(f"{name!r}: did you mean {known!r}?" for name, known in typos.items())
+            raise UnreadFieldError(
+                f"field(s) {list(typos)} are not fields any layout reads and look misspelled ({guesses}); rename "
+                "them (or map them with column_map)",
+                tuple(typos),
+            )
         copies = {name for name in COPY_FIELDS if self.values.get(name) == first_user_text}
         unread = [name for name in KNOWN_FIELDS if name in self.values and name not in self.read | copies]
         if unread:

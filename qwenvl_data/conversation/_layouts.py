@@ -29,7 +29,9 @@ prompt; "" is an empty system turn), function schemas from ``tools`` (the system
 ``column_map`` (``{expected: yours}``) for other field names. Media go where placeholders or payload-less parts
 are, one each, in order; a conversation with neither gets all its media at the start of its first user message
 (torchtune's and TRL's rule). A media, system or conversation field the layout
-did not read is an error naming the field (any field some layout reads: ``KNOWN_FIELDS``), and so is a message
+did not read is an error naming the field (any field some layout reads: ``KNOWN_FIELDS``; a misspelling of one,
+``histroy``, too, with a did-you-mean; other fields are metadata, left out and listed by inspect), and so is a
+message key nothing reads (``_messages.MESSAGE_KEYS``) and a message
 other than a system message without content. LLaVA-Video's ``<image>`` for its video works: in a record with
 videos and no images, ``<image>`` placeholders are the video's slots.
 """
@@ -209,6 +211,15 @@ class RecordToMessages:
             return _detect(RecordFields(record, self.column_map)).name
         except InvalidConversationError:
             return None
+
+    def metadata_of(self, record: Any) -> list[str]:
+        """The fields of ``record`` that hold values and that no layout reads: left out, listed by inspect."""
+        if not isinstance(record, Mapping):
+            return []
+        try:
+            return RecordFields(record, self.column_map).metadata()
+        except InvalidConversationError:
+            return []
 
     def __call__(self, record: Any, image_dir: str | None = None) -> dict[str, Any]:
         image_dir = self.image_dir if image_dir is None else image_dir

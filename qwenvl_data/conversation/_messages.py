@@ -11,9 +11,10 @@ from typing import Any
 
 from torchtune.data import Message
 
+from qwenvl_data.conversation._fields import holds_value
 from qwenvl_data.conversation._parts import MEDIA_KINDS, parse_part
-from qwenvl_data.conversation._tools import tool_call_texts, tools_part
-from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError
+from qwenvl_data.conversation._tools import calls_in, tool_call_texts, tools_part
+from qwenvl_data.errors import InvalidConversationError, PlaceholderMismatchError, UnreadFieldError
 
 # Role spellings: OpenAI/HF ``role`` values, ShareGPT/LLaVA ``from`` values, and the tool turns of LLaMA-Factory
 # (``function_call`` / ``observation``), ms-swift (``tool_call`` / ``tool_response``) and OpenAI (``tool``).
@@ -24,6 +25,17 @@ ROLES = {
     "tool_call": "tool_call",
 }  # fmt: skip
 _PLACEHOLDER = re.compile(r"(<image>|<video>)")
+# Per-message train flags, each ``key -> {value: trained}``: torchtune's ``masked``, OpenAI fine-tuning's ``weight``
+# (0 or 1 on an assistant message: https://platform.openai.com/docs/guides/supervised-fine-tuning) and ms-swift's
+# ``loss`` (true / false on a message: ms-swift's custom dataset docs). Each becomes the ``Message``'s ``masked``.
+TRAIN_FLAGS = {"masked": {False: True, True: False}, "weight": {0: False, 1: True}, "loss": {False: False, True: True}}
+# The other keys a message dict may hold: role and content in both spellings, the assistant's ``tool_calls``, and
+# what OpenAI / transformers' chat messages carry that the Qwen chat templates do not render (a participant's or a
+# tool's ``name``, a tool result's ``tool_call_id``; the results follow their calls in order). Any other key that
+# holds a value (``_fields.holds_value``: Arrow gives every turn every key of the file, unset ones None) is refused
+# (``UnreadFieldError``): it would be lost without a word (``reasoning_content``, an ``images`` list inside a
+# message, a misspelled ``contnet``).
+MESSAGE_KEYS = ("role", "from", "content", "value", "tool_calls", "name", "tool_call_id", *TRAIN_FLAGS)
 
 Resolve = Callable[[str, Any], Any]  # (kind, reference) -> the value the model transform loads
 
@@ -55,18 +67,59 @@ def _add_calls(parts: list[dict[str, Any]], calls: Any) -> None:
         parts.append({"type": "text", "content": ("\n" if parts else "") + text})
 
 
+def _flags(turn: Mapping) -> dict[str, Any]:
+    return {key: turn[key] for key in TRAIN_FLAGS if turn.get(key) is not None}
+
+
+def _trained(turn: Mapping) -> bool | None:
+    """Whether the turn's own flags (``TRAIN_FLAGS``) train it; None when it sets none.
+
+    Raises:
+        InvalidConversationError: a flag with another value (``weight`` is a number, the others booleans), or two
+            flags that disagree.
+    """
+    said = set()
+    for key, value in _flags(turn).items():
+        meaning = TRAIN_FLAGS[key]
+        valid = isinstance(value, (int, float)) if key == "weight" else isinstance(value, bool)
+        if not valid or value not in meaning:
+            raise InvalidConversationError(f"'{key}' must be one of {list(meaning)}, got {value!r}")
+        said.add(meaning[value])
+    if len(said) > 1:
+        raise InvalidConversationError(f"the message's train flags disagree: {_flags(turn)}")
+    return said.pop() if said else None
+
+
 def _message(turn: Any) -> tuple[Message, bool]:
-    """One turn (``Message``, ``{"role"|"from", "content"|"value", "tool_calls"?, "masked"?}``) as a ``Message``
-    in the one form, and whether it is a bare tool-call turn (which joins the assistant turn before it)."""
-    calls = None
+    """One turn (``Message``, or a dict of ``MESSAGE_KEYS``) as a ``Message`` in the one form, and whether it is a
+    bare tool-call turn (which joins the assistant turn before it).
+
+    Raises:
+        UnreadFieldError: a dict key outside ``MESSAGE_KEYS`` holds a value.
+        InvalidConversationError: a malformed turn, or a non-assistant turn whose flags ask to train it.
+    """
+    calls, trained = None, None
     if isinstance(turn, Message):
         role, content, masked = turn.role, turn.content, turn.masked
     elif isinstance(turn, Mapping):
+        unread = tuple(sorted(key for key, value in turn.items() if holds_value(value) and key not in MESSAGE_KEYS))
+        if unread:
+            raise UnreadFieldError(
+                f"key(s) {list(unread)} of the message are not read (a message holds {', '.join(MESSAGE_KEYS)}); "
+                "remove them or move their content into 'content'",
+                tuple(f"message.{key}" for key in unread),
+            )
         role, content = _first_held(turn, "role", "from"), _first_held(turn, "content", "value")
-        masked, calls = bool(turn.get("masked")), turn.get("tool_calls") or None
+        trained, calls = _trained(turn), turn.get("tool_calls") or None
+        masked = trained is False
     else:
         raise InvalidConversationError(f"expected a dict or torchtune Message, got {type(turn).__name__}")
     role = _role(role)
+    if trained and role not in ("assistant", "tool_call"):
+        raise InvalidConversationError(
+            f"a {role} message is marked to train ({_flags(turn)}); "
+            "only assistant turns train (train_on_input trains every token)"
+        )
     if role == "tool_call":
         parts: list[dict[str, Any]] = []
         _add_calls(parts, content)
@@ -82,6 +135,8 @@ def _message(turn: Any) -> tuple[Message, bool]:
 
 def _parts(content: Any) -> list[dict[str, Any]]:
     """Message content as parts: string content split at its placeholders, list content parsed part by part."""
+    if content is None:
+        raise InvalidConversationError("the message has no content (missing, null or empty)")
     if isinstance(content, str):
         return _split_placeholders(content)
     if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
@@ -148,6 +203,26 @@ def _place_media(messages: list[Message], given: dict[str, list]) -> None:
             part["content"] = item
 
 
+def _unanswered_after(message: Message, joins_assistant: bool, unanswered: int, where: str) -> int:
+    """The calls still unanswered after ``message``: a result answers one (LLaMA-Factory's one ``observation`` for
+    parallel calls too), an assistant turn's calls open, any other turn closes them.
+
+    Raises:
+        InvalidConversationError: a tool result with no unanswered call before it (LLaMA-Factory drops such records).
+    """
+    if message.role == "tool":
+        if unanswered == 0:
+            raise InvalidConversationError(
+                f"{where}: a tool result with no tool call before it that it answers (a result follows an assistant "
+                "turn's call, one result per call at most)"
+            )
+        return unanswered - 1
+    if message.role != "assistant":
+        return 0
+    calls = sum(calls_in(part["content"]) for part in message.content if part["type"] == "text")
+    return unanswered + calls if joins_assistant else calls
+
+
 def build_messages(
     turns: Any,
     *,
@@ -163,7 +238,7 @@ def build_messages(
     (media parts also carry their own options, see ``_parts``).
 
     Args:
-        turns: a non-empty list of ``Message``s or dicts ``{"role" | "from", "content" | "value", "masked"?}``;
+        turns: a non-empty list of ``Message``s or dicts of ``MESSAGE_KEYS`` (a train flag sets ``masked``);
             string content may hold ``<image>`` / ``<video>`` placeholders, list content holds parts.
         images, videos: media for the slots (placeholders and payload-less parts), in order.
         system: a record-level system prompt, put first ("" is an empty system turn); None for none.
@@ -180,12 +255,19 @@ def build_messages(
     if not isinstance(turns, Sequence) or isinstance(turns, (str, bytes)) or len(turns) == 0:
         raise InvalidConversationError(f"{prefix}the conversation is empty (no messages)")
     messages: list[Message] = []
+    unanswered = 0  # calls of the latest assistant turn that no result has answered yet
     for index, turn in enumerate(turns):
         try:
             message, joins_assistant = _message(turn)
         except (InvalidConversationError, PlaceholderMismatchError) as error:
-            raise type(error)(f"{prefix}message {index}: {error}") from error
+            raise error.reworded(f"{prefix}message {index}: {error}") from error
+        unanswered = _unanswered_after(message, joins_assistant, unanswered, f"{prefix}message {index}")
         if joins_assistant and messages and messages[-1].role == "assistant":
+            if message.masked != messages[-1].masked:
+                raise InvalidConversationError(
+                    f"{prefix}message {index}: a tool call turn and the assistant turn it joins differ in whether "
+                    "they train (weight / loss / masked)"
+                )
             target = messages[-1].content
             for part in message.content:  # tool-call texts, each starting "<tool_call>" or "\n<tool_call>"
                 target.append({"type": "text", "content": ("\n" if target else "") + part["content"].lstrip("\n")})
@@ -197,7 +279,7 @@ def build_messages(
             messages = _with_tools(messages, tools)
         _place_media(messages, {"image": list(images or ()), "video": list(videos or ())})
     except (InvalidConversationError, PlaceholderMismatchError) as error:
-        raise type(error)(f"{prefix}{error}") from error
+        raise error.reworded(f"{prefix}{error}") from error
     for part in (p for message in messages for p in message.content if p["type"] in MEDIA_KINDS):
         if resolve is not None:
             part["content"] = resolve(part["type"], part["content"])

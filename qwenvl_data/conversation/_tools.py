@@ -15,13 +15,16 @@ text model's (``QWEN_TOOL_PROMPT`` / hermes), which is also Qwen3-VL's official 
   template pastes such text as it is: the ids agree when it is ``json.dumps``' own spelling, as OpenAI's is);
 - tool results are user turns: ``<|im_start|>user\\n<tool_response>\\n{result}\\n</tool_response><|im_end|>``,
   consecutive results in one turn (rendered by ``text._chat_template``).
+A call holds ``name`` and ``arguments`` only (any other key, e.g. an ``id`` or ``thought`` inside LLaMA-Factory's
+``function_call`` text, is refused: the format has no place for it); OpenAI's wrapper may add its ``id`` and
+``type`` (``"function"``), which the template does not render: results follow their calls in order.
 JSON is written as ``json.dumps(..., ensure_ascii=False)`` writes it (transformers' ``tojson``).
 """
 
 import json
 from typing import Any
 
-from qwenvl_data.errors import InvalidConversationError
+from qwenvl_data.errors import InvalidConversationError, UnreadFieldError
 
 _TOOLS_HEADER = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -53,7 +56,7 @@ def tools_part(tools: Any, with_system: Any) -> dict[str, Any]:
     """
     tools = _json(tools, "the tools field")
     if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
-        raise InvalidConversationError(f"tools must be a list of function schemas, got {type(tools).__name__}")
+        raise InvalidConversationError(f"tools must be a list of function schemas (dicts), got {tools!r}"[:200])
     if not isinstance(with_system, bool):
         raise InvalidConversationError(f"a tools part's with_system must be true or false, got {with_system!r}")
     schemas = [tool if tool.get("type") == "function" else {"type": "function", "function": tool} for tool in tools]
@@ -72,18 +75,36 @@ def tool_call_texts(calls: Any) -> list[str]:
 
     Raises:
         InvalidConversationError: a call without a string ``name``, or arguments that are not a JSON object.
+        UnreadFieldError: a call holding another key (above).
     """
     calls = _json(calls, "a tool call")
     texts = []
     for call in calls if isinstance(calls, list) else [calls]:
         call = _json(call, "a tool call")
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            _refuse_keys(call, ("id", "type", "function"), "an OpenAI tool call")
             call = call["function"]
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             raise InvalidConversationError(f"a tool call needs a 'name' and 'arguments', got {call!r}"[:200])
+        _refuse_keys(call, ("name", "arguments"), f"tool call {call['name']!r}")
         arguments = _json(call.get("arguments", {}), f"the arguments of tool call {call['name']!r}")
         if not isinstance(arguments, dict):
             raise InvalidConversationError(f"the arguments of tool call {call['name']!r} must be a JSON object")
         payload = json.dumps({"name": call["name"], "arguments": arguments}, ensure_ascii=False)
         texts.append(f"<tool_call>\n{payload}\n</tool_call>")
     return texts
+
+
+def calls_in(text: str) -> int:
+    """The number of tool calls in an assistant's text (each call is one ``<tool_call>`` block, however given)."""
+    return text.count("<tool_call>")
+
+
+def _refuse_keys(call: dict, keys: tuple[str, ...], what: str) -> None:
+    """Raise UnreadFieldError when ``call`` holds a key (with a value) outside ``keys``: it would be lost."""
+    unread = sorted(key for key, value in call.items() if value is not None and key not in keys)
+    if unread:
+        raise UnreadFieldError(
+            f"{what} holds key(s) {unread} that are not rendered (a call holds {', '.join(keys)})",
+            tuple(f"tool_call.{key}" for key in unread),
+        )

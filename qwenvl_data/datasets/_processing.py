@@ -192,7 +192,7 @@ class RecordProcessor:
             if self.on_error == "raise":
                 # The model transform already names the sample by id; say it once, with the index added.
                 detail = str(err).removeprefix(f"{sample_name(None, sample_id)}: ")
-                raise type(err)(f"{sample_name(index, sample_id)}: {detail}") from err
+                raise err.reworded(f"{sample_name(index, sample_id)}: {detail}") from err
             return self._skip(index, sample_id, err, origin)
         except MemoryError:
             raise

@@ -9,6 +9,7 @@ processes ever update the same cell and no cross-process lock is needed.
 """
 
 import dataclasses
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
-from qwenvl_data.errors import SampleError, UnexpectedSampleError
+from qwenvl_data.errors import SampleError, UnexpectedSampleError, sample_name
 
 EXAMPLE_BYTES = 96  # an example id (and exception type) is cut to this many UTF-8 bytes
+ERROR_BYTES = 160  # the first error message of each cause is cut to this many UTF-8 bytes
 # The sample key under which a mixture read by the recipes names the dataset a sample was drawn from (the
 # collators read only their own keys); a ``SkippedRecord`` carries it as ``source``.
 MIXTURE_SOURCE_KEY = "mixture_source"
@@ -58,6 +60,12 @@ class SkippedRecord:
         return cls(index, None, SampleError.cause, "skipped by the dataset")
 
     @property
+    def short_message(self) -> str:
+        """The error message without the sample's name (reports name it by ``example``)."""
+        shown = re.escape(sample_name(None, self.sample_id).removeprefix("sample "))  # "(id)" or "(id unknown)"
+        return re.sub(rf"^sample (?:\S+ )?{shown}: ", "", self.message)
+
+    @property
     def example(self) -> str:
         if self.sample_id is not None:
             name = f"{self.sample_id}"
@@ -74,7 +82,8 @@ class SkippedRecord:
 
 @dataclass(frozen=True)
 class SkipReport:
-    """Skips by cause with the first record names of each (``{cause: {"count", "examples"}}``), how many
+    """Skips by cause with the first record names and the first error message of each (``{cause: {"count",
+    "examples", "first_error"}}``, the message cut to ``ERROR_BYTES``), how many
     records were read (None where the counter does not know: a dataset counts only what it skipped), and how
     often the data ran out and was read again (``passes_started``: then ``read`` and the skips count a record
     once per pass that read it); in a mixture, ``by_source`` holds the same for each of its datasets, by name
@@ -100,8 +109,9 @@ class SkipReport:
             read += report.read or 0
             passes += report.passes_started
             for cause, entry in report.by_cause.items():
-                merged = by_cause.setdefault(cause, {"count": 0, "examples": []})
+                merged = by_cause.setdefault(cause, {"count": 0, "examples": [], "first_error": None})
                 merged["count"] += entry["count"]
+                merged["first_error"] = merged["first_error"] or entry.get("first_error")
                 new = [e for e in entry["examples"] if e not in merged["examples"]]
                 merged["examples"] = (merged["examples"] + new)[:max_examples]
             for name, source in report.by_source.items():
@@ -119,11 +129,10 @@ class SkipReport:
         return entry
 
     def describe(self) -> str:
-        """One line for the console: ``skipped 3 of 90 records: cause=n (e.g. id, id); ...``."""
+        """One line for the console: ``skipped 3 of 90 records: cause=n (e.g. id, id; first: <its error>); ...``."""
         noun = "record" if self.skipped == 1 else "records"
         counted = noun if self.read is None else f"of {self.read} records"
-        parts = [f"{cause}={e['count']}" + (f" (e.g. {', '.join(e['examples'])})" if e["examples"] else "")
-                 for cause, e in self.by_cause.items()]  # fmt: skip
+        parts = [f"{cause}={e['count']}" + _why(e) for cause, e in self.by_cause.items()]
         passes = self.passes_started
         repeated = (f" (the data ran out and was read again {passes} time{'s' if passes > 1 else ''}: a record "
                     "counts once per pass that read it)") if passes else ""  # fmt: skip
@@ -146,6 +155,13 @@ class SkipReport:
         scalars = {f"skipped/{cause}": float(entry["count"]) for cause, entry in self.by_cause.items()}
         return {**scalars, "skipped/total": float(self.skipped), "records_read": float(self.read or 0),
                 "data_passes_restarted": float(self.passes_started)}  # fmt: skip
+
+
+def _why(entry: dict[str, Any]) -> str:
+    """`` (e.g. id, id; first: <message>)`` of one cause's entry (what is known of it)."""
+    said = [", ".join(entry["examples"])] if entry["examples"] else []
+    said += [f"first: {entry['first_error']}"] if entry.get("first_error") else []
+    return f" (e.g. {'; '.join(said)})" if entry["examples"] else (f" ({said[0]})" if said else "")
 
 
 def _error_classes() -> list[type[SampleError]]:
@@ -187,6 +203,7 @@ class SkipCounts:
         rows, columns = max_workers + 1, len(self.causes)
         self._counts = torch.zeros(rows, columns, dtype=torch.int64).share_memory_()
         self._examples = torch.zeros(rows, columns, max_examples, EXAMPLE_BYTES, dtype=torch.uint8).share_memory_()
+        self._errors = torch.zeros(rows, columns, ERROR_BYTES, dtype=torch.uint8).share_memory_()  # the first, per row
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
@@ -200,7 +217,7 @@ class SkipCounts:
 
     def add(self, skipped: SkippedRecord) -> None:
         """Count one skipped record under its cause, keeping its name (``example``) among the first few of
-        that cause."""
+        that cause, and its error message when it is the cause's first in this process."""
         column = self._column[_counted_cause(skipped.cause, self._column)]
         info = get_worker_info()
         row = 0 if info is None else info.id + 1
@@ -209,13 +226,14 @@ class SkipCounts:
         with self._lock:  # threads of one process (e.g. a thread-based ParallelMapper) share a row
             text = skipped.example.encode(errors="backslashreplace")  # a lone surrogate (from JSON) as \\udXXX
             self._keep_example(self._examples[row, column], text[:EXAMPLE_BYTES])
+            if self._counts[row, column] == 0:
+                self._errors[row, column] = _padded(_cut(skipped.short_message, ERROR_BYTES), ERROR_BYTES)
             self._counts[row, column] += 1
 
     @staticmethod
     def _keep_example(slots: torch.Tensor, encoded: bytes) -> None:
         """Store ``encoded`` in the first free slot (all zeros) unless it is kept already or none is free."""
-        padded = torch.zeros(EXAMPLE_BYTES, dtype=torch.uint8)
-        padded[: len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+        padded = _padded(encoded, EXAMPLE_BYTES)
         used = (slots != 0).any(dim=1)
         if (slots[used] == padded).all(dim=1).any() or used.all():
             return
@@ -240,6 +258,15 @@ class SkipCounts:
                 found[cause] = kept[: self.max_examples]
         return found
 
+    def first_errors(self) -> dict[str, str]:
+        """The first error message of each cause that has any (main process first, then workers)."""
+        found: dict[str, str] = {}
+        for column, cause in enumerate(self.causes):
+            held = [row for row in self._errors[:, column] if row.any()]
+            if held:
+                found[cause] = bytes(held[0].tolist()).rstrip(b"\0").decode(errors="replace")
+        return found
+
     def total(self) -> int:
         return int(self._counts.sum())
 
@@ -247,19 +274,26 @@ class SkipCounts:
         """Zero every counter (e.g. to count one epoch at a time)."""
         self._counts.zero_()
         self._examples.zero_()
+        self._errors.zero_()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The counts and examples (copies), to save with a training state."""
-        return {"counts": self._counts.clone(), "examples": self._examples.clone()}
+        return {"counts": self._counts.clone(), "examples": self._examples.clone(), "errors": self._errors.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._counts.copy_(state["counts"])
         self._examples.copy_(state["examples"])
+        if "errors" in state:  # states saved before first errors were kept have none
+            self._errors.copy_(state["errors"])
+        else:
+            self._errors.zero_()
 
     def report(self, read: int | None = None) -> SkipReport:
-        """Every cause with skips, its count and first record names; ``read``: records read, when known."""
-        examples = self.examples()
-        by_cause = {cause: {"count": n, "examples": examples.get(cause, [])} for cause, n in self.as_dict().items() if n}
+        """Every cause with skips, its count, first record names and first error; ``read``: records read, when
+        known."""
+        examples, errors = self.examples(), self.first_errors()
+        by_cause = {cause: {"count": n, "examples": examples.get(cause, []), "first_error": errors.get(cause)}
+                    for cause, n in self.as_dict().items() if n}  # fmt: skip
         return SkipReport(by_cause, read)
 
     @property
@@ -269,3 +303,19 @@ class SkipCounts:
     def summary(self) -> str:
         """A one-line report: total skipped and the non-zero causes with their first ids."""
         return self.report().describe()
+
+
+def _cut(text: str, size: int) -> bytes:
+    """``text`` as at most ``size`` UTF-8 bytes, ending in "..." when cut (never inside a character)."""
+    encoded = text.encode(errors="backslashreplace")
+    if len(encoded) <= size:
+        return encoded
+    return encoded[: size - 3].decode(errors="ignore").encode() + b"..."
+
+
+def _padded(encoded: bytes, size: int) -> torch.Tensor:
+    """``encoded`` in a zero-filled uint8 row of ``size`` (zeros mark the unused end)."""
+    row = torch.zeros(size, dtype=torch.uint8)
+    if encoded:
+        row[: len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+    return row

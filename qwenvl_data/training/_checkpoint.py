@@ -42,6 +42,7 @@ from qwenvl_data._files import read_json
 from qwenvl_data.training._distributed import barrier, rank_and_world
 from qwenvl_data.training._integrity import damaged_files, file_digests
 from qwenvl_data.training._nonfinite import check_finite_on_every_rank
+from qwenvl_data.training._refusal import MissingInputError
 
 _STATE_DIR_PATTERN = re.compile(r"^step_(\d+)$")
 _COMPLETE_MARKER = "complete.json"
@@ -333,11 +334,11 @@ class TrainingCheckpointer:
     def _choose_intact(self, resume: bool | str) -> Path:
         candidates = self._complete_states() if resume is True else [Path(str(resume))]
         if not candidates:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"resume_from_checkpoint=true but {self.state_root} holds no complete training state"
             )
         if resume is not True and not (candidates[0] / _COMPLETE_MARKER).is_file():
-            raise FileNotFoundError(f"{candidates[0]} is not a complete training state (no {_COMPLETE_MARKER})")
+            raise MissingInputError(f"{candidates[0]} is not a complete training state (no {_COMPLETE_MARKER})")
         damaged = []
         for path in candidates:
             problems = state_problems(path)

@@ -23,6 +23,13 @@ def packaged_vocab_transform(**transform_kwargs: Any) -> Qwen2_5_VLTransform:
     return packaged_transform(**transform_kwargs)
 
 
+# Its keywords are the transform's (but the vocabulary files): said in its signature, so that a config check names a
+# misspelled key (`tokenizer.max_seq_length`, did you mean `max_seq_len`?) before anything is built.
+packaged_vocab_transform.__signature__ = inspect.Signature(
+    list(inspect.signature(Qwen2_5_VLTransform).parameters.values())[2:], return_annotation=Qwen2_5_VLTransform
+)
+
+
 def records_or_synthetic_dataset(
     model_transform: Callable[[dict], dict] | None,
     *,

@@ -13,7 +13,8 @@ from torchtune import config
 from torchtune.config._errors import InstantiationError
 from torchtune.config._utils import _get_component_from_path
 
-from qwenvl_data.training._refusal import ConfigError
+from qwenvl_data.errors import SampleError
+from qwenvl_data.training._refusal import ConfigError, MissingInputError, RunRefused
 
 _INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w]*)")
 
@@ -74,14 +75,28 @@ def build(cfg: DictConfig, key: str, *args: Any, **kwargs: Any) -> Any:
     return build_node(cfg.get(key), key, *args, **kwargs)
 
 
-def build_node(node: Any, key: str, *args: Any, **kwargs: Any) -> Any:
-    """config.instantiate(node, ...) for the config entry named ``key`` (e.g. ``dataset[1]``), errors naming it."""
+def build_node(node: Any, key: str, *args: Any, what: str | None = None, **kwargs: Any) -> Any:
+    """config.instantiate(node, ...) for the config entry named ``key`` (e.g. ``dataset[1]``), errors naming it.
+
+    A builder refusing its arguments (a TypeError, or a ValueError such as ``on_error='skipp'``) is a config error,
+    and a file it cannot find a missing input: one-line refusals (``_refusal``) naming ``key`` and ``what`` (default
+    the component). A bad record (``SampleError``, raised by a builder that reads records) stays what it is.
+
+    Raises:
+        ConfigError: the node is not a component, or its builder refused its arguments.
+        MissingInputError: a file or directory the builder was given does not exist.
+    """
     if not isinstance(node, DictConfig) or "_component_" not in node:
         raise ConfigError(f"config key `{key}` must be a mapping with a `_component_` entry, got {node!r}")
+    where = f"config key `{key}` ({what or node._component_})"
     try:
         return config.instantiate(node, *args, **kwargs)
-    except (TypeError, InstantiationError) as error:
-        raise ConfigError(f"config key `{key}` ({node._component_}): {error}") from error
+    except (RunRefused, SampleError):
+        raise
+    except FileNotFoundError as error:
+        raise MissingInputError(f"{where}: {error}") from error
+    except (TypeError, ValueError, InstantiationError) as error:
+        raise ConfigError(f"{where}: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,14 @@ def _parameters(component: Callable) -> tuple[set[str], bool]:
 RECIPE_DATASET_KEYS = frozenset({"weight", "mixture", "weights", "packed", "packed_buffer_size"})
 
 
+def _recipe_keys(path: str) -> frozenset[str]:
+    """The recipe's own keys a dataset config at ``path`` may hold: ``weight`` in an item of the YAML mixture list
+    (``dataset[1]``), the short form's ``mixture`` / ``weights`` in the one ``dataset`` section."""
+    if not path.startswith("dataset"):
+        return frozenset()
+    return RECIPE_DATASET_KEYS - ({"mixture", "weights"} if path.startswith("dataset[") else {"weight"})
+
+
 def accepts_keyword(component_path: str, name: str) -> bool:
     """Whether the callable at ``component_path`` takes the keyword ``name`` (by name or through ``**kwargs``)."""
     names, takes_kwargs = _parameters(_get_component_from_path(component_path))
@@ -194,10 +217,12 @@ def component_problems(cfg: DictConfig) -> list[str]:
             names, takes_kwargs = _parameters(component)
         except (TypeError, ValueError):  # a builtin without an inspectable signature
             continue
+        recipe_keys = _recipe_keys(path)
         for key in node:
-            if key == "_component_" or key in names or (path.startswith("dataset") and key in RECIPE_DATASET_KEYS):
+            if key == "_component_" or key in names or key in recipe_keys:
                 continue
-            close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.8 if takes_kwargs else 0.6)
+            candidates = sorted({*names, *recipe_keys})
+            close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.8 if takes_kwargs else 0.6)
             if takes_kwargs and not close:
                 continue
             hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""

@@ -12,3 +12,7 @@ class RunRefused(Exception):
 
 class ConfigError(RunRefused, ValueError):
     """A config the recipe cannot run: unknown or missing keys, bad values, a component that fails to build."""
+
+
+class MissingInputError(RunRefused, FileNotFoundError):
+    """A file or directory the config names that is not there: a data path, a training state to resume from."""

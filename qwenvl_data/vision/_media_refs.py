@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 import torch
 from PIL import Image
 
-from qwenvl_data.errors import ImageLoadError, UnsafePathError
+from qwenvl_data.errors import ImageLoadError, UnsafePathError, VideoLoadError
 
 ResolvedMedia = Image.Image | bytes | str | torch.Tensor
 
@@ -49,6 +49,11 @@ _FILE_KINDS = (
 def shown(reference: str, limit: int = 80) -> str:
     """``reference`` quoted for an error message, shortened (a data URL can be megabytes long)."""
     return repr(reference if len(reference) <= limit else reference[:limit] + "...")
+
+
+def _load_error(what: str) -> type[ImageLoadError]:
+    """The error for a medium called ``what``: a video's is ``VideoLoadError`` (its own skip cause, ``bad_video``)."""
+    return VideoLoadError if what.startswith("video") else ImageLoadError
 
 
 def resolve_media(value: Any, image_dir: str | os.PathLike | None = None, what: str = "image") -> ResolvedMedia:
@@ -86,12 +91,12 @@ def resolve_media(value: Any, image_dir: str | os.PathLike | None = None, what: 
         if name == "file":
             return _confine(_file_uri_path(value, what), image_dir)
         if scheme and value[scheme.end() : scheme.end() + 2] == "//":
-            raise ImageLoadError(
+            raise _load_error(what)(
                 f"{what} {shown(value)} is a remote {name} URL: nothing is fetched (this library never "
                 f"downloads); download the file and reference it by path"
             )
         return _confine(value, image_dir)
-    raise ImageLoadError(
+    raise _load_error(what)(
         f"{what} reference of type {type(value).__name__} is not supported (expected a path, file:// URI, "
         f"data URL, bytes, PIL image or {{'bytes', 'path'}} dict)"
     )
@@ -103,9 +108,9 @@ def _resolve_dict(value: Mapping, image_dir: str | os.PathLike | None, what: str
         return resolve_media(value["bytes"], image_dir, what)
     reference = value.get("path") if value.get("path") is not None else value.get("url")
     if reference is None:
-        raise ImageLoadError(f"{what} dict with neither 'bytes', 'path' nor 'url' set (keys {sorted(value)})")
+        raise _load_error(what)(f"{what} dict with neither 'bytes', 'path' nor 'url' set (keys {sorted(value)})")
     if isinstance(reference, Mapping):
-        raise ImageLoadError(f"{what} dict whose 'path'/'url' is itself a dict: {dict(value)!r}"[:200])
+        raise _load_error(what)(f"{what} dict whose 'path'/'url' is itself a dict: {dict(value)!r}"[:200])
     return resolve_media(reference, image_dir, what)
 
 
@@ -113,14 +118,14 @@ def data_url_bytes(url: str, what: str = "image") -> bytes:
     """The bytes a ``data:[<type>][;base64],<data>`` URL holds (RFC 2397; the data is percent-decoded first)."""
     header, comma, payload = url[len("data:") :].partition(",")
     if not comma:
-        raise ImageLoadError(f"{what} data URL {shown(url)} has no ',' before its data")
+        raise _load_error(what)(f"{what} data URL {shown(url)} has no ',' before its data")
     data = urllib.parse.unquote_to_bytes(payload)
     if not header.lower().endswith(";base64"):
         return data
     try:
         return base64.b64decode(b"".join(data.split()), validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ImageLoadError(f"{what} data URL {shown(url)} is not valid base64: {error}") from error
+        raise _load_error(what)(f"{what} data URL {shown(url)} is not valid base64: {error}") from error
 
 
 def _file_uri_path(uri: str, what: str) -> str:
@@ -129,13 +134,13 @@ def _file_uri_path(uri: str, what: str) -> str:
     if rest.startswith("//"):
         host, slash, path = rest[2:].partition("/")
         if host not in ("", "localhost"):
-            raise ImageLoadError(
+            raise _load_error(what)(
                 f"{what} {shown(uri)} is a remote file URI (host {host!r}): nothing is fetched, "
                 f"only local files are read"
             )
         rest = slash + path
     if not rest:
-        raise ImageLoadError(f"{what} {shown(uri)}: file URI without a path")
+        raise _load_error(what)(f"{what} {shown(uri)}: file URI without a path")
     return urllib.parse.unquote(rest)
 
 
@@ -173,7 +178,7 @@ def media_file(
     """
     path = resolve_media(value, image_dir, what)
     if not isinstance(path, str):
-        raise ImageLoadError(f"a {what} file must be given by its path or file:// URI, got {type(value).__name__}")
+        raise _load_error(what)(f"a {what} file must be given by its path or file:// URI, got {type(value).__name__}")
     require_file(path, what, allow_directory)
     return path
 
@@ -193,13 +198,13 @@ def require_file(path: str, what: str = "image", allow_directory: bool = False) 
     try:
         status = os.stat(path)
     except FileNotFoundError as error:
-        raise ImageLoadError(f"{what} file {path} does not exist") from error
+        raise _load_error(what)(f"{what} file {path} does not exist") from error
     except OSError as error:
-        raise ImageLoadError(f"{what} file {path} cannot be examined: {error.strerror or error}") from error
+        raise _load_error(what)(f"{what} file {path} cannot be examined: {error.strerror or error}") from error
     if stat.S_ISREG(status.st_mode) or (allow_directory and stat.S_ISDIR(status.st_mode)):
         return
     kind = next((name for test, name in _FILE_KINDS if test(status.st_mode)), "not a regular file")
-    raise ImageLoadError(f"{what} file {path} is {kind}, not a regular file; it is not opened")
+    raise _load_error(what)(f"{what} file {path} is {kind}, not a regular file; it is not opened")
 
 
 def open_regular_file(path: str, what: str = "image") -> BinaryIO:
@@ -215,8 +220,8 @@ def open_regular_file(path: str, what: str = "image") -> BinaryIO:
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as error:
-        raise ImageLoadError(f"{what} file {path} cannot be read: {error.strerror or error}") from error
+        raise _load_error(what)(f"{what} file {path} cannot be read: {error.strerror or error}") from error
     if not stat.S_ISREG(os.fstat(descriptor).st_mode):
         os.close(descriptor)
-        raise ImageLoadError(f"{what} file {path} stopped being a regular file while it was opened; it is not read")
+        raise _load_error(what)(f"{what} file {path} stopped being a regular file while it was opened; it is not read")
     return os.fdopen(descriptor, "rb")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from qwenvl_data.vision._resize import resize_rgb
 from qwenvl_data.vision._video_sampling import frame_count, frame_window, pick_frames
-from qwenvl_data.errors import ImageLoadError
+from qwenvl_data.errors import VideoLoadError
 from qwenvl_data.video import VideoOptions
 
 # FFmpeg opens whatever a file refers to when its demuxer follows references (an HLS playlist's segments, a
@@ -84,7 +84,7 @@ def read_video_file(
         transformers' Qwen3-VL timestamps are made of, its ``frames_indices / fps``).
 
     Raises:
-        ImageLoadError: the file is missing, not a video, has no video stream or no frames, is damaged
+        VideoLoadError: the file is missing, not a video, has no video stream or no frames, is damaged
             (unless ``allow_truncated``), or the window lies outside the clip; the message names the file.
     """
     if isinstance(path, bytes):
@@ -93,25 +93,25 @@ def read_video_file(
         source = name = os.fspath(path)
         if not os.path.isfile(name):
             reason = "does not exist" if not os.path.exists(name) else "is not a regular file"
-            raise ImageLoadError(f"video file {name} {reason}")
+            raise VideoLoadError(f"video file {name} {reason}")
     try:
         with _open(source, name) as container:
             if not container.streams.video:
                 kinds = sorted({stream.type for stream in container.streams}) or ["none"]
-                raise ImageLoadError(f"video file {name} has no video stream (streams: {', '.join(kinds)})")
+                raise VideoLoadError(f"video file {name} has no video stream (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
             index = _demux(container, stream)
             if not index.pts:
                 detail = f": {index.damage}" if index.damage else ""
-                raise ImageLoadError(f"video file {name} has no video frames{detail}")
+                raise VideoLoadError(f"video file {name} has no video frames{detail}")
             if index.damage and not options.allow_truncated:
-                raise ImageLoadError(f"video file {name} is damaged after frame {len(index.pts)}: {index.damage}")
+                raise VideoLoadError(f"video file {name} is damaged after frame {len(index.pts)}: {index.damage}")
             try:
                 return _read_kept(container, stream, index, len(index.pts), options, frame_size, name, sampling)
             except _Damaged as damage:
                 if not options.allow_truncated or damage.index == 0:
                     seconds = float((index.pts[damage.index] - index.pts[0]) * index.time_base)
-                    raise ImageLoadError(
+                    raise VideoLoadError(
                         f"video file {name} is damaged at frame {damage.index} of {len(index.pts)} "
                         f"({seconds:.3f} s): {damage.cause}"
                     ) from None
@@ -121,19 +121,19 @@ def read_video_file(
             return _read_kept(container, container.streams.video[0], index, usable, options, frame_size, name,
                               sampling)  # fmt: skip
     except av.error.FFmpegError as error:
-        raise ImageLoadError(f"video file {name} cannot be decoded: {error}") from error
+        raise VideoLoadError(f"video file {name} cannot be decoded: {error}") from error
 
 
 def _open(source: str | bytes, name: str) -> av.container.InputContainer:
     """The opened file (or bytes), restricted to ``DEMUXERS`` and the file protocol with a ``TIMEOUT_S`` bound
-    per operation, or an ImageLoadError saying why FFmpeg cannot open it."""
+    per operation, or an VideoLoadError saying why FFmpeg cannot open it."""
     try:
         return av.open(io.BytesIO(source) if isinstance(source, bytes) else source, options=_RESTRICTED,
                        timeout=TIMEOUT_S)  # fmt: skip
     except av.error.EOFError as error:
-        raise ImageLoadError(f"video file {name} has no video frames (it ends before the first one)") from error
+        raise VideoLoadError(f"video file {name} has no video frames (it ends before the first one)") from error
     except av.error.FFmpegError as error:
-        raise ImageLoadError(f"video file {name} is not a video FFmpeg can read (only the container formats "
+        raise VideoLoadError(f"video file {name} is not a video FFmpeg can read (only the container formats "
                              f"{DEMUXERS} are opened): {error}") from error  # fmt: skip
 
 
@@ -163,7 +163,7 @@ def _read_kept(
             sampling=sampling,
         )
     except ValueError as error:
-        raise ImageLoadError(f"video file {name}: {error}") from error
+        raise VideoLoadError(f"video file {name}: {error}") from error
     picks = pick_frames(times, first, last, count)
 
     def fit(image: Image.Image) -> Image.Image:
@@ -183,7 +183,7 @@ def _demux(container: av.container.InputContainer, stream: av.video.stream.Video
                 continue
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None:
-                raise ImageLoadError(f"video packet {len(pts)} has no timestamp")
+                raise VideoLoadError(f"video packet {len(pts)} has no timestamp")
             pts.append(stamp)
             if packet.is_keyframe:
                 keyframes.append(stamp)

@@ -258,3 +258,19 @@ def test_layouts_unread_fields_and_tool_turns_are_reported(data, capsys):
     assert "by layout: sharegpt: 3, alpaca: 1, openai: 1" in out
     assert "refused for unread fields: instruction: 1" in out
     assert "tool turns: 3 records, 4 tool calls, 4 tool results" in out
+
+
+def test_fields_left_out_as_metadata_are_listed_and_a_misspelled_one_refused(data, capsys):
+    records = [
+        {"id": "meta", "question": "Color?", "answer": "Blue.", "source": "vqa", "score": 0.9},
+        {"id": "typo", "instruction": "And now?", "output": "Still blue.", "histroy": [["Color?", "Blue."]]},
+    ]
+    path = write_jsonl(data["dir"] / "metadata.jsonl", records)
+    out_json = data["dir"] / "metadata.json"
+    main(["--config", data["config"], f"dataset.data_files={path}", "--json", str(out_json), "--num-workers", "1",
+          "--no-progress"])
+    report = json.loads(out_json.read_text())
+    assert report["metadata_fields"] == {"source": 1, "score": 1}
+    assert report["unread_fields"] == {"histroy": 1}
+    assert "did you mean 'history'?" in report["unusable_records"][0]["error"]
+    assert "left out as metadata (no layout reads them): source: 1, score: 1" in capsys.readouterr().out

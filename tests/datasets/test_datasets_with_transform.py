@@ -114,6 +114,25 @@ def test_skip_counts_bad_images_and_too_long_samples_through_workers_and_collato
     assert {c: n for c, n in ds.stats.items() if n} == {"bad_image": 5, "too_long": 1, "placeholder_mismatch": 1}
 
 
+def test_a_skip_report_gives_each_causes_first_error_and_a_missing_video_its_own_cause(bad_image_dir, transform):
+    records = [llava(0, ["good.png"], "<image> ok?"),
+               {"id": "no_clip", "video": "nope.mp4", "conversations": [{"from": "human", "value": "<video> ?"},
+                                                                        {"from": "gpt", "value": "A."}]},
+               {"id": "orphan", "conversations": [{"from": "human", "value": "Hi"}, {"from": "observation", "value": "21"},
+                                                  {"from": "gpt", "value": "ok"}]},
+               llava(1, ["missing.png"], "<image> ?")]  # fmt: skip
+    path = write_jsonl(bad_image_dir / "why.jsonl", records)
+    ds = multimodal_chat_dataset(transform, source="jsonl", data_files=str(path), on_error="skip",
+                                 image_dir=str(bad_image_dir))  # fmt: skip
+    assert len([b for b in DataLoader(ds, batch_size=1, num_workers=2, collate_fn=lambda b: b) if b[0]]) == 1
+    report = ds.processor.stats.report()
+    assert {cause: entry["examples"] for cause, entry in report.by_cause.items()} == {
+        "bad_image": ["s1"], "bad_video": ["no_clip"], "bad_conversation": ["orphan"]}
+    assert report.by_cause["bad_video"]["first_error"] == f"video file {bad_image_dir / 'nope.mp4'} does not exist"
+    assert report.by_cause["bad_conversation"]["first_error"].startswith("message 1: a tool result with no tool call")
+    assert "bad_video=1 (e.g. no_clip; first: video file " in report.describe()
+
+
 def test_synthetic_answers_are_exactly_the_trained_labels(transform):
     ds = synthetic_vqa_dataset(transform, num_samples=12, seed=1)
     batches = list(DataLoader(ds, batch_size=6, num_workers=2, collate_fn=Qwen2_5_VLCollator()))

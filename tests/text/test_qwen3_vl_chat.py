@@ -69,7 +69,8 @@ def test_a_generation_prompt_equals_the_template_with_add_generation_prompt(tran
 
 @pytest.mark.parametrize("system", [None, "Be brief.", ""])
 def test_tools_calls_and_results_equal_the_official_template(transform, system):
-    turns = [user(image(6), "Weather here? It is Paris."), {"role": "assistant", "content": "", "tool_calls": [CALL]},
+    turns = [user(image(6), "Weather here? It is Paris."),
+             {"role": "assistant", "content": "", "tool_calls": [CALL, CALL]},
              {"role": "tool", "content": '{"temperature": 21}'}, {"role": "tool", "content": "sunny"},
              {"role": "assistant", "content": "Checking again.", "tool_calls": [CALL, CALL]},
              {"role": "tool", "content": "21"}, {"role": "assistant", "content": "21 degrees."}]  # fmt: skip
@@ -81,7 +82,8 @@ def test_tools_calls_and_results_equal_the_official_template(transform, system):
     assert text.startswith(f"<|im_start|>system\n{prompt}# Tools\n\nYou may call")
     # The calls are the assistant's and trained (joined to its text by "\n"); the results are user turns, not trained.
     calls = f"Checking again.\n{CALL_TEXT}\n{CALL_TEXT}"
-    assert trained_text(transform, sample) == f"{CALL_TEXT}<|im_end|>{calls}<|im_end|>21 degrees.<|im_end|>"
+    first = f"{CALL_TEXT}\n{CALL_TEXT}"  # two results follow: two calls (a result answers a call)
+    assert trained_text(transform, sample) == f"{first}<|im_end|>{calls}<|im_end|>21 degrees.<|im_end|>"
     assert "<tool_response>" in transform.tokenizer.special_tokens  # one token in Qwen3's tokenizer
 
 

@@ -245,7 +245,7 @@ def test_unknown_truncation_policy_is_refused_at_construction(vocab_files):
     [
         ([], "empty"),
         ([{"role": "robot", "content": "beep"}], "unknown role 'robot'"),
-        ([{"role": "user", "content": None}], "content must be"),
+        ([{"role": "user", "content": None}], "message 0: the message has no content"),
         ([{"role": "user", "content": [{"type": "audio", "audio": b""}]}], "unknown content part type 'audio'"),
     ],
 )

@@ -2,6 +2,8 @@
 and the value; a map-style mixture's records read and skipped are counted per dataset by the run's one ledger,
 collator refusals included, and the counts survive a saved state."""
 
+import re
+
 import pytest
 from support.datasets_records import write_jsonl
 from support.recipes_support import load_config, recipe_class
@@ -12,6 +14,7 @@ from qwenvl_data.inspect import load_config as load_cli_config
 from qwenvl_data.training import packaged_vocab_transform
 from qwenvl_data.training._data import RefillingBatches, build_dataset
 from qwenvl_data.training._mixture_config import mixture_entries
+from qwenvl_data.training._refusal import ConfigError, MissingInputError
 from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
 
 
@@ -38,7 +41,7 @@ from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
 )  # fmt: skip
 def test_a_bad_short_form_is_an_error_naming_the_key_and_the_value(overrides, message):
     cfg = load_cli_config("configs/tiny_streaming.yaml", overrides)  # tune run's own command-line rules
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):  # a one-line refusal in tune run
         mixture_entries(cfg.dataset)
 
 
@@ -46,7 +49,7 @@ def test_a_path_that_cannot_be_read_is_named_with_its_key(tmp_path):
     present = write_jsonl(tmp_path / "a.jsonl", [{"id": "a", "question": "Q?", "answer": "A."}])
     cfg = load_cli_config("configs/tiny_streaming.yaml", [f"dataset.mixture=[{present}, {tmp_path / 'gone.jsonl'}]",
                                                           "dataset.weights=[1, 1]"])  # fmt: skip
-    with pytest.raises(FileNotFoundError, match=rf"config key `dataset.mixture\[1\]` \({tmp_path / 'gone.jsonl'}\): "
+    with pytest.raises(MissingInputError, match=rf"config key `dataset.mixture\[1\]` \({tmp_path / 'gone.jsonl'}\): "
                                                 r"data file .* does not exist"):  # fmt: skip
         build_dataset(cfg, None, seed=0)
 
@@ -94,7 +97,10 @@ def test_a_map_style_mixture_counts_each_datasets_reads_and_skips_and_the_state_
         assert counts.read - counts.skipped == sum(source == str(path) for source, _ in used) > 0
     assert set(x_counts.by_cause) == {"bad_conversation"} and x_counts.by_cause["bad_conversation"]["examples"] == [
         f"{x} line 4"]
-    assert y_counts.by_cause == {"too_long": {"count": y_counts.skipped, "examples": ["y_long"]}} and y_counts.skipped
+    assert set(y_counts.by_cause) == {"too_long"} and y_counts.skipped
+    too_long = y_counts.by_cause["too_long"]
+    assert (too_long["count"], too_long["examples"]) == (y_counts.skipped, ["y_long"])
+    assert re.fullmatch(r"\d+ tokens > max_seq_len=64", too_long["first_error"])  # why, without the sample's name
     assert (report.read, report.skipped) == (x_counts.read + y_counts.read, x_counts.skipped + y_counts.skipped)
     resumed = SkipLedger(max_skip_fraction=1.0)
     resumed.load_state_dict(ledger.state_dict())
@@ -111,4 +117,4 @@ def test_a_run_stopped_for_too_many_skips_says_which_dataset_they_came_from():
                           else {"id": f"c{i}", MIXTURE_SOURCE_KEY: source})  # fmt: skip
     assert "20 of the 100 records" in str(error.value)
     assert "per dataset: clean.jsonl: skipped 0 of 80 records; broken.jsonl: skipped 20 of 20 records: bad_image=20 " \
-           "(e.g. b0, b5, b10, b15, b20)" in str(error.value)  # fmt: skip
+           "(e.g. b0, b5, b10, b15, b20; first: gone)" in str(error.value)  # fmt: skip

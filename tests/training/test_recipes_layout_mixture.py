@@ -13,7 +13,8 @@ from support.recipes_support import metrics, run_command
 from qwenvl_data.inspect import main
 
 RECORDS = {"alpaca": len(ALPACA), "tools": len(TOOLS), "llava_video": len(LLAVA_VIDEO)}
-CAUSES = {"alpaca": "bad_image", "tools": "bad_conversation", "llava_video": "bad_image"}  # of each one bad record
+CAUSES = {"alpaca": "bad_image", "tools": "bad_conversation", "llava_video": "bad_video"}  # of each one bad record
+WHY = {"alpaca": "missing.png does not exist", "tools": "['instruction']", "llava_video": "missing.mp4 does not exist"}
 BAD_IDS = {"alpaca": "a_missing_image", "tools": "t_unread_field", "llava_video": "v_missing_video"}
 
 
@@ -45,7 +46,10 @@ def test_tune_run_on_a_command_line_mixture_reports_each_dataset_read_and_skippe
         assert read >= 1 and read // records <= skipped <= math.ceil(read / records), (layout, source)
         assert math.ceil(read / records) - 1 <= source["passes_started"] <= read // records, (layout, source)
         if skipped:
-            assert source["by_cause"] == {CAUSES[layout]: {"count": skipped, "examples": [BAD_IDS[layout]]}}
+            assert list(source["by_cause"]) == [CAUSES[layout]]
+            entry = source["by_cause"][CAUSES[layout]]
+            assert (entry["count"], entry["examples"]) == (skipped, [BAD_IDS[layout]])
+            assert WHY[layout] in entry["first_error"]  # the first error of the cause says why
         assert f"  {path}: skipped {skipped} of {read} records" in result.stdout
     for key in ("read", "skipped", "passes_started"):
         assert sum(source[key] for source in by_source.values()) == report[key], key
@@ -95,5 +99,6 @@ def test_inspect_reports_layouts_unread_fields_and_tool_turns_of_each_dataset(co
         (str(corpus[layout]), record_id) for layout, record_id in BAD_IDS.items()}
     console = capsys.readouterr().out
     assert f"dataset {corpus['tools']} (weight 2): records: 4, usable: 3, unusable: 1; by layout: sharegpt: 3, " \
-           "openai: 1; refused for unread fields: instruction: 1; tool turns: 3 records, 3 tool calls, 3 tool " \
+           "openai: 1; refused for unread fields: instruction: 1; left out as metadata (no layout reads them): none; " \
+           "tool turns: 3 records, 3 tool calls, 3 tool " \
            "results; unusable [bad_conversation]: 1 (e.g. ids t_unread_field)" in console  # fmt: skip

@@ -105,7 +105,7 @@ def test_every_epoch_end_prints_skips_by_cause_with_record_ids(skipping_run):
     for epoch in (0, 1):
         line = next(line for line in stdout.splitlines() if line.startswith(f"epoch {epoch}: skipped"))
         assert line.startswith(f"epoch {epoch}: skipped 6 of 10 records: ")
-        assert "unexpected_error=1 (e.g. video_fps_text (TypeError))" in line
+        assert "unexpected_error=1 (e.g. video_fps_text (TypeError); first: TypeError: " in line
         for record_id, cause in BAD_CAUSES.items():
             assert f"{cause}=" in line and record_id in line
 
@@ -361,7 +361,8 @@ def test_a_sample_the_collator_refuses_is_counted_and_its_place_refilled(tmp_pat
     refill.start_epoch(0)
     assert [refill.next_batch()["tokens"].shape for _ in range(2)] == [(2, 64), (2, 64)]
     assert refill.next_batch() is None
-    assert ledger.report("epoch").by_cause == {"too_long": {"count": 1, "examples": ["long"]}}
+    too_long = f"{len(dataset[1]['tokens'])} tokens > max_seq_len=64"  # the first error, without the sample's name
+    assert ledger.report("epoch").by_cause == {"too_long": {"count": 1, "examples": ["long"], "first_error": too_long}}
 
 
 def test_a_dataset_that_skips_by_returning_none_has_its_records_named_by_their_index():
@@ -382,5 +383,6 @@ def test_a_dataset_that_skips_by_returning_none_has_its_records_named_by_their_i
     order = list(torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=3))
     assert order != sorted(order)  # the read order is not the index order
     assert ledger.report("epoch").by_cause == {
-        "invalid_sample": {"count": 3, "examples": [f"#{i}" for i in order if i % 3 == 2]}
+        "invalid_sample": {"count": 3, "examples": [f"#{i}" for i in order if i % 3 == 2],
+                           "first_error": "skipped by the dataset"}
     }
