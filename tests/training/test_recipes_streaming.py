@@ -1,6 +1,8 @@
 """Recipes on a streaming dataset and on a weighted mixture: a run stopped mid-stream and resumed reaches
 the weights of an uninterrupted run bit for bit (the stream position is part of the training state)."""
 
+import re
+
 import datasets
 import pytest
 import torch
@@ -98,10 +100,13 @@ def test_stream_of_unknown_length_needs_max_steps_per_epoch(photo_corpus, tmp_pa
         _run(_streaming_overrides(photo_corpus, tmp_path / "run", max_steps_per_epoch=None))
 
 
-def test_mixture_item_without_weight_is_named(photo_corpus, tmp_path):
+def test_mixture_item_without_weight_is_named(photo_corpus, tmp_path, capsys):
     mixture = [{"_component_": "qwenvl_data.datasets.streaming_chat_dataset", "data_files": str(photo_corpus[0])}]
-    with pytest.raises(ValueError, match=r"dataset\[0\].*needs a `weight`"):
+    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit 1
         _run(_streaming_overrides(photo_corpus, tmp_path / "run", dataset=mixture))
+    assert refused.value.code == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(r"^ConfigError: .*dataset\[0\].*needs a `weight`", last_line), last_line
 
 
 def test_a_saved_dataset_shorter_than_one_step_is_read_again_and_the_report_says_so(tmp_path, capsys):
