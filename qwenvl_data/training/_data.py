@@ -24,6 +24,7 @@ from qwenvl_data.errors import SampleError
 from qwenvl_data.training._config import build
 from qwenvl_data.training._distributed import rank_and_world
 from qwenvl_data.training._mixture_config import mixture_entries
+from qwenvl_data.training._refusal import ConfigError
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._stream_loader import sample_loader, stream_outcomes
 
@@ -151,11 +152,11 @@ class RefillingBatches:
         elif self._stream_records is not None:
             planned = self._stream_records // (world * self.batch_size)
         else:
-            raise ValueError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
+            raise ConfigError("the dataset is a stream of unknown length (JSON Lines, JSON or tar shards, or a "
                              "mixture): set `max_steps_per_epoch`")  # fmt: skip
         steps = planned // grad_accum
         if steps == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"the dataset holds fewer than one step of {self.batch_size} x {grad_accum} x {world} ranks samples: "
                 "lower batch_size / gradient_accumulation_steps"
                 + (", or set max_steps_per_epoch (a stream then reads its data again)" if self.stream else "")

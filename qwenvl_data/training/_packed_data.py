@@ -29,6 +29,7 @@ from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.packing import collate_packed_rows
 from qwenvl_data.rope import PositionRule
 from qwenvl_data.training._data import Outcomes, rank_sampler
+from qwenvl_data.training._refusal import ConfigError
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._stream_loader import sample_loader
 
@@ -61,7 +62,7 @@ def split_packing_options(node: DictConfig) -> tuple[DictConfig, int | None]:
     packed = bool(container.pop("packed", False))
     buffer_size = int(container.pop("packed_buffer_size", DEFAULT_BUFFER_SIZE))
     if buffer_size < 1:
-        raise ValueError(f"dataset.packed_buffer_size must be >= 1, got {buffer_size}")
+        raise ConfigError(f"dataset.packed_buffer_size must be >= 1, got {buffer_size}")
     return OmegaConf.create(container), buffer_size if packed else None
 
 
@@ -126,7 +127,7 @@ class PackedBatches:
             ValueError: no ``max_steps_per_epoch``.
         """
         if not max_steps_per_epoch:
-            raise ValueError(
+            raise ConfigError(
                 "dataset.packed=true needs max_steps_per_epoch: how many rows a pass over the data packs into is "
                 "only known after packing it, so a packed run counts steps (the packer starts the next pass by itself)"
             )
@@ -274,7 +275,7 @@ def packed_batches(
     """
     max_seq_len = getattr(transform, "max_seq_len", None)
     if not max_seq_len:
-        raise ValueError("dataset.packed=true packs rows of tokenizer.max_seq_len tokens: set tokenizer.max_seq_len")
+        raise ConfigError("dataset.packed=true packs rows of tokenizer.max_seq_len tokens: set tokenizer.max_seq_len")
     sampler = None
     if isinstance(dataset, torch.utils.data.IterableDataset):
         dataset.keep_skipped = True  # skipped records reach the ledger

@@ -104,11 +104,14 @@ def test_prune_keeps_the_newest_steps_by_number_not_by_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_10", "step_12.partial", "step_8"]
 
 
-def test_packed_run_without_max_steps_per_epoch_is_a_clear_error(tmp_path):
+def test_packed_run_without_max_steps_per_epoch_is_a_clear_error(tmp_path, capsys):
     recipe = load_recipe("full_finetune_single_device")
     cfg = load_config("tiny_synthetic", {**PACKED_OVERRIDES, "output_dir": str(tmp_path), "max_steps_per_epoch": None})
-    with pytest.raises(ValueError, match="dataset.packed=true needs max_steps_per_epoch"):
+    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit 1
         recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg)
+    assert refused.value.code == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("ConfigError: dataset.packed=true needs max_steps_per_epoch"), last_line
 
 
 def test_truncate_text_is_reachable_from_the_config_and_never_cuts_an_image():

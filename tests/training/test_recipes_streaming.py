@@ -95,9 +95,12 @@ def test_mixture_run_resumed_from_a_mid_epoch_state_is_bit_identical(photo_corpu
     _assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
-def test_stream_of_unknown_length_needs_max_steps_per_epoch(photo_corpus, tmp_path):
-    with pytest.raises(ValueError, match="stream of unknown length.*max_steps_per_epoch"):
+def test_stream_of_unknown_length_needs_max_steps_per_epoch(photo_corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit 1
         _run(_streaming_overrides(photo_corpus, tmp_path / "run", max_steps_per_epoch=None))
+    assert refused.value.code == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(r"^ConfigError: .*stream of unknown length.*max_steps_per_epoch", last_line), last_line
 
 
 def test_mixture_item_without_weight_is_named(photo_corpus, tmp_path, capsys):
