@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,6 +38,17 @@ TINY_OVERRIDES = {
 def as_cli(overrides: dict) -> list[str]:
     """key=value arguments as `tune run` takes them (lists in YAML flow style)."""
     return [f"{key}={json.dumps(value) if isinstance(value, list) else value}" for key, value in overrides.items()]
+
+
+def refusal_line(capsys: pytest.CaptureFixture, run: Callable[[], object]) -> str:
+    """Call ``run`` (a ``run_recipe`` call) expecting a refusal: exit status 1, no traceback; returns the last line
+    printed to stderr, the refusal's message."""
+    with pytest.raises(SystemExit) as exited:
+        run()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
 
 
 def load_config(name: str, overrides: dict) -> DictConfig:

@@ -10,7 +10,16 @@ from qwenvl_data.errors import SampleTooLongError
 from qwenvl_data.training._config import build
 from qwenvl_data.training._periodic import hf_step_dirs, prune_hf_step_dirs
 from support.families import FAMILIES
-from support.recipes_support import PYTHON, TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
+from support.recipes_support import (
+    PYTHON,
+    TINY_OVERRIDES,
+    as_cli,
+    load_config,
+    load_recipe,
+    metrics,
+    refusal_line,
+    run_command,
+)
 
 # 2 epochs of 2 steps of 2 packed rows of 128 tokens (about 3 synthetic samples a row); the resumed run stops at
 # the end of epoch 0, so the packer's stream must carry on into epoch 1 from the saved state.
@@ -107,10 +116,7 @@ def test_prune_keeps_the_newest_steps_by_number_not_by_name(tmp_path):
 def test_packed_run_without_max_steps_per_epoch_is_a_clear_error(tmp_path, capsys):
     recipe = load_recipe("full_finetune_single_device")
     cfg = load_config("tiny_synthetic", {**PACKED_OVERRIDES, "output_dir": str(tmp_path), "max_steps_per_epoch": None})
-    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit 1
-        recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg)
-    assert refused.value.code == 1
-    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    last_line = refusal_line(capsys, lambda: recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg))
     assert last_line.startswith("ConfigError: dataset.packed=true needs max_steps_per_epoch"), last_line
 
 

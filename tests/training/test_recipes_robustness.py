@@ -19,7 +19,16 @@ from qwenvl_data.models import load_hf_model, qwen2_5_vl_tiny, save_hf_model
 from qwenvl_data.training import TrainingCheckpointer, packaged_vocab_transform
 from qwenvl_data.training._data import RefillingBatches
 from qwenvl_data.training._skips import SkipLedger, TooManySkipsError
-from support.recipes_support import REPO, TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
+from support.recipes_support import (
+    REPO,
+    TINY_OVERRIDES,
+    as_cli,
+    load_config,
+    load_recipe,
+    metrics,
+    refusal_line,
+    run_command,
+)
 
 TUNE_FULL = ["tune", "run", "recipes/full_finetune_single_device.py", "--config"]
 # One record of each kind of fault, by id -> the cause it is counted under.
@@ -144,14 +153,6 @@ def _run_in_process(config: Path, overrides: dict) -> None:
     recipe.run_recipe(recipe.FullFinetuneRecipeSingleDevice, cfg)
 
 
-def _refusal(capsys: pytest.CaptureFixture, config: Path, overrides: dict) -> str:
-    """Run in this process; the run must be refused (exit 1): return its last stderr line, the message."""
-    with pytest.raises(SystemExit) as stopped:
-        _run_in_process(config, overrides)
-    assert stopped.value.code == 1
-    return capsys.readouterr().err.strip().splitlines()[-1]
-
-
 def test_more_skips_than_max_skip_fraction_stop_the_run_with_causes_and_ids(tmp_path, capsys):
     good = [{"id": f"t{i}", "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
             for i in range(110)]  # fmt: skip
@@ -159,14 +160,16 @@ def test_more_skips_than_max_skip_fraction_stop_the_run_with_causes_and_ids(tmp_
     config = _jsonl_config(tmp_path, records)
     # the stop comes at the 100th record read, whatever the shuffle order put before it
     message = r"(\d+) of the 100 records read so far were skipped .* > max_skip_fraction=0.01\).*bad_image=\1 \(e.g. gone\d+"
-    last = _refusal(capsys, config, {"output_dir": str(tmp_path / "out"), "batch_size": 100})
+    overrides = {"output_dir": str(tmp_path / "out"), "batch_size": 100}
+    last = refusal_line(capsys, lambda: _run_in_process(config, overrides))
     assert last.startswith(f"{TooManySkipsError.__name__}: ") and re.search(message, last), last
     assert not (tmp_path / "out" / "hf_model").exists()
 
 
 def test_all_bad_dataset_stops_at_once_with_its_causes(tmp_path, capsys):
     config = _jsonl_config(tmp_path, _bad_records())
-    last = _refusal(capsys, config, {"output_dir": str(tmp_path / "out"), "batch_size": 2})
+    overrides = {"output_dir": str(tmp_path / "out"), "batch_size": 2}
+    last = refusal_line(capsys, lambda: _run_in_process(config, overrides))
     assert last.startswith(f"{TooManySkipsError.__name__}: "), last
     assert re.search(r"epoch 0: no usable sample: all 6 records read were skipped.*no_trained_token=1", last), last
     assert not (tmp_path / "out" / "hf_model").exists()

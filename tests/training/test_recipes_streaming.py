@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from support.datasets_records import llava_turns, write_jsonl, write_photos
-from support.recipes_support import TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command
+from support.recipes_support import (
+    TINY_OVERRIDES,
+    as_cli,
+    load_config,
+    load_recipe,
+    metrics,
+    refusal_line,
+    run_command,
+)
 
 NUM_RECORDS = 20
 
@@ -96,19 +104,15 @@ def test_mixture_run_resumed_from_a_mid_epoch_state_is_bit_identical(photo_corpu
 
 
 def test_stream_of_unknown_length_needs_max_steps_per_epoch(photo_corpus, tmp_path, capsys):
-    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit 1
-        _run(_streaming_overrides(photo_corpus, tmp_path / "run", max_steps_per_epoch=None))
-    assert refused.value.code == 1
-    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    overrides = _streaming_overrides(photo_corpus, tmp_path / "run", max_steps_per_epoch=None)
+    last_line = refusal_line(capsys, lambda: _run(overrides))
     assert re.search(r"^ConfigError: .*stream of unknown length.*max_steps_per_epoch", last_line), last_line
 
 
 def test_mixture_item_without_weight_is_named(photo_corpus, tmp_path, capsys):
     mixture = [{"_component_": "qwenvl_data.datasets.streaming_chat_dataset", "data_files": str(photo_corpus[0])}]
-    with pytest.raises(SystemExit) as refused:  # a refusal: one line, exit 1
-        _run(_streaming_overrides(photo_corpus, tmp_path / "run", dataset=mixture))
-    assert refused.value.code == 1
-    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    overrides = _streaming_overrides(photo_corpus, tmp_path / "run", dataset=mixture)
+    last_line = refusal_line(capsys, lambda: _run(overrides))
     assert re.search(r"^ConfigError: .*dataset\[0\].*needs a `weight`", last_line), last_line
 
 
