@@ -266,7 +266,9 @@ def test_every_familys_adapter_with_its_mergers_trained_is_read_back_by_export_a
                         "--output-dir", str(tmp_path / "merged")]) == 0  # fmt: skip
     merged = load_hf_model(tmp_path / "merged").state_dict()
     assert merged.keys() == expected.keys()
-    assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)  # the same merge, fp32
+    # W + scale * B @ A from the adapter file and in memory (fp32, |W| < 1 for the adapted projections): either
+    # summation order rounds by at most (rank + 2) eps |W| < 7.2e-7, under 1e-6 on any CPU; other tensors are copies.
+    assert all(torch.allclose(merged[k], expected[k], atol=1e-6) for k in expected)
 
     reloaded = load_hf_model(base, **lora)
     checkpointer = TrainingCheckpointer(str(tmp_path / "run"), checkpoint_dir=str(base),
