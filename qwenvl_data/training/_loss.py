@@ -126,30 +126,44 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if with_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+        grad_weight = None
         for start in range(0, targets.numel(), chunk_size):
             chunk = slice(start, start + chunk_size)
             rows, target = hidden[chunk], targets[chunk]
             logits = (rows @ weight.T).float()
-            log_norm = torch.logsumexp(logits, dim=-1)
-            total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            # log-sum-exp by hand: its exponentials are the softmax the gradient needs, so the [chunk, vocab]
+            # block is passed over once per operation and never copied.
+            total -= logits.gather(1, target[:, None]).sum()
+            peak = logits.amax(dim=1, keepdim=True)
+            exponentials = logits.sub_(peak).exp_()
+            sums = exponentials.sum(dim=1, keepdim=True)
+            total += (peak + sums.log()).sum()
             if with_grad:
-                grad_logits = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
+                grad_logits = exponentials.div_(sums)  # softmax
                 grad_logits[torch.arange(target.numel(), device=target.device), target] -= 1
                 grad_logits = grad_logits.to(hidden.dtype)
                 grad_hidden[chunk] = grad_logits @ weight
-                grad_weight += (grad_logits.T @ rows).float()
-            del logits
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                part = grad_logits.T @ rows
+                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+            del logits, exponentials
+        if with_grad and grad_weight is None:  # no trained rows
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        # Held on ctx, not saved: the backward scales them in place and hands them over (a saved tensor
+        # would be copied, 4 bytes x vocab x dim, by the weight's gradient accumulation).
+        ctx.gradients = (grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight = ctx.gradients
         if grad_hidden is None:
-            raise RuntimeError("the chunked cross-entropy ran without gradients (under no_grad); cannot backpropagate")
-        return grad_hidden * grad_total, (grad_weight * grad_total).to(ctx.weight_dtype), None, None, None
+            raise RuntimeError(
+                "the chunked cross-entropy has no gradients to give: it ran without them (under no_grad) or "
+                "its backward already ran (retain_graph is not supported)"
+            )
+        ctx.gradients = (None, None)
+        return grad_hidden.mul_(grad_total), grad_weight.mul_(grad_total).to(ctx.weight_dtype), None, None, None
 
 
 class NextTokenCrossEntropy(nn.Module):

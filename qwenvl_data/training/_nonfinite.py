@@ -20,19 +20,27 @@ class NonFiniteLossError(FloatingPointError):
     """A step's loss or gradient norm is NaN or infinite (``on_nonfinite_loss: stop``)."""
 
 
-def gradient_norm(model: nn.Module, max_norm: float | None) -> float:
-    """Total L2 norm of the gradients over all ranks, clipping them to ``max_norm`` when given.
+def scale_and_clip_gradients(model: nn.Module, scale: float, max_norm: float | None) -> float:
+    """Multiply the gradients by ``scale``, then clip their total L2 norm over all ranks to ``max_norm`` when given.
 
-    Without ``max_norm`` the gradients are left exactly as they are (the norm is only measured).
+    The norm is measured once, on the unscaled gradients, and one multiplication by ``scale`` x the clip
+    factor (torch's ``clip_grad_norm_`` rule: ``max_norm / (norm + 1e-6)``, at most 1) does both: a pass over
+    every gradient less than scaling and clipping one after the other. Without ``max_norm`` the gradients are
+    only scaled.
+
+    Returns:
+        the total norm of the scaled gradients, before clipping (NaN or inf when a gradient is not finite).
     """
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
-    return float(norm)
+    scaled_norm = float(norm) * scale
+    factor = scale if max_norm is None else scale * min(1.0, max_norm / (scaled_norm + 1e-6))
+    if factor != 1.0:
+        for grad in grads:
+            grad.mul_(factor)
+    return scaled_norm
 
 
 def nonfinite_message(step: int, loss: float, grad_norm: float) -> str | None:

@@ -33,9 +33,9 @@ from qwenvl_data.training._model_setup import ModelPlan, build_model
 from qwenvl_data.training._nonfinite import (
     NonFiniteLossError,
     check_weights_finite,
-    gradient_norm,
     nonfinite_message,
     nonfinite_steps_note,
+    scale_and_clip_gradients,
 )
 from qwenvl_data.training._numerics import numerics_settings, resume_numerics_note
 from qwenvl_data.training._fingerprint import run_fingerprint
@@ -281,10 +281,7 @@ class FinetuneRecipe:
         global_tokens = all_reduce_sum(tokens)
         # FSDP2 averages gradients over ranks; scaling by world/tokens turns that into sum/tokens.
         scale = self.world_size / max(int(global_tokens), 1)
-        for param in self.model.parameters():
-            if param.grad is not None:
-                param.grad.mul_(scale)
-        grad_norm = gradient_norm(self.model, self.settings.clip_grad_norm)
+        grad_norm = scale_and_clip_gradients(self.model, scale, self.settings.clip_grad_norm)
         global_loss = float(all_reduce_sum(loss_sum)) / max(int(global_tokens), 1)
         problem = nonfinite_message(self.global_step + 1, global_loss, grad_norm)
         if problem is not None and self.settings.on_nonfinite_loss != "skip_step":

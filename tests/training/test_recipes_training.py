@@ -188,3 +188,13 @@ def test_answer_accuracy_counts_a_sample_right_only_when_every_answer_token_is_p
     }
     result = answer_accuracy(Oracle(wrong=1), dataset, Qwen2_5_VLCollator(), **kwargs)
     assert (result["correct"], result["total"]) == (4, 6)  # sample 1 of each of the two batches
+
+
+def test_chunked_loss_backward_twice_is_refused_not_silently_wrong():
+    """The backward hands its gradients over (scaled in place); a second backward must not reuse them."""
+    output = torch.nn.Linear(8, 20, bias=False)
+    hidden = torch.randn(4, 8, requires_grad=True)
+    loss = NextTokenCrossEntropy()(hidden, output, torch.randint(0, 20, (4,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph is not supported"):
+        loss.backward()
