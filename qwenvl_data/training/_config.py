@@ -227,7 +227,51 @@ def component_problems(cfg: DictConfig) -> list[str]:
                 continue
             hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""
             problems.append(f"unknown key `{path}.{key}` for {node._component_}{hint}")
+        problems += _numbers_given_as_text(component, node, path)
     return problems
+
+
+def _numbers_given_as_text(component: Callable, node: DictConfig, path: str) -> list[str]:
+    """Keys given as text where the component takes a number (``optimizer.lr=abc``), named before building.
+
+    A parameter takes a number when it is annotated ``int`` or ``float``, or, unannotated or annotated with
+    no ``str``, defaults to an int or float (not a bool). The builder itself would fail later with a message
+    about its internals (AdamW: "'<=' not supported between instances of 'float' and 'str'").
+    """
+    target = component.__init__ if inspect.isclass(component) else component
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without an inspectable signature
+        return []
+    problems = []
+    for key, param in params.items():
+        if key not in node or not _takes_a_number(param):
+            continue
+        try:
+            value = node[key]  # resolves ${...}
+        except Exception:  # an interpolation that does not resolve: building reports it
+            continue
+        if isinstance(value, str):
+            default = "" if param.default is param.empty else f"; {node._component_}'s default: {param.default}"
+            quoted = "; write it without quotes" if _is_number(value) else ""
+            problems.append(f"`{path}.{key}` must be a number, got the text {value!r}{default}{quoted}")
+    return problems
+
+
+def _takes_a_number(param: inspect.Parameter) -> bool:
+    annotation = param.annotation
+    if annotation in (int, float, "int", "float"):
+        return True
+    number_default = isinstance(param.default, (int, float)) and not isinstance(param.default, bool)
+    return number_default and "str" not in str(annotation)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def device_problems(name: str) -> list[str]:

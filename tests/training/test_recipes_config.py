@@ -1,5 +1,6 @@
 """Configs: every shipped YAML names importable components and keys its recipe accepts; bad keys fail clearly."""
 
+import re
 import subprocess
 
 import pytest
@@ -75,6 +76,20 @@ def test_missing_required_key_is_named():
 def test_unknown_component_argument_is_refused_before_setup_with_a_suggestion(tmp_path):
     cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "output_dir": str(tmp_path), "dataset.num_sample": 5})
     with pytest.raises(ValueError, match=r"unknown key `dataset.num_sample` .*did you mean `dataset.num_samples`"):
+        _recipe_class()(cfg)
+
+
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("optimizer.lr", "abc", "got the text 'abc'; torch.optim.AdamW's default: 0.001"),
+        ("lr_scheduler.num_warmup_steps", "ten", "got the text 'ten'"),  # annotated int, no default
+        ("dataset.num_samples", "512", "got the text '512'; .* write it without quotes"),  # a quoted number
+    ],
+)
+def test_text_where_a_component_takes_a_number_is_named_before_building(tmp_path, key, value, says):
+    cfg = load_config("tiny_synthetic", {**TINY_OVERRIDES, "output_dir": str(tmp_path), key: value})
+    with pytest.raises(ValueError, match=rf"`{re.escape(key)}` must be a number, {says}"):
         _recipe_class()(cfg)
 
 
