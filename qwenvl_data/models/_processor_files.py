@@ -128,8 +128,21 @@ def _check_processing_alike(written_for: str, checkpoint_family: str, root: Path
             f"{root / 'config.json'} is model_type {checkpoint_family!r}, which processes data differently "
             f"(patch size {checkpoint.patch_size}, its own budgets and chat template): use a config written for "
             f"{checkpoint_family} (configs/{checkpoint_family}_*.yaml), or set tokenizer.family=null to take the "
-            "checkpoint's family with this config's budgets"
+            f"checkpoint's family with this config's budgets, read by {checkpoint.architecture}'s rules"
+            f"{_budget_differences(given, checkpoint)}"
         )
+
+
+def _budget_differences(given: ModelFamily, checkpoint: ModelFamily) -> str:
+    """What the same pixel budgets mean under ``checkpoint``'s rules that they did not under ``given``'s."""
+    differences = []
+    if checkpoint.video_rule.clip_budget != given.video_rule.clip_budget:
+        unit = "the whole clip" if checkpoint.video_rule.clip_budget else "one frame"
+        differences.append(f"video_min_pixels / video_max_pixels bound {unit}")
+    side, given_side = checkpoint.patch_size * checkpoint.merge_size, given.patch_size * given.merge_size
+    if side != given_side:
+        differences.append(f"one vision token per {side}x{side} px instead of {given_side}x{given_side}")
+    return f" ({'; '.join(differences)})" if differences else ""
 
 
 def tokenizer_files(root: Path) -> tuple[str, str | None]:

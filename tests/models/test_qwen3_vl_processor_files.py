@@ -110,6 +110,11 @@ def test_a_family_given_beside_the_checkpoint_must_be_its_own(tmp_path):
                                          r"Qwen2_5_VLForConditionalGeneration\) but .*config.json is model_type "
                                          r"'qwen3_vl', which processes data differently .*configs/qwen3_vl_\*.yaml"):
         checkpoint_transform(root, family="qwen2_5_vl")
+    # The way out it offers says what the config's budgets become under the checkpoint's rules.
+    with pytest.raises(ValueError, match=r"tokenizer.family=null .* read by Qwen3VLForConditionalGeneration's rules "
+                                         r"\(video_min_pixels / video_max_pixels bound the whole clip; one vision "
+                                         r"token per 32x32 px instead of 28x28\)$"):
+        checkpoint_transform(root, family="qwen2_5_vl")
 
 
 def test_a_family_that_processes_alike_yields_to_the_checkpoints(tmp_path):
