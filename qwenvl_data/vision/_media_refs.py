@@ -154,7 +154,11 @@ def _confine(path: str, image_dir: str | os.PathLike | None) -> str:
     # realpath follows symlinks, so a link inside image_dir pointing outside is caught too.
     resolved = os.path.realpath(os.path.join(root, path))
     if os.path.commonpath([root, resolved]) != root:
-        raise UnsafePathError(f"media path {shown(path)} resolves to {resolved!r}, outside image_dir {root!r}")
+        raise UnsafePathError(
+            f"media path {shown(path)} resolves to {resolved!r}, outside image_dir {root!r}: media are read only "
+            f"under image_dir; if the file is meant to be read, give a directory that holds it as the dataset's "
+            f"image_dir (in a recipe config: dataset.image_dir=<directory>)"
+        )
     return resolved
 
 

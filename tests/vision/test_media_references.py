@@ -143,8 +143,9 @@ def test_references_escaping_image_dir_are_refused_in_every_form(images, tmp_pat
     for reference in references:
         with pytest.raises(UnsafePathError, match="outside image_dir"):
             resolve_image(reference, str(images))
-    with pytest.raises(UnsafePathError, match="outside image_dir"):
+    with pytest.raises(UnsafePathError, match="outside image_dir") as refused:
         resolve_video(secret.as_uri(), str(images))
+    assert "dataset.image_dir=<directory>" in str(refused.value)  # the way to read it on purpose
 
 
 def test_a_file_uri_escaping_image_dir_is_a_counted_skip(images, tmp_path):
