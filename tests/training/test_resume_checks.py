@@ -91,6 +91,7 @@ def test_another_number_of_ranks_and_output_settings(tmp_path):
 
 # ---- recipe level: refused at setup, overrides take effect ---------------------------------------------------
 RESUME = {**TINY_OVERRIDES, "max_steps_per_epoch": 4, "eval_dataset.num_samples": 2}
+SAVED_LR = OmegaConf.load(REPO / "configs" / "tiny_synthetic.yaml").optimizer.lr  # the stopped run's lr
 
 
 def _recipe():
@@ -126,7 +127,7 @@ def test_a_resume_with_another_batch_size_or_seed_is_refused_naming_them(stopped
 def test_an_accepted_new_lr_takes_effect_from_the_saved_step(stopped_run, capsys):
     recipe = _setup_resumed(stopped_run, **{"optimizer.lr": 1e-4, "resume_overrides": ["optimizer.lr"]})
     out = capsys.readouterr().out
-    assert "changes accepted by resume_overrides: optimizer.lr: 0.003 -> 0.0001" in out
+    assert f"changes accepted by resume_overrides: optimizer.lr: {SAVED_LR} -> 0.0001" in out
     assert "the optimizer takes the configured lr=0.0001" in out
     # the same schedule, built fresh with the new lr and stepped to the saved step, gives the lr to expect
     fresh = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1e-4)
@@ -149,7 +150,7 @@ def test_resuming_a_state_at_the_runs_last_step_says_nothing_is_left_to_train(st
 
 
 def test_a_new_lr_without_an_override_is_refused_not_dropped(stopped_run):
-    with pytest.raises(ResumeMismatchError, match=r"optimizer.lr: 0.003 -> 0.0001.*resume_overrides=\[optimizer.lr\]"):
+    with pytest.raises(ResumeMismatchError, match=rf"optimizer.lr: {SAVED_LR} -> 0.0001.*resume_overrides=\[optimizer.lr\]"):
         _setup_resumed(stopped_run, **{"optimizer.lr": 1e-4})
 
 
