@@ -19,6 +19,7 @@ from qwenvl_data.training._eval import (
     split_prompt_and_answer,
 )
 from qwenvl_data.training._loss import NextTokenCrossEntropy
+from qwenvl_data.training._model_setup import init_weights
 from qwenvl_data.training._position_rule import collator_for_model
 from qwenvl_data.training._recipe import FinetuneRecipe, run_recipe
 
@@ -33,6 +34,7 @@ __all__ = [
     "packaged_vocab_transform",
     "records_or_synthetic_dataset",
     "greedy_answer",
+    "init_weights",
     "prompt_and_reference",
     "prompt_sample",
     "run_recipe",
