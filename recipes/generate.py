@@ -22,6 +22,7 @@ from torchtune import config, training, utils
 
 from qwenvl_data.datasets._processing import SkippedRecord, sample_or_skip
 from qwenvl_data.datasets._stats import SkipCounts
+from qwenvl_data.errors import SampleError
 from qwenvl_data.generation import generate
 from qwenvl_data.generation._generate import new_token_budget
 from qwenvl_data.training import QuestionTransform, collator_for_model, prompt_and_reference, prompt_sample
@@ -29,6 +30,7 @@ from qwenvl_data.training._config import build, check_config_keys
 from qwenvl_data.training._data import move_to_device
 from qwenvl_data.training._mixture_config import check_not_a_mixture
 from qwenvl_data.training._position_rule import check_transform_for_model
+from qwenvl_data.training._refusal import refusals_in_one_line
 
 REQUIRED_KEYS = ("checkpoint_dir", "model", "tokenizer", "collate_fn")
 OPTIONAL_KEYS = (
@@ -168,12 +170,19 @@ def skip_advice(cfg: DictConfig) -> str:
     return f"dataset.on_error={on_error}, yet the dataset skipped them itself: the answers list each one's cause"
 
 
+def run_generate(cfg: DictConfig) -> None:
+    """setup -> generate -> cleanup; a bad config, a missing path or a prompt's unreadable image ends the process
+    in one line (exit status 1), as the training recipes' refusals do."""
+    with refusals_in_one_line(SampleError):
+        recipe = GenerateRecipe(cfg)
+        recipe.setup(cfg)
+        recipe.generate()
+        recipe.cleanup()
+
+
 @config.parse
 def recipe_main(cfg: DictConfig) -> None:
-    recipe = GenerateRecipe(cfg)
-    recipe.setup(cfg)
-    recipe.generate()
-    recipe.cleanup()
+    run_generate(cfg)
 
 
 if __name__ == "__main__":

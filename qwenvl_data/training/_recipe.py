@@ -50,7 +50,7 @@ from qwenvl_data.training._plot import plot_history, write_metrics
 from qwenvl_data.training._position_rule import check_transform_for_model, collator_for_model
 from qwenvl_data.training._progress import TrainingProgress, say
 from qwenvl_data.training._settings import RecipeSettings
-from qwenvl_data.training._refusal import RunRefused
+from qwenvl_data.training._refusal import RunRefused, exit_refused
 from qwenvl_data.training._signals import RunStopped, StopRequest
 from qwenvl_data.training._skips import SkipLedger
 from qwenvl_data.training._watchdog import ReadWatchdog
@@ -459,8 +459,7 @@ def run_recipe(recipe_class: type[FinetuneRecipe], cfg: DictConfig) -> None:
             stopped = stop
         except RunRefused as refusal:
             _cleanup_quietly(recipe)
-            print(f"{type(refusal).__name__}: {refusal}", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+            exit_refused(refusal)
         except BaseException:
             _cleanup_quietly(recipe)  # the run's own error must stay the last thing printed
             raise

@@ -5,6 +5,10 @@ each message names what to change, and a traceback above it would only bury it. 
 such an error as the run's last line and exits with status 1; any other error keeps its traceback.
 """
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class RunRefused(Exception):
     """Base of the refusals ``run_recipe`` reports in one line (mixed in beside the builtin type users catch)."""
@@ -16,3 +20,18 @@ class ConfigError(RunRefused, ValueError):
 
 class MissingInputError(RunRefused, FileNotFoundError):
     """A file or directory the config names that is not there: a data path, a training state to resume from."""
+
+
+def exit_refused(refusal: BaseException) -> None:
+    """End the process as a refusal: ``"<Type>: <message>"`` as the last line on stderr, exit status 1."""
+    print(f"{type(refusal).__name__}: {refusal}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
+
+
+@contextmanager
+def refusals_in_one_line(*also: type[BaseException]) -> Iterator[None]:
+    """Within the block, a ``RunRefused`` (or one of ``also``) ends the process by ``exit_refused``."""
+    try:
+        yield
+    except (RunRefused, *also) as refusal:
+        exit_refused(refusal)

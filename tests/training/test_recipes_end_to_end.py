@@ -13,7 +13,7 @@ from qwenvl_data.training import answer_accuracy, packaged_vocab_transform, run_
 from qwenvl_data.training._config import build
 from support.families import FAMILIES
 from support.recipes_support import (
-    TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, run_command, threads_of_run_command,
+    TINY_OVERRIDES, as_cli, load_config, load_recipe, metrics, refusal_line, run_command, threads_of_run_command,
 )  # fmt: skip
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,6 +133,19 @@ def test_generate_recipe_answers_a_question_about_an_image_file(tiny_run, tmp_pa
     recipe.setup(cfg)
     answer = recipe.generate()["answer"]
     assert isinstance(answer, str) and "<|im_end|>" not in answer
+
+
+def test_generate_recipe_refuses_a_missing_image_or_checkpoint_in_one_line(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    generate = load_recipe("generate")
+    missing_image = load_config("generate", {
+        "checkpoint_dir": str(out / "hf_model"), "prompt": "Shape?", "images": [str(tmp_path / "nope.png")],
+    })  # fmt: skip
+    line = refusal_line(capsys, lambda: generate.run_generate(missing_image))
+    assert line.startswith("ImageLoadError: ") and "nope.png does not exist" in line
+    missing_checkpoint = load_config("generate", {"checkpoint_dir": str(tmp_path / "nothing"), "prompt": "Shape?"})
+    line = refusal_line(capsys, lambda: generate.run_generate(missing_checkpoint))
+    assert line.startswith("MissingInputError: ") and str(tmp_path / "nothing") in line
 
 
 def test_generate_recipe_answers_a_batch_of_prompts_as_it_answers_each_alone(tiny_run, tmp_path):
