@@ -141,7 +141,7 @@ class RecordFields:
         Raises:
             UnreadFieldError: naming the field(s) and the layout (and the known field a misspelling is close to).
         """
-        typos = {name: typo_of(name) for name in self.values if typo_of(name) is not None}
+        typos = {name: known for name in self.values if (known := typo_of(name)) is not None}
         if typos:
             guesses = "; ".join(f"{name!r}: did you mean {known!r}?" for name, known in typos.items())
             raise UnreadFieldError(

@@ -165,12 +165,20 @@ def _component_nodes(node: Any, path: str = "") -> Iterable[tuple[str, DictConfi
             yield from _component_nodes(item, f"{path}[{i}]")
 
 
-def _parameters(component: Callable) -> tuple[set[str], bool]:
-    """The keyword names a component accepts, and whether it takes ``**kwargs`` besides."""
+def _signature_parameters(component: Callable) -> Mapping[str, inspect.Parameter]:
+    """The parameters of a component's signature (a class's ``__init__``'s).
+
+    Raises:
+        TypeError, ValueError: a builtin without an inspectable signature.
+    """
     target = component.__init__ if inspect.isclass(component) else component
-    params = inspect.signature(target).parameters.values()
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
-    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+    return inspect.signature(target).parameters
+
+
+def _parameters(params: Mapping[str, inspect.Parameter]) -> tuple[set[str], bool]:
+    """The keyword names a signature accepts, and whether it takes ``**kwargs`` besides."""
+    names = {p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 # Keys the recipe takes off a `dataset` entry before building it: a mixture item's weight, the command line's
@@ -188,7 +196,7 @@ def _recipe_keys(path: str) -> frozenset[str]:
 
 def accepts_keyword(component_path: str, name: str) -> bool:
     """Whether the callable at ``component_path`` takes the keyword ``name`` (by name or through ``**kwargs``)."""
-    names, takes_kwargs = _parameters(_get_component_from_path(component_path))
+    names, takes_kwargs = _parameters(_signature_parameters(_get_component_from_path(component_path)))
     return takes_kwargs or name in names
 
 
@@ -214,9 +222,10 @@ def component_problems(cfg: DictConfig) -> list[str]:
             problems.append(f"`{path}._component_`: cannot import {node._component_!r} ({error})")
             continue
         try:
-            names, takes_kwargs = _parameters(component)
+            params = _signature_parameters(component)
         except (TypeError, ValueError):  # a builtin without an inspectable signature
             continue
+        names, takes_kwargs = _parameters(params)
         recipe_keys = _recipe_keys(path)
         for key in node:
             if key == "_component_" or key in names or key in recipe_keys:
@@ -227,22 +236,17 @@ def component_problems(cfg: DictConfig) -> list[str]:
                 continue
             hint = f" (did you mean `{path}.{close[0]}`?)" if close else ""
             problems.append(f"unknown key `{path}.{key}` for {node._component_}{hint}")
-        problems += _numbers_given_as_text(component, node, path)
+        problems += _numbers_given_as_text(params, node, path)
     return problems
 
 
-def _numbers_given_as_text(component: Callable, node: DictConfig, path: str) -> list[str]:
+def _numbers_given_as_text(params: Mapping[str, inspect.Parameter], node: DictConfig, path: str) -> list[str]:
     """Keys given as text where the component takes a number (``optimizer.lr=abc``), named before building.
 
     A parameter takes a number when it is annotated ``int`` or ``float``, or, unannotated or annotated with
     no ``str``, defaults to an int or float (not a bool). The builder itself would fail later with a message
     about its internals (AdamW: "'<=' not supported between instances of 'float' and 'str'").
     """
-    target = component.__init__ if inspect.isclass(component) else component
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # a builtin without an inspectable signature
-        return []
     problems = []
     for key, param in params.items():
         if key not in node or not _takes_a_number(param):
