@@ -156,8 +156,9 @@ def _confine(path: str, image_dir: str | os.PathLike | None) -> str:
     if os.path.commonpath([root, resolved]) != root:
         raise UnsafePathError(
             f"media path {shown(path)} resolves to {resolved!r}, outside image_dir {root!r}: media are read only "
-            f"under image_dir; if the file is meant to be read, give a directory that holds it as the dataset's "
-            f"image_dir (in a recipe config: dataset.image_dir=<directory>)"
+            f"under image_dir (a link out of it too); to read it, copy the file under image_dir, or set the "
+            f"dataset's image_dir (dataset.image_dir=<directory> in a recipe config) to a directory holding all "
+            f"its media, relative paths included"
         )
     return resolved
 
