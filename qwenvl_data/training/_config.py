@@ -3,6 +3,8 @@
 import difflib
 import inspect
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -243,9 +245,9 @@ def component_problems(cfg: DictConfig) -> list[str]:
 def _numbers_given_as_text(params: Mapping[str, inspect.Parameter], node: DictConfig, path: str) -> list[str]:
     """Keys given as text where the component takes a number (``optimizer.lr=abc``), named before building.
 
-    A parameter takes a number when it is annotated ``int`` or ``float``, or, unannotated or annotated with
-    no ``str``, defaults to an int or float (not a bool). The builder itself would fail later with a message
-    about its internals (AdamW: "'<=' not supported between instances of 'float' and 'str'").
+    A parameter takes a number when it is annotated ``int`` or ``float`` (``int | None`` too), or, unannotated
+    or annotated with no ``str``, defaults to an int or float (not a bool). The builder itself would fail later
+    with a message about its internals (AdamW: "'<=' not supported between instances of 'float' and 'str'").
     """
     problems = []
     for key, param in params.items():
@@ -264,7 +266,9 @@ def _numbers_given_as_text(params: Mapping[str, inspect.Parameter], node: DictCo
 
 def _takes_a_number(param: inspect.Parameter) -> bool:
     annotation = param.annotation
-    if annotation in (int, float, "int", "float"):
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    members = set(typing.get_args(annotation)) - {type(None)} if union else {annotation}  # ``int | None``: int
+    if members and members <= {int, float, "int", "float"}:
         return True
     number_default = isinstance(param.default, (int, float)) and not isinstance(param.default, bool)
     return number_default and "str" not in str(annotation)

@@ -84,6 +84,7 @@ def test_unknown_component_argument_is_refused_before_setup_with_a_suggestion(tm
     [
         ("optimizer.lr", "abc", "got the text 'abc'; torch.optim.AdamW's default: 0.001"),
         ("lr_scheduler.num_warmup_steps", "ten", "got the text 'ten'"),  # annotated int, no default
+        ("tokenizer.max_seq_len", "abc", "got the text 'abc'"),  # annotated int | None, default None
         ("dataset.num_samples", "512", "got the text '512'; .* write it without quotes"),  # a quoted number
     ],
 )
